@@ -1,0 +1,27 @@
+"""The WhatsApp AI assistant: a Flask app that takes Twilio webhooks and queues answers."""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from config import Config
+
+
+def create_app(config: Config | None = None, services=None) -> Flask:
+    """Wire the app: settings, database, clients, blueprint and commands."""
+    from chatbot import cli, db, webhook
+    from chatbot.services import build_services
+
+    config = config or Config.from_env()
+    app = Flask(__name__, instance_relative_config=False)
+    app.config.update(SECRET_KEY=config.secret_key)
+    # Twilio reaches us through the host's TLS proxy; trust its X-Forwarded-* headers.
+    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1, x_port=1)
+    app.extensions["chatbot"] = services or build_services(config)
+    db.init_app(app)
+    app.register_blueprint(webhook.bp)
+    cli.init_app(app)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return app

@@ -1,0 +1,231 @@
+"""AI adapters: a base with shared retry logic, the OpenRouter adapter, and the factory."""
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Callable
+
+import requests
+
+from chatbot.crypto import FieldCipher, SecretDecryptionError
+from chatbot.errors import AIError
+from chatbot.models import AIConfiguration
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_STATUSES = {408, 429, 500, 502, 503, 504}
+MAX_RETRY_AFTER = 30.0
+
+
+@dataclass(frozen=True)
+class AISettings:
+    """What a request to the model needs; `source` says where it came from (db or env)."""
+
+    api_key: str = field(repr=False)
+    model: str
+    max_tokens: int
+    temperature: float
+    system_prompt: str
+    source: str
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The model's answer and what it cost."""
+
+    text: str
+    model: str
+    usage: dict
+
+
+class AIAdapter(ABC):
+    """Sends a chat to a model, retrying transient failures with backoff."""
+
+    def __init__(
+        self,
+        settings: AISettings,
+        attempts: int = 3,
+        backoff: float = 1.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.settings = settings
+        self.attempts = attempts
+        self.backoff = backoff
+        self.sleep = sleep
+
+    def send_message(self, messages: list[dict]) -> Reply:
+        """Return the model's reply to `messages`, retrying what is transient."""
+        return self._with_retries(lambda: self._complete(messages))
+
+    @abstractmethod
+    def _complete(self, messages: list[dict]) -> Reply:
+        """Make one attempt at a completion."""
+
+    @abstractmethod
+    def validate_credentials(self) -> dict:
+        """Check the API key without spending credits; return what the provider says of it."""
+
+    def _with_retries(self, attempt: Callable[[], Reply]) -> Reply:
+        for number in range(1, self.attempts + 1):
+            try:
+                return attempt()
+            except AIError as error:
+                if not error.retryable or number == self.attempts:
+                    raise
+                delay = self._delay(number, error.retry_after)
+                log.warning("ai attempt %d failed, retrying in %.1fs: %s", number, delay, error)
+                self.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _delay(self, number: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, MAX_RETRY_AFTER)
+        return self.backoff * (2 ** (number - 1)) * (0.5 + random.random() / 2)
+
+
+class OpenRouterAdapter(AIAdapter):
+    """Chat completions from OpenRouter's OpenAI-compatible API (OpenAI, Anthropic, ... by slug)."""
+
+    def __init__(
+        self,
+        settings: AISettings,
+        base_url: str,
+        session: requests.Session,
+        site_url: str = "",
+        site_name: str = "",
+        timeout: tuple[float, float] = (5.0, 60.0),
+        **retry_options,
+    ):
+        super().__init__(settings, **retry_options)
+        self.base_url = base_url.rstrip("/")
+        self.session = session
+        self.timeout = timeout
+        self.attribution = {"HTTP-Referer": site_url, "X-Title": site_name, "X-OpenRouter-Title": site_name}
+
+    def _headers(self) -> dict:
+        if not self.settings.api_key:
+            raise AIError("no API key configured (set OPENROUTER_API_KEY or an active AI configuration)",
+                          retryable=False)
+        headers = {"Authorization": f"Bearer {self.settings.api_key}"}
+        headers.update({name: value for name, value in self.attribution.items() if value})
+        return headers
+
+    def _complete(self, messages: list[dict]) -> Reply:
+        payload = {
+            "model": self.settings.model,
+            "messages": messages,
+            "max_tokens": self.settings.max_tokens,
+            "temperature": self.settings.temperature,
+        }
+        body = self._request("POST", "/chat/completions", json=payload)
+        if body.get("error"):
+            raise _error_from_body(body["error"], status=200)
+        choices = body.get("choices") or []
+        if not choices:
+            raise AIError("answer had no choices", retryable=True, status=200)
+        choice = choices[0]
+        if choice.get("error"):
+            raise _error_from_body(choice["error"], status=200)
+        text = ((choice.get("message") or {}).get("content") or "").strip()
+        if not text:
+            raise AIError("answer was empty", retryable=True, status=200)
+        return Reply(text=text, model=body.get("model") or self.settings.model, usage=body.get("usage") or {})
+
+    def validate_credentials(self) -> dict:
+        """Describe the key (GET /key); spends no credits."""
+        return self._request("GET", "/key").get("data", {})
+
+    def _request(self, method: str, path: str, **kwargs) -> dict:
+        try:
+            response = self.session.request(
+                method, self.base_url + path, headers=self._headers(), timeout=self.timeout, **kwargs
+            )
+        except requests.Timeout as exc:
+            raise AIError(f"timed out after {self.timeout[1]:g}s", retryable=True) from exc
+        except requests.RequestException as exc:
+            raise AIError(f"could not connect: {exc.__class__.__name__}", retryable=True) from exc
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if response.status_code != 200:
+            error = _error_from_body(
+                body.get("error") if isinstance(body, dict) else None,
+                status=response.status_code,
+                retry_after=_retry_after(response.headers.get("Retry-After")),
+            )
+            raise error
+        if not isinstance(body, dict):
+            raise AIError("answer was not JSON", retryable=True, status=200)
+        return body
+
+
+def _error_from_body(error: dict | None, status: int, retry_after: float | None = None) -> AIError:
+    error = error if isinstance(error, dict) else {}
+    code = error.get("code")
+    effective = code if isinstance(code, int) else status
+    message = str(error.get("message") or f"HTTP {status}")[:300]
+    retryable = effective in RETRYABLE_STATUSES or (status == 200 and not isinstance(code, int))
+    return AIError(message, retryable=retryable, status=status, code=code, retry_after=retry_after)
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+class AIAdapterFactory:
+    """Builds the adapter for the active AI configuration, else for the environment's settings."""
+
+    def __init__(self, config, cipher: FieldCipher, session: requests.Session, **adapter_options):
+        self.config = config
+        self.cipher = cipher
+        self.session = session
+        self.adapter_options = adapter_options
+
+    def settings(self) -> AISettings:
+        """Return the settings in force now (read on every message, so changes need no restart)."""
+        active = AIConfiguration.active()
+        if active is not None:
+            try:
+                stored_key = active.api_key(self.cipher)
+            except SecretDecryptionError as exc:
+                raise AIError(f"AI configuration {active.name!r}: {exc}", retryable=False) from exc
+            return AISettings(
+                api_key=stored_key or self.config.openrouter_api_key,
+                model=active.model_name,
+                max_tokens=active.max_tokens,
+                temperature=active.temperature,
+                system_prompt=active.system_prompt or self.config.ai_system_prompt,
+                source=f"db:{active.name}",
+            )
+        return AISettings(
+            api_key=self.config.openrouter_api_key,
+            model=self.config.ai_model,
+            max_tokens=self.config.ai_max_tokens,
+            temperature=self.config.ai_temperature,
+            system_prompt=self.config.ai_system_prompt,
+            source="env",
+        )
+
+    def current(self) -> AIAdapter:
+        """Return an adapter for the settings in force now."""
+        return OpenRouterAdapter(
+            self.settings(),
+            base_url=self.config.openrouter_base_url,
+            session=self.session,
+            site_url=self.config.public_base_url,
+            site_name=self.config.site_name,
+            **self.adapter_options,
+        )

@@ -1,0 +1,73 @@
+"""ConversationManager: each conversation's recent exchanges as a Redis sorted set."""
+from __future__ import annotations
+
+import json
+
+from redis import Redis
+
+from chatbot.models import Conversation, Message
+
+KEY_PREFIX = "chatbot:context:"
+
+
+class ConversationManager:
+    """A sliding window of the last messages per conversation, rebuilt from the DB when lost."""
+
+    def __init__(self, redis: Redis, max_messages: int, ttl: int):
+        self.redis = redis
+        self.max_messages = max_messages
+        self.ttl = ttl
+
+    @staticmethod
+    def key(conversation_id) -> str:
+        return f"{KEY_PREFIX}{conversation_id}"
+
+    def get_history(self, conversation: Conversation, before_message_id: int | None = None) -> list[dict]:
+        """Return the window as chat messages, oldest first, limited to those before a message."""
+        key = self.key(conversation.id)
+        if not self.redis.exists(key) and conversation.is_active:
+            self._rebuild(conversation)
+        upper = f"({before_message_id}" if before_message_id is not None else "+inf"
+        members = self.redis.zrangebyscore(key, "-inf", upper)
+        history = [json.loads(member) for member in members][-self.max_messages:]
+        return [{"role": item["role"], "content": item["content"]} for item in history]
+
+    def add_message(self, conversation_id, role: str, content: str, position: float, message_id: int) -> None:
+        """Add one message at `position` (its place in the conversation), trim, and renew the TTL."""
+        self.add_messages(conversation_id, [(role, content, position, message_id)])
+
+    def add_messages(self, conversation_id, items: list[tuple[str, str, float, int]]) -> None:
+        """Add several messages in one round trip."""
+        if not items:
+            return
+        key = self.key(conversation_id)
+        entries = {
+            json.dumps({"id": message_id, "role": role, "content": content}, ensure_ascii=False): position
+            for role, content, position, message_id in items
+        }
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(key, entries)
+            pipe.zremrangebyrank(key, 0, -(self.max_messages + 1))
+            pipe.expire(key, self.ttl)
+            pipe.execute()
+
+    def add_exchange(self, conversation_id, question: Message, answer: Message) -> None:
+        """Add a user message and the assistant's answer to it, in that order."""
+        self.add_messages(conversation_id, exchange_entries(question, answer))
+
+    def clear_history(self, conversation_id) -> None:
+        """Forget the window (the DB keeps the messages)."""
+        self.redis.delete(self.key(conversation_id))
+
+    def _rebuild(self, conversation: Conversation) -> None:
+        pairs = Message.answered_exchanges(conversation, limit=self.max_messages)
+        entries = [entry for question, answer in pairs for entry in exchange_entries(question, answer)]
+        self.add_messages(conversation.id, entries)
+
+
+def exchange_entries(question: Message, answer: Message) -> list[tuple[str, str, float, int]]:
+    """Place an answer right after its question, even when later questions arrived meanwhile."""
+    return [
+        ("user", question.content, float(question.id), question.id),
+        ("assistant", answer.content, question.id + 0.5, answer.id),
+    ]

@@ -1,0 +1,94 @@
+"""The database handle, its per-request connection hooks, and schema migrations."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from urllib.parse import urlparse
+
+from peewee import DatabaseProxy, IntegerField, Model, PostgresqlDatabase
+from playhouse.db_url import connect
+from playhouse.migrate import PostgresqlMigrator, SqliteMigrator
+
+log = logging.getLogger(__name__)
+
+database = DatabaseProxy()
+
+SQLITE_PRAGMAS = {
+    # WAL lets the web process write while a worker reads; foreign_keys makes cascades real.
+    "journal_mode": "wal",
+    "foreign_keys": 1,
+    "busy_timeout": 5000,
+    "synchronous": "normal",
+}
+
+
+def open_database(url: str):
+    """Build the Peewee database for a sqlite:// or postgres(ql):// URL and bind the models."""
+    if url.startswith("sqlite"):
+        path = urlparse(url).path
+        if path and path != "/:memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        db = connect(url, pragmas=SQLITE_PRAGMAS)
+    else:
+        db = connect(url)
+    database.initialize(db)
+    return db
+
+
+def init_app(app) -> None:
+    """Close the request's connection afterwards (Peewee opens it on first use)."""
+
+    @app.teardown_appcontext
+    def _close(_exc):
+        if not database.is_closed():
+            database.close()
+
+
+class SchemaVersion(Model):
+    """The schema version the database has been migrated to."""
+
+    version = IntegerField()
+
+    class Meta:
+        database = database
+        table_name = "schema_version"
+
+
+def _create_initial_tables(_migrator) -> None:
+    from chatbot.models import ALL_MODELS
+
+    database.create_tables(ALL_MODELS, safe=True)
+
+
+# Append a function for every schema change (playhouse.migrate operations on the migrator it
+# receives); never edit one that has shipped.
+MIGRATIONS = [_create_initial_tables]
+
+
+def current_version() -> int:
+    """Return the schema version stored in the database (0 when unmigrated)."""
+    if not SchemaVersion.table_exists():
+        return 0
+    row = SchemaVersion.select().order_by(SchemaVersion.version.desc()).first()
+    return row.version if row else 0
+
+
+def upgrade() -> tuple[int, int]:
+    """Create or upgrade the schema idempotently; return (version before, version after)."""
+    real = database.obj
+    is_postgres = isinstance(real, PostgresqlDatabase)
+    migrator = PostgresqlMigrator(real) if is_postgres else SqliteMigrator(real)
+    with database.connection_context():
+        # A lock row keeps two release commands from migrating at once on Postgres.
+        with database.atomic():
+            database.create_tables([SchemaVersion], safe=True)
+            if is_postgres:
+                database.execute_sql("LOCK TABLE schema_version IN EXCLUSIVE MODE")
+            before = current_version()
+            for number, step in enumerate(MIGRATIONS, start=1):
+                if number > before:
+                    log.info("applying migration %d (%s)", number, step.__name__)
+                    step(migrator)
+                    SchemaVersion.create(version=number)
+            return before, current_version()
+

@@ -1,0 +1,252 @@
+"""Peewee models and their queries."""
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime, timedelta, timezone
+from enum import Enum
+
+from peewee import (
+    BooleanField,
+    CharField,
+    DateTimeField,
+    FloatField,
+    ForeignKeyField,
+    IntegerField,
+    Model,
+    TextField,
+    UUIDField,
+    IntegrityError,
+)
+
+from chatbot.crypto import FieldCipher
+from chatbot.db import database
+
+
+def utcnow() -> datetime:
+    """Return the current UTC time without tzinfo (stored the same on SQLite and Postgres)."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class JSONField(TextField):
+    """JSON stored as text, portable across SQLite and Postgres."""
+
+    def db_value(self, value):
+        return None if value is None else json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+    def python_value(self, value):
+        return None if value is None else json.loads(value)
+
+
+class Role(str, Enum):
+    USER = "user"
+    ASSISTANT = "assistant"
+
+
+class Status(str, Enum):
+    """Where a message is in its life: inbound ones get answered, outbound ones get sent."""
+
+    PENDING = "pending"
+    ANSWERED = "answered"
+    FAILED = "failed"
+    UNSENT = "unsent"
+    SENT = "sent"
+    SEND_FAILED = "send_failed"
+
+
+class BaseModel(Model):
+    class Meta:
+        database = database
+
+
+class Conversation(BaseModel):
+    """One sender's thread with the assistant; at most one is active per sender."""
+
+    id = UUIDField(primary_key=True, default=uuid.uuid4)
+    user_phone = CharField(max_length=64, index=True)
+    profile_name = CharField(max_length=255, default="")
+    is_active = BooleanField(default=True, index=True)
+    created_at = DateTimeField(default=utcnow)
+    updated_at = DateTimeField(default=utcnow, index=True)
+
+    class Meta:
+        table_name = "conversation"
+
+    @classmethod
+    def active_for(cls, user_phone: str, profile_name: str = "", ttl: int | None = None) -> "Conversation":
+        """Return the sender's active conversation, starting a new one when none is active or
+        the active one has been idle longer than `ttl` seconds."""
+        query = cls.select().where(cls.user_phone == user_phone, cls.is_active == True)  # noqa: E712
+        existing = query.first()
+        if existing and (ttl is None or existing.updated_at >= utcnow() - timedelta(seconds=ttl)):
+            existing.touch()
+            return existing
+        if existing:
+            cls.update(is_active=False).where(cls.id == existing.id).execute()
+        try:
+            # A savepoint, so losing a race to a concurrent webhook keeps the outer transaction.
+            with database.atomic():
+                return cls.create(user_phone=user_phone, profile_name=profile_name or "")
+        except IntegrityError:
+            return query.get()
+
+    @classmethod
+    def idle_since(cls, cutoff: datetime):
+        """Select active conversations with no activity since `cutoff`."""
+        return cls.select().where(cls.is_active == True, cls.updated_at < cutoff)  # noqa: E712
+
+    def touch(self) -> None:
+        """Record activity now."""
+        self.updated_at = utcnow()
+        Conversation.update(updated_at=self.updated_at).where(Conversation.id == self.id).execute()
+
+
+class Message(BaseModel):
+    """One WhatsApp message, from the user or from the assistant."""
+
+    conversation = ForeignKeyField(Conversation, backref="messages", on_delete="CASCADE", index=True)
+    role = CharField(max_length=16, choices=[(r.value, r.value) for r in Role])
+    content = TextField()
+    created_at = DateTimeField(default=utcnow)
+    status = CharField(max_length=16, index=True)
+    # Twilio's MessageSid: unique where present, so a redelivered webhook finds its row.
+    twilio_sid = CharField(max_length=64, null=True, unique=True)
+    reply_to = ForeignKeyField("self", null=True, backref="replies", on_delete="CASCADE")
+    metadata = JSONField(default=dict)
+    model = CharField(max_length=128, null=True)
+    prompt_tokens = IntegerField(null=True)
+    completion_tokens = IntegerField(null=True)
+    total_tokens = IntegerField(null=True)
+    latency_ms = FloatField(null=True)
+    parts_sent = IntegerField(default=0)
+    error = TextField(null=True)
+
+    class Meta:
+        table_name = "message"
+
+    @classmethod
+    def answered_exchanges(cls, conversation: Conversation, limit: int) -> list[tuple["Message", "Message"]]:
+        """Return the last `limit` answered user messages with their answers, oldest first."""
+        questions = list(
+            cls.select()
+            .where(
+                cls.conversation == conversation,
+                cls.role == Role.USER.value,
+                cls.status == Status.ANSWERED.value,
+            )
+            .order_by(cls.id.desc())
+            .limit(limit)
+        )
+        if not questions:
+            return []
+        answers = {
+            answer.reply_to_id: answer
+            for answer in cls.select().where(cls.reply_to.in_([q.id for q in questions])).order_by(cls.id)
+        }
+        return [(q, answers[q.id]) for q in reversed(questions) if q.id in answers]
+
+    @classmethod
+    def outstanding(cls, conversation: Conversation, up_to_id: int):
+        """Select the conversation's user messages up to `up_to_id` still needing an answer or a send."""
+        unsent_answers = cls.select(cls.reply_to).where(
+            cls.conversation == conversation, cls.status == Status.UNSENT.value
+        )
+        return (
+            cls.select()
+            .where(
+                cls.conversation == conversation,
+                cls.role == Role.USER.value,
+                cls.id <= up_to_id,
+                (cls.status == Status.PENDING.value) | cls.id.in_(unsent_answers),
+            )
+            .order_by(cls.id)
+        )
+
+    @classmethod
+    def stale_pending(cls, older_than: timedelta):
+        """Select user messages still waiting for an answer after `older_than`."""
+        return (
+            cls.select()
+            .where(
+                cls.role == Role.USER.value,
+                cls.status == Status.PENDING.value,
+                cls.created_at < utcnow() - older_than,
+            )
+            .order_by(cls.id)
+        )
+
+    def reply(self) -> "Message | None":
+        """Return the assistant's stored answer to this user message, if any."""
+        return Message.select().where(Message.reply_to == self).order_by(Message.id).first()
+
+
+class AIConfiguration(BaseModel):
+    """An AI provider setup; the active one answers messages (else the environment's)."""
+
+    name = CharField(max_length=100, unique=True)
+    provider = CharField(max_length=32, default="openrouter")
+    model_name = CharField(max_length=200)
+    max_tokens = IntegerField(default=500)
+    temperature = FloatField(default=0.7)
+    system_prompt = TextField(default="")
+    is_active = BooleanField(default=False, index=True)
+    api_key_encrypted = TextField(null=True)
+    created_at = DateTimeField(default=utcnow)
+    updated_at = DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "ai_configuration"
+
+    @classmethod
+    def active(cls) -> "AIConfiguration | None":
+        """Return the active configuration, if one is active."""
+        return cls.select().where(cls.is_active == True).order_by(cls.updated_at.desc()).first()  # noqa: E712
+
+    def set_api_key(self, plaintext: str, cipher: FieldCipher) -> None:
+        """Store the API key encrypted; the plaintext never reaches the database."""
+        self.api_key_encrypted = cipher.encrypt(plaintext) if plaintext else None
+
+    def api_key(self, cipher: FieldCipher) -> str:
+        """Return the decrypted API key ('' when none is stored)."""
+        return cipher.decrypt(self.api_key_encrypted) if self.api_key_encrypted else ""
+
+    def activate(self) -> None:
+        """Make this the only active configuration."""
+        with database.atomic():
+            AIConfiguration.update(is_active=False).where(AIConfiguration.id != self.id).execute()
+            self.is_active = True
+            self.updated_at = utcnow()
+            self.save()
+
+
+class WebhookLog(BaseModel):
+    """An audit record of one webhook request (secrets redacted)."""
+
+    received_at = DateTimeField(default=utcnow, index=True)
+    method = CharField(max_length=8)
+    path = CharField(max_length=255)
+    remote_addr = CharField(max_length=64, default="")
+    headers = JSONField(default=dict)
+    body = TextField(default="")
+    response_status = IntegerField(index=True)
+    processing_ms = FloatField(default=0.0)
+    signature_valid = BooleanField(null=True, index=True)
+    message_sid = CharField(max_length=64, null=True, index=True)
+    error = TextField(null=True)
+
+    class Meta:
+        table_name = "webhook_log"
+
+
+# At most one active conversation per sender, enforced by the database itself.
+Conversation.add_index(
+    Conversation.index(
+        Conversation.user_phone,
+        unique=True,
+        where=(Conversation.is_active == True),  # noqa: E712
+        name="conversation_one_active_per_phone",
+    )
+)
+
+ALL_MODELS = [Conversation, Message, AIConfiguration, WebhookLog]
+

@@ -1,0 +1,160 @@
+"""MessageProcessor: answer a stored user message and deliver the answer, exactly once."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from chatbot.ai import AIAdapterFactory
+from chatbot.context import ConversationManager
+from chatbot.db import database
+from chatbot.errors import AIError, WhatsAppError
+from chatbot.models import Conversation, Message, Role, Status
+from chatbot.redact import mask_phone
+from chatbot.whatsapp import WhatsAppClient
+
+log = logging.getLogger(__name__)
+
+FALLBACK_REPLY = (
+    "Sorry, I can't answer right now because of a technical problem. "
+    "Please try again in a few minutes."
+)
+
+
+@dataclass
+class Outcome:
+    """What one run of the processor did."""
+
+    answered: int = 0
+    failed: int = 0
+    parts_sent: int = 0
+
+
+class MessageProcessor:
+    """Turns a stored user message into a stored, delivered assistant reply."""
+
+    def __init__(
+        self,
+        ai_factory: AIAdapterFactory,
+        whatsapp: WhatsAppClient,
+        context: ConversationManager,
+        clock: Callable[[], float] = time.monotonic,
+        fallback_reply: str = FALLBACK_REPLY,
+    ):
+        self.ai_factory = ai_factory
+        self.whatsapp = whatsapp
+        self.context = context
+        self.clock = clock
+        self.fallback_reply = fallback_reply
+
+    def process(self, message_id: int, final_attempt: bool = True) -> Outcome:
+        """Answer and deliver every outstanding message of this sender up to `message_id`, in order.
+
+        Transient failures raise (so the job runs again) unless this is the final attempt, when the
+        user gets the fallback reply instead of silence.
+        """
+        outcome = Outcome()
+        message = Message.get_or_none(Message.id == message_id)
+        if message is None:
+            log.warning("message_id=%s not found; nothing to do", message_id)
+            return outcome
+        conversation = message.conversation
+        for question in Message.outstanding(conversation, message.id):
+            answer = question.reply()
+            if answer is None:
+                answer = self._answer(conversation, question, final_attempt, outcome)
+            outcome.parts_sent += self._deliver(conversation, question, answer, final_attempt)
+        return outcome
+
+    def _answer(self, conversation: Conversation, question: Message, final_attempt: bool,
+                outcome: Outcome) -> Message:
+        started = self.clock()
+        try:
+            adapter = self.ai_factory.current()
+            prompt = (
+                [{"role": "system", "content": adapter.settings.system_prompt}]
+                + self.context.get_history(conversation, before_message_id=question.id)
+                + [{"role": "user", "content": prompt_text(question)}]
+            )
+            reply = adapter.send_message(prompt)
+        except AIError as error:
+            if error.retryable and not final_attempt:
+                raise
+            log.error("message_id=%s sender=%s ai failed, sending fallback: %s",
+                      question.id, mask_phone(conversation.user_phone), error)
+            outcome.failed += 1
+            with database.atomic():
+                question.status = Status.FAILED.value
+                question.error = str(error)
+                question.save()
+                return Message.create(
+                    conversation=conversation,
+                    role=Role.ASSISTANT.value,
+                    content=self.fallback_reply,
+                    status=Status.UNSENT.value,
+                    reply_to=question,
+                    metadata={"fallback": True},
+                    error=str(error),
+                )
+        latency_ms = (self.clock() - started) * 1000
+        usage = reply.usage
+        with database.atomic():
+            answer = Message.create(
+                conversation=conversation,
+                role=Role.ASSISTANT.value,
+                content=reply.text,
+                status=Status.UNSENT.value,
+                reply_to=question,
+                model=reply.model,
+                prompt_tokens=usage.get("prompt_tokens"),
+                completion_tokens=usage.get("completion_tokens"),
+                total_tokens=usage.get("total_tokens"),
+                latency_ms=latency_ms,
+                metadata={"ai_source": adapter.settings.source, "cost": usage.get("cost")},
+            )
+            question.status = Status.ANSWERED.value
+            question.save()
+        conversation.touch()
+        outcome.answered += 1
+        log.info("message_id=%s answered model=%s tokens=%s latency_ms=%.0f",
+                 question.id, reply.model, usage.get("total_tokens"), latency_ms)
+        return answer
+
+    def _deliver(self, conversation: Conversation, question: Message, answer: Message,
+                 final_attempt: bool) -> int:
+        if answer.status != Status.UNSENT.value:
+            return 0
+        if not answer.metadata.get("fallback"):
+            # Idempotent, so a job that crashed after storing the answer still leaves it in context.
+            self.context.add_exchange(conversation.id, question, answer)
+        sent = []
+
+        def record_part(number: int, sid: str) -> None:
+            sent.append(sid)
+            Message.update(parts_sent=number).where(Message.id == answer.id).execute()
+
+        try:
+            self.whatsapp.send(conversation.user_phone, answer.content,
+                               already_sent=answer.parts_sent, on_part_sent=record_part)
+        except WhatsAppError as error:
+            if error.retryable and not final_attempt:
+                raise
+            log.error("message_id=%s sender=%s reply not delivered: %s",
+                      answer.id, mask_phone(conversation.user_phone), error)
+            Message.update(status=Status.SEND_FAILED.value, error=str(error)).where(
+                Message.id == answer.id
+            ).execute()
+            return len(sent)
+        Message.update(status=Status.SENT.value).where(Message.id == answer.id).execute()
+        return len(sent)
+
+
+def prompt_text(question: Message) -> str:
+    """Return what the model reads for a user message (attachments noted, not shown)."""
+    media_count = len(question.metadata.get("media", []))
+    if media_count and not question.content.strip():
+        return f"[The user sent {media_count} attachment(s) with no text. Attachments cannot be viewed.]"
+    if media_count:
+        return f"{question.content}\n[The user also sent {media_count} attachment(s), which cannot be viewed.]"
+    return question.content

@@ -1,0 +1,28 @@
+"""Keep secrets and whole phone numbers out of logs and stored audit records."""
+from __future__ import annotations
+
+SECRET_HEADERS = {
+    "authorization",
+    "cookie",
+    "proxy-authorization",
+    "x-twilio-signature",
+    "x-api-key",
+}
+REDACTED = "[redacted]"
+
+
+def mask_phone(address: str) -> str:
+    """Return `whatsapp:+1555•••1234` for `whatsapp:+15550001234`."""
+    prefix, _, number = address.rpartition(":")
+    if len(number) <= 7:
+        return f"{prefix}:{'•' * len(number)}" if prefix else "•" * len(number)
+    masked = f"{number[:5]}•••{number[-4:]}"
+    return f"{prefix}:{masked}" if prefix else masked
+
+
+def redact_headers(headers) -> dict:
+    """Return the headers as a dict with secret values replaced."""
+    return {
+        name: (REDACTED if name.lower() in SECRET_HEADERS else value)
+        for name, value in headers.items()
+    }

@@ -1,0 +1,60 @@
+"""Build the clients every process needs from the settings, in one place."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import requests
+from redis import Redis
+from rq import Queue
+
+from chatbot.ai import AIAdapterFactory
+from chatbot.context import ConversationManager
+from chatbot.crypto import FieldCipher
+from chatbot.db import open_database
+from chatbot.processor import MessageProcessor
+from chatbot.whatsapp import WhatsAppClient
+from config import Config
+
+QUEUE_NAME = "chatbot"
+
+
+@dataclass
+class Services:
+    """The built clients of one process; tests swap them for ones aimed at fakes."""
+
+    config: Config
+    redis: Redis
+    queue: Queue
+    cipher: FieldCipher
+    context: ConversationManager
+    ai_factory: AIAdapterFactory
+    whatsapp: WhatsAppClient
+    processor: MessageProcessor
+
+
+def build_services(config: Config, ai_options: dict | None = None,
+                   whatsapp_options: dict | None = None) -> Services:
+    """Open the database and build Redis, the queue and the upstream clients from `config`."""
+    open_database(config.database_url)
+    redis = Redis.from_url(config.redis_url, socket_timeout=5, socket_connect_timeout=5,
+                           health_check_interval=30)
+    cipher = FieldCipher(config.field_encryption_key)
+    context = ConversationManager(redis, config.max_context_messages, config.conversation_ttl)
+    ai_factory = AIAdapterFactory(config, cipher, requests.Session(), **(ai_options or {}))
+    whatsapp = WhatsAppClient(
+        config.twilio_account_sid,
+        config.twilio_auth_token,
+        config.twilio_whatsapp_number,
+        api_base_url=config.twilio_api_base_url,
+        **(whatsapp_options or {}),
+    )
+    return Services(
+        config=config,
+        redis=redis,
+        queue=Queue(QUEUE_NAME, connection=redis),
+        cipher=cipher,
+        context=context,
+        ai_factory=ai_factory,
+        whatsapp=whatsapp,
+        processor=MessageProcessor(ai_factory, whatsapp, context),
+    )

@@ -1,0 +1,128 @@
+"""RQ jobs: thin, idempotent, and safe to run twice."""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import asdict
+from datetime import timedelta
+
+from redis.exceptions import LockError
+from rq import Queue, RateLimit, Retry, get_current_job
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+
+from chatbot.db import database
+from chatbot.errors import SenderBusy
+from chatbot.models import Conversation, Message, utcnow
+
+log = logging.getLogger(__name__)
+
+JOB_TIMEOUT = 180
+# Transient upstream trouble is retried over about four minutes before the user gets the fallback.
+JOB_RETRY = Retry(max=4, interval=[10, 30, 60, 120])
+LOCK_TIMEOUT = JOB_TIMEOUT + 30
+LOCK_WAIT = 30
+PENDING_GRACE = timedelta(seconds=60)
+
+_services = None
+
+
+def install(services) -> None:
+    """Use these built services for the jobs of this process (worker.py and tests)."""
+    global _services
+    _services = services
+
+
+def current_services():
+    """Return this process's services, building them from the environment on first use."""
+    global _services
+    if _services is None:
+        from chatbot.services import build_services
+        from config import Config
+
+        _services = build_services(Config.from_env())
+    return _services
+
+
+def job_id_for(message_id: int) -> str:
+    return f"message-{message_id}"
+
+
+def sender_key(sender: str) -> str:
+    """Name a sender in Redis without storing the phone number."""
+    return "sender:" + hashlib.sha256(sender.encode()).hexdigest()[:20]
+
+
+def enqueue_processing(queue: Queue, message_id: int, sender: str) -> Job:
+    """Queue the answer to a stored message; one sender's jobs run one at a time, oldest first."""
+    return queue.enqueue_call(
+        process_message,
+        args=(message_id,),
+        job_id=job_id_for(message_id),
+        timeout=JOB_TIMEOUT,
+        retry=JOB_RETRY,
+        rate_limit=RateLimit(key=sender_key(sender), concurrency=1),
+        result_ttl=86400,
+        failure_ttl=7 * 86400,
+        description=f"process message {message_id}",
+    )
+
+
+def process_message(message_id: int) -> dict:
+    """Answer and deliver a stored user message (and any older one of the same sender)."""
+    services = current_services()
+    job = get_current_job()
+    final_attempt = job is None or not job.retries_left
+    with database.connection_context():
+        message = Message.get_or_none(Message.id == message_id)
+        if message is None:
+            log.warning("message_id=%s not found", message_id)
+            return {"missing": True}
+        # A second guard behind RQ's rate limit: a job re-run after a worker died must not overlap.
+        lock = services.redis.lock(
+            f"chatbot:lock:conversation:{message.conversation_id}",
+            timeout=LOCK_TIMEOUT,
+            blocking_timeout=LOCK_WAIT,
+        )
+        if not lock.acquire():
+            raise SenderBusy(f"conversation of message_id={message_id} is being processed elsewhere")
+        try:
+            outcome = services.processor.process(message_id, final_attempt=final_attempt)
+        finally:
+            try:
+                lock.release()
+            except LockError:
+                log.warning("message_id=%s lock expired before release", message_id)
+    return asdict(outcome)
+
+
+def cleanup_expired_conversations() -> int:
+    """Deactivate conversations idle longer than CONVERSATION_TTL and drop their context."""
+    services = current_services()
+    cutoff = utcnow() - timedelta(seconds=services.config.conversation_ttl)
+    with database.connection_context():
+        expired = [conversation.id for conversation in Conversation.idle_since(cutoff)]
+        if expired:
+            Conversation.update(is_active=False).where(Conversation.id.in_(expired)).execute()
+    for conversation_id in expired:
+        services.context.clear_history(conversation_id)
+    log.info("deactivated %d idle conversations", len(expired))
+    return len(expired)
+
+
+def sweep_pending_messages() -> int:
+    """Queue stored messages whose job never reached Redis (e.g. Redis was down at the webhook)."""
+    services = current_services()
+    queued = 0
+    with database.connection_context():
+        for message in Message.stale_pending(PENDING_GRACE):
+            try:
+                Job.fetch(job_id_for(message.id), connection=services.redis)
+                continue
+            except NoSuchJobError:
+                pass
+            enqueue_processing(services.queue, message.id, message.conversation.user_phone)
+            queued += 1
+    if queued:
+        log.warning("queued %d stored messages that had no job", queued)
+    return queued

@@ -1,0 +1,227 @@
+"""The Twilio webhook: verify, parse, store first, enqueue, answer in milliseconds."""
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+
+from flask import Blueprint, Response, current_app, jsonify, request
+from peewee import IntegrityError, PeeweeException
+from redis.exceptions import RedisError
+from twilio.request_validator import RequestValidator
+
+from chatbot.db import database
+from chatbot.models import Conversation, Message, Role, Status, WebhookLog
+from chatbot.redact import mask_phone, redact_headers
+from chatbot.tasks import enqueue_processing
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("whatsapp", __name__)
+
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
+MAX_LOGGED_BODY = 8192
+SID_SHAPE = re.compile(r"^[A-Za-z]{2}[0-9a-fA-F]{32}$")
+MAX_MEDIA = 10
+
+
+class MalformedWebhook(ValueError):
+    """The form does not describe an inbound WhatsApp message."""
+
+
+@dataclass(frozen=True)
+class InboundMessage:
+    """The fields of Twilio's inbound message form that the assistant uses."""
+
+    sid: str
+    sender: str
+    recipient: str
+    body: str
+    profile_name: str = ""
+    wa_id: str = ""
+    media: list[dict] = field(default_factory=list)
+    extras: dict = field(default_factory=dict)
+
+    def metadata(self) -> dict:
+        """Return what to keep beside the text of the message."""
+        details = {"to": self.recipient, "wa_id": self.wa_id, "profile_name": self.profile_name}
+        if self.media:
+            details["media"] = self.media
+        details.update(self.extras)
+        return details
+
+
+def parse_inbound(form) -> InboundMessage:
+    """Read Twilio's form; unknown fields are ignored, missing essentials are an error."""
+    sid = (form.get("MessageSid") or form.get("SmsMessageSid") or "").strip()
+    sender = (form.get("From") or "").strip()
+    problems = []
+    if not sid:
+        problems.append("MessageSid is missing")
+    elif not SID_SHAPE.match(sid):
+        problems.append("MessageSid is not a Twilio SID")
+    if not sender:
+        problems.append("From is missing")
+    if problems:
+        raise MalformedWebhook("; ".join(problems))
+    media = []
+    for index in range(MAX_MEDIA):
+        url = form.get(f"MediaUrl{index}")
+        if url:
+            media.append({"url": url, "content_type": form.get(f"MediaContentType{index}", "")})
+    extras = {
+        name: form[name]
+        for name in ("Latitude", "Longitude", "ButtonPayload", "OriginalRepliedMessageSid")
+        if form.get(name)
+    }
+    return InboundMessage(
+        sid=sid,
+        sender=sender,
+        recipient=(form.get("To") or "").strip(),
+        body=form.get("Body") or "",
+        profile_name=(form.get("ProfileName") or "").strip()[:255],
+        wa_id=(form.get("WaId") or "").strip(),
+        media=media,
+        extras=extras,
+    )
+
+
+def signed_url(public_base_url: str) -> str:
+    """Rebuild the URL Twilio signed: the public origin (or the proxied one) + raw path + query."""
+    raw_path = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI")
+    if not raw_path:
+        query = request.query_string.decode("latin-1")
+        raw_path = request.script_root + request.path + (f"?{query}" if query else "")
+    origin = public_base_url or request.host_url.rstrip("/")
+    return origin + raw_path
+
+
+def signature_verdict(auth_token: str, public_base_url: str) -> tuple[bool, str | None]:
+    """Check X-Twilio-Signature; return (valid, reason when not)."""
+    signature = request.headers.get("X-Twilio-Signature")
+    if not auth_token:
+        return False, "TWILIO_AUTH_TOKEN is not set, so no request can be verified"
+    if not signature:
+        return False, "X-Twilio-Signature header is missing"
+    if not RequestValidator(auth_token).validate(signed_url(public_base_url), request.form, signature):
+        return False, "X-Twilio-Signature does not match (check PUBLIC_BASE_URL and the proxy setup)"
+    return True, None
+
+
+def store_inbound(inbound: InboundMessage, audit: dict, conversation_ttl: int) -> Message | None:
+    """Record the message and its audit row in one transaction; return it, or None if seen before."""
+    try:
+        with database.atomic():
+            if Message.select().where(Message.twilio_sid == inbound.sid).exists():
+                WebhookLog.create(**audit, error="duplicate delivery")
+                return None
+            conversation = Conversation.active_for(inbound.sender, inbound.profile_name, conversation_ttl)
+            message = Message.create(
+                conversation=conversation,
+                role=Role.USER.value,
+                content=inbound.body,
+                status=Status.PENDING.value,
+                twilio_sid=inbound.sid,
+                metadata=inbound.metadata(),
+            )
+            WebhookLog.create(**audit)
+            return message
+    except IntegrityError:
+        # A concurrent delivery of the same MessageSid committed first.
+        with database.atomic():
+            WebhookLog.create(**audit, error="duplicate delivery")
+        return None
+
+
+def _audit(status: int, started: float, signature_valid: bool | None, **extra) -> dict:
+    return {
+        "method": request.method,
+        "path": request.path[:255],
+        "remote_addr": (request.remote_addr or "")[:64],
+        "headers": redact_headers(request.headers),
+        "body": request.get_data(as_text=True)[:MAX_LOGGED_BODY],
+        "response_status": status,
+        "processing_ms": (time.perf_counter() - started) * 1000,
+        "signature_valid": signature_valid,
+        **extra,
+    }
+
+
+def _refuse(status: int, reason: str, started: float, signature_valid: bool | None) -> Response:
+    log.warning("webhook refused status=%d reason=%s", status, reason)
+    try:
+        with database.atomic():
+            WebhookLog.create(**_audit(status, started, signature_valid, error=reason))
+    except PeeweeException:
+        log.exception("could not record refused webhook")
+    return Response(f"{reason}\n", status=status, mimetype="text/plain")
+
+
+@bp.post("/whatsapp/webhook")
+def receive_message():
+    """Accept an inbound WhatsApp message from Twilio."""
+    started = time.perf_counter()
+    request.get_data(cache=True)  # keep the raw body for the audit log; the form parses from it
+    services = current_app.extensions["chatbot"]
+    config = services.config
+    valid, reason = signature_verdict(config.twilio_auth_token, config.public_base_url)
+    if not valid:
+        return _refuse(403, reason, started, signature_valid=False)
+    try:
+        inbound = parse_inbound(request.form)
+    except MalformedWebhook as exc:
+        return _refuse(400, f"malformed webhook: {exc}", started, signature_valid=True)
+    try:
+        message = store_inbound(
+            inbound,
+            _audit(200, started, signature_valid=True, message_sid=inbound.sid),
+            config.conversation_ttl,
+        )
+    except PeeweeException:
+        # Nothing was committed; a 503 makes Twilio deliver it again later.
+        log.exception("message_sid=%s could not be stored", inbound.sid)
+        return Response("database unavailable\n", status=503, mimetype="text/plain")
+    if message is None:
+        log.info("message_sid=%s duplicate delivery ignored", inbound.sid)
+    else:
+        try:
+            enqueue_processing(services.queue, message.id, inbound.sender)
+            log.info("message_sid=%s sender=%s queued message_id=%s",
+                     inbound.sid, mask_phone(inbound.sender), message.id)
+        except RedisError:
+            log.exception("message_sid=%s stored but not queued; the sweeper will queue it", inbound.sid)
+    return Response(EMPTY_TWIML, status=200, mimetype="text/xml")
+
+
+@bp.get("/whatsapp/webhook")
+def webhook_check():
+    """Tell an operator who opens the URL that the endpoint is up."""
+    return Response("WhatsApp webhook is up. Configure Twilio to POST here.\n", mimetype="text/plain")
+
+
+@bp.get("/health")
+def health():
+    """Report whether the database and Redis are reachable."""
+    services = current_app.extensions["chatbot"]
+    checks = {"database": _database_ok(), "redis": _redis_ok(services.redis)}
+    healthy = all(checks.values())
+    body = {"status": "ok" if healthy else "unavailable", **checks}
+    return jsonify(body), 200 if healthy else 503
+
+
+def _database_ok() -> bool:
+    try:
+        database.execute_sql("SELECT 1")
+        return True
+    except PeeweeException:
+        log.exception("health: database unreachable")
+        return False
+
+
+def _redis_ok(redis) -> bool:
+    try:
+        return bool(redis.ping())
+    except RedisError:
+        log.exception("health: redis unreachable")
+        return False

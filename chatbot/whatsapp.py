@@ -1,0 +1,184 @@
+"""WhatsAppClient: split long replies and send them in order through the twilio SDK."""
+from __future__ import annotations
+
+import logging
+import random
+import re
+import time
+import unicodedata
+from typing import Callable
+
+import requests
+from twilio.base.exceptions import TwilioException, TwilioRestException
+from twilio.http.http_client import TwilioHttpClient
+from twilio.rest import Client
+
+from chatbot.errors import WhatsAppError
+
+log = logging.getLogger(__name__)
+
+WHATSAPP_LIMIT = 1600
+# Twilio error codes that no retry can fix: bad credentials, bad or non-WhatsApp recipient,
+# the 24-hour session window closed, body too long, blocked or unsubscribed recipient.
+PERMANENT_CODES = {20003, 20404, 21211, 21408, 21610, 21614, 21617, 63003, 63016, 63024, 63032}
+
+
+def utf16_length(text: str) -> int:
+    """Count UTF-16 code units, the way Twilio measures a body."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def _joins_previous(char: str) -> bool:
+    """True for characters that belong to the grapheme before them (no cut just before one)."""
+    code = ord(char)
+    return (
+        unicodedata.category(char) in ("Mn", "Me", "Mc")
+        or code == 0x200D  # zero-width joiner
+        or 0xFE00 <= code <= 0xFE0F  # variation selectors
+        or 0x1F3FB <= code <= 0x1F3FF  # skin tones
+        or 0xE0020 <= code <= 0xE007F  # tag sequences (subdivision flags)
+    )
+
+
+def _is_regional_indicator(char: str) -> bool:
+    return 0x1F1E6 <= ord(char) <= 0x1F1FF
+
+
+def _safe_cut(text: str, index: int) -> bool:
+    """True when cutting `text` before `index` keeps every grapheme whole."""
+    if index <= 0 or index >= len(text):
+        return True
+    if _joins_previous(text[index]) or ord(text[index - 1]) == 0x200D:
+        return False
+    if _is_regional_indicator(text[index]) and _is_regional_indicator(text[index - 1]):
+        run = 0
+        while index - run - 1 >= 0 and _is_regional_indicator(text[index - run - 1]):
+            run += 1
+        return run % 2 == 0
+    return True
+
+
+_SENTENCE_END = re.compile(r"[.!?…。！？](?:[\"')\]»”’]*)\s+")
+
+
+def _fitting_prefix(text: str, limit: int) -> int:
+    """Return how many characters of `text` fit within `limit` UTF-16 units."""
+    units = 0
+    for index, char in enumerate(text):
+        units += 2 if ord(char) > 0xFFFF else 1
+        if units > limit:
+            return index
+    return len(text)
+
+
+def _cut_point(text: str, limit: int) -> int:
+    """Choose where the first part ends: paragraph, then line, sentence, word, then grapheme."""
+    window_end = _fitting_prefix(text, limit)
+    window = text[:window_end]
+    floor = window_end // 3  # a cut too early wastes a message; prefer a later, weaker boundary
+    for separator in ("\n\n", "\n"):
+        position = window.rfind(separator)
+        if position > floor:
+            return position + len(separator)
+    sentence_ends = [m.end() for m in _SENTENCE_END.finditer(window + " ") if m.end() <= window_end]
+    if sentence_ends and sentence_ends[-1] > floor:
+        return sentence_ends[-1]
+    if window_end < len(text) and text[window_end].isspace():
+        return window_end
+    spaces = [m.end() for m in re.finditer(r"\s+", window)]
+    if spaces and spaces[-1] > 0:
+        return spaces[-1]
+    cut = window_end
+    while cut > 1 and not _safe_cut(text, cut):
+        cut -= 1
+    return cut
+
+
+def split_message(text: str, limit: int = WHATSAPP_LIMIT) -> list[str]:
+    """Split `text` into parts of at most `limit` UTF-16 units, at natural boundaries."""
+    parts: list[str] = []
+    remaining = text.strip()
+    while utf16_length(remaining) > limit:
+        cut = _cut_point(remaining, limit)
+        part = remaining[:cut].strip()
+        if part:
+            parts.append(part)
+        remaining = remaining[cut:].strip()
+    if remaining:
+        parts.append(remaining)
+    return parts
+
+
+class WhatsAppClient:
+    """Sends WhatsApp messages through Twilio, retrying what is transient."""
+
+    def __init__(
+        self,
+        account_sid: str,
+        auth_token: str,
+        from_number: str,
+        api_base_url: str = "",
+        timeout: float = 10.0,
+        attempts: int = 4,
+        backoff: float = 1.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.from_number = from_number
+        self.attempts = attempts
+        self.backoff = backoff
+        self.sleep = sleep
+        self._client = None
+        if account_sid and auth_token:
+            self._client = Client(account_sid, auth_token, http_client=TwilioHttpClient(timeout=timeout))
+            if api_base_url:
+                self._client.api.base_url = api_base_url
+
+    def send(
+        self,
+        to: str,
+        body: str,
+        already_sent: int = 0,
+        on_part_sent: Callable[[int, str], None] | None = None,
+    ) -> list[str]:
+        """Send `body` (split when long) in order, skipping the first `already_sent` parts."""
+        sids = []
+        for number, part in enumerate(split_message(body), start=1):
+            if number <= already_sent:
+                continue
+            sid = self.send_part(to, part)
+            sids.append(sid)
+            if on_part_sent:
+                on_part_sent(number, sid)
+        return sids
+
+    def send_part(self, to: str, body: str) -> str:
+        """Send one message of at most 1600 characters; return Twilio's MessageSid."""
+        if self._client is None or not self.from_number:
+            raise WhatsAppError(
+                "Twilio is not configured (TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, TWILIO_WHATSAPP_NUMBER)",
+                retryable=False,
+            )
+        for number in range(1, self.attempts + 1):
+            try:
+                message = self._client.messages.create(to=to, from_=self.from_number, body=body)
+                return message.sid
+            except TwilioRestException as exc:
+                error = WhatsAppError(
+                    str(exc.msg)[:300], retryable=_retryable(exc), status=exc.status, code=exc.code
+                )
+            except requests.RequestException as exc:
+                error = WhatsAppError(f"could not reach Twilio: {exc.__class__.__name__}", retryable=True)
+            except TwilioException as exc:
+                error = WhatsAppError(str(exc)[:300], retryable=False)
+            if not error.retryable or number == self.attempts:
+                raise error
+            delay = self.backoff * (2 ** (number - 1)) * (0.5 + random.random() / 2)
+            log.warning("twilio send attempt %d failed, retrying in %.1fs: %s", number, delay, error)
+            self.sleep(delay)
+        raise AssertionError("unreachable")
+
+
+def _retryable(exc: TwilioRestException) -> bool:
+    if exc.code in PERMANENT_CODES:
+        return False
+    return exc.status == 429 or exc.code == 20429 or (exc.status or 0) >= 500

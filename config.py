@@ -1,0 +1,195 @@
+"""Settings: the only reader of the environment and `.env`."""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from urllib.parse import urlparse
+
+from cryptography.fernet import Fernet
+from dotenv import dotenv_values
+
+PROJECT_DIR = Path(__file__).resolve().parent
+DEFAULT_DATABASE_URL = f"sqlite:///{PROJECT_DIR / 'instance' / 'chatbot.sqlite3'}"
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a helpful assistant answering on WhatsApp. Keep answers short and clear, "
+    "use plain text, and answer in the language the user writes in."
+)
+
+ACCOUNT_SID_SHAPE = re.compile(r"^AC[0-9a-fA-F]{32}$")
+WHATSAPP_ADDRESS_SHAPE = re.compile(r"^whatsapp:\+[1-9][0-9]{6,14}$")
+
+
+class ConfigError(Exception):
+    """One or more settings are missing or malformed."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass(frozen=True)
+class Config:
+    """Typed, validated settings for every process."""
+
+    secret_key: str
+    field_encryption_key: str
+    database_url: str = DEFAULT_DATABASE_URL
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    twilio_account_sid: str = ""
+    twilio_auth_token: str = field(default="", repr=False)
+    twilio_whatsapp_number: str = ""
+    twilio_api_base_url: str = ""
+    public_base_url: str = ""
+    openrouter_api_key: str = field(default="", repr=False)
+    openrouter_base_url: str = "https://openrouter.ai/api/v1"
+    ai_model: str = "openai/gpt-4o-mini"
+    ai_max_tokens: int = 500
+    ai_temperature: float = 0.7
+    ai_system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    max_context_messages: int = 20
+    conversation_ttl: int = 86400
+    site_name: str = "WhatsApp AI Assistant"
+
+    @classmethod
+    def from_env(cls, environ: dict | None = None, dotenv_path: str | Path | None = None) -> "Config":
+        """Read `.env` and the environment (which wins), validate, and return typed settings."""
+        if environ is None:
+            path = Path(dotenv_path) if dotenv_path else PROJECT_DIR / ".env"
+            file_values = {k: v for k, v in dotenv_values(path).items() if v is not None}
+            environ = {**file_values, **os.environ}
+        return cls.from_mapping(environ)
+
+    @classmethod
+    def from_mapping(cls, values: dict) -> "Config":
+        """Validate a mapping of variable names to strings and return typed settings."""
+        reader = _Reader(values)
+        settings = {
+            "secret_key": reader.text("SECRET_KEY", required=True),
+            "field_encryption_key": reader.fernet_keys("FIELD_ENCRYPTION_KEY"),
+            "database_url": reader.database_url("DATABASE_URL"),
+            "redis_url": reader.url("REDIS_URL", ("redis", "rediss", "unix"), cls.redis_url),
+            "twilio_account_sid": reader.pattern(
+                "TWILIO_ACCOUNT_SID", ACCOUNT_SID_SHAPE, "AC followed by 32 hex characters"
+            ),
+            "twilio_auth_token": reader.text("TWILIO_AUTH_TOKEN"),
+            "twilio_whatsapp_number": reader.pattern(
+                "TWILIO_WHATSAPP_NUMBER", WHATSAPP_ADDRESS_SHAPE, "whatsapp:+ and an E.164 number"
+            ),
+            "twilio_api_base_url": reader.url("TWILIO_API_BASE_URL", ("http", "https"), "").rstrip("/"),
+            "public_base_url": reader.url("PUBLIC_BASE_URL", ("http", "https"), "").rstrip("/"),
+            "openrouter_api_key": reader.text("OPENROUTER_API_KEY"),
+            "openrouter_base_url": reader.url(
+                "OPENROUTER_BASE_URL", ("http", "https"), cls.openrouter_base_url
+            ).rstrip("/"),
+            "ai_model": reader.text("AI_MODEL", default=cls.ai_model),
+            "ai_max_tokens": reader.integer("AI_MAX_TOKENS", cls.ai_max_tokens, minimum=1),
+            "ai_temperature": reader.number("AI_TEMPERATURE", cls.ai_temperature, 0.0, 2.0),
+            "ai_system_prompt": reader.text("AI_SYSTEM_PROMPT", default=cls.ai_system_prompt),
+            "max_context_messages": reader.integer(
+                "MAX_CONTEXT_MESSAGES", cls.max_context_messages, minimum=1
+            ),
+            "conversation_ttl": reader.integer("CONVERSATION_TTL", cls.conversation_ttl, minimum=60),
+            "site_name": reader.text("SITE_NAME", default=cls.site_name),
+        }
+        if reader.problems:
+            raise ConfigError(reader.problems)
+        return cls(**settings)
+
+    def replace(self, **changes) -> "Config":
+        """Return a copy with some settings changed (tests and tools)."""
+        current = {f.name: getattr(self, f.name) for f in fields(self)}
+        return Config(**{**current, **changes})
+
+    def missing_for_whatsapp(self) -> list[str]:
+        """Name the settings that real WhatsApp traffic still needs."""
+        needed = {
+            "TWILIO_ACCOUNT_SID": self.twilio_account_sid,
+            "TWILIO_AUTH_TOKEN": self.twilio_auth_token,
+            "TWILIO_WHATSAPP_NUMBER": self.twilio_whatsapp_number,
+        }
+        return [name for name, value in needed.items() if not value]
+
+
+class _Reader:
+    """Collects every problem instead of stopping at the first."""
+
+    def __init__(self, values: dict):
+        self.values = values
+        self.problems: list[str] = []
+
+    def _raw(self, name: str) -> str:
+        return (self.values.get(name) or "").strip()
+
+    def text(self, name: str, required: bool = False, default: str = "") -> str:
+        value = self._raw(name)
+        if not value and required:
+            self.problems.append(f"{name} is required but not set")
+        return value or default
+
+    def integer(self, name: str, default: int, minimum: int) -> int:
+        raw = self._raw(name)
+        if not raw:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            self.problems.append(f"{name} must be a whole number, got {raw!r}")
+            return default
+        if value < minimum:
+            self.problems.append(f"{name} must be at least {minimum}, got {value}")
+        return value
+
+    def number(self, name: str, default: float, low: float, high: float) -> float:
+        raw = self._raw(name)
+        if not raw:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            self.problems.append(f"{name} must be a number, got {raw!r}")
+            return default
+        if not low <= value <= high:
+            self.problems.append(f"{name} must be between {low:g} and {high:g}, got {raw}")
+        return value
+
+    def pattern(self, name: str, shape: re.Pattern, description: str) -> str:
+        value = self._raw(name)
+        if value and not shape.match(value):
+            self.problems.append(f"{name} must be {description}")
+        return value
+
+    def url(self, name: str, schemes: tuple[str, ...], default: str) -> str:
+        value = self._raw(name)
+        if not value:
+            return default
+        parsed = urlparse(value)
+        if parsed.scheme not in schemes or not (parsed.netloc or parsed.path):
+            self.problems.append(f"{name} must be a URL starting with {' or '.join(s + '://' for s in schemes)}")
+        return value
+
+    def database_url(self, name: str) -> str:
+        value = self._raw(name)
+        if not value:
+            return DEFAULT_DATABASE_URL
+        scheme = urlparse(value).scheme
+        if scheme not in ("sqlite", "postgres", "postgresql"):
+            self.problems.append(f"{name} must start with sqlite://, postgres:// or postgresql://")
+        return value
+
+    def fernet_keys(self, name: str) -> str:
+        value = self._raw(name)
+        if not value:
+            self.problems.append(
+                f"{name} is required but not set "
+                "(make one with: python -c 'from cryptography.fernet import Fernet; "
+                "print(Fernet.generate_key().decode())')"
+            )
+            return value
+        for position, key in enumerate(value.split(","), start=1):
+            try:
+                Fernet(key.strip())
+            except (ValueError, TypeError):
+                self.problems.append(f"{name} key #{position} is not a valid Fernet key (32 url-safe base64 bytes)")
+        return value

@@ -1,0 +1,237 @@
+"""Real Redis, real SQLite files and Postgres, loopback fakes for OpenRouter and Twilio."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlencode
+
+import psycopg2
+import pytest
+from cryptography.fernet import Fernet
+from redis import Redis
+from rq import SimpleWorker
+from twilio.request_validator import RequestValidator
+
+from chatbot import create_app, db, tasks
+from chatbot.services import build_services
+from config import Config
+from tests.fakes import FakeOpenRouter, FakeTwilio
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
+AUTH_TOKEN = "test-auth-token-0123456789abcdef"
+BOT_NUMBER = "whatsapp:+14155238886"
+PUBLIC_BASE_URL = "https://bot.example.com"
+WEBHOOK_URL = PUBLIC_BASE_URL + "/whatsapp/webhook"
+FAST_RETRIES = {"backoff": 0.01}
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A fresh Postgres database for this test run, dropped afterwards."""
+    name = "chatbot_test_" + uuid.uuid4().hex[:10]
+    admin = psycopg2.connect(POSTGRES_ADMIN_URL)
+    admin.autocommit = True
+    admin.cursor().execute(f"CREATE DATABASE {name}")
+    yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    db.database.obj and not db.database.is_closed() and db.database.close()
+    admin.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request, tmp_path):
+    """Each test that takes this runs once on an SQLite file and once on Postgres."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'chatbot.sqlite3'}"
+        return
+    url = request.getfixturevalue("postgres_url")
+    yield url
+    connection = psycopg2.connect(url)
+    connection.autocommit = True
+    connection.cursor().execute(
+        "DO $$ BEGIN IF to_regclass('message') IS NOT NULL THEN "
+        "TRUNCATE message, conversation, webhook_log, ai_configuration RESTART IDENTITY CASCADE; "
+        "END IF; END $$"
+    )
+    connection.close()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path):
+    return f"sqlite:///{tmp_path / 'chatbot.sqlite3'}"
+
+
+@pytest.fixture
+def redis():
+    connection = Redis.from_url(REDIS_URL)
+    connection.flushdb()
+    yield connection
+    connection.flushdb()
+    connection.close()
+
+
+@pytest.fixture
+def fake_openrouter():
+    server = FakeOpenRouter().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fake_twilio():
+    server = FakeTwilio().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def env(fake_openrouter, fake_twilio):
+    """The environment variables of a fully configured deployment, aimed at the fakes."""
+    return {
+        "SECRET_KEY": "test-secret",
+        "FIELD_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+        "REDIS_URL": REDIS_URL,
+        "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "TWILIO_WHATSAPP_NUMBER": BOT_NUMBER,
+        "TWILIO_API_BASE_URL": fake_twilio.url,
+        "PUBLIC_BASE_URL": PUBLIC_BASE_URL,
+        "OPENROUTER_API_KEY": "sk-or-v1-test-key",
+        "OPENROUTER_BASE_URL": fake_openrouter.url + "/api/v1",
+        "AI_MODEL": "openai/gpt-4o-mini",
+        "AI_SYSTEM_PROMPT": "You are a test assistant.",
+        "MAX_CONTEXT_MESSAGES": "10",
+    }
+
+
+@pytest.fixture
+def config(env, database_url, redis):
+    return Config.from_mapping({**env, "DATABASE_URL": database_url})
+
+
+@pytest.fixture
+def services(config):
+    built = build_services(config, ai_options=FAST_RETRIES, whatsapp_options=FAST_RETRIES)
+    db.upgrade()
+    tasks.install(built)
+    yield built
+    tasks.install(None)
+    if not db.database.is_closed():
+        db.database.close()
+
+
+@pytest.fixture
+def app(config, services):
+    return create_app(config, services)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def sign(url: str, params: dict, token: str = AUTH_TOKEN) -> str:
+    """Sign a webhook the way Twilio does."""
+    return RequestValidator(token).compute_signature(url, params)
+
+
+def inbound_form(body: str = "Hello", sender: str = "whatsapp:+15550001111", sid: str | None = None, **extra):
+    """A real-shaped Twilio WhatsApp inbound form."""
+    sid = sid or "SM" + uuid.uuid4().hex
+    return {
+        "SmsMessageSid": sid, "NumMedia": "0", "ProfileName": "Ada", "SmsSid": sid,
+        "WaId": sender.split("+")[-1], "SmsStatus": "received", "Body": body, "To": BOT_NUMBER,
+        "NumSegments": "1", "ReferralNumMedia": "0", "MessageSid": sid, "AccountSid": ACCOUNT_SID,
+        "From": sender, "ApiVersion": "2010-04-01", **extra,
+    }
+
+
+class WebhookPoster:
+    """Posts signed webhooks to the test client."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def __call__(self, form: dict, signature: str | None = "sign", url: str = WEBHOOK_URL, **kwargs):
+        headers = kwargs.pop("headers", {})
+        if signature == "sign":
+            signature = sign(url, form)
+        if signature is not None:
+            headers["X-Twilio-Signature"] = signature
+        return self.client.post("/whatsapp/webhook", data=form, headers=headers, **kwargs)
+
+    def message(self, body: str, sender: str = "whatsapp:+15550001111", **extra):
+        form = inbound_form(body, sender, **extra)
+        response = self(form)
+        assert response.status_code == 200, response.get_data(as_text=True)
+        return form
+
+
+@pytest.fixture
+def post_webhook(client):
+    return WebhookPoster(client)
+
+
+@pytest.fixture
+def run_jobs(services):
+    """Run every queued job to the end with a real (non-forking) RQ worker."""
+    from worker import build_worker
+
+    def run():
+        worker = build_worker(services, worker_class=SimpleWorker)
+        worker.work(burst=True, with_scheduler=False)
+
+    return run
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    """A Redis server of this test's own, which the test may stop and start."""
+
+    class PrivateRedis:
+        def __init__(self):
+            self.port = free_port()
+            self.url = f"redis://127.0.0.1:{self.port}/0"
+            self.process = None
+
+        def start(self):
+            self.process = subprocess.Popen(
+                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", str(tmp_path)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                try:
+                    if Redis(port=self.port, socket_connect_timeout=0.2).ping():
+                        return self
+                except Exception:
+                    time.sleep(0.05)
+            raise RuntimeError("private redis did not start")
+
+        def stop(self):
+            if self.process:
+                self.process.terminate()
+                self.process.wait(10)
+                self.process = None
+
+    server = PrivateRedis()
+    yield server
+    server.stop()
+
+
+def form_body(form: dict) -> str:
+    return urlencode(form)

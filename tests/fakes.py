@@ -1,0 +1,176 @@
+"""Loopback HTTP servers that speak OpenRouter's and Twilio's wire formats."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+
+@dataclass
+class Scripted:
+    """One canned answer: status, JSON body (or raw text), headers, and a delay before answering."""
+
+    status: int = 200
+    body: object = None
+    headers: dict = field(default_factory=dict)
+    delay: float = 0.0
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: dict
+    body: object
+
+
+class FakeServer:
+    """A threaded HTTP server on 127.0.0.1:0 that records requests and plays scripted answers."""
+
+    def __init__(self):
+        self.requests: list[Recorded] = []
+        self.script: deque[Scripted] = deque()
+        self.lock = threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _handle(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                recorded = Recorded(self.command, self.path, dict(self.headers), fake.decode(self.headers, raw))
+                with fake.lock:
+                    fake.requests.append(recorded)
+                    scripted = fake.script.popleft() if fake.script else None
+                answer = scripted or fake.default_answer(recorded)
+                if answer.delay:
+                    time.sleep(answer.delay)
+                payload = answer.body if isinstance(answer.body, (str, bytes)) else json.dumps(answer.body)
+                payload = payload.encode() if isinstance(payload, str) else payload
+                try:
+                    self.send_response(answer.status)
+                    content_type = "application/json" if not isinstance(answer.body, (str, bytes)) else "text/plain"
+                    self.send_header("Content-Type", content_type)
+                    for name, value in answer.headers.items():
+                        self.send_header(name, value)
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            do_GET = do_POST = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def start(self) -> "FakeServer":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def then(self, *answers: Scripted) -> None:
+        """Queue answers for the next requests, in order; afterwards the default answer applies."""
+        with self.lock:
+            self.script.extend(answers)
+
+    @staticmethod
+    def decode(headers, raw: bytes):
+        content_type = headers.get("Content-Type", "")
+        if "json" in content_type:
+            return json.loads(raw or b"null")
+        if "form" in content_type:
+            return {key: values[-1] for key, values in parse_qs(raw.decode(), keep_blank_values=True).items()}
+        return raw.decode(errors="replace")
+
+    def default_answer(self, request: Recorded) -> Scripted:
+        return Scripted(404, {"error": "not found"})
+
+
+class FakeOpenRouter(FakeServer):
+    """Answers chat completions as OpenRouter does; by default the reply names the last question."""
+
+    def __init__(self):
+        super().__init__()
+        self.reply_for = lambda messages: f"Answer to: {messages[-1]['content']}"
+        self.delay_for = lambda messages: 0.0
+
+    @property
+    def completions(self) -> list[Recorded]:
+        return [r for r in self.requests if r.path.endswith("/chat/completions")]
+
+    @staticmethod
+    def completion(text: str, model: str = "openai/gpt-4o-mini") -> dict:
+        return {
+            "id": "gen-" + uuid.uuid4().hex,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": text}}],
+            "usage": {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19, "cost": 0.00001},
+        }
+
+    @staticmethod
+    def error(status: int, message: str, **headers) -> Scripted:
+        return Scripted(status, {"error": {"code": status, "message": message, "metadata": {}}}, headers)
+
+    def default_answer(self, request: Recorded) -> Scripted:
+        if request.path.endswith("/chat/completions"):
+            messages = request.body["messages"]
+            return Scripted(200, self.completion(self.reply_for(messages), request.body["model"]),
+                            delay=self.delay_for(messages))
+        if request.path.endswith("/key"):
+            return Scripted(200, {"data": {"label": "sk-or-v1-abc...", "usage": 0.5, "limit": None}})
+        if request.path.endswith("/models"):
+            return Scripted(200, {"data": [{"id": "openai/gpt-4o-mini"}, {"id": "anthropic/claude-3.5-sonnet"}]})
+        return super().default_answer(request)
+
+
+class FakeTwilio(FakeServer):
+    """Accepts Messages.json posts as Twilio's REST API does."""
+
+    @property
+    def sent(self) -> list[dict]:
+        """The form of every accepted or attempted outbound message, in arrival order."""
+        return [r.body for r in self.requests if r.path.endswith("/Messages.json")]
+
+    @staticmethod
+    def error(status: int, code: int, message: str) -> Scripted:
+        return Scripted(status, {"code": code, "message": message,
+                                 "more_info": f"https://www.twilio.com/docs/errors/{code}", "status": status})
+
+    def default_answer(self, request: Recorded) -> Scripted:
+        parts = urlparse(request.path).path.split("/")
+        if request.method == "POST" and request.path.endswith("/Messages.json"):
+            account = parts[3]
+            sid = "SM" + uuid.uuid4().hex
+            form = request.body
+            return Scripted(201, {
+                "sid": sid, "account_sid": account, "to": form.get("To"), "from": form.get("From"),
+                "body": form.get("Body"), "status": "queued", "num_segments": "1", "direction": "outbound-api",
+                "api_version": "2010-04-01", "date_created": "Wed, 25 Nov 2026 12:00:00 +0000",
+                "uri": f"/2010-04-01/Accounts/{account}/Messages/{sid}.json",
+            })
+        if request.method == "GET" and len(parts) == 4 and parts[3].endswith(".json"):
+            account = parts[3][:-5]
+            return Scripted(200, {"sid": account, "friendly_name": "Test account", "status": "active",
+                                  "type": "Full", "uri": f"/2010-04-01/Accounts/{account}.json"})
+        return super().default_answer(request)
