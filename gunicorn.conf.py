@@ -1,0 +1,12 @@
+"""gunicorn settings for the web process (read automatically from the working directory)."""
+import os
+
+bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+# The webhook answers in milliseconds; anything slower than this is stuck.
+timeout = 30
+graceful_timeout = 30
+keepalive = 5
+accesslog = "-"
