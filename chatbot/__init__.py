@@ -10,16 +10,20 @@ from config import Config
 
 
 def create_app(config: Config | None = None, services=None) -> Flask:
-    """Wire the app: settings, database, clients, blueprint and commands."""
+    """Wire the app: settings, database, clients, blueprint and commands.
+
+    Pass `services` (already built, e.g. aimed at test fakes) to use them and their settings.
+    """
     from chatbot import cli, db, webhook
     from chatbot.services import build_services
 
-    config = config or Config.from_env()
+    services = services or build_services(config or Config.from_env())
+    config = services.config
     app = Flask(__name__, instance_relative_config=False)
     app.config.update(SECRET_KEY=config.secret_key)
     # Twilio reaches us through the host's TLS proxy; trust its X-Forwarded-* headers.
     app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1, x_port=1)
-    app.extensions["chatbot"] = services or build_services(config)
+    app.extensions["chatbot"] = services
     db.init_app(app)
     app.register_blueprint(webhook.bp)
     cli.init_app(app)

@@ -28,7 +28,9 @@ def open_database(url: str):
         path = urlparse(url).path
         if path and path != "/:memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        db = connect(url, pragmas=SQLITE_PRAGMAS)
+        # IMMEDIATE: a transaction that reads then writes must not lose its snapshot to a
+        # concurrent writer (SQLite would fail it at once instead of waiting busy_timeout).
+        db = connect(url, pragmas=SQLITE_PRAGMAS, lock_type="IMMEDIATE")
     else:
         db = connect(url)
     database.initialize(db)

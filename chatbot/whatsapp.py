@@ -80,7 +80,8 @@ def _cut_point(text: str, limit: int) -> int:
         position = window.rfind(separator)
         if position > floor:
             return position + len(separator)
-    sentence_ends = [m.end() for m in _SENTENCE_END.finditer(window + " ") if m.end() <= window_end]
+    # Look one character past the window: a sentence may end exactly at its edge.
+    sentence_ends = [min(m.end(), window_end) for m in _SENTENCE_END.finditer(text, 0, window_end + 1)]
     if sentence_ends and sentence_ends[-1] > floor:
         return sentence_ends[-1]
     if window_end < len(text) and text[window_end].isspace():

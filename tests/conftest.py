@@ -129,7 +129,7 @@ def services(config):
 
 @pytest.fixture
 def app(config, services):
-    return create_app(config, services)
+    return create_app(services=services)
 
 
 @pytest.fixture

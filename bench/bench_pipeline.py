@@ -1,0 +1,619 @@
+"""Measure webhook throughput against a bare Flask endpoint, and the webhook-to-Twilio overhead.
+
+Run by hand: `python bench/bench_pipeline.py` (see `--help` and bench/README.md).
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import itertools
+import json
+import os
+import runpy
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlencode
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT_DIR))
+
+from cryptography.fernet import Fernet  # noqa: E402
+from redis import Redis  # noqa: E402
+from rq import Queue, Worker  # noqa: E402
+from rq.registry import FailedJobRegistry, ScheduledJobRegistry  # noqa: E402
+
+from chatbot.services import QUEUE_NAME  # noqa: E402
+from tests.conftest import ACCOUNT_SID, AUTH_TOKEN, BOT_NUMBER, free_port, inbound_form, sign  # noqa: E402
+from tests.fakes import FakeOpenRouter, FakeTwilio, Recorded, Scripted  # noqa: E402
+
+WEBHOOK_PATH = "/whatsapp/webhook"
+PUBLIC_BASE_URL = "https://bench.example.com"
+TARGET_RATIO = 0.5
+TARGET_P99_MS = 15.0
+STARTUP_TIMEOUT = 30
+STOP_TIMEOUT = 15
+# Lines in a child's log that mean something went wrong (access-log lines never contain these).
+TROUBLE_MARKERS = (" ERROR ", " CRITICAL ", "Traceback", "[ERROR]", "[CRITICAL]", "WORKER TIMEOUT")
+
+
+class BenchError(Exception):
+    """The benchmark could not run (a process did not start, a setup step failed)."""
+
+
+# --- child processes ---------------------------------------------------------------------------
+
+class Children:
+    """The processes this run started; every one is stopped on exit, on error and on Ctrl-C."""
+
+    def __init__(self, log_dir: Path):
+        self.log_dir = log_dir
+        self.running: list[subprocess.Popen] = []
+
+    def start(self, name: str, args: list[str], env: dict) -> subprocess.Popen:
+        """Start `args` in the project folder, in its own process group, logging to `<name>.log`."""
+        with open(self.log_dir / f"{name}.log", "ab") as log_file:
+            process = subprocess.Popen(
+                args, cwd=PROJECT_DIR, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        process.bench_name = name
+        self.running.append(process)
+        return process
+
+    def stop(self, process: subprocess.Popen) -> None:
+        """Ask for a graceful stop, then kill what is left of the process's own group."""
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                print(f"  {process.bench_name} (pid {process.pid}) ignored SIGTERM; killing it", file=sys.stderr)
+        try:
+            # The group is the child's own (start_new_session), so this reaches only its leftovers.
+            os.killpg(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        process.wait()
+        if process in self.running:
+            self.running.remove(process)
+
+    def stop_all(self) -> None:
+        for process in reversed(list(self.running)):
+            self.stop(process)
+
+    def log_tail(self, name: str, lines: int = 20) -> str:
+        path = self.log_dir / f"{name}.log"
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def trouble_lines(log_dir: Path) -> dict[str, list[str]]:
+    """Return the lines of each child log that report an error or a traceback."""
+    found = {}
+    for path in sorted(log_dir.glob("*.log")):
+        hits = [line for line in path.read_text(errors="replace").splitlines()
+                if any(marker in line for marker in TROUBLE_MARKERS)]
+        if hits:
+            found[path.name] = hits
+    return found
+
+
+def wait_until_answering(port: int, path: str, process: subprocess.Popen, children: Children,
+                         ok_statuses: tuple[int, ...]) -> None:
+    """Poll `GET path` on the server until it answers with one of `ok_statuses`."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise BenchError(f"{process.bench_name} exited with {process.returncode}:\n"
+                             + children.log_tail(process.bench_name))
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        try:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            response.read()
+            if response.status in ok_statuses:
+                return
+            last = f"HTTP {response.status}"
+        except OSError as exc:
+            last = exc.__class__.__name__
+        finally:
+            connection.close()
+        time.sleep(0.1)
+    raise BenchError(f"{process.bench_name} did not answer GET {path} within {STARTUP_TIMEOUT}s ({last})")
+
+
+# --- the deployment under test -----------------------------------------------------------------
+
+@dataclass
+class Deployment:
+    """Settings shared by every process of one run, and how to start each kind of process."""
+
+    workdir: Path
+    redis_url: str
+    twilio_url: str
+    openrouter_url: str
+    children: Children
+    field_encryption_key: str = field(default_factory=lambda: Fernet.generate_key().decode())
+
+    def env(self, database_url: str, port: int | None = None) -> dict:
+        env = dict(os.environ)
+        env.update({
+            "SECRET_KEY": "bench-secret-" + uuid.uuid4().hex,
+            "FIELD_ENCRYPTION_KEY": self.field_encryption_key,
+            "DATABASE_URL": database_url,
+            "REDIS_URL": self.redis_url,
+            "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+            "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+            "TWILIO_WHATSAPP_NUMBER": BOT_NUMBER,
+            "TWILIO_API_BASE_URL": self.twilio_url,
+            "PUBLIC_BASE_URL": PUBLIC_BASE_URL,
+            "OPENROUTER_API_KEY": "sk-or-v1-bench-key",
+            "OPENROUTER_BASE_URL": self.openrouter_url + "/api/v1",
+            "PYTHONUNBUFFERED": "1",
+        })
+        if port is not None:
+            env["PORT"] = str(port)
+        return env
+
+    def fresh_database(self, name: str) -> str:
+        """Create an empty SQLite file with the schema (`flask --app wsgi init-db`) and return its URL."""
+        url = f"sqlite:///{self.workdir / (name + '.sqlite3')}"
+        result = subprocess.run(
+            [sys.executable, "-m", "flask", "--app", "wsgi", "init-db"],
+            cwd=PROJECT_DIR, env=self.env(url), capture_output=True, text=True, timeout=60,
+        )
+        if result.returncode != 0:
+            raise BenchError(f"init-db failed:\n{result.stdout}{result.stderr}")
+        return url
+
+    def start_gunicorn(self, name: str, app_spec: str, database_url: str) -> tuple[subprocess.Popen, int]:
+        """Serve `app_spec` with the project's gunicorn.conf.py, bound to loopback on a free port."""
+        port = free_port()
+        # gunicorn.conf.py binds 0.0.0.0:$PORT; the command line wins, keeping the bench on loopback.
+        process = self.children.start(name, [
+            sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
+            "--bind", f"127.0.0.1:{port}", app_spec,
+        ], self.env(database_url, port))
+        return process, port
+
+    def start_worker(self, name: str, database_url: str) -> subprocess.Popen:
+        return self.children.start(name, [sys.executable, "worker.py"], self.env(database_url))
+
+
+# --- load generation ---------------------------------------------------------------------------
+
+@dataclass
+class SignedRequest:
+    body: bytes
+    headers: dict
+
+
+def signed_webhooks(count: int, senders: list[str], label: str) -> list[SignedRequest]:
+    """Build `count` signed inbound-message webhooks with unique MessageSids, round-robin over senders."""
+    url = PUBLIC_BASE_URL + WEBHOOK_PATH
+    requests = []
+    for number in range(count):
+        form = inbound_form(f"{label} message {number}", senders[number % len(senders)])
+        requests.append(SignedRequest(urlencode(form).encode(), {
+            "Content-Type": "application/x-www-form-urlencoded",
+            "X-Twilio-Signature": sign(url, form),
+            "User-Agent": "TwilioProxy/1.1",
+        }))
+    return requests
+
+
+def percentile(ordered: list[float], percent: float) -> float:
+    """Nearest-rank percentile of an ascending list."""
+    if not ordered:
+        return float("nan")
+    rank = max(1, -(-len(ordered) * percent // 100))
+    return ordered[int(rank) - 1]
+
+
+@dataclass
+class LoadResult:
+    completed: int
+    seconds: float
+    latencies_ms: list[float]
+    failures: dict[str, int]
+    client_cpu_percent: float
+
+    @property
+    def requests_per_second(self) -> float:
+        return self.completed / self.seconds if self.seconds else 0.0
+
+    def summary(self) -> dict:
+        return {
+            "requests": self.completed,
+            "seconds": round(self.seconds, 3),
+            "requests_per_second": round(self.requests_per_second, 1),
+            "p50_ms": round(percentile(self.latencies_ms, 50), 2),
+            "p99_ms": round(percentile(self.latencies_ms, 99), 2),
+            "max_ms": round(percentile(self.latencies_ms, 100), 2),
+            "failures": self.failures,
+            "load_generator_cpu_percent_of_one_core": round(self.client_cpu_percent),
+        }
+
+
+def hammer(port: int, requests: list[SignedRequest], connections: int, max_seconds: float) -> LoadResult:
+    """POST every request over `connections` keep-alive connections, as fast as answers come back."""
+    next_index = itertools.count()  # its next() is atomic under the GIL: each request is sent once
+    latencies: list[list[float]] = [[] for _ in range(connections)]
+    failures: list[Counter] = [Counter() for _ in range(connections)]
+    clock = {}
+
+    def note_start():
+        clock["start"] = time.perf_counter()
+        clock["deadline"] = clock["start"] + max_seconds
+        clock["cpu"] = time.process_time()
+
+    barrier = threading.Barrier(connections, action=note_start)
+
+    def client(slot: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        barrier.wait()
+        while time.perf_counter() < clock["deadline"]:
+            index = next(next_index)
+            if index >= len(requests):
+                break
+            request = requests[index]
+            started = time.perf_counter()
+            try:
+                connection.request("POST", WEBHOOK_PATH, request.body, request.headers)
+                response = connection.getresponse()
+                response.read()
+            except (OSError, http.client.HTTPException) as exc:
+                failures[slot][exc.__class__.__name__] += 1
+                connection.close()
+                continue
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            if response.status == 200:
+                latencies[slot].append(elapsed_ms)
+            else:
+                failures[slot][f"HTTP {response.status}"] += 1
+        connection.close()
+
+    threads = [threading.Thread(target=client, args=(slot,), daemon=True) for slot in range(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - clock["start"]
+    cpu = time.process_time() - clock["cpu"]
+    ordered = sorted(itertools.chain.from_iterable(latencies))
+    return LoadResult(
+        completed=len(ordered),
+        seconds=seconds,
+        latencies_ms=ordered,
+        failures=dict(sum(failures, Counter())),
+        client_cpu_percent=100 * cpu / seconds if seconds else 0.0,
+    )
+
+
+# --- (a) throughput: webhook vs bare Flask -----------------------------------------------------
+
+def measure_throughput(args, deployment: Deployment, redis: Redis) -> dict:
+    senders = [f"whatsapp:+1555{number:07d}" for number in range(args.senders)]
+    warmup = signed_webhooks(args.warmup, senders, "warm-up")
+    measured = signed_webhooks(args.requests, senders, "measured")
+    results = {}
+    for name, app_spec in (("bare", "bench.bare_app:app"), ("webhook", "wsgi:app")):
+        redis.flushdb()
+        database_url = deployment.fresh_database(f"throughput-{name}")
+        progress(f"(a) starting gunicorn for the {name} endpoint")
+        server, port = deployment.start_gunicorn(f"gunicorn-{name}", app_spec, database_url)
+        try:
+            wait_until_answering(port, WEBHOOK_PATH, server, deployment.children, (200, 405))
+            progress(f"(a) {name}: {len(warmup)} warm-up requests, then {len(measured)} measured "
+                     f"over {args.connections} connections")
+            warm = hammer(port, warmup, args.connections, args.max_seconds)
+            run = hammer(port, measured, args.connections, args.max_seconds)
+        finally:
+            deployment.children.stop(server)
+        results[name] = run.summary()
+        if name == "webhook":
+            results[name]["jobs_queued"] = Queue(QUEUE_NAME, connection=redis).count
+            results[name]["jobs_expected"] = warm.completed + run.completed
+        redis.flushdb()
+    bare, webhook = results["bare"], results["webhook"]
+    ratio = webhook["requests_per_second"] / bare["requests_per_second"] if bare["requests_per_second"] else 0.0
+    results["ratio_webhook_to_bare"] = round(ratio, 3)
+    results["targets"] = {
+        "ratio_at_least_0.5": ratio >= TARGET_RATIO,
+        "webhook_p99_under_15ms": webhook["p99_ms"] < TARGET_P99_MS,
+    }
+    return results
+
+
+# --- (b) pipeline overhead: webhook arrival to the Twilio send ---------------------------------
+
+class TimedTwilio(FakeTwilio):
+    """FakeTwilio that notes when each outbound message body arrives."""
+
+    def __init__(self):
+        super().__init__()
+        self.arrivals: dict[str, list[float]] = defaultdict(list)
+
+    def default_answer(self, request: Recorded) -> Scripted:
+        if request.method == "POST" and request.path.endswith("/Messages.json"):
+            arrived = time.perf_counter()
+            with self.lock:
+                self.arrivals[request.body.get("Body", "")].append(arrived)
+        return super().default_answer(request)
+
+    def arrived(self, body: str) -> bool:
+        with self.lock:
+            return body in self.arrivals
+
+
+class WebhookPoster:
+    """Posts signed webhooks on one keep-alive connection and remembers when each was posted."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        self.posted_at: dict[str, float] = {}
+        self.webhook_ms: list[float] = []
+        self.refused: Counter = Counter()
+
+    def post(self, text: str, sender: str) -> None:
+        form = inbound_form(text, sender)
+        body = urlencode(form).encode()
+        headers = {"Content-Type": "application/x-www-form-urlencoded",
+                   "X-Twilio-Signature": sign(PUBLIC_BASE_URL + WEBHOOK_PATH, form)}
+        started = time.perf_counter()
+        self.posted_at[text] = started
+        try:
+            self.connection.request("POST", WEBHOOK_PATH, body, headers)
+            response = self.connection.getresponse()
+            response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            self.refused[exc.__class__.__name__] += 1
+            self.connection.close()
+            return
+        self.webhook_ms.append((time.perf_counter() - started) * 1000)
+        if response.status != 200:
+            self.refused[f"HTTP {response.status}"] += 1
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def send_spaced(poster: WebhookPoster, texts: list[str], senders: list[str], rate: float) -> None:
+    """Post one webhook per text on a fixed schedule of `rate` per second, senders taking turns."""
+    start = time.perf_counter()
+    for number, text in enumerate(texts):
+        delay = start + number / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        poster.post(text, senders[number % len(senders)])
+
+
+def wait_for_replies(twilio: TimedTwilio, texts: list[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(twilio.arrived(f"Answer to: {text}") for text in texts):
+            return
+        time.sleep(0.05)
+
+
+def measure_pipeline(args, deployment: Deployment, redis: Redis, twilio: TimedTwilio) -> dict:
+    redis.flushdb()
+    database_url = deployment.fresh_database("pipeline")
+    progress(f"(b) starting gunicorn (the app) and {args.workers} worker(s)")
+    server, port = deployment.start_gunicorn("gunicorn-pipeline", "wsgi:app", database_url)
+    workers = [deployment.start_worker(f"worker-{number}", database_url) for number in range(1, args.workers + 1)]
+    wait_until_answering(port, "/health", server, deployment.children, (200,))
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while Worker.count(connection=redis) < args.workers:
+        for worker in workers:
+            if worker.poll() is not None:
+                raise BenchError(f"{worker.bench_name} exited with {worker.returncode}:\n"
+                                 + deployment.children.log_tail(worker.bench_name))
+        if time.monotonic() > deadline:
+            raise BenchError("the workers did not register with Redis in time")
+        time.sleep(0.1)
+
+    senders = [f"whatsapp:+1556{number:07d}" for number in range(args.pipeline_senders)]
+    run_id = uuid.uuid4().hex[:8]
+    warm_texts = [f"warm-up {number} {run_id}" for number in range(args.pipeline_warmup)]
+    texts = [f"question {number} {run_id}" for number in range(args.messages)]
+    poster = WebhookPoster(port)
+    try:
+        progress(f"(b) {len(warm_texts)} warm-up messages")
+        send_spaced(poster, warm_texts, senders, args.rate)
+        wait_for_replies(twilio, warm_texts, args.pipeline_timeout)
+        poster.webhook_ms.clear()
+        progress(f"(b) {len(texts)} messages at {args.rate:g}/s from {len(senders)} senders "
+                 f"(~{len(texts) / args.rate:.0f}s)")
+        send_spaced(poster, texts, senders, args.rate)
+        wait_for_replies(twilio, texts, args.pipeline_timeout)
+    finally:
+        poster.close()
+    queue = Queue(QUEUE_NAME, connection=redis)
+    failed_jobs = FailedJobRegistry(queue=queue).count
+    retrying_jobs = ScheduledJobRegistry(queue=queue).count
+    for process in [server, *workers]:
+        deployment.children.stop(process)
+    redis.flushdb()
+
+    overheads, lost, duplicated = [], 0, 0
+    with twilio.lock:
+        arrivals = {body: list(times) for body, times in twilio.arrivals.items()}
+    for text in texts:
+        times = arrivals.get(f"Answer to: {text}")
+        if not times:
+            lost += 1
+            continue
+        duplicated += len(times) > 1
+        overheads.append((min(times) - poster.posted_at[text]) * 1000)
+    overheads.sort()
+    webhook_ms = sorted(poster.webhook_ms)
+    return {
+        "messages": len(texts),
+        "delivered": len(overheads),
+        "lost": lost,
+        "delivered_more_than_once": duplicated,
+        "webhook_refusals": dict(poster.refused),
+        "failed_jobs": failed_jobs,
+        "jobs_waiting_for_retry": retrying_jobs,
+        "p50_ms": round(percentile(overheads, 50), 1),
+        "p90_ms": round(percentile(overheads, 90), 1),
+        "p99_ms": round(percentile(overheads, 99), 1),
+        "max_ms": round(percentile(overheads, 100), 1),
+        "webhook_p50_ms": round(percentile(webhook_ms, 50), 1),
+    }
+
+
+# --- report ------------------------------------------------------------------------------------
+
+def progress(text: str) -> None:
+    print(f"... {text}", file=sys.stderr, flush=True)
+
+
+def verdict(met: bool) -> str:
+    return "MET" if met else "NOT MET"
+
+
+def print_report(report: dict) -> None:
+    setup = report["setup"]
+    print()
+    print(f"Machine: {setup['cpus']} CPU(s), Python {setup['python']}; gunicorn.conf.py: "
+          f"{setup['gunicorn']['workers']} workers x {setup['gunicorn']['threads']} threads "
+          f"({setup['gunicorn']['worker_class']}), keepalive {setup['gunicorn']['keepalive']}s, access log on")
+    throughput = report.get("throughput")
+    if throughput:
+        print()
+        print(f"(a) POST {WEBHOOK_PATH}, {setup['connections']} keep-alive connections, "
+              f"{setup['requests']} signed requests after {setup['warmup']} warm-up, {setup['senders']} senders")
+        print(f"    {'endpoint':<22}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'max ms':>10}  failures")
+        for name, label in (("bare", "bare Flask (baseline)"), ("webhook", "webhook (the app)")):
+            row = throughput[name]
+            failures = ", ".join(f"{k}: {v}" for k, v in row["failures"].items()) or "none"
+            print(f"    {label:<22}{row['requests_per_second']:>10.0f}{row['p50_ms']:>10.2f}"
+                  f"{row['p99_ms']:>10.2f}{row['max_ms']:>10.2f}  {failures}")
+        webhook = throughput["webhook"]
+        print(f"    ratio webhook/bare throughput: {throughput['ratio_webhook_to_bare']:.2f}"
+              f"   target >= {TARGET_RATIO}: {verdict(throughput['targets']['ratio_at_least_0.5'])}")
+        print(f"    webhook p99: {webhook['p99_ms']:.2f} ms"
+              f"   target < {TARGET_P99_MS:g} ms: {verdict(throughput['targets']['webhook_p99_under_15ms'])}")
+        print(f"    jobs queued by the webhook: {webhook['jobs_queued']} of {webhook['jobs_expected']} accepted")
+        print(f"    note: the load generator is Python threads in this process, sharing the "
+              f"{setup['cpus']} CPU(s) with gunicorn")
+        print(f"          (it used ~{throughput['bare']['load_generator_cpu_percent_of_one_core']}% of a core "
+              f"against bare, ~{webhook['load_generator_cpu_percent_of_one_core']}% against the webhook),")
+        print(f"          so both rates are lower bounds and latencies include client-side queueing;")
+        print(f"          with {setup['connections']} closed-loop connections, mean latency ~= "
+              f"{setup['connections']} / throughput (Little's law).")
+    pipeline = report.get("pipeline")
+    if pipeline:
+        print()
+        print(f"(b) webhook POST -> Twilio Messages.json, instant fake LLM, {setup['workers']} worker(s), "
+              f"{pipeline['messages']} messages at {setup['rate']:g}/s from {setup['pipeline_senders']} senders")
+        print(f"    {'p50 ms':>10}{'p90 ms':>10}{'p99 ms':>10}{'max ms':>10}")
+        print(f"    {pipeline['p50_ms']:>10.1f}{pipeline['p90_ms']:>10.1f}{pipeline['p99_ms']:>10.1f}"
+              f"{pipeline['max_ms']:>10.1f}")
+        refusals = ", ".join(f"{k}: {v}" for k, v in pipeline["webhook_refusals"].items()) or "none"
+        print(f"    delivered {pipeline['delivered']}/{pipeline['messages']}, lost {pipeline['lost']}, "
+              f"delivered twice {pipeline['delivered_more_than_once']}, webhook refusals {refusals}, "
+              f"failed jobs {pipeline['failed_jobs']}, jobs waiting for retry {pipeline['jobs_waiting_for_retry']}")
+        print(f"    (the webhook itself answered in {pipeline['webhook_p50_ms']:.1f} ms at p50)")
+    print()
+    trouble = report["log_trouble"]
+    if trouble:
+        print("Errors in the child process logs (logs kept in " + report["log_dir"] + "):")
+        for name, lines in trouble.items():
+            print(f"  {name}: {len(lines)} line(s), first: {lines[0][:200]}")
+    else:
+        print("No errors or tracebacks in the gunicorn and worker logs.")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=("throughput", "pipeline"), help="run one part only")
+    throughput = parser.add_argument_group("(a) throughput")
+    throughput.add_argument("--connections", type=int, default=20, help="keep-alive connections (default 20)")
+    throughput.add_argument("--requests", type=int, default=5000, help="measured requests per endpoint (default 5000)")
+    throughput.add_argument("--warmup", type=int, default=500, help="warm-up requests per endpoint (default 500)")
+    throughput.add_argument("--max-seconds", type=float, default=20.0,
+                            help="stop a load run after this long even if requests remain (default 20)")
+    throughput.add_argument("--senders", type=int, default=300, help="distinct senders (default 300)")
+    pipeline = parser.add_argument_group("(b) pipeline overhead")
+    pipeline.add_argument("--messages", type=int, default=300, help="measured messages (default 300)")
+    pipeline.add_argument("--rate", type=float, default=10.0, help="messages per second (default 10)")
+    pipeline.add_argument("--pipeline-senders", type=int, default=20, help="distinct senders (default 20)")
+    pipeline.add_argument("--pipeline-warmup", type=int, default=10, help="unmeasured first messages (default 10)")
+    pipeline.add_argument("--workers", type=int, default=2, help="`python worker.py` processes (default 2)")
+    pipeline.add_argument("--pipeline-timeout", type=float, default=30.0,
+                          help="seconds to wait for the last replies (default 30)")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/12",
+                        help="a Redis database the bench may flush (default redis://127.0.0.1:6379/12)")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the temp folder with the logs")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    workdir = Path(tempfile.mkdtemp(prefix="chatbot-bench-"))
+    children = Children(workdir)
+    redis = Redis.from_url(args.redis_url)
+    openrouter, twilio = FakeOpenRouter().start(), TimedTwilio().start()
+    deployment = Deployment(workdir, args.redis_url, twilio.url, openrouter.url, children)
+    gunicorn_settings = runpy.run_path(str(PROJECT_DIR / "gunicorn.conf.py"))
+    report = {"setup": {
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "gunicorn": {name: gunicorn_settings[name] for name in ("workers", "threads", "worker_class", "keepalive")},
+        **{name: getattr(args, name) for name in ("connections", "requests", "warmup", "senders", "messages",
+                                                  "rate", "pipeline_senders", "workers")},
+    }}
+    keep = args.keep_logs
+    try:
+        redis.ping()
+        if args.only in (None, "throughput"):
+            report["throughput"] = measure_throughput(args, deployment, redis)
+        if args.only in (None, "pipeline"):
+            report["pipeline"] = measure_pipeline(args, deployment, redis, twilio)
+    except KeyboardInterrupt:
+        print("\ninterrupted; stopping the child processes", file=sys.stderr)
+        keep = True
+        return 130
+    except BenchError as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        keep = True
+        return 1
+    finally:
+        children.stop_all()
+        openrouter.stop()
+        twilio.stop()
+        redis.flushdb()
+        redis.close()
+        report["log_trouble"] = trouble_lines(workdir)
+        keep = keep or bool(report["log_trouble"])
+        report["log_dir"] = str(workdir) if keep else None
+        if keep:
+            print(f"logs kept in {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_report(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
