@@ -175,8 +175,9 @@ word_graphemes = st.sampled_from(GRAPHEMES + list("abcdefghijklmnop"))
 @st.composite
 def words_and_limit(draw):
     limit = draw(limits)
+    # A separator may add "." or "?" to the word before it: leave one unit of room for it.
     word = st.lists(word_graphemes, min_size=1, max_size=12).map("".join).filter(
-        lambda candidate: utf16_length(candidate) < limit  # room for a trailing "." or "?"
+        lambda candidate: utf16_length(candidate) < limit
     )
     words = draw(st.lists(word, min_size=1, max_size=40))
     separators = draw(st.lists(st.sampled_from([" ", "  ", "\n", "\n\n", ". ", "? ", "\t"]),

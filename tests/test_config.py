@@ -1,0 +1,101 @@
+"""config.py: one read of the environment, every problem named at once."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+
+from config import DEFAULT_DATABASE_URL, PROJECT_DIR, Config, ConfigError
+
+KEY = Fernet.generate_key().decode()
+MINIMAL = {"SECRET_KEY": "s", "FIELD_ENCRYPTION_KEY": KEY}
+
+
+def test_defaults_run_on_embedded_sqlite():
+    config = Config.from_mapping(MINIMAL)
+    assert config.database_url == DEFAULT_DATABASE_URL
+    assert DEFAULT_DATABASE_URL.startswith("sqlite:///") and "/instance/" in DEFAULT_DATABASE_URL
+    assert config.openrouter_base_url == "https://openrouter.ai/api/v1"
+    assert (config.ai_max_tokens, config.ai_temperature, config.max_context_messages) == (500, 0.7, 20)
+    assert config.missing_for_whatsapp() == [
+        "TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_WHATSAPP_NUMBER"
+    ]
+
+
+def test_every_missing_required_variable_is_named():
+    with pytest.raises(ConfigError) as error:
+        Config.from_mapping({})
+    message = str(error.value)
+    assert "SECRET_KEY is required" in message
+    assert "FIELD_ENCRYPTION_KEY is required" in message
+
+
+def test_every_malformed_variable_is_named_in_one_error():
+    bad = {
+        **MINIMAL,
+        "FIELD_ENCRYPTION_KEY": "not-a-key",
+        "DATABASE_URL": "mysql://localhost/db",
+        "REDIS_URL": "http://localhost:6379",
+        "TWILIO_ACCOUNT_SID": "AC123",
+        "TWILIO_WHATSAPP_NUMBER": "+14155238886",
+        "TWILIO_API_BASE_URL": "ftp://x",
+        "PUBLIC_BASE_URL": "bot.example.com",
+        "OPENROUTER_BASE_URL": "openrouter.ai",
+        "AI_MAX_TOKENS": "lots",
+        "AI_TEMPERATURE": "3",
+        "MAX_CONTEXT_MESSAGES": "0",
+        "CONVERSATION_TTL": "1.5",
+    }
+    with pytest.raises(ConfigError) as error:
+        Config.from_mapping(bad)
+    named = {re.match(r"[A-Z_]+", problem).group(0) for problem in error.value.problems}
+    assert named == set(bad) - {"SECRET_KEY"}
+    assert "AI_TEMPERATURE must be between 0 and 2, got 3" in str(error.value)
+
+
+@pytest.mark.parametrize("url", ["postgres://u:p@db:5432/app", "postgresql://u:p@db:5432/app",
+                                 "sqlite:////tmp/x.sqlite3"])
+def test_database_url_accepts_sqlite_and_both_postgres_spellings(url):
+    assert Config.from_mapping({**MINIMAL, "DATABASE_URL": url}).database_url == url
+
+
+def test_rotation_keys_are_each_checked():
+    two = f"{Fernet.generate_key().decode()},{KEY}"
+    assert Config.from_mapping({**MINIMAL, "FIELD_ENCRYPTION_KEY": two}).field_encryption_key == two
+    with pytest.raises(ConfigError, match="key #2"):
+        Config.from_mapping({**MINIMAL, "FIELD_ENCRYPTION_KEY": f"{KEY},broken"})
+
+
+def test_dotenv_file_is_read_and_the_environment_wins(tmp_path, monkeypatch):
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(f"SECRET_KEY=from-file\nFIELD_ENCRYPTION_KEY={KEY}\nAI_MODEL=anthropic/claude-3.5-sonnet\n")
+    monkeypatch.setenv("AI_MODEL", "openai/gpt-4o")
+    monkeypatch.delenv("SECRET_KEY", raising=False)
+    monkeypatch.delenv("FIELD_ENCRYPTION_KEY", raising=False)
+    config = Config.from_env(dotenv_path=dotenv)
+    assert config.secret_key == "from-file"
+    assert config.ai_model == "openai/gpt-4o"
+
+
+def test_secrets_are_not_in_the_repr():
+    config = Config.from_mapping({**MINIMAL, "TWILIO_AUTH_TOKEN": "tok-123", "OPENROUTER_API_KEY": "sk-or-999"})
+    assert "tok-123" not in repr(config) and "sk-or-999" not in repr(config)
+
+
+def variables_read_by_config() -> set[str]:
+    source = (PROJECT_DIR / "config.py").read_text()
+    return set(re.findall(r'reader\.\w+\(\s*"([A-Z_]+)"', source))
+
+
+def test_every_variable_config_reads_is_documented_in_env_example():
+    documented = set(re.findall(r"^#?\s*([A-Z_]+)=", (PROJECT_DIR / ".env.example").read_text(), re.M))
+    read = variables_read_by_config()
+    assert len(read) >= 18
+    assert read - documented == set()
+
+
+def test_every_variable_config_reads_is_in_the_readme_table():
+    readme = (Path(PROJECT_DIR) / "README.md").read_text()
+    assert {name for name in variables_read_by_config() if f"`{name}`" not in readme} == set()
