@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 from flask import current_app
+from flask.cli import with_appcontext
 
 from chatbot import db, tasks
 
@@ -13,6 +14,7 @@ def init_app(app) -> None:
 
 
 @click.command("init-db")
+@with_appcontext
 def init_db_command():
     """Create or upgrade the database schema (safe to run on every deploy)."""
     before, after = db.upgrade()
@@ -23,6 +25,7 @@ def init_db_command():
 
 
 @click.command("cleanup")
+@with_appcontext
 def cleanup_command():
     """Deactivate conversations idle longer than CONVERSATION_TTL, now."""
     tasks.install(current_app.extensions["chatbot"])

@@ -45,7 +45,8 @@ def current_services():
 
 
 def job_id_for(message_id: int) -> str:
-    return f"message-{message_id}"
+    # Zero-padded: RQ's rate limiter breaks timestamp ties by id, so ids must sort like numbers.
+    return f"message-{message_id:012d}"
 
 
 def sender_key(sender: str) -> str:

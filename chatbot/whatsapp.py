@@ -25,7 +25,7 @@ PERMANENT_CODES = {20003, 20404, 21211, 21408, 21610, 21614, 21617, 63003, 63016
 
 def utf16_length(text: str) -> int:
     """Count UTF-16 code units, the way Twilio measures a body."""
-    return len(text.encode("utf-16-le")) // 2
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
 
 
 def _joins_previous(char: str) -> bool:
@@ -92,7 +92,7 @@ def _cut_point(text: str, limit: int) -> int:
     cut = window_end
     while cut > 1 and not _safe_cut(text, cut):
         cut -= 1
-    return cut
+    return max(cut, 1)  # always make progress, even when one character exceeds the limit
 
 
 def split_message(text: str, limit: int = WHATSAPP_LIMIT) -> list[str]:

@@ -7,7 +7,6 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import urlencode
 
 import psycopg2
 import pytest
@@ -22,7 +21,6 @@ from config import Config
 from tests.fakes import FakeOpenRouter, FakeTwilio
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 AUTH_TOKEN = "test-auth-token-0123456789abcdef"
@@ -30,6 +28,35 @@ BOT_NUMBER = "whatsapp:+14155238886"
 PUBLIC_BASE_URL = "https://bot.example.com"
 WEBHOOK_URL = PUBLIC_BASE_URL + "/whatsapp/webhook"
 FAST_RETRIES = {"backoff": 0.01}
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A Redis server of this test run's own (or TEST_REDIS_URL), so parallel runs never collide."""
+    if os.environ.get("TEST_REDIS_URL"):
+        yield os.environ["TEST_REDIS_URL"]
+        return
+    port = free_port()
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(tmp_path_factory.mktemp("redis"))],
+        stdout=subprocess.DEVNULL,
+    )
+    wait_for_redis(port)
+    yield f"redis://127.0.0.1:{port}/0"
+    process.terminate()
+    process.wait(10)
+
+
+def wait_for_redis(port: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if Redis(port=port, socket_connect_timeout=0.2).ping():
+                return
+        except Exception:
+            time.sleep(0.05)
+    raise RuntimeError(f"redis on port {port} did not start")
 
 
 @pytest.fixture(scope="session")
@@ -69,8 +96,8 @@ def sqlite_url(tmp_path):
 
 
 @pytest.fixture
-def redis():
-    connection = Redis.from_url(REDIS_URL)
+def redis(redis_url):
+    connection = Redis.from_url(redis_url)
     connection.flushdb()
     yield connection
     connection.flushdb()
@@ -92,12 +119,12 @@ def fake_twilio():
 
 
 @pytest.fixture
-def env(fake_openrouter, fake_twilio):
+def env(fake_openrouter, fake_twilio, redis_url):
     """The environment variables of a fully configured deployment, aimed at the fakes."""
     return {
         "SECRET_KEY": "test-secret",
         "FIELD_ENCRYPTION_KEY": Fernet.generate_key().decode(),
-        "REDIS_URL": REDIS_URL,
+        "REDIS_URL": redis_url,
         "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
         "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
         "TWILIO_WHATSAPP_NUMBER": BOT_NUMBER,
@@ -213,14 +240,8 @@ def private_redis(tmp_path):
                  "--appendonly", "no", "--dir", str(tmp_path)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                try:
-                    if Redis(port=self.port, socket_connect_timeout=0.2).ping():
-                        return self
-                except Exception:
-                    time.sleep(0.05)
-            raise RuntimeError("private redis did not start")
+            wait_for_redis(self.port)
+            return self
 
         def stop(self):
             if self.process:
@@ -232,6 +253,3 @@ def private_redis(tmp_path):
     yield server
     server.stop()
 
-
-def form_body(form: dict) -> str:
-    return urlencode(form)

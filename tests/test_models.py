@@ -1,0 +1,124 @@
+"""Models and migrations, on SQLite and Postgres."""
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import psycopg2
+
+import pytest
+from peewee import IntegrityError
+
+from chatbot import db
+from chatbot.crypto import FieldCipher
+from chatbot.models import AIConfiguration, Conversation, Message, Role, Status, WebhookLog, utcnow
+from tests.conftest import POSTGRES_ADMIN_URL
+
+
+def test_init_db_is_idempotent(app, services):
+    runner = app.test_cli_runner()
+    first = runner.invoke(args=["init-db"])
+    second = runner.invoke(args=["init-db"])
+    assert first.exit_code == 0 and second.exit_code == 0
+    assert "up to date (version 1)" in second.output
+    assert db.current_version() == len(db.MIGRATIONS)
+    for model in (Conversation, Message, AIConfiguration, WebhookLog):
+        assert model.table_exists()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def empty_database_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.sqlite3'}"
+        return
+    name = "chatbot_empty_" + uuid.uuid4().hex[:8]
+    admin = psycopg2.connect(POSTGRES_ADMIN_URL)
+    admin.autocommit = True
+    admin.cursor().execute(f"CREATE DATABASE {name}")
+    yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    db.database.close()
+    admin.cursor().execute(f"DROP DATABASE {name} WITH (FORCE)")
+    admin.close()
+
+
+def test_init_db_creates_the_schema_on_an_empty_database(empty_database_url):
+    db.open_database(empty_database_url)
+    assert db.upgrade() == (0, len(db.MIGRATIONS))
+    assert db.upgrade() == (len(db.MIGRATIONS), len(db.MIGRATIONS))
+    with db.database.connection_context():
+        assert Message.table_exists()
+
+
+def make_message(conversation, role=Role.USER, sid=None, **fields):
+    status = Status.PENDING if role == Role.USER else Status.UNSENT
+    return Message.create(conversation=conversation, role=role.value, content="hi",
+                          status=status.value, twilio_sid=sid, **fields)
+
+
+def test_message_sid_is_unique_where_present(services):
+    conversation = Conversation.active_for("whatsapp:+15550001111")
+    make_message(conversation, sid="SM" + "a" * 32)
+    make_message(conversation, Role.ASSISTANT)
+    make_message(conversation, Role.ASSISTANT)  # many rows without a SID are fine
+    with pytest.raises(IntegrityError):
+        make_message(conversation, sid="SM" + "a" * 32)
+
+
+def test_deleting_a_conversation_deletes_its_messages(services):
+    conversation = Conversation.active_for("whatsapp:+15550001111")
+    question = make_message(conversation)
+    make_message(conversation, Role.ASSISTANT, reply_to=question)
+    other = make_message(Conversation.active_for("whatsapp:+15550002222"))
+    conversation.delete_instance()
+    assert [m.id for m in Message.select()] == [other.id]
+
+
+def test_one_active_conversation_per_sender(services):
+    first = Conversation.active_for("whatsapp:+15550001111")
+    assert Conversation.active_for("whatsapp:+15550001111").id == first.id
+    with pytest.raises(IntegrityError):
+        with db.database.atomic():
+            Conversation.create(user_phone="whatsapp:+15550001111")
+
+
+def test_idle_conversation_is_replaced_by_a_fresh_one(services):
+    old = Conversation.active_for("whatsapp:+15550001111")
+    Conversation.update(updated_at=utcnow() - timedelta(hours=2)).where(Conversation.id == old.id).execute()
+    new = Conversation.active_for("whatsapp:+15550001111", ttl=3600)
+    assert new.id != old.id
+    assert Conversation.get_by_id(old.id).is_active is False
+
+
+def test_api_key_is_encrypted_at_rest(services):
+    config = AIConfiguration(name="main", model_name="openai/gpt-4o-mini")
+    config.set_api_key("sk-or-v1-secret-plaintext", services.cipher)
+    config.save()
+    raw = db.database.execute_sql("SELECT api_key_encrypted FROM ai_configuration").fetchone()[0]
+    assert "sk-or-v1-secret-plaintext" not in raw
+    assert AIConfiguration.get().api_key(services.cipher) == "sk-or-v1-secret-plaintext"
+
+
+def test_rotated_keys_still_decrypt_and_rotation_moves_to_the_newest(services):
+    from cryptography.fernet import Fernet
+
+    old_cipher = services.cipher
+    token = old_cipher.encrypt("sk-or-v1-abc")
+    new_key = Fernet.generate_key().decode()
+    rotated = FieldCipher(f"{new_key},{services.config.field_encryption_key}")
+    assert rotated.decrypt(token) == "sk-or-v1-abc"
+    assert FieldCipher(new_key).decrypt(rotated.rotate(token)) == "sk-or-v1-abc"
+
+
+def test_activating_a_configuration_deactivates_the_others(services):
+    first = AIConfiguration.create(name="a", model_name="openai/gpt-4o-mini")
+    second = AIConfiguration.create(name="b", model_name="anthropic/claude-3.5-sonnet")
+    first.activate()
+    second.activate()
+    assert [c.name for c in AIConfiguration.select().where(AIConfiguration.is_active == True)] == ["b"]  # noqa: E712
+    assert AIConfiguration.active().name == "b"
+
+
+def test_metadata_round_trips_as_json(services):
+    conversation = Conversation.active_for("whatsapp:+15550001111")
+    message = make_message(conversation, metadata={"media": [{"url": "u", "content_type": "image/png"}], "é": "ü"})
+    assert Message.get_by_id(message.id).metadata == {"media": [{"url": "u", "content_type": "image/png"}], "é": "ü"}

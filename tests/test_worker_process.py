@@ -1,0 +1,116 @@
+"""worker.py and scheduler.py as real processes and registrations."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+
+import pytest
+from rq import Retry
+from rq_scheduler import Scheduler
+
+import scheduler as scheduler_module
+from chatbot import tasks
+from chatbot.models import Conversation, Message, utcnow
+from chatbot.services import QUEUE_NAME
+from tests.conftest import PROJECT_DIR
+from tests.fakes import FakeOpenRouter
+
+ADA = "whatsapp:+15550001111"
+BOB = "whatsapp:+15550002222"
+
+
+@pytest.fixture
+def start_workers(env, config, tmp_path):
+    processes = []
+
+    def start(count: int):
+        worker_env = {**os.environ, **env, "DATABASE_URL": config.database_url, "PYTHONUNBUFFERED": "1"}
+        for _ in range(count):
+            processes.append(subprocess.Popen([sys.executable, "worker.py"], cwd=PROJECT_DIR, env=worker_env,
+                                              stdout=(tmp_path / f"worker{len(processes)}.log").open("w"),
+                                              stderr=subprocess.STDOUT))
+        return processes
+
+    yield start
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def wait_for(condition, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_one_sender_is_answered_in_order_while_others_run_in_parallel(
+    post_webhook, start_workers, fake_openrouter, fake_twilio
+):
+    # The first question is slow: with two workers, Ada's later questions must still wait for it,
+    # while Bob's question goes through on the other worker.
+    fake_openrouter.delay_for = lambda messages: 1.5 if messages[-1]["content"] == "one" else 0.0
+    start_workers(2)
+    for text in ("one", "two", "three"):
+        post_webhook.message(text, sender=ADA)
+    post_webhook.message("bob here", sender=BOB)
+    assert wait_for(lambda: len(fake_twilio.sent) == 4), fake_twilio.sent
+    ada = [s["Body"] for s in fake_twilio.sent if s["To"] == ADA]
+    assert ada == ["Answer to: one", "Answer to: two", "Answer to: three"]
+    assert fake_twilio.sent[0]["To"] == BOB
+    # Each of Ada's prompts carries the exchanges before it.
+    last_prompt = [m["content"] for m in fake_openrouter.completions[-1].body["messages"][1:]]
+    assert last_prompt == ["one", "Answer to: one", "two", "Answer to: two", "three"]
+
+
+def test_scheduled_retry_fires_in_a_real_worker(post_webhook, start_workers, fake_openrouter, fake_twilio,
+                                               monkeypatch):
+    monkeypatch.setattr(tasks, "JOB_RETRY", Retry(max=2, interval=[1]))
+    fake_openrouter.then(*[FakeOpenRouter.error(503, "Provider overloaded")] * 3)
+    start_workers(1)
+    post_webhook.message("Hello", sender=ADA)
+    assert wait_for(lambda: fake_twilio.sent, timeout=30)
+    assert [s["Body"] for s in fake_twilio.sent] == ["Answer to: Hello"]
+    assert len(fake_openrouter.completions) == 4
+
+
+def test_scheduler_registers_each_periodic_job_once(redis, services):
+    scheduler = Scheduler(queue_name=QUEUE_NAME, connection=services.redis)
+    scheduler_module.register_jobs(scheduler)
+    scheduler_module.register_jobs(scheduler)
+    jobs = {job.id: job for job in scheduler.get_jobs()}
+    assert set(jobs) == {"cleanup-expired-conversations", "sweep-pending-messages"}
+    assert jobs["cleanup-expired-conversations"].meta["cron_string"] == "0 */6 * * *"
+    assert jobs["sweep-pending-messages"].meta["interval"] == 60
+
+
+def test_cleanup_deactivates_idle_conversations_and_drops_their_context(services):
+    idle = Conversation.active_for(ADA)
+    recent = Conversation.active_for(BOB)
+    Conversation.update(updated_at=utcnow() - timedelta(seconds=services.config.conversation_ttl + 5)).where(
+        Conversation.id == idle.id
+    ).execute()
+    services.context.add_message(idle.id, "user", "old", position=1.0, message_id=1)
+    assert tasks.cleanup_expired_conversations() == 1
+    assert Conversation.get_by_id(idle.id).is_active is False
+    assert Conversation.get_by_id(recent.id).is_active is True
+    assert not services.redis.exists(services.context.key(idle.id))
+
+
+def test_cleanup_command_reports_the_count(app, services):
+    idle = Conversation.active_for(ADA)
+    Conversation.update(updated_at=utcnow() - timedelta(days=30)).where(Conversation.id == idle.id).execute()
+    result = app.test_cli_runner().invoke(args=["cleanup"])
+    assert result.exit_code == 0
+    assert "Deactivated 1 idle conversation(s)." in result.output
