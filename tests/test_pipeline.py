@@ -1,11 +1,18 @@
 """The whole journey: signed webhook → RQ worker → OpenRouter fake → Twilio fake."""
 from __future__ import annotations
 
+import time
+
+import pytest
+from rq import Retry, SimpleWorker
+
 from chatbot import tasks
+from chatbot.errors import WhatsAppError
 from chatbot.models import Message, Status
 from chatbot.processor import FALLBACK_REPLY
 from tests.conftest import BOT_NUMBER
 from tests.fakes import FakeOpenRouter, FakeTwilio, Scripted
+from worker import build_worker
 
 ADA = "whatsapp:+15550001111"
 BOB = "whatsapp:+15550002222"
@@ -114,10 +121,6 @@ def test_ai_out_of_credits_is_not_retried(post_webhook, run_jobs, fake_openroute
 
 
 def test_ai_outage_is_retried_by_rq_then_answered(post_webhook, services, fake_openrouter, fake_twilio, monkeypatch):
-    from rq import Retry, SimpleWorker
-
-    from worker import build_worker
-
     monkeypatch.setattr(tasks, "JOB_RETRY", Retry(max=2, interval=[1]))
     # Three 503s exhaust the adapter's own retries on the first job run.
     fake_openrouter.then(*[FakeOpenRouter.error(503, "Provider overloaded")] * 3)
@@ -128,10 +131,10 @@ def test_ai_outage_is_retried_by_rq_then_answered(post_webhook, services, fake_o
     job = services.queue.fetch_job(tasks.job_id_for(Message.get().id))
     assert job.get_status() == "scheduled"
     # A worker with the scheduler running picks the retry up when its interval has passed.
-    deadline = __import__("time").monotonic() + 15
-    while not fake_twilio.sent and __import__("time").monotonic() < deadline:
+    deadline = time.monotonic() + 15
+    while not fake_twilio.sent and time.monotonic() < deadline:
         build_worker(services, worker_class=SimpleWorker).work(burst=True, with_scheduler=True)
-        __import__("time").sleep(0.3)
+        time.sleep(0.3)
     assert [s["Body"] for s in fake_twilio.sent] == ["Answer to: Hello"]
 
 
@@ -153,10 +156,6 @@ def test_empty_ai_answer_is_never_sent(post_webhook, services, fake_openrouter, 
 def test_stored_answer_is_sent_after_twilio_recovers_without_asking_ai_again(
     post_webhook, services, fake_openrouter, fake_twilio
 ):
-    import pytest
-
-    from chatbot.errors import WhatsAppError
-
     fake_twilio.then(*[FakeTwilio.error(503, 20500, "Service unavailable")] * 4)
     post_webhook.message("Hello", sender=ADA)
     message_id = Message.get().id
@@ -164,8 +163,7 @@ def test_stored_answer_is_sent_after_twilio_recovers_without_asking_ai_again(
         services.processor.process(message_id, final_attempt=False)
     services.processor.process(message_id, final_attempt=False)
     assert len(fake_openrouter.completions) == 1
-    delivered = [r for r in fake_twilio.sent]
-    assert delivered[-1]["Body"] == "Answer to: Hello"
+    assert fake_twilio.sent[-1]["Body"] == "Answer to: Hello"
     assert Message.get(Message.role == "assistant").status == Status.SENT.value
 
 
