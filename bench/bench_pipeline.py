@@ -28,6 +28,7 @@ sys.path.insert(0, str(PROJECT_DIR))
 
 from cryptography.fernet import Fernet  # noqa: E402
 from redis import Redis  # noqa: E402
+from redis.exceptions import RedisError  # noqa: E402
 from rq import Queue, Worker  # noqa: E402
 from rq.rate_limit import RateLimitRegistry  # noqa: E402
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry  # noqa: E402
@@ -43,7 +44,8 @@ TARGET_P99_MS = 15.0
 STARTUP_TIMEOUT = 30
 STOP_TIMEOUT = 15
 # Lines in a child's log that mean something went wrong (access-log lines never contain these).
-TROUBLE_MARKERS = (" ERROR ", " CRITICAL ", "Traceback", "[ERROR]", "[CRITICAL]", "WORKER TIMEOUT")
+TROUBLE_MARKERS = (" WARNING ", " ERROR ", " CRITICAL ", "Traceback",
+                   "[WARNING]", "[ERROR]", "[CRITICAL]", "WORKER TIMEOUT")
 
 
 class BenchError(Exception):
@@ -99,7 +101,7 @@ class Children:
 
 
 def trouble_lines(log_dir: Path) -> dict[str, list[str]]:
-    """Return the lines of each child log that report an error or a traceback."""
+    """Return the lines of each child log that report a warning, an error or a traceback."""
     found = {}
     for path in sorted(log_dir.glob("*.log")):
         hits = [line for line in path.read_text(errors="replace").splitlines()
@@ -182,9 +184,10 @@ class Deployment:
         """Serve `app_spec` with the project's gunicorn.conf.py, bound to loopback on a free port."""
         port = free_port()
         # gunicorn.conf.py binds 0.0.0.0:$PORT; the command line wins, keeping the bench on loopback.
+        # The control socket would otherwise take ~/.gunicorn/gunicorn.ctl from a real deployment.
         process = self.children.start(name, [
             sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
-            "--bind", f"127.0.0.1:{port}", app_spec,
+            "--bind", f"127.0.0.1:{port}", "--no-control-socket", app_spec,
         ], self.env(database_url, port))
         return process, port
 
@@ -304,6 +307,12 @@ def hammer(port: int, requests: list[SignedRequest], connections: int, max_secon
 
 # --- (a) throughput: webhook vs bare Flask -----------------------------------------------------
 
+def jobs_waiting(redis: Redis) -> int:
+    """Count jobs on the queue plus those RQ holds back because their sender already has one queued."""
+    held = sum(registry.get_rate_limited_job_count() for registry in RateLimitRegistry.all(redis))
+    return Queue(QUEUE_NAME, connection=redis).count + held
+
+
 def measure_throughput(args, deployment: Deployment, redis: Redis) -> dict:
     senders = [f"whatsapp:+1555{number:07d}" for number in range(args.senders)]
     warmup = signed_webhooks(args.warmup, senders, "warm-up")
@@ -335,12 +344,6 @@ def measure_throughput(args, deployment: Deployment, redis: Redis) -> dict:
         "webhook_p99_under_15ms": webhook["p99_ms"] < TARGET_P99_MS,
     }
     return results
-
-
-def jobs_waiting(redis: Redis) -> int:
-    """Count jobs on the queue plus those RQ holds back because their sender already has one queued."""
-    held = sum(registry.get_rate_limited_job_count() for registry in RateLimitRegistry.all(redis))
-    return Queue(QUEUE_NAME, connection=redis).count + held
 
 
 # --- (b) pipeline overhead: webhook arrival to the Twilio send ---------------------------------
@@ -446,6 +449,7 @@ def measure_pipeline(args, deployment: Deployment, redis: Redis, twilio: TimedTw
                  f"(~{len(texts) / args.rate:.0f}s)")
         send_spaced(poster, texts, senders, args.rate)
         wait_for_replies(twilio, texts, args.pipeline_timeout)
+        time.sleep(1)  # a reply sent twice would arrive just after the first; give it the chance
     finally:
         poster.close()
     queue = Queue(QUEUE_NAME, connection=redis)
@@ -480,6 +484,7 @@ def measure_pipeline(args, deployment: Deployment, redis: Redis, twilio: TimedTw
         "p99_ms": round(percentile(overheads, 99), 1),
         "max_ms": round(percentile(overheads, 100), 1),
         "webhook_p50_ms": round(percentile(webhook_ms, 50), 1),
+        "webhook_p99_ms": round(percentile(webhook_ms, 99), 1),
     }
 
 
@@ -496,7 +501,9 @@ def verdict(met: bool) -> str:
 def print_report(report: dict) -> None:
     setup = report["setup"]
     print()
-    print(f"Machine: {setup['cpus']} CPU(s), Python {setup['python']}; gunicorn.conf.py: "
+    print(f"Machine: {setup['cpus']} CPU(s), load average {setup['load_average_before']} before the run "
+          "(anything else running skews these numbers)")
+    print(f"Python {setup['python']}; gunicorn.conf.py: "
           f"{setup['gunicorn']['workers']} workers x {setup['gunicorn']['threads']} threads "
           f"({setup['gunicorn']['worker_class']}), keepalive {setup['gunicorn']['keepalive']}s, access log on")
     throughput = report.get("throughput")
@@ -536,15 +543,16 @@ def print_report(report: dict) -> None:
         print(f"    delivered {pipeline['delivered']}/{pipeline['messages']}, lost {pipeline['lost']}, "
               f"delivered twice {pipeline['delivered_more_than_once']}, webhook refusals {refusals}, "
               f"failed jobs {pipeline['failed_jobs']}, jobs waiting for retry {pipeline['jobs_waiting_for_retry']}")
-        print(f"    (the webhook itself answered in {pipeline['webhook_p50_ms']:.1f} ms at p50)")
+        print(f"    the webhook itself answered these spaced requests in {pipeline['webhook_p50_ms']:.1f} ms at p50, "
+              f"{pipeline['webhook_p99_ms']:.1f} ms at p99")
     print()
     trouble = report["log_trouble"]
     if trouble:
-        print("Errors in the child process logs (logs kept in " + report["log_dir"] + "):")
+        print("Warnings or errors in the child process logs (logs kept in " + report["log_dir"] + "):")
         for name, lines in trouble.items():
             print(f"  {name}: {len(lines)} line(s), first: {lines[0][:200]}")
     else:
-        print("No errors or tracebacks in the gunicorn and worker logs.")
+        print("No warnings, errors or tracebacks in the gunicorn and worker logs.")
 
 
 def parse_args(argv=None):
@@ -575,14 +583,20 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    redis = Redis.from_url(args.redis_url)
+    try:
+        redis.ping()
+    except RedisError as exc:
+        print(f"benchmark failed: cannot reach Redis at {args.redis_url}: {exc}", file=sys.stderr)
+        return 1
     workdir = Path(tempfile.mkdtemp(prefix="chatbot-bench-"))
     children = Children(workdir)
-    redis = Redis.from_url(args.redis_url)
     openrouter, twilio = FakeOpenRouter().start(), TimedTwilio().start()
     deployment = Deployment(workdir, args.redis_url, twilio.url, openrouter.url, children)
     gunicorn_settings = runpy.run_path(str(PROJECT_DIR / "gunicorn.conf.py"))
     report = {"setup": {
         "cpus": os.cpu_count(),
+        "load_average_before": round(os.getloadavg()[0], 2),
         "python": sys.version.split()[0],
         "gunicorn": {name: gunicorn_settings[name] for name in ("workers", "threads", "worker_class", "keepalive")},
         **{name: getattr(args, name) for name in ("connections", "requests", "warmup", "senders", "messages",
@@ -590,7 +604,6 @@ def main(argv=None) -> int:
     }}
     keep = args.keep_logs
     try:
-        redis.ping()
         if args.only in (None, "throughput"):
             report["throughput"] = measure_throughput(args, deployment, redis)
         if args.only in (None, "pipeline"):
