@@ -13,6 +13,8 @@ log = logging.getLogger(__name__)
 
 database = DatabaseProxy()
 
+POOL_SIZE = 32
+POOL_STALE_SECONDS = 300
 SQLITE_PRAGMAS = {
     # WAL lets the web process write while a worker reads; foreign_keys makes cascades real.
     "journal_mode": "wal",
@@ -23,16 +25,21 @@ SQLITE_PRAGMAS = {
 
 
 def open_database(url: str):
-    """Build the Peewee database for a sqlite:// or postgres(ql):// URL and bind the models."""
-    if url.startswith("sqlite"):
+    """Build the pooled Peewee database for a sqlite:// or postgres(ql):// URL and bind the models.
+
+    Pooled, so a request or job reuses an open connection instead of paying for a new one.
+    """
+    scheme, rest = url.split("://", 1)
+    if scheme == "sqlite":
         path = urlparse(url).path
         if path and path != "/:memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         # IMMEDIATE: a transaction that reads then writes must not lose its snapshot to a
         # concurrent writer (SQLite would fail it at once instead of waiting busy_timeout).
-        db = connect(url, pragmas=SQLITE_PRAGMAS, lock_type="IMMEDIATE")
+        db = connect(f"sqlite+pool://{rest}", pragmas=SQLITE_PRAGMAS, lock_type="IMMEDIATE",
+                     check_same_thread=False, max_connections=POOL_SIZE, stale_timeout=POOL_STALE_SECONDS)
     else:
-        db = connect(url)
+        db = connect(f"postgresql+pool://{rest}", max_connections=POOL_SIZE, stale_timeout=POOL_STALE_SECONDS)
     database.initialize(db)
     return db
 

@@ -73,22 +73,30 @@ class Conversation(BaseModel):
         table_name = "conversation"
 
     @classmethod
-    def active_for(cls, user_phone: str, profile_name: str = "", ttl: int | None = None) -> "Conversation":
-        """Return the sender's active conversation, starting a new one when none is active or
-        the active one has been idle longer than `ttl` seconds."""
-        query = cls.select().where(cls.user_phone == user_phone, cls.is_active == True)  # noqa: E712
-        existing = query.first()
-        if existing and (ttl is None or existing.updated_at >= utcnow() - timedelta(seconds=ttl)):
-            existing.touch()
-            return existing
-        if existing:
-            cls.update(is_active=False).where(cls.id == existing.id).execute()
+    def active_id_for(cls, user_phone: str, profile_name: str = "", ttl: int | None = None) -> uuid.UUID:
+        """Record activity on the sender's active conversation and return its id, starting a new
+        conversation when none is active or the active one has been idle longer than `ttl` seconds."""
+        now = utcnow()
+        active = (cls.user_phone == user_phone) & (cls.is_active == True)  # noqa: E712
+        cutoff = now - timedelta(seconds=ttl) if ttl else datetime.min
+        touched = cls.update(updated_at=now).where(active & (cls.updated_at >= cutoff)).returning(cls.id)
+        for (conversation_id,) in touched.tuples().execute():
+            return conversation_id
+        # Only a stale one: a conversation a concurrent webhook just started must stay active.
+        cls.update(is_active=False).where(active & (cls.updated_at < cutoff)).execute()
         try:
             # A savepoint, so losing a race to a concurrent webhook keeps the outer transaction.
             with database.atomic():
-                return cls.create(user_phone=user_phone, profile_name=profile_name or "")
+                new_id = uuid.uuid4()
+                cls.insert(id=new_id, user_phone=user_phone, profile_name=profile_name or "").execute()
+                return new_id
         except IntegrityError:
-            return query.get()
+            return cls.select(cls.id).where(active).scalar()
+
+    @classmethod
+    def active_for(cls, user_phone: str, profile_name: str = "", ttl: int | None = None) -> "Conversation":
+        """Return the sender's active conversation (see `active_id_for`)."""
+        return cls.get_by_id(cls.active_id_for(user_phone, profile_name, ttl))
 
     @classmethod
     def idle_since(cls, cutoff: datetime):

@@ -109,28 +109,25 @@ def signature_verdict(auth_token: str, public_base_url: str) -> tuple[bool, str 
     return True, None
 
 
-def store_inbound(inbound: InboundMessage, audit: dict, conversation_ttl: int) -> Message | None:
-    """Record the message and its audit row in one transaction; return it, or None if seen before."""
+def store_inbound(inbound: InboundMessage, audit: dict, conversation_ttl: int) -> int | None:
+    """Record the message and its audit row in one transaction; return its id, or None if seen before."""
     try:
         with database.atomic():
-            if Message.select().where(Message.twilio_sid == inbound.sid).exists():
-                WebhookLog.create(**audit, error="duplicate delivery")
-                return None
-            conversation = Conversation.active_for(inbound.sender, inbound.profile_name, conversation_ttl)
-            message = Message.create(
-                conversation=conversation,
+            conversation_id = Conversation.active_id_for(inbound.sender, inbound.profile_name, conversation_ttl)
+            message_id = Message.insert(
+                conversation=conversation_id,
                 role=Role.USER.value,
                 content=inbound.body,
                 status=Status.PENDING.value,
                 twilio_sid=inbound.sid,
                 metadata=inbound.metadata(),
-            )
-            WebhookLog.create(**audit)
-            return message
+            ).execute()
+            WebhookLog.insert(**audit).execute()
+            return message_id
     except IntegrityError:
-        # A concurrent delivery of the same MessageSid committed first.
+        # The MessageSid is stored already: Twilio delivered this message before.
         with database.atomic():
-            WebhookLog.create(**audit, error="duplicate delivery")
+            WebhookLog.insert(**audit, error="duplicate delivery").execute()
         return None
 
 
@@ -173,7 +170,7 @@ def receive_message():
     except MalformedWebhook as exc:
         return _refuse(400, f"malformed webhook: {exc}", started, signature_valid=True)
     try:
-        message = store_inbound(
+        message_id = store_inbound(
             inbound,
             _audit(200, started, signature_valid=True, message_sid=inbound.sid),
             config.conversation_ttl,
@@ -182,13 +179,13 @@ def receive_message():
         # Nothing was committed; a 503 makes Twilio deliver it again later.
         log.exception("message_sid=%s could not be stored", inbound.sid)
         return Response("database unavailable\n", status=503, mimetype="text/plain")
-    if message is None:
+    if message_id is None:
         log.info("message_sid=%s duplicate delivery ignored", inbound.sid)
     else:
         try:
-            enqueue_processing(services.queue, message.id, inbound.sender)
+            enqueue_processing(services.queue, message_id, inbound.sender)
             log.info("message_sid=%s sender=%s queued message_id=%s",
-                     inbound.sid, mask_phone(inbound.sender), message.id)
+                     inbound.sid, mask_phone(inbound.sender), message_id)
         except RedisError:
             log.exception("message_sid=%s stored but not queued; the sweeper will queue it", inbound.sid)
     return Response(EMPTY_TWIML, status=200, mimetype="text/xml")
