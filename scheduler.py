@@ -1,12 +1,12 @@
 """Register the periodic jobs with rq-scheduler and run it: `python scheduler.py`."""
 from __future__ import annotations
 
-import logging
 from datetime import datetime, timezone
 
 from rq_scheduler import Scheduler
 
 from chatbot import tasks
+from chatbot.logs import configure_logging
 from chatbot.services import QUEUE_NAME, build_services
 from config import Config
 
@@ -38,7 +38,7 @@ def register_jobs(scheduler: Scheduler) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     services = build_services(Config.from_env())
     scheduler = Scheduler(queue_name=QUEUE_NAME, connection=services.redis, interval=POLL_INTERVAL)
     register_jobs(scheduler)

@@ -1,11 +1,10 @@
 """The RQ worker that answers messages: `python worker.py`."""
 from __future__ import annotations
 
-import logging
-
 from rq import Worker
 
 from chatbot import tasks  # imported here, once, so forked work horses start with it loaded
+from chatbot.logs import configure_logging
 from chatbot.services import build_services
 from config import Config
 
@@ -27,7 +26,7 @@ def build_worker(services, worker_class=Worker, **options) -> Worker:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     worker = build_worker(build_services(Config.from_env()))
     # The scheduler thread moves jobs waiting for a retry interval back onto the queue.
     worker.work(with_scheduler=True)

@@ -1,8 +1,6 @@
 """The WhatsApp AI assistant: a Flask app that takes Twilio webhooks and queues answers."""
 from __future__ import annotations
 
-import logging
-
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -15,6 +13,7 @@ def create_app(config: Config | None = None, services=None) -> Flask:
     Pass `services` (already built, e.g. aimed at test fakes) to use them and their settings.
     """
     from chatbot import cli, db, webhook
+    from chatbot.logs import configure_logging
     from chatbot.services import build_services
 
     services = services or build_services(config or Config.from_env())
@@ -27,5 +26,5 @@ def create_app(config: Config | None = None, services=None) -> Flask:
     db.init_app(app)
     app.register_blueprint(webhook.bp)
     cli.init_app(app)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     return app
