@@ -12,3 +12,5 @@ timeout = 30
 graceful_timeout = 30
 keepalive = 5
 accesslog = "-"
+# The runtime control socket lives at one path per user: two servers on one machine would collide.
+control_socket_disable = True
