@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from datetime import datetime, timedelta, timezone
 from enum import Enum
@@ -188,6 +189,10 @@ class Message(BaseModel):
         return Message.select().where(Message.reply_to == self).order_by(Message.id).first()
 
 
+MODEL_SLUG_SHAPE = re.compile(r"^[a-z0-9][a-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._:+-]*$")
+PROVIDERS = ("openrouter",)
+
+
 class AIConfiguration(BaseModel):
     """An AI provider setup; the active one answers messages (else the environment's)."""
 
@@ -209,6 +214,22 @@ class AIConfiguration(BaseModel):
     def active(cls) -> "AIConfiguration | None":
         """Return the active configuration, if one is active."""
         return cls.select().where(cls.is_active == True).order_by(cls.updated_at.desc()).first()  # noqa: E712
+
+    def validation_errors(self) -> dict[str, str]:
+        """Return a message per invalid field (empty when the configuration is valid)."""
+        errors = {}
+        if not (self.name or "").strip():
+            errors["name"] = "Name is required."
+        if self.provider not in PROVIDERS:
+            errors["provider"] = "Provider must be OpenRouter."
+        if not MODEL_SLUG_SHAPE.match(self.model_name or ""):
+            errors["model_name"] = "Model must be an OpenRouter slug such as openai/gpt-4o-mini."
+        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            errors["max_tokens"] = "Max tokens must be a whole number of at least 1."
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) \
+                or not 0 <= self.temperature <= 2:
+            errors["temperature"] = "Temperature must be a number from 0 to 2."
+        return errors
 
     def set_api_key(self, plaintext: str, cipher: FieldCipher) -> None:
         """Store the API key encrypted; the plaintext never reaches the database."""

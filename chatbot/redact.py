@@ -26,3 +26,13 @@ def redact_headers(headers) -> dict:
         name: (REDACTED if name.lower() in SECRET_HEADERS else value)
         for name, value in headers.items()
     }
+
+
+def mask_secret(secret: str) -> str:
+    """Show at most a recognisable prefix and the last four characters: `sk-or-…a1b2`."""
+    if not secret:
+        return ""
+    if len(secret) < 12:
+        return "…" + secret[-2:] if len(secret) > 4 else "…"
+    prefix = secret[:6] if secret.startswith("sk-") else ""
+    return f"{prefix}…{secret[-4:]}"

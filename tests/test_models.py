@@ -122,3 +122,28 @@ def test_metadata_round_trips_as_json(services):
     conversation = Conversation.active_for("whatsapp:+15550001111")
     message = make_message(conversation, metadata={"media": [{"url": "u", "content_type": "image/png"}], "é": "ü"})
     assert Message.get_by_id(message.id).metadata == {"media": [{"url": "u", "content_type": "image/png"}], "é": "ü"}
+
+
+@pytest.mark.parametrize(
+    "fields, field, message",
+    [
+        ({"name": " "}, "name", "Name is required."),
+        ({"model_name": "gpt4"}, "model_name", "slug"),
+        ({"model_name": "openai/gpt 4"}, "model_name", "slug"),
+        ({"max_tokens": 0}, "max_tokens", "at least 1"),
+        ({"temperature": 2.5}, "temperature", "0 to 2"),
+        ({"temperature": -0.1}, "temperature", "0 to 2"),
+        ({"provider": "acme"}, "provider", "OpenRouter"),
+    ],
+)
+def test_invalid_ai_configuration_fields_are_named(fields, field, message):
+    config = AIConfiguration(**{"name": "main", "model_name": "anthropic/claude-3.5-sonnet", "max_tokens": 500,
+                                "temperature": 0.7, "provider": "openrouter", **fields})
+    errors = config.validation_errors()
+    assert list(errors) == [field]
+    assert message in errors[field]
+
+
+def test_valid_ai_configuration_has_no_errors():
+    assert AIConfiguration(name="main", model_name="openai/gpt-4o-mini", max_tokens=1, temperature=2,
+                           provider="openrouter").validation_errors() == {}
