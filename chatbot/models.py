@@ -1,6 +1,7 @@
 """Peewee models and their queries."""
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import uuid
@@ -19,6 +20,8 @@ from peewee import (
     UUIDField,
     IntegrityError,
 )
+
+from werkzeug.security import check_password_hash, generate_password_hash
 
 from chatbot.crypto import FieldCipher
 from chatbot.db import database
@@ -267,6 +270,29 @@ class WebhookLog(BaseModel):
         table_name = "webhook_log"
 
 
+class AdminUser(BaseModel):
+    """An operator who may log in to the admin panel."""
+
+    username = CharField(max_length=80, unique=True)
+    password_hash = CharField(max_length=255)
+    created_at = DateTimeField(default=utcnow)
+    last_login_at = DateTimeField(null=True)
+
+    class Meta:
+        table_name = "admin_user"
+
+    def set_password(self, password: str) -> None:
+        """Store a salted hash of `password` (werkzeug's scrypt)."""
+        self.password_hash = generate_password_hash(password)
+
+    def check_password(self, password: str) -> bool:
+        return check_password_hash(self.password_hash, password)
+
+    def session_stamp(self) -> str:
+        """A value that changes with the password, so a reset ends existing sessions."""
+        return hashlib.sha256(self.password_hash.encode()).hexdigest()[:16]
+
+
 # At most one active conversation per sender, enforced by the database itself.
 Conversation.add_index(
     Conversation.index(
@@ -277,5 +303,5 @@ Conversation.add_index(
     )
 )
 
-ALL_MODELS = [Conversation, Message, AIConfiguration, WebhookLog]
+ALL_MODELS = [Conversation, Message, AIConfiguration, WebhookLog, AdminUser]
 

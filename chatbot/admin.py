@@ -1,0 +1,311 @@
+"""The operator's admin panel (Flask-Admin on the Peewee models), behind a login."""
+from __future__ import annotations
+
+import json
+import logging
+
+from flask import current_app, flash, redirect, request, session, url_for
+from flask_admin import Admin, AdminIndexView, expose
+from flask_admin.actions import action
+from flask_admin.contrib.peewee import ModelView
+from flask_admin.model.template import TemplateLinkRowAction
+from flask_admin.form import SecureForm
+from flask_admin.theme import Bootstrap4Theme
+from markupsafe import Markup
+from wtforms import PasswordField, SelectField
+from wtforms.fields.choices import SelectChoice
+from wtforms.validators import InputRequired, Length, NumberRange, Regexp, ValidationError
+
+from chatbot import auth
+from chatbot.ai import AISettings, OpenRouterAdapter
+from chatbot.crypto import SecretDecryptionError
+from chatbot.dashboard import compute_stats
+from chatbot.errors import AIError
+from chatbot.models import MODEL_SLUG_SHAPE, AIConfiguration, Conversation, Message, WebhookLog, utcnow
+from chatbot.redact import mask_phone, mask_secret
+
+log = logging.getLogger(__name__)
+
+REVEAL_PHONES = "reveal_phones"
+
+
+def services():
+    return current_app.extensions["chatbot"]
+
+
+class LoginRequired:
+    """Every admin page needs a logged-in operator; others are sent to the login page."""
+
+    def is_accessible(self) -> bool:
+        return auth.current_admin() is not None
+
+    def inaccessible_callback(self, name, **kwargs):
+        return redirect(url_for("admin.login_view", next=request.full_path))
+
+
+class PanelIndexView(LoginRequired, AdminIndexView):
+    """The dashboard, plus the login and logout pages (the only pages open without a session)."""
+
+    def _handle_view(self, name, **kwargs):
+        if name == "login_view":
+            return None
+        return super()._handle_view(name, **kwargs)
+
+    @expose("/")
+    def index(self):
+        return self.render("chatbot_admin/dashboard.html", stats=compute_stats())
+
+    @expose("/login/", methods=("GET", "POST"))
+    def login_view(self):
+        form = auth.LoginForm(request.form)
+        error = None
+        status = 200
+        if request.method == "POST" and form.validate():
+            throttle = auth.LoginThrottle(services().redis)
+            address = request.remote_addr or "unknown"
+            wait = throttle.retry_after(form.username.data, address)
+            if wait:
+                error = f"Too many failed attempts. Try again in {max(1, wait // 60)} minute(s)."
+                status = 429
+            else:
+                user = auth.authenticate(form.username.data, form.password.data)
+                if user is None:
+                    throttle.record_failure(form.username.data, address)
+                    log.warning("admin login failed addr=%s", address)
+                    error = "Wrong username or password."
+                    status = 401
+                else:
+                    throttle.forget(form.username.data, address)
+                    auth.log_in(user)
+                    return redirect(auth.safe_next(request.args.get("next"), url_for("admin.index")))
+        elif request.method == "POST":
+            error = "The form expired or was incomplete; please try again."
+            status = 400
+        return self.render("chatbot_admin/login.html", form=form, error=error), status
+
+    @expose("/logout/", methods=("POST",))
+    def logout_view(self):
+        form = SecureForm(request.form)
+        if form.validate():
+            auth.log_out()
+        return redirect(url_for("admin.login_view"))
+
+
+class PanelModelView(LoginRequired, ModelView):
+    form_base_class = SecureForm
+    page_size = 50
+    can_set_page_size = True
+
+
+def _phone(view, context, model, name):
+    phone = getattr(model, name)
+    return phone if session.get(REVEAL_PHONES) else mask_phone(phone)
+
+
+def _when(view, context, model, name):
+    value = getattr(model, name)
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
+
+
+class AIConfigurationView(PanelModelView):
+    """AI provider settings; the API key is write-only and shown only masked."""
+
+    list_template = "chatbot_admin/aiconfiguration_list.html"
+    column_extra_row_actions = [TemplateLinkRowAction("chatbot_row_actions.test_connection", "Test connection")]
+    column_list = ("name", "provider", "model_name", "max_tokens", "temperature", "is_active",
+                   "api_key_encrypted", "updated_at")
+    column_labels = {"api_key_encrypted": "API key", "model_name": "Model", "is_active": "Active"}
+    column_formatters = {
+        "api_key_encrypted": lambda view, context, model, name: view.masked_key(model),
+        "updated_at": _when,
+    }
+    column_details_exclude_list = ("api_key_encrypted",)
+    column_searchable_list = ("name", "model_name")
+    form_columns = ("name", "provider", "model_name", "max_tokens", "temperature", "system_prompt", "is_active")
+    form_overrides = {"provider": SelectField}
+    form_args = {
+        "provider": {"choices": [SelectChoice("openrouter", "OpenRouter")]},
+        "model_name": {
+            "label": "Model",
+            "description": "OpenRouter slug, e.g. openai/gpt-4o-mini or anthropic/claude-3.5-sonnet",
+            "validators": [InputRequired(), Regexp(MODEL_SLUG_SHAPE, message="Model must be a slug like vendor/model.")],
+        },
+        "max_tokens": {"validators": [InputRequired(), NumberRange(min=1, message="Max tokens must be at least 1.")]},
+        "temperature": {"validators": [InputRequired(),
+                                       NumberRange(min=0, max=2, message="Temperature must be from 0 to 2.")]},
+        "is_active": {"label": "Active", "description": "Activating this one deactivates the others."},
+    }
+    form_extra_fields = {
+        "api_key": PasswordField(
+            "API key", validators=[Length(max=500)],
+            description="Write-only. Leave blank to keep the stored key.",
+        )
+    }
+
+    @staticmethod
+    def masked_key(model: AIConfiguration) -> str:
+        if not model.api_key_encrypted:
+            return "not set (uses OPENROUTER_API_KEY)"
+        try:
+            return mask_secret(model.api_key(services().cipher))
+        except SecretDecryptionError:
+            return "cannot decrypt (check FIELD_ENCRYPTION_KEY)"
+
+    def on_model_change(self, form, model, is_created):
+        if form.api_key.data:
+            model.set_api_key(form.api_key.data.strip(), services().cipher)
+        model.updated_at = utcnow()
+        errors = model.validation_errors()
+        if errors:
+            raise ValidationError(" ".join(errors.values()))
+
+    def after_model_change(self, form, model, is_created):
+        if model.is_active:
+            model.activate()
+
+    @action("activate", "Activate", "Make the selected configuration the only active one?")
+    def action_activate(self, ids):
+        if len(ids) != 1:
+            flash("Select exactly one configuration to activate.", "error")
+            return
+        config = AIConfiguration.get_by_id(int(ids[0]))
+        config.activate()
+        flash(f"{config.name} is now the active AI configuration.", "success")
+
+    @expose("/test/<int:config_id>/", methods=("POST",))
+    def test_connection_view(self, config_id):
+        form = SecureForm(request.form)
+        config = AIConfiguration.get_or_none(AIConfiguration.id == config_id)
+        if not form.validate() or config is None:
+            flash("The request expired; please try again.", "error")
+            return redirect(self.get_url(".index_view"))
+        try:
+            settings = AISettings(
+                api_key=config.api_key(services().cipher) or services().config.openrouter_api_key,
+                model=config.model_name, max_tokens=config.max_tokens, temperature=config.temperature,
+                system_prompt=config.system_prompt, source=f"db:{config.name}",
+            )
+            adapter = OpenRouterAdapter(settings, base_url=services().config.openrouter_base_url,
+                                        session=services().ai_factory.session, attempts=1)
+            details = adapter.validate_credentials()
+            label = details.get("label") or "key"
+            flash(f"Connection OK for {config.name}: {label} accepted by OpenRouter.", "success")
+        except (AIError, SecretDecryptionError) as error:
+            flash(f"Connection failed for {config.name}: {error}", "error")
+        return redirect(self.get_url(".index_view"))
+
+
+class ConversationView(PanelModelView):
+    """Conversations, searchable by phone; a conversation's page is its transcript."""
+
+    list_template = "chatbot_admin/conversation_list.html"
+    details_template = "chatbot_admin/conversation_details.html"
+    can_create = False
+    can_edit = False
+    can_delete = True
+    can_view_details = True
+    column_list = ("user_phone", "profile_name", "is_active", "created_at", "updated_at")
+    column_labels = {"user_phone": "Phone", "profile_name": "Name", "is_active": "Active",
+                     "updated_at": "Last activity"}
+    column_formatters = {"user_phone": _phone, "created_at": _when, "updated_at": _when}
+    column_searchable_list = ("user_phone", "profile_name")
+    column_filters = ("is_active", "created_at", "updated_at")
+    column_default_sort = ("updated_at", True)
+
+    def render(self, template, **kwargs):
+        if template == self.details_template and kwargs.get("model") is not None:
+            kwargs["transcript"] = (
+                Message.select().where(Message.conversation == kwargs["model"]).order_by(Message.id)
+            )
+            kwargs["phone"] = _phone(self, None, kwargs["model"], "user_phone")
+        return super().render(template, **kwargs)
+
+    @expose("/reveal/", methods=("POST",))
+    def reveal_view(self):
+        if SecureForm(request.form).validate():
+            session[REVEAL_PHONES] = not session.get(REVEAL_PHONES)
+        return redirect(auth.safe_next(request.form.get("next"), self.get_url(".index_view")))
+
+    @action("reset_context", "Reset context", "Forget the AI context of the selected conversations?")
+    def action_reset_context(self, ids):
+        for conversation_id in ids:
+            services().context.clear_history(conversation_id)
+        flash(f"Context reset for {len(ids)} conversation(s); their messages are kept.", "success")
+
+    @action("deactivate", "Deactivate", "End the selected conversations? The next message starts a new one.")
+    def action_deactivate(self, ids):
+        count = Conversation.update(is_active=False).where(Conversation.id.in_(ids)).execute()
+        for conversation_id in ids:
+            services().context.clear_history(conversation_id)
+        flash(f"Deactivated {count} conversation(s).", "success")
+
+    def after_model_delete(self, model):
+        services().context.clear_history(model.id)
+
+
+class MessageView(PanelModelView):
+    """Every stored message; read-only."""
+
+    can_create = False
+    can_edit = False
+    can_delete = False
+    can_view_details = True
+    column_list = ("created_at", "conversation", "role", "content", "status", "model", "total_tokens",
+                   "latency_ms")
+    column_labels = {"total_tokens": "Tokens", "latency_ms": "Latency (ms)", "conversation": "Phone"}
+    column_formatters = {
+        "created_at": _when,
+        "conversation": lambda view, context, model, name: _phone(view, context, model.conversation, "user_phone"),
+        "content": lambda view, context, model, name: (
+            model.content if len(model.content) <= 120 else model.content[:117] + "…"
+        ),
+        "latency_ms": lambda view, context, model, name: f"{model.latency_ms:.0f}" if model.latency_ms else "",
+    }
+    column_details_exclude_list = ("twilio_sid",)
+    column_searchable_list = ("content",)
+    column_filters = ("role", "status", "created_at", "model")
+    column_default_sort = ("id", True)
+
+
+class WebhookLogView(PanelModelView):
+    """The webhook audit log (secrets redacted when stored); read-only."""
+
+    details_template = "chatbot_admin/webhooklog_details.html"
+    can_create = False
+    can_edit = False
+    can_delete = False
+    can_view_details = True
+    column_list = ("received_at", "method", "path", "response_status", "signature_valid", "processing_ms",
+                   "message_sid", "error")
+    column_labels = {"response_status": "Status", "signature_valid": "Signature valid",
+                     "processing_ms": "Processing (ms)"}
+    column_formatters = {
+        "received_at": _when,
+        "processing_ms": lambda view, context, model, name: f"{model.processing_ms:.1f}",
+    }
+    column_filters = ("response_status", "signature_valid", "received_at")
+    column_default_sort = ("id", True)
+
+    def render(self, template, **kwargs):
+        if template == self.details_template and kwargs.get("model") is not None:
+            kwargs["headers_text"] = json.dumps(kwargs["model"].headers, indent=2, ensure_ascii=False)
+        return super().render(template, **kwargs)
+
+
+def build_admin(app) -> Admin:
+    """Attach the admin panel at /admin (built per app: a module-level Admin breaks a second app)."""
+    admin = Admin(
+        app,
+        name="WhatsApp AI Assistant",
+        url="/admin",
+        index_view=PanelIndexView(name="Dashboard", url="/admin", endpoint="admin"),
+        theme=Bootstrap4Theme(base_template="chatbot_admin/base.html", fluid=True),
+    )
+    app.jinja_env.globals["admin_secure_form"] = SecureForm
+    app.context_processor(lambda: {"current_admin": auth.current_admin() if request.path.startswith("/admin") else None})
+    admin.add_view(AIConfigurationView(AIConfiguration, name="AI configurations", endpoint="aiconfiguration"))
+    admin.add_view(ConversationView(Conversation, name="Conversations", endpoint="conversation"))
+    admin.add_view(MessageView(Message, name="Messages", endpoint="message"))
+    admin.add_view(WebhookLogView(WebhookLog, name="Webhook log", endpoint="webhooklog"))
+    return admin
+
