@@ -40,7 +40,7 @@ class LoginRequired:
         return auth.current_admin() is not None
 
     def inaccessible_callback(self, name, **kwargs):
-        return redirect(url_for("admin.login_view", next=request.full_path))
+        return redirect(url_for("admin.login_view", next=request.full_path.rstrip("?")))
 
 
 class PanelIndexView(LoginRequired, AdminIndexView):
