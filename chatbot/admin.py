@@ -95,6 +95,10 @@ class PanelModelView(LoginRequired, ModelView):
     form_base_class = SecureForm
     page_size = 50
     can_set_page_size = True
+    search_hint = "Search"
+
+    def search_placeholder(self) -> str:
+        return self.search_hint
 
 
 def _phone(view, context, model, name):
@@ -121,6 +125,7 @@ class AIConfigurationView(PanelModelView):
     }
     column_details_exclude_list = ("api_key_encrypted",)
     column_searchable_list = ("name", "model_name")
+    search_hint = "Name or model"
     form_columns = ("name", "provider", "model_name", "max_tokens", "temperature", "system_prompt", "is_active")
     form_overrides = {"provider": SelectField}
     form_args = {
@@ -209,6 +214,7 @@ class ConversationView(PanelModelView):
                      "updated_at": "Last activity"}
     column_formatters = {"user_phone": _phone, "created_at": _when, "updated_at": _when}
     column_searchable_list = ("user_phone", "profile_name")
+    search_hint = "Phone number or name"
     column_filters = ("is_active", "created_at", "updated_at")
     column_default_sort = ("updated_at", True)
 
@@ -263,6 +269,7 @@ class MessageView(PanelModelView):
     }
     column_details_exclude_list = ("twilio_sid",)
     column_searchable_list = ("content",)
+    search_hint = "Message text"
     column_filters = ("role", "status", "created_at", "model")
     column_default_sort = ("id", True)
 
