@@ -51,6 +51,14 @@ class Config:
     max_context_messages: int = 20
     conversation_ttl: int = 86400
     site_name: str = "WhatsApp AI Assistant"
+    rate_limit_messages: int = 20
+    rate_limit_window: int = 60
+    rate_limit_global: int = 1000
+    max_inbound_chars: int = 4096
+    max_request_bytes: int = 64 * 1024
+    force_https: bool = False
+    trusted_proxies: int = 1
+    alert_webhook_url: str = field(default="", repr=False)
 
     @classmethod
     def from_env(cls, environ: dict | None = None, dotenv_path: str | Path | None = None) -> "Config":
@@ -92,6 +100,14 @@ class Config:
             ),
             "conversation_ttl": reader.integer("CONVERSATION_TTL", cls.conversation_ttl, minimum=60),
             "site_name": reader.text("SITE_NAME", default=cls.site_name),
+            "rate_limit_messages": reader.integer("RATE_LIMIT_MESSAGES", cls.rate_limit_messages, minimum=1),
+            "rate_limit_window": reader.integer("RATE_LIMIT_WINDOW", cls.rate_limit_window, minimum=1),
+            "rate_limit_global": reader.integer("RATE_LIMIT_GLOBAL", cls.rate_limit_global, minimum=1),
+            "max_inbound_chars": reader.integer("MAX_INBOUND_CHARS", cls.max_inbound_chars, minimum=1),
+            "max_request_bytes": reader.integer("MAX_REQUEST_BYTES", cls.max_request_bytes, minimum=1024),
+            "force_https": reader.boolean("FORCE_HTTPS", cls.force_https),
+            "trusted_proxies": reader.integer("TRUSTED_PROXIES", cls.trusted_proxies, minimum=0),
+            "alert_webhook_url": reader.url("ALERT_WEBHOOK_URL", ("http", "https"), ""),
         }
         if reader.problems:
             raise ConfigError(reader.problems)
@@ -140,6 +156,17 @@ class _Reader:
         if value < minimum:
             self.problems.append(f"{name} must be at least {minimum}, got {value}")
         return value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        raw = self._raw(name).lower()
+        if not raw:
+            return default
+        if raw in ("1", "true", "yes", "on"):
+            return True
+        if raw in ("0", "false", "no", "off"):
+            return False
+        self.problems.append(f"{name} must be true or false, got {raw!r}")
+        return default
 
     def number(self, name: str, default: float, low: float, high: float) -> float:
         raw = self._raw(name)

@@ -7,7 +7,7 @@ from urllib.parse import urlparse
 
 from peewee import DatabaseProxy, IntegerField, Model, PostgresqlDatabase
 from playhouse.db_url import connect
-from playhouse.migrate import PostgresqlMigrator, SqliteMigrator
+from playhouse.migrate import PostgresqlMigrator, SqliteMigrator, migrate
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +75,20 @@ def _create_admin_users(_migrator) -> None:
     database.create_tables([AdminUser], safe=True)
 
 
+def _add_webhook_verdict(migrator) -> None:
+    from chatbot.models import WebhookLog
+
+    # Migration 1 builds tables from today's models, so a new database has the column already.
+    if "verdict" not in {column.name for column in database.get_columns("webhook_log")}:
+        migrate(
+            migrator.add_column("webhook_log", "verdict", WebhookLog.verdict),
+            migrator.add_index("webhook_log", ("verdict",), False),
+        )
+
+
 # Append a function for every schema change (playhouse.migrate operations on the migrator it
 # receives); never edit one that has shipped.
-MIGRATIONS = [_create_initial_tables, _create_admin_users]
+MIGRATIONS = [_create_initial_tables, _create_admin_users, _add_webhook_verdict]
 
 
 def current_version() -> int:

@@ -53,6 +53,7 @@ class Status(str, Enum):
     PENDING = "pending"
     ANSWERED = "answered"
     FAILED = "failed"
+    RATE_LIMITED = "rate_limited"
     UNSENT = "unsent"
     SENT = "sent"
     SEND_FAILED = "send_failed"
@@ -264,6 +265,7 @@ class WebhookLog(BaseModel):
     processing_ms = FloatField(default=0.0)
     signature_valid = BooleanField(null=True, index=True)
     message_sid = CharField(max_length=64, null=True, index=True)
+    verdict = CharField(max_length=32, null=True, index=True)
     error = TextField(null=True)
 
     class Meta:

@@ -11,6 +11,8 @@ from chatbot.context import ConversationManager
 from chatbot.db import database
 from chatbot.errors import AIError, WhatsAppError
 from chatbot.models import Conversation, Message, Role, Status
+from chatbot.rate_limiter import Verdict
+from chatbot.sanitizer import TRIMMED_NOTE, clean_text
 from chatbot.redact import mask_phone
 from chatbot.whatsapp import WhatsAppClient
 
@@ -20,6 +22,11 @@ FALLBACK_REPLY = (
     "Sorry, I can't answer right now because of a technical problem. "
     "Please try again in a few minutes."
 )
+LIMIT_NOTICES = {
+    Verdict.SENDER_LIMITED: "You're sending messages faster than I can answer. Please wait a minute, "
+                            "then send your question again.",
+    Verdict.GLOBAL_LIMITED: "I'm getting a lot of messages right now. Please try again in a few minutes.",
+}
 
 
 @dataclass
@@ -41,12 +48,14 @@ class MessageProcessor:
         context: ConversationManager,
         clock: Callable[[], float] = time.monotonic,
         fallback_reply: str = FALLBACK_REPLY,
+        max_inbound_chars: int = 4096,
     ):
         self.ai_factory = ai_factory
         self.whatsapp = whatsapp
         self.context = context
         self.clock = clock
         self.fallback_reply = fallback_reply
+        self.max_inbound_chars = max_inbound_chars
 
     def process(self, message_id: int, final_attempt: bool = True) -> Outcome:
         """Answer and deliver every outstanding message of this sender up to `message_id`, in order.
@@ -94,16 +103,19 @@ class MessageProcessor:
                     content=self.fallback_reply,
                     status=Status.UNSENT.value,
                     reply_to=question,
-                    metadata={"fallback": True},
+                    metadata={"canned": "ai_failure"},
                     error=str(error),
                 )
         latency_ms = (self.clock() - started) * 1000
         usage = reply.usage
+        text = clean_text(reply.text).text
+        if question.metadata.get("trimmed"):
+            text = TRIMMED_NOTE.format(limit=self.max_inbound_chars) + "\n\n" + text
         with database.atomic():
             answer = Message.create(
                 conversation=conversation,
                 role=Role.ASSISTANT.value,
-                content=reply.text,
+                content=text,
                 status=Status.UNSENT.value,
                 reply_to=question,
                 model=reply.model,
@@ -125,7 +137,7 @@ class MessageProcessor:
                  final_attempt: bool) -> int:
         if answer.status != Status.UNSENT.value:
             return 0
-        if not answer.metadata.get("fallback"):
+        if not answer.metadata.get("canned"):
             # Idempotent, so a job that crashed after storing the answer still leaves it in context.
             self.context.add_exchange(conversation.id, question, answer)
         sent = []

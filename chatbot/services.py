@@ -12,6 +12,7 @@ from chatbot.context import ConversationManager
 from chatbot.crypto import FieldCipher
 from chatbot.db import open_database
 from chatbot.processor import MessageProcessor
+from chatbot.rate_limiter import RateLimiter
 from chatbot.whatsapp import WhatsAppClient
 from config import Config
 
@@ -30,6 +31,7 @@ class Services:
     ai_factory: AIAdapterFactory
     whatsapp: WhatsAppClient
     processor: MessageProcessor
+    rate_limiter: RateLimiter
 
 
 def build_services(config: Config, ai_options: dict | None = None,
@@ -56,5 +58,7 @@ def build_services(config: Config, ai_options: dict | None = None,
         context=context,
         ai_factory=ai_factory,
         whatsapp=whatsapp,
-        processor=MessageProcessor(ai_factory, whatsapp, context),
+        processor=MessageProcessor(ai_factory, whatsapp, context, max_inbound_chars=config.max_inbound_chars),
+        rate_limiter=RateLimiter(redis, config.rate_limit_messages, config.rate_limit_global,
+                                 config.rate_limit_window),
     )

@@ -13,6 +13,9 @@ from twilio.request_validator import RequestValidator
 
 from chatbot.db import database
 from chatbot.models import Conversation, Message, Role, Status, WebhookLog
+from chatbot.processor import LIMIT_NOTICES
+from chatbot.rate_limiter import Decision, RateLimiter, Verdict
+from chatbot.sanitizer import clean_text, is_whatsapp_address
 from chatbot.redact import mask_phone, redact_headers
 from chatbot.tasks import enqueue_processing
 
@@ -24,6 +27,7 @@ EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 MAX_LOGGED_BODY = 8192
 SID_SHAPE = re.compile(r"^[A-Za-z]{2}[0-9a-fA-F]{32}$")
 MAX_MEDIA = 10
+ALLOWED = Decision(Verdict.ALLOWED)
 
 
 class MalformedWebhook(ValueError):
@@ -52,36 +56,43 @@ class InboundMessage:
         return details
 
 
-def parse_inbound(form) -> InboundMessage:
-    """Read Twilio's form; unknown fields are ignored, missing essentials are an error."""
+def parse_inbound(form, max_chars: int | None = None) -> InboundMessage:
+    """Read Twilio's form; unknown fields are ignored, missing or malformed essentials are an error."""
     sid = (form.get("MessageSid") or form.get("SmsMessageSid") or "").strip()
     sender = (form.get("From") or "").strip()
+    recipient = (form.get("To") or "").strip()
     problems = []
     if not sid:
         problems.append("MessageSid is missing")
     elif not SID_SHAPE.match(sid):
         problems.append("MessageSid is not a Twilio SID")
-    if not sender:
-        problems.append("From is missing")
+    for name, value in (("From", sender), ("To", recipient)):
+        if not value:
+            problems.append(f"{name} is missing")
+        elif not is_whatsapp_address(value):
+            problems.append(f"{name} is not a whatsapp:+E.164 address")
     if problems:
         raise MalformedWebhook("; ".join(problems))
+    body = clean_text(form.get("Body") or "", max_chars)
     media = []
     for index in range(MAX_MEDIA):
         url = form.get(f"MediaUrl{index}")
         if url:
             media.append({"url": url, "content_type": form.get(f"MediaContentType{index}", "")})
     extras = {
-        name: form[name]
+        name: clean_text(form[name], 500).text
         for name in ("Latitude", "Longitude", "ButtonPayload", "OriginalRepliedMessageSid")
         if form.get(name)
     }
+    if body.trimmed:
+        extras["trimmed"] = True
     return InboundMessage(
         sid=sid,
         sender=sender,
-        recipient=(form.get("To") or "").strip(),
-        body=form.get("Body") or "",
-        profile_name=(form.get("ProfileName") or "").strip()[:255],
-        wa_id=(form.get("WaId") or "").strip(),
+        recipient=recipient,
+        body=body.text,
+        profile_name=clean_text(form.get("ProfileName") or "", 255).text.strip(),
+        wa_id=(form.get("WaId") or "").strip()[:32],
         media=media,
         extras=extras,
     )
@@ -109,8 +120,13 @@ def signature_verdict(auth_token: str, public_base_url: str) -> tuple[bool, str 
     return True, None
 
 
-def store_inbound(inbound: InboundMessage, audit: dict, conversation_ttl: int) -> int | None:
-    """Record the message and its audit row in one transaction; return its id, or None if seen before."""
+def store_inbound(inbound: InboundMessage, audit: dict, conversation_ttl: int,
+                  decision: Decision = ALLOWED) -> int | None:
+    """Record the message and its audit row in one transaction; return its id, or None if seen before.
+
+    A rate-limited message is kept but never reaches the AI; the sender's first one in a window
+    gets a canned notice, stored here as its reply.
+    """
     try:
         with database.atomic():
             conversation_id = Conversation.active_id_for(inbound.sender, inbound.profile_name, conversation_ttl)
@@ -118,16 +134,25 @@ def store_inbound(inbound: InboundMessage, audit: dict, conversation_ttl: int) -
                 conversation=conversation_id,
                 role=Role.USER.value,
                 content=inbound.body,
-                status=Status.PENDING.value,
+                status=Status.PENDING.value if decision.allowed else Status.RATE_LIMITED.value,
                 twilio_sid=inbound.sid,
                 metadata=inbound.metadata(),
             ).execute()
+            if decision.notify:
+                Message.insert(
+                    conversation=conversation_id,
+                    role=Role.ASSISTANT.value,
+                    content=LIMIT_NOTICES[decision.verdict],
+                    status=Status.UNSENT.value,
+                    reply_to=message_id,
+                    metadata={"canned": decision.verdict.value},
+                ).execute()
             WebhookLog.insert(**audit).execute()
             return message_id
     except IntegrityError:
         # The MessageSid is stored already: Twilio delivered this message before.
         with database.atomic():
-            WebhookLog.insert(**audit, error="duplicate delivery").execute()
+            WebhookLog.insert(**{**audit, "verdict": "duplicate"}, error="duplicate delivery").execute()
         return None
 
 
@@ -145,11 +170,11 @@ def _audit(status: int, started: float, signature_valid: bool | None, **extra) -
     }
 
 
-def _refuse(status: int, reason: str, started: float, signature_valid: bool | None) -> Response:
+def _refuse(status: int, reason: str, started: float, signature_valid: bool | None, verdict: str) -> Response:
     log.warning("webhook refused status=%d reason=%s", status, reason)
     try:
         with database.atomic():
-            WebhookLog.create(**_audit(status, started, signature_valid, error=reason))
+            WebhookLog.insert(**_audit(status, started, signature_valid, error=reason, verdict=verdict)).execute()
     except PeeweeException:
         log.exception("could not record refused webhook")
     return Response(f"{reason}\n", status=status, mimetype="text/plain")
@@ -164,16 +189,18 @@ def receive_message():
     config = services.config
     valid, reason = signature_verdict(config.twilio_auth_token, config.public_base_url)
     if not valid:
-        return _refuse(403, reason, started, signature_valid=False)
+        return _refuse(403, reason, started, signature_valid=False, verdict="bad_signature")
     try:
-        inbound = parse_inbound(request.form)
+        inbound = parse_inbound(request.form, config.max_inbound_chars)
     except MalformedWebhook as exc:
-        return _refuse(400, f"malformed webhook: {exc}", started, signature_valid=True)
+        return _refuse(400, f"malformed webhook: {exc}", started, signature_valid=True, verdict="malformed")
+    decision = _rate_limit(services.rate_limiter, inbound.sender)
     try:
         message_id = store_inbound(
             inbound,
-            _audit(200, started, signature_valid=True, message_sid=inbound.sid),
+            _audit(200, started, signature_valid=True, message_sid=inbound.sid, verdict=decision.verdict.value),
             config.conversation_ttl,
+            decision,
         )
     except PeeweeException:
         # Nothing was committed; a 503 makes Twilio deliver it again later.
@@ -181,14 +208,26 @@ def receive_message():
         return Response("database unavailable\n", status=503, mimetype="text/plain")
     if message_id is None:
         log.info("message_sid=%s duplicate delivery ignored", inbound.sid)
-    else:
+    elif decision.allowed or decision.notify:
         try:
             enqueue_processing(services.queue, message_id, inbound.sender)
-            log.info("message_sid=%s sender=%s queued message_id=%s",
-                     inbound.sid, mask_phone(inbound.sender), message_id)
+            log.info("message_sid=%s sender=%s queued message_id=%s verdict=%s",
+                     inbound.sid, mask_phone(inbound.sender), message_id, decision.verdict.value)
         except RedisError:
             log.exception("message_sid=%s stored but not queued; the sweeper will queue it", inbound.sid)
+    else:
+        log.info("message_sid=%s sender=%s rate limited, notice already sent this window",
+                 inbound.sid, mask_phone(inbound.sender))
     return Response(EMPTY_TWIML, status=200, mimetype="text/xml")
+
+
+def _rate_limit(rate_limiter: RateLimiter, sender: str) -> Decision:
+    try:
+        return rate_limiter.check(sender)
+    except RedisError:
+        # Fail open: the message is stored either way, and losing it would be worse than one extra answer.
+        log.exception("rate limiter unavailable; letting the message through")
+        return ALLOWED
 
 
 @bp.get("/whatsapp/webhook")

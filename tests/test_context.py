@@ -51,7 +51,7 @@ def test_lost_window_of_an_active_conversation_is_rebuilt_from_the_database(serv
         exchange(conversation, number)
     failed = Message.create(conversation=conversation, role="user", content="failed one", status="failed")
     Message.create(conversation=conversation, role="assistant", content="sorry", status="sent",
-                   reply_to=failed, metadata={"fallback": True})
+                   reply_to=failed, metadata={"canned": "ai_failure"})
     redis.flushdb()
     assert [m["content"] for m in manager.get_history(conversation)] == ["q2", "a2", "q3", "a3"]
     assert redis.exists(manager.key(conversation.id))
