@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from flask import Flask
-from werkzeug.middleware.proxy_fix import ProxyFix
 
 from config import Config
 
@@ -12,7 +11,7 @@ def create_app(config: Config | None = None, services=None) -> Flask:
 
     Pass `services` (already built, e.g. aimed at test fakes) to use them and their settings.
     """
-    from chatbot import admin, cli, db, webhook
+    from chatbot import admin, cli, db, security, webhook
     from chatbot.logs import configure_logging
     from chatbot.services import build_services
 
@@ -27,8 +26,7 @@ def create_app(config: Config | None = None, services=None) -> Flask:
         SESSION_COOKIE_SECURE=config.public_base_url.startswith("https://"),
         PERMANENT_SESSION_LIFETIME=12 * 3600,
     )
-    # Twilio reaches us through the host's TLS proxy; trust its X-Forwarded-* headers.
-    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1, x_port=1)
+    security.init_app(app, config)
     app.extensions["chatbot"] = services
     db.init_app(app)
     app.register_blueprint(webhook.bp)

@@ -5,6 +5,8 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def configure_logging(level: int = logging.INFO) -> None:
-    """Log to stderr; keep the twilio SDK from logging every request and its headers."""
+    """Log to stderr; keep libraries that log request details or SQL parameters (phone numbers,
+    message text) quiet even when the root level is DEBUG."""
     logging.basicConfig(level=level, format=LOG_FORMAT)
-    logging.getLogger("twilio.http_client").setLevel(logging.WARNING)
+    for chatty in ("twilio.http_client", "peewee"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)

@@ -1,6 +1,7 @@
 """The Twilio webhook: verify, parse, store first, enqueue, answer in milliseconds."""
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -115,7 +116,9 @@ def signature_verdict(auth_token: str, public_base_url: str) -> tuple[bool, str 
         return False, "TWILIO_AUTH_TOKEN is not set, so no request can be verified"
     if not signature:
         return False, "X-Twilio-Signature header is missing"
-    if not RequestValidator(auth_token).validate(signed_url(public_base_url), request.form, signature):
+    # Twilio's JSON variant signs the URL (which carries bodySHA256) and hashes the raw body.
+    params = request.get_data(as_text=True) if "bodySHA256" in request.args else request.form
+    if not RequestValidator(auth_token).validate(signed_url(public_base_url), params, signature):
         return False, "X-Twilio-Signature does not match (check PUBLIC_BASE_URL and the proxy setup)"
     return True, None
 
@@ -191,7 +194,7 @@ def receive_message():
     if not valid:
         return _refuse(403, reason, started, signature_valid=False, verdict="bad_signature")
     try:
-        inbound = parse_inbound(request.form, config.max_inbound_chars)
+        inbound = parse_inbound(_fields(), config.max_inbound_chars)
     except MalformedWebhook as exc:
         return _refuse(400, f"malformed webhook: {exc}", started, signature_valid=True, verdict="malformed")
     decision = _rate_limit(services.rate_limiter, inbound.sender)
@@ -219,6 +222,16 @@ def receive_message():
         log.info("message_sid=%s sender=%s rate limited, notice already sent this window",
                  inbound.sid, mask_phone(inbound.sender))
     return Response(EMPTY_TWIML, status=200, mimetype="text/xml")
+
+
+def _fields():
+    """The webhook's fields: the form, or the JSON object of Twilio's bodySHA256 variant."""
+    if "bodySHA256" not in request.args:
+        return request.form
+    payload = request.get_json(silent=True)
+    if not isinstance(payload, dict):
+        raise MalformedWebhook("body is not a JSON object")
+    return {name: value if isinstance(value, str) else json.dumps(value) for name, value in payload.items()}
 
 
 def _rate_limit(rate_limiter: RateLimiter, sender: str) -> Decision:
