@@ -147,3 +147,16 @@ def test_invalid_ai_configuration_fields_are_named(fields, field, message):
 def test_valid_ai_configuration_has_no_errors():
     assert AIConfiguration(name="main", model_name="openai/gpt-4o-mini", max_tokens=1, temperature=2,
                            provider="openrouter").validation_errors() == {}
+
+
+def test_upgrade_adds_the_webhook_verdict_column_to_an_older_database(empty_database_url):
+    db.open_database(empty_database_url)
+    db.upgrade()
+    with db.database.connection_context():
+        db.database.execute_sql("DROP INDEX webhooklog_verdict")
+        db.database.execute_sql("ALTER TABLE webhook_log DROP COLUMN verdict")
+        db.SchemaVersion.delete().where(db.SchemaVersion.version == 3).execute()
+    assert db.upgrade() == (2, len(db.MIGRATIONS))
+    with db.database.connection_context():
+        assert "verdict" in {c.name for c in db.database.get_columns("webhook_log")}
+        WebhookLog.create(method="POST", path="/x", response_status=200, verdict="allowed")
