@@ -9,7 +9,7 @@ from typing import Callable
 from chatbot.ai import AIAdapterFactory
 from chatbot.context import ConversationManager
 from chatbot.db import database
-from chatbot.errors import AIError, WhatsAppError
+from chatbot.errors import AIError, Category, ErrorHandler, WhatsAppError
 from chatbot.models import Conversation, Message, Role, Status
 from chatbot.rate_limiter import Verdict
 from chatbot.sanitizer import TRIMMED_NOTE, clean_text
@@ -18,10 +18,6 @@ from chatbot.whatsapp import WhatsAppClient
 
 log = logging.getLogger(__name__)
 
-FALLBACK_REPLY = (
-    "Sorry, I can't answer right now because of a technical problem. "
-    "Please try again in a few minutes."
-)
 LIMIT_NOTICES = {
     Verdict.SENDER_LIMITED: "You're sending messages faster than I can answer. Please wait a minute, "
                             "then send your question again.",
@@ -46,15 +42,15 @@ class MessageProcessor:
         ai_factory: AIAdapterFactory,
         whatsapp: WhatsAppClient,
         context: ConversationManager,
+        errors: ErrorHandler,
         clock: Callable[[], float] = time.monotonic,
-        fallback_reply: str = FALLBACK_REPLY,
         max_inbound_chars: int = 4096,
     ):
         self.ai_factory = ai_factory
         self.whatsapp = whatsapp
         self.context = context
         self.clock = clock
-        self.fallback_reply = fallback_reply
+        self.errors = errors
         self.max_inbound_chars = max_inbound_chars
 
     def process(self, message_id: int, final_attempt: bool = True) -> Outcome:
@@ -90,8 +86,8 @@ class MessageProcessor:
         except AIError as error:
             if error.retryable and not final_attempt:
                 raise
-            log.error("message_id=%s sender=%s ai failed, sending fallback: %s",
-                      question.id, mask_phone(conversation.user_phone), error)
+            self.errors.handle(Category.AI, error,
+                               f"message_id={question.id} sender={mask_phone(conversation.user_phone)}")
             outcome.failed += 1
             with database.atomic():
                 question.status = Status.FAILED.value
@@ -100,7 +96,7 @@ class MessageProcessor:
                 return Message.create(
                     conversation=conversation,
                     role=Role.ASSISTANT.value,
-                    content=self.fallback_reply,
+                    content=self.errors.user_message(Category.AI),
                     status=Status.UNSENT.value,
                     reply_to=question,
                     metadata={"canned": "ai_failure"},
@@ -152,8 +148,8 @@ class MessageProcessor:
         except WhatsAppError as error:
             if error.retryable and not final_attempt:
                 raise
-            log.error("message_id=%s sender=%s reply not delivered: %s",
-                      answer.id, mask_phone(conversation.user_phone), error)
+            self.errors.handle(Category.WHATSAPP, error,
+                               f"message_id={answer.id} sender={mask_phone(conversation.user_phone)}")
             Message.update(status=Status.SEND_FAILED.value, error=str(error)).where(
                 Message.id == answer.id
             ).execute()

@@ -10,6 +10,7 @@ from rq import Queue
 from chatbot.ai import AIAdapterFactory
 from chatbot.context import ConversationManager
 from chatbot.crypto import FieldCipher
+from chatbot.errors import ErrorHandler
 from chatbot.db import open_database
 from chatbot.processor import MessageProcessor
 from chatbot.rate_limiter import RateLimiter
@@ -32,6 +33,7 @@ class Services:
     whatsapp: WhatsAppClient
     processor: MessageProcessor
     rate_limiter: RateLimiter
+    errors: ErrorHandler
 
 
 def build_services(config: Config, ai_options: dict | None = None,
@@ -42,6 +44,7 @@ def build_services(config: Config, ai_options: dict | None = None,
                            health_check_interval=30)
     cipher = FieldCipher(config.field_encryption_key)
     context = ConversationManager(redis, config.max_context_messages, config.conversation_ttl)
+    errors = ErrorHandler(redis, config.alert_webhook_url)
     ai_factory = AIAdapterFactory(config, cipher, requests.Session(), **(ai_options or {}))
     whatsapp = WhatsAppClient(
         config.twilio_account_sid,
@@ -58,7 +61,8 @@ def build_services(config: Config, ai_options: dict | None = None,
         context=context,
         ai_factory=ai_factory,
         whatsapp=whatsapp,
-        processor=MessageProcessor(ai_factory, whatsapp, context, max_inbound_chars=config.max_inbound_chars),
+        processor=MessageProcessor(ai_factory, whatsapp, context, errors, max_inbound_chars=config.max_inbound_chars),
         rate_limiter=RateLimiter(redis, config.rate_limit_messages, config.rate_limit_global,
                                  config.rate_limit_window),
+        errors=errors,
     )

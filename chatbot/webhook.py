@@ -13,6 +13,7 @@ from redis.exceptions import RedisError
 from twilio.request_validator import RequestValidator
 
 from chatbot.db import database
+from chatbot.errors import Category
 from chatbot.models import Conversation, Message, Role, Status, WebhookLog
 from chatbot.processor import LIMIT_NOTICES
 from chatbot.rate_limiter import Decision, RateLimiter, Verdict
@@ -205,9 +206,9 @@ def receive_message():
             config.conversation_ttl,
             decision,
         )
-    except PeeweeException:
+    except PeeweeException as error:
         # Nothing was committed; a 503 makes Twilio deliver it again later.
-        log.exception("message_sid=%s could not be stored", inbound.sid)
+        services.errors.handle(Category.SYSTEM, error, f"message_sid={inbound.sid} not stored")
         return Response("database unavailable\n", status=503, mimetype="text/plain")
     if message_id is None:
         log.info("message_sid=%s duplicate delivery ignored", inbound.sid)
@@ -216,8 +217,9 @@ def receive_message():
             enqueue_processing(services.queue, message_id, inbound.sender)
             log.info("message_sid=%s sender=%s queued message_id=%s verdict=%s",
                      inbound.sid, mask_phone(inbound.sender), message_id, decision.verdict.value)
-        except RedisError:
-            log.exception("message_sid=%s stored but not queued; the sweeper will queue it", inbound.sid)
+        except RedisError as error:
+            services.errors.handle(Category.WEBHOOK, error,
+                                   f"message_sid={inbound.sid} stored, not queued; the sweeper will queue it")
     else:
         log.info("message_sid=%s sender=%s rate limited, notice already sent this window",
                  inbound.sid, mask_phone(inbound.sender))

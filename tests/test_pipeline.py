@@ -7,14 +7,14 @@ import pytest
 from rq import Retry, SimpleWorker
 
 from chatbot import tasks
-from chatbot.errors import WhatsAppError
 from chatbot.models import Message, Status
-from chatbot.processor import FALLBACK_REPLY
+from chatbot.errors import USER_MESSAGES, Category, WhatsAppError
 from tests.conftest import BOT_NUMBER
 from tests.fakes import FakeOpenRouter, FakeTwilio, Scripted
 from worker import build_worker
 
 ADA = "whatsapp:+15550001111"
+FALLBACK_REPLY = USER_MESSAGES[Category.AI]
 BOB = "whatsapp:+15550002222"
 
 
