@@ -11,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 from cryptography.fernet import Fernet
 
@@ -89,7 +88,7 @@ def test_image_builds_wheels_then_runs_a_slim_runtime_as_a_non_root_user():
     assert any(i == "COPY" and a.startswith("--from=build ") for i, a in runtime)
     arguments = dict(runtime)
     assert arguments["USER"].split(":")[0] not in ("root", "0")
-    assert json.loads(arguments["ENTRYPOINT"]) == ["./docker-entrypoint.sh"]
+    assert json.loads(arguments["ENTRYPOINT"]) == ["/app/docker-entrypoint.sh"]
     assert json.loads(arguments["CMD"]) == shlex.split(procfile()["web"])
     assert "/health" in arguments["HEALTHCHECK"] and "urllib" in arguments["HEALTHCHECK"]
 

@@ -14,7 +14,6 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-import pytest
 from cryptography.fernet import Fernet
 from dotenv import dotenv_values
 
