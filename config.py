@@ -59,6 +59,7 @@ class Config:
     force_https: bool = False
     trusted_proxies: int = 1
     alert_webhook_url: str = field(default="", repr=False)
+    redis_tls_verify: bool = True
 
     @classmethod
     def from_env(cls, environ: dict | None = None, dotenv_path: str | Path | None = None) -> "Config":
@@ -108,6 +109,7 @@ class Config:
             "force_https": reader.boolean("FORCE_HTTPS", cls.force_https),
             "trusted_proxies": reader.integer("TRUSTED_PROXIES", cls.trusted_proxies, minimum=0),
             "alert_webhook_url": reader.url("ALERT_WEBHOOK_URL", ("http", "https"), ""),
+            "redis_tls_verify": reader.boolean("REDIS_TLS_VERIFY", cls.redis_tls_verify),
         }
         if reader.problems:
             raise ConfigError(reader.problems)
@@ -117,6 +119,13 @@ class Config:
         """Return a copy with some settings changed (tests and tools)."""
         current = {f.name: getattr(self, f.name) for f in fields(self)}
         return Config(**{**current, **changes})
+
+    def redis_options(self) -> dict:
+        """Extra arguments for `Redis.from_url`: skip certificate checks when REDIS_TLS_VERIFY is off
+        (Heroku's Redis add-on serves TLS with a self-signed certificate)."""
+        if self.redis_url.startswith("rediss://") and not self.redis_tls_verify:
+            return {"ssl_cert_reqs": "none"}
+        return {}
 
     def missing_for_whatsapp(self) -> list[str]:
         """Name the settings that real WhatsApp traffic still needs."""

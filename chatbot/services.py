@@ -41,7 +41,7 @@ def build_services(config: Config, ai_options: dict | None = None,
     """Open the database and build Redis, the queue and the upstream clients from `config`."""
     open_database(config.database_url)
     redis = Redis.from_url(config.redis_url, socket_timeout=5, socket_connect_timeout=5,
-                           health_check_interval=30)
+                           health_check_interval=30, **config.redis_options())
     cipher = FieldCipher(config.field_encryption_key)
     context = ConversationManager(redis, config.max_context_messages, config.conversation_ttl)
     errors = ErrorHandler(redis, config.alert_webhook_url)

@@ -174,13 +174,18 @@ def _audit(status: int, started: float, signature_valid: bool | None, **extra) -
     }
 
 
+def _record(audit: dict) -> None:
+    """Write an audit row for a request that stores nothing else; a database outage must not turn
+    the answer into a 500."""
+    try:
+        WebhookLog.insert(**audit).execute()
+    except PeeweeException:
+        log.exception("could not record webhook audit row")
+
+
 def _refuse(status: int, reason: str, started: float, signature_valid: bool | None, verdict: str) -> Response:
     log.warning("webhook refused status=%d reason=%s", status, reason)
-    try:
-        with database.atomic():
-            WebhookLog.insert(**_audit(status, started, signature_valid, error=reason, verdict=verdict)).execute()
-    except PeeweeException:
-        log.exception("could not record refused webhook")
+    _record(_audit(status, started, signature_valid, error=reason, verdict=verdict))
     return Response(f"{reason}\n", status=status, mimetype="text/plain")
 
 
@@ -195,7 +200,13 @@ def receive_message():
     if not valid:
         return _refuse(403, reason, started, signature_valid=False, verdict="bad_signature")
     try:
-        inbound = parse_inbound(_fields(), config.max_inbound_chars)
+        fields = _fields()
+        if fields.get("MessageStatus"):
+            # A delivery status callback pointed at this URL: acknowledge it, never answer it.
+            _record(_audit(200, started, signature_valid=True, verdict="status_callback",
+                           message_sid=(fields.get("MessageSid") or "")[:64] or None))
+            return Response(EMPTY_TWIML, status=200, mimetype="text/xml")
+        inbound = parse_inbound(fields, config.max_inbound_chars)
     except MalformedWebhook as exc:
         return _refuse(400, f"malformed webhook: {exc}", started, signature_valid=True, verdict="malformed")
     decision = _rate_limit(services.rate_limiter, inbound.sender)

@@ -59,10 +59,11 @@ def ping_database(url: str, timeout: float) -> None:
             database.close()
 
 
-def ping_redis(url: str, timeout: float) -> None:
+def ping_redis(url: str, timeout: float, options: dict | None = None) -> None:
     """Send PING to the Redis at `url`."""
     attempt_timeout = min(max(timeout, 1.0), MAX_ATTEMPT_TIMEOUT)
-    client = Redis.from_url(url, socket_connect_timeout=attempt_timeout, socket_timeout=attempt_timeout)
+    client = Redis.from_url(url, socket_connect_timeout=attempt_timeout, socket_timeout=attempt_timeout,
+                            **(options or {}))
     try:
         client.ping()
     finally:
@@ -106,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     deadline = time.monotonic() + args.timeout
     for name, variable, url, ping, errors in (
         ("the database", "DATABASE_URL", config.database_url, ping_database, (PeeweeException, OSError)),
-        ("Redis", "REDIS_URL", config.redis_url, ping_redis, (RedisError, OSError)),
+        ("Redis", "REDIS_URL", config.redis_url,
+         lambda url, timeout: ping_redis(url, timeout, config.redis_options()), (RedisError, OSError)),
     ):
         if not wait_for(name, variable, url, ping, errors, deadline, args.timeout):
             return 1

@@ -99,3 +99,12 @@ def test_every_variable_config_reads_is_documented_in_env_example():
 def test_every_variable_config_reads_is_in_the_readme_table():
     readme = (Path(PROJECT_DIR) / "README.md").read_text()
     assert {name for name in variables_read_by_config() if f"`{name}`" not in readme} == set()
+
+
+def test_redis_certificate_check_can_be_relaxed_only_for_tls_urls():
+    heroku = Config.from_mapping({**MINIMAL, "REDIS_URL": "rediss://:p@ec2.example:6380", "REDIS_TLS_VERIFY": "false"})
+    assert heroku.redis_options() == {"ssl_cert_reqs": "none"}
+    assert Config.from_mapping({**MINIMAL, "REDIS_URL": "rediss://h:6380"}).redis_options() == {}
+    assert Config.from_mapping({**MINIMAL, "REDIS_TLS_VERIFY": "false"}).redis_options() == {}
+    with pytest.raises(ConfigError, match="REDIS_TLS_VERIFY must be true or false"):
+        Config.from_mapping({**MINIMAL, "REDIS_TLS_VERIFY": "maybe"})

@@ -269,3 +269,12 @@ def test_redis_down_still_stores_and_the_sweeper_queues_later(config, services, 
     assert tasks.sweep_pending_messages() == 1
     assert tasks.sweep_pending_messages() == 0  # the job now exists
     assert services_on_private.queue.job_ids == [tasks.job_id_for(message.id)]
+
+
+def test_status_callback_is_acknowledged_and_never_answered(post_webhook, services):
+    form = {"MessageSid": "SM" + "c" * 32, "MessageStatus": "delivered", "SmsStatus": "delivered",
+            "To": "whatsapp:+15550001111", "From": "whatsapp:+14155238886", "AccountSid": "AC" + "0" * 32}
+    response = post_webhook(form)
+    assert response.status_code == 200
+    assert Message.select().count() == 0 and services.queue.count == 0
+    assert WebhookLog.get().verdict == "status_callback"
