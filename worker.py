@@ -8,12 +8,24 @@ from chatbot.logs import configure_logging
 from chatbot.services import build_services
 from config import Config
 
-# How often a worker looks for jobs whose worker died (RQ's default is every 10 minutes).
-MAINTENANCE_INTERVAL = 30
-JOB_MONITORING_INTERVAL = 10
+# A worker that dies mid-job (SIGKILL, OOM, a lost dyno) stops renewing the job's heartbeat; the
+# job counts as abandoned once the heartbeat is HEARTBEAT_GRACE seconds overdue, and the next
+# maintenance pass of any live worker re-queues it (RQ's defaults: +60 s, every 10 minutes).
+JOB_MONITORING_INTERVAL = 5
+HEARTBEAT_GRACE = 15
+MAINTENANCE_INTERVAL = 10
 
 
-def build_worker(services, worker_class=Worker, **options) -> Worker:
+class ChatbotWorker(Worker):
+    """RQ's forking worker, with abandoned jobs detected within seconds rather than minutes."""
+
+    def get_heartbeat_ttl(self, job, working_time: float = 0.0) -> int:
+        if job.timeout and job.timeout > 0:
+            return int(min(job.timeout - working_time, self.job_monitoring_interval)) + HEARTBEAT_GRACE
+        return self.job_monitoring_interval + HEARTBEAT_GRACE
+
+
+def build_worker(services, worker_class=ChatbotWorker, **options) -> Worker:
     """Return a worker on the message queue; jobs use `services`."""
     tasks.install(services)
     return worker_class(

@@ -1,13 +1,15 @@
 """flask commands for operators."""
 from __future__ import annotations
 
+from datetime import timedelta
+
 import click
 from flask import current_app
 from flask.cli import with_appcontext
 
 from chatbot import auth, db, tasks
 from chatbot.crypto import SecretDecryptionError
-from chatbot.models import AIConfiguration
+from chatbot.models import AIConfiguration, Message, utcnow
 
 
 def init_app(app) -> None:
@@ -15,6 +17,7 @@ def init_app(app) -> None:
     app.cli.add_command(cleanup_command)
     app.cli.add_command(create_admin_command)
     app.cli.add_command(rotate_key_command)
+    app.cli.add_command(retry_failed_command)
 
 
 @click.command("init-db")
@@ -72,3 +75,16 @@ def rotate_key_command():
     if failed:
         click.echo(f"Could not decrypt: {', '.join(failed)} (is its old key still in FIELD_ENCRYPTION_KEY?)", err=True)
         raise SystemExit(1)
+
+
+@click.command("retry-failed")
+@click.option("--hours", default=24, show_default=True, type=click.IntRange(min=1),
+              help="Retry messages that failed within this many hours.")
+@with_appcontext
+def retry_failed_command(hours):
+    """Ask the AI again for messages that got the apology instead of an answer."""
+    services = current_app.extensions["chatbot"]
+    retried = Message.retry_failed(utcnow() - timedelta(hours=hours))
+    for message in retried:
+        tasks.enqueue_processing(services.queue, message.id, message.conversation.user_phone)
+    click.echo(f"Queued {len(retried)} failed message(s) for another answer.")

@@ -57,6 +57,7 @@ class Status(str, Enum):
     UNSENT = "unsent"
     SENT = "sent"
     SEND_FAILED = "send_failed"
+    SUPERSEDED = "superseded"  # a fallback reply replaced by a real answer after `flask retry-failed`
 
 
 class BaseModel(Model):
@@ -176,21 +177,58 @@ class Message(BaseModel):
         )
 
     @classmethod
-    def stale_pending(cls, older_than: timedelta):
-        """Select user messages still waiting for an answer after `older_than`."""
+    def needing_work(cls, grace: timedelta, horizon: timedelta):
+        """Select user messages that should have a job by now: unanswered ones, and ones whose
+        answer is still unsent (within `horizon`), oldest first."""
+        cutoff = utcnow() - grace
+        Answer = cls.alias()
+        unsent = Answer.select(Answer.reply_to).where(
+            Answer.status == Status.UNSENT.value,
+            Answer.created_at < cutoff,
+            Answer.created_at >= utcnow() - horizon,
+        )
         return (
             cls.select()
             .where(
                 cls.role == Role.USER.value,
-                cls.status == Status.PENDING.value,
-                cls.created_at < utcnow() - older_than,
+                ((cls.status == Status.PENDING.value) & (cls.created_at < cutoff)) | cls.id.in_(unsent),
             )
             .order_by(cls.id)
         )
 
+    @classmethod
+    def give_up_unsent(cls, horizon: timedelta) -> int:
+        """Mark answers that could not be sent within `horizon` as failed; return how many."""
+        return (
+            cls.update(status=Status.SEND_FAILED.value, error=f"not delivered within {horizon}")
+            .where(cls.status == Status.UNSENT.value, cls.created_at < utcnow() - horizon)
+            .execute()
+        )
+
+    @classmethod
+    def retry_failed(cls, since: datetime) -> list["Message"]:
+        """Put user messages that got the fallback since `since` back in line; return them."""
+        failed = list(
+            cls.select().where(cls.role == Role.USER.value, cls.status == Status.FAILED.value,
+                               cls.created_at >= since).order_by(cls.id)
+        )
+        ids = [message.id for message in failed]
+        if ids:
+            with database.atomic():
+                cls.update(status=Status.PENDING.value, error=None).where(cls.id.in_(ids)).execute()
+                cls.update(status=Status.SUPERSEDED.value).where(
+                    cls.reply_to.in_(ids), cls.status != Status.UNSENT.value
+                ).execute()
+        return failed
+
     def reply(self) -> "Message | None":
-        """Return the assistant's stored answer to this user message, if any."""
-        return Message.select().where(Message.reply_to == self).order_by(Message.id).first()
+        """Return the assistant's current answer to this user message, if any."""
+        return (
+            Message.select()
+            .where(Message.reply_to == self, Message.status != Status.SUPERSEDED.value)
+            .order_by(Message.id)
+            .first()
+        )
 
 
 MODEL_SLUG_SHAPE = re.compile(r"^[a-z0-9][a-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._:+-]*$")

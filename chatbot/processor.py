@@ -150,9 +150,11 @@ class MessageProcessor:
                 raise
             self.errors.handle(Category.WHATSAPP, error,
                                f"message_id={answer.id} sender={mask_phone(conversation.user_phone)}")
-            Message.update(status=Status.SEND_FAILED.value, error=str(error)).where(
-                Message.id == answer.id
-            ).execute()
+            # A transient failure keeps the answer unsent: the sweeper sends it when Twilio recovers.
+            status = Status.UNSENT if error.retryable else Status.SEND_FAILED
+            Message.update(status=status.value, error=str(error)).where(Message.id == answer.id).execute()
+            if error.retryable:
+                raise
             return len(sent)
         Message.update(status=Status.SENT.value).where(Message.id == answer.id).execute()
         return len(sent)

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
+from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import timedelta
 
-from redis.exceptions import LockError
+from redis.exceptions import LockError, RedisError
 from rq import Queue, RateLimit, Retry, get_current_job
 from rq.exceptions import NoSuchJobError
-from rq.job import Job
+from rq.job import Job, JobStatus
 
 from chatbot.db import database
 from chatbot.errors import SenderBusy
@@ -20,9 +22,13 @@ log = logging.getLogger(__name__)
 JOB_TIMEOUT = 180
 # Transient upstream trouble is retried over about four minutes before the user gets the fallback.
 JOB_RETRY = Retry(max=4, interval=[10, 30, 60, 120])
-LOCK_TIMEOUT = JOB_TIMEOUT + 30
+# The conversation lock lives LOCK_TTL seconds unless its holder renews it, so a killed worker's
+# lock is gone by the time RQ hands its job to another worker.
+LOCK_TTL = 20
 LOCK_WAIT = 30
 PENDING_GRACE = timedelta(seconds=60)
+# Past Twilio's 24-hour session window a reply can no longer be sent as a normal message.
+RESEND_HORIZON = timedelta(hours=24)
 
 _services = None
 
@@ -80,21 +86,39 @@ def process_message(message_id: int) -> dict:
             log.warning("message_id=%s not found", message_id)
             return {"missing": True}
         # A second guard behind RQ's rate limit: a job re-run after a worker died must not overlap.
-        lock = services.redis.lock(
-            f"chatbot:lock:conversation:{message.conversation_id}",
-            timeout=LOCK_TIMEOUT,
-            blocking_timeout=LOCK_WAIT,
-        )
-        if not lock.acquire():
-            raise SenderBusy(f"conversation of message_id={message_id} is being processed elsewhere")
-        try:
+        with conversation_lock(services.redis, message.conversation_id, message_id):
             outcome = services.processor.process(message_id, final_attempt=final_attempt)
-        finally:
-            try:
-                lock.release()
-            except LockError:
-                log.warning("message_id=%s lock expired before release", message_id)
     return asdict(outcome)
+
+
+@contextmanager
+def conversation_lock(redis, conversation_id, message_id: int):
+    """Hold the conversation's lock, renewing it from a thread while the job runs."""
+    lock = redis.lock(f"chatbot:lock:conversation:{conversation_id}", timeout=LOCK_TTL,
+                      blocking_timeout=LOCK_WAIT, thread_local=False)
+    if not lock.acquire():
+        raise SenderBusy(f"conversation of message_id={message_id} is being processed elsewhere")
+    done = threading.Event()
+
+    def renew():
+        while not done.wait(LOCK_TTL / 4):
+            try:
+                lock.extend(LOCK_TTL, replace_ttl=True)
+            except (LockError, RedisError):
+                log.warning("message_id=%s could not renew its conversation lock", message_id)
+                return
+
+    renewer = threading.Thread(target=renew, daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        done.set()
+        renewer.join()
+        try:
+            lock.release()
+        except (LockError, RedisError):
+            log.warning("message_id=%s conversation lock expired before release", message_id)
 
 
 def cleanup_expired_conversations() -> int:
@@ -111,19 +135,32 @@ def cleanup_expired_conversations() -> int:
     return len(expired)
 
 
+ACTIVE_STATES = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED,
+                 JobStatus.RATE_LIMITED}
+
+
+def job_is_active(redis, job_id: str) -> bool:
+    """True when RQ still has the job waiting or running (not finished, failed or gone)."""
+    try:
+        return Job.fetch(job_id, connection=redis).get_status() in ACTIVE_STATES
+    except NoSuchJobError:
+        return False
+
+
 def sweep_pending_messages() -> int:
-    """Queue stored messages whose job never reached Redis (e.g. Redis was down at the webhook)."""
+    """Queue stored messages that no job is working on: unanswered ones whose job never reached
+    Redis (or was lost with it), and answers still waiting to be sent (e.g. Twilio was down)."""
     services = current_services()
     queued = 0
     with database.connection_context():
-        for message in Message.stale_pending(PENDING_GRACE):
-            try:
-                Job.fetch(job_id_for(message.id), connection=services.redis)
+        for message in Message.needing_work(PENDING_GRACE, RESEND_HORIZON):
+            if job_is_active(services.redis, job_id_for(message.id)):
                 continue
-            except NoSuchJobError:
-                pass
             enqueue_processing(services.queue, message.id, message.conversation.user_phone)
             queued += 1
+        expired = Message.give_up_unsent(RESEND_HORIZON)
     if queued:
         log.warning("queued %d stored messages that had no job", queued)
+    if expired:
+        log.error("gave up sending %d replies older than %s", expired, RESEND_HORIZON)
     return queued
