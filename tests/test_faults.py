@@ -1,0 +1,312 @@
+"""Faults made real: killed workers, Redis and database lost mid-job, upstream outages, shutdowns."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import psycopg2
+import pytest
+
+from chatbot import tasks
+from chatbot.errors import USER_MESSAGES, Category, ErrorHandler, WhatsAppError
+from chatbot.models import Message, Status, utcnow
+from tests.conftest import PROJECT_DIR
+from tests.fakes import FakeOpenRouter, FakeTwilio, Scripted
+
+ADA = "whatsapp:+15550001111"
+FALLBACK = USER_MESSAGES[Category.AI]
+
+
+def wait_for(condition, timeout: float = 30.0, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return False
+
+
+class Workers:
+    """`python worker.py` processes, each in its own process group so a kill takes the work horse too."""
+
+    def __init__(self, env: dict, log_dir):
+        self.env = env
+        self.log_dir = log_dir
+        self.processes: list[subprocess.Popen] = []
+
+    def start(self, **extra_env) -> subprocess.Popen:
+        log = (self.log_dir / f"worker{len(self.processes)}.log").open("w")
+        process = subprocess.Popen([sys.executable, "worker.py"], cwd=PROJECT_DIR,
+                                   env={**self.env, **extra_env}, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        self.processes.append(process)
+        return process
+
+    @staticmethod
+    def kill(process: subprocess.Popen) -> None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+@pytest.fixture
+def workers(env, config, tmp_path):
+    pool = Workers({**os.environ, **env, "DATABASE_URL": config.database_url, "PYTHONUNBUFFERED": "1"}, tmp_path)
+    yield pool
+    pool.stop_all()
+
+
+def sends_of(fake_twilio: FakeTwilio, body: str) -> int:
+    return sum(1 for sent in fake_twilio.sent if sent["Body"] == body)
+
+
+# --- worker death -------------------------------------------------------------
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_worker_killed_during_the_ai_call_leads_to_one_reply(post_webhook, workers, fake_openrouter, fake_twilio):
+    calls = []
+    fake_openrouter.delay_for = lambda messages: (calls.append(1), 30.0 if len(calls) == 1 else 0.0)[1]
+    first = workers.start()
+    post_webhook.message("Hello", sender=ADA)
+    assert wait_for(lambda: fake_openrouter.completions, timeout=20)
+    workers.kill(first)
+    killed_at = time.monotonic()
+    workers.start()
+    assert wait_for(lambda: fake_twilio.sent, timeout=60), "no reply within 60 s of the kill"
+    recovered_in = time.monotonic() - killed_at
+    time.sleep(1.0)
+    assert [s["Body"] for s in fake_twilio.sent] == ["Answer to: Hello"]
+    print(f"recovered in {recovered_in:.1f}s")
+    assert recovered_in < 60
+    question = Message.get(Message.role == "user")
+    assert question.status == Status.ANSWERED.value
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_worker_killed_between_the_answer_and_the_send_sends_it_once(post_webhook, workers, fake_openrouter,
+                                                                     fake_twilio):
+    # Twilio fails the first sends, so the worker sits between storing the answer and sending it.
+    fake_twilio.then(*[FakeTwilio.error(503, 20500, "Service unavailable")] * 2)
+    first = workers.start()
+    post_webhook.message("Hello", sender=ADA)
+    assert wait_for(lambda: fake_twilio.sent, timeout=20)
+    assert Message.get(Message.role == "assistant").status == Status.UNSENT.value
+    workers.kill(first)
+    workers.start()
+    assert wait_for(lambda: Message.get(Message.role == "assistant").status == Status.SENT.value, timeout=60)
+    time.sleep(1.0)
+    assert len(fake_openrouter.completions) == 1  # the stored answer was reused
+    assert len(fake_twilio.sent) == 3  # two refused attempts, one delivery
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_restarting_the_worker_mid_burst_loses_nothing(post_webhook, workers, fake_openrouter, fake_twilio):
+    fake_openrouter.delay_for = lambda messages: 0.2
+    first = workers.start()
+    texts = [f"burst {n}" for n in range(12)]
+    for number, text in enumerate(texts):
+        post_webhook.message(text, sender=f"whatsapp:+1555000{number % 4:04d}")
+    assert wait_for(lambda: len(fake_twilio.sent) >= 3, timeout=30)
+    os.killpg(first.pid, signal.SIGTERM)  # a deploy: warm shutdown finishes the current job
+    assert first.wait(30) == 0
+    workers.start()
+    assert wait_for(lambda: len(fake_twilio.sent) >= len(texts), timeout=60)
+    time.sleep(0.5)
+    assert sorted(s["Body"] for s in fake_twilio.sent) == sorted(f"Answer to: {t}" for t in texts)
+
+
+# --- stores lost mid-job ------------------------------------------------------
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_redis_lost_mid_job_is_recovered_by_the_sweeper(config, env, post_webhook, private_redis, workers,
+                                                         fake_openrouter, fake_twilio, monkeypatch, services):
+    from chatbot import create_app
+    from chatbot.services import build_services
+    from tests.conftest import WebhookPoster
+
+    private_redis.start()
+    on_private = build_services(config.replace(redis_url=private_redis.url))
+    poster = WebhookPoster(create_app(services=on_private).test_client())
+    fake_openrouter.delay_for = lambda messages: 2.0
+    workers.start(REDIS_URL=private_redis.url)
+    poster.message("Hello", sender=ADA)
+    assert wait_for(lambda: fake_openrouter.completions, timeout=20)
+    private_redis.stop()  # Redis dies (and with it every queued job) while the AI is thinking
+    time.sleep(3.0)
+    assert fake_twilio.sent == []
+    private_redis.start()  # back, empty
+    workers.start(REDIS_URL=private_redis.url)
+    tasks.install(on_private)
+    monkeypatch.setattr(tasks, "PENDING_GRACE", timedelta(0))
+    assert tasks.sweep_pending_messages() == 1
+    assert wait_for(lambda: fake_twilio.sent, timeout=60)
+    time.sleep(0.5)
+    assert [s["Body"] for s in fake_twilio.sent] == ["Answer to: Hello"]
+    assert Message.select().where(Message.status.in_([Status.PENDING.value, Status.UNSENT.value])).count() == 0
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_database_connection_lost_mid_job_fails_cleanly_and_is_retried(post_webhook, services, fake_openrouter,
+                                                                      fake_twilio, config, monkeypatch):
+    from rq import Retry, SimpleWorker
+
+    from worker import build_worker
+
+    monkeypatch.setattr(tasks, "JOB_RETRY", Retry(max=2, interval=[1]))
+    database = config.database_url.rsplit("/", 1)[1]
+
+    def cut_connections(messages):
+        admin = psycopg2.connect(config.database_url)
+        admin.autocommit = True
+        admin.cursor().execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                               "WHERE datname = %s AND pid <> pg_backend_pid()", (database,))
+        admin.close()
+        return 0.0
+
+    fake_openrouter.delay_for = cut_connections
+    post_webhook.message("Hello", sender=ADA)
+    build_worker(services, worker_class=SimpleWorker).work(burst=True, with_scheduler=False)
+    job = services.queue.fetch_job(tasks.job_id_for(Message.get().id))
+    assert job.get_status() == "scheduled"  # failed cleanly, retry booked
+    fake_openrouter.delay_for = lambda messages: 0.0
+    assert wait_for(lambda: (build_worker(services, worker_class=SimpleWorker)
+                             .work(burst=True, with_scheduler=True), bool(fake_twilio.sent))[1], timeout=20,
+                    interval=0.3)
+    assert [s["Body"] for s in fake_twilio.sent] == ["Answer to: Hello"]
+    assert Message.get(Message.role == "user").status == Status.ANSWERED.value
+
+
+# --- upstream outages ---------------------------------------------------------
+
+def test_ai_outage_gets_one_apology_then_retry_failed_answers(post_webhook, services, app, fake_openrouter,
+                                                             fake_twilio, run_jobs):
+    fake_openrouter.then(*[FakeOpenRouter.error(503, "Provider overloaded")] * 3)
+    post_webhook.message("Hello", sender=ADA)
+    services.processor.process(Message.get().id, final_attempt=True)
+    assert [s["Body"] for s in fake_twilio.sent] == [FALLBACK]
+    assert Message.get(Message.role == "user").status == Status.FAILED.value
+    result = app.test_cli_runner().invoke(args=["retry-failed"])
+    assert result.exit_code == 0 and "Queued 1 failed message(s)" in result.output
+    run_jobs()
+    assert [s["Body"] for s in fake_twilio.sent] == [FALLBACK, "Answer to: Hello"]
+    statuses = [m.status for m in Message.select().order_by(Message.id)]
+    assert statuses == [Status.ANSWERED.value, Status.SUPERSEDED.value, Status.SENT.value]
+
+
+def test_twilio_outage_keeps_answers_and_sends_them_in_order_when_it_recovers(post_webhook, services, run_jobs,
+                                                                             fake_twilio, monkeypatch):
+    monkeypatch.setattr(tasks, "JOB_RETRY", None)  # every run is the last attempt
+    fake_twilio.then(*[FakeTwilio.error(500, 20500, "Internal error")] * 8)  # both jobs' attempts
+    post_webhook.message("first", sender=ADA)
+    post_webhook.message("second", sender=ADA)
+    run_jobs()
+    answers = list(Message.select().where(Message.role == "assistant"))
+    assert [a.status for a in answers] == [Status.UNSENT.value]  # kept; the second waits behind it
+    assert "code=20500" in answers[0].error
+    monkeypatch.setattr(tasks, "PENDING_GRACE", timedelta(0))
+    assert tasks.sweep_pending_messages() == 2
+    assert tasks.sweep_pending_messages() == 0  # their jobs are queued now
+    run_jobs()
+    delivered = [s["Body"] for s in fake_twilio.sent][8:]
+    assert delivered == ["Answer to: first", "Answer to: second"]
+
+
+def test_answers_never_sent_within_a_day_are_given_up(post_webhook, services, fake_twilio):
+    fake_twilio.then(*[FakeTwilio.error(503, 20500, "Service unavailable")] * 4)
+    post_webhook.message("Hello", sender=ADA)
+    with pytest.raises(WhatsAppError):
+        services.processor.process(Message.get().id, final_attempt=True)
+    Message.update(created_at=utcnow() - timedelta(hours=25)).execute()
+    assert tasks.sweep_pending_messages() == 0
+    answer = Message.get(Message.role == "assistant")
+    assert answer.status == Status.SEND_FAILED.value and "not delivered within" in answer.error
+
+
+# --- operator alerts ----------------------------------------------------------
+
+class FakeSlack:
+    def __init__(self):
+        self.posts = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                import json
+                fake.posts.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/services/T000/B000/XXX"
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def slack():
+    server = FakeSlack()
+    yield server
+    server.stop()
+
+
+def test_alerts_go_to_the_webhook_once_per_error_type_per_hour(redis, slack, caplog):
+    handler = ErrorHandler(redis, slack.url)
+    overloaded = WhatsAppError("Too Many Requests", retryable=True, status=429, code=20429)
+    handler.handle(Category.WHATSAPP, overloaded)
+    handler.handle(Category.WHATSAPP, overloaded)
+    handler.handle(Category.AI, RuntimeError("boom"))
+    assert [post["text"] for post in slack.posts] == [
+        "[WhatsApp assistant] whatsapp failure: twilio: Too Many Requests (status=429, code=20429, retryable)",
+        "[WhatsApp assistant] ai failure: boom",
+    ]
+    assert 3590 < redis.ttl("chatbot:alert:whatsapp:WhatsAppError:20429") <= 3600
+    assert caplog.text.count("ALERT whatsapp:WhatsAppError:20429") == 1
+
+
+def test_each_category_has_its_user_message_and_severity(redis, caplog):
+    handler = ErrorHandler(redis)
+    assert handler.user_message(Category.AI) == FALLBACK
+    assert handler.user_message(Category.SYSTEM).startswith("Sorry")
+    assert handler.user_message(Category.WHATSAPP) == ""
+    handler.handle(Category.SYSTEM, RuntimeError("database down"))
+    handler.handle(Category.WEBHOOK, RuntimeError("bad form"))
+    levels = {record.getMessage().split(" failure")[0]: record.levelname for record in caplog.records
+              if " failure " in record.getMessage()}
+    assert levels == {"system": "CRITICAL", "webhook": "WARNING"}
+
+
+def test_unreachable_alert_webhook_is_logged_not_raised(redis, caplog):
+    ErrorHandler(redis, "http://127.0.0.1:9/hook", timeout=0.5).send_admin_alert("system:X", "down")
+    assert "alert webhook unreachable" in caplog.text
+
+
+def test_ai_failure_in_the_pipeline_alerts_the_operator(post_webhook, services, fake_openrouter, slack):
+    services.errors.alert_webhook_url = slack.url
+    fake_openrouter.then(FakeOpenRouter.error(402, "Insufficient credits"))
+    post_webhook.message("Hello", sender=ADA)
+    services.processor.process(Message.get().id)
+    assert len(slack.posts) == 1 and "Insufficient credits" in slack.posts[0]["text"]
