@@ -528,7 +528,7 @@ def print_report(report: dict) -> None:
               f"{setup['cpus']} CPU(s) with gunicorn")
         print(f"          (it used ~{throughput['bare']['load_generator_cpu_percent_of_one_core']}% of a core "
               f"against bare, ~{webhook['load_generator_cpu_percent_of_one_core']}% against the webhook),")
-        print(f"          so both rates are lower bounds and latencies include client-side queueing;")
+        print("          so both rates are lower bounds and latencies include client-side queueing;")
         print(f"          with {setup['connections']} closed-loop connections, mean latency ~= "
               f"{setup['connections']} / throughput (Little's law).")
     pipeline = report.get("pipeline")

@@ -11,7 +11,6 @@ from flask_admin.contrib.peewee import ModelView
 from flask_admin.model.template import TemplateLinkRowAction
 from flask_admin.form import SecureForm
 from flask_admin.theme import Bootstrap4Theme
-from markupsafe import Markup
 from wtforms import PasswordField, SelectField
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import InputRequired, Length, NumberRange, Regexp, ValidationError

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import socket
+from contextlib import contextmanager
 import subprocess
 import time
 import uuid
@@ -59,17 +60,27 @@ def wait_for_redis(port: int) -> None:
     raise RuntimeError(f"redis on port {port} did not start")
 
 
-@pytest.fixture(scope="session")
-def postgres_url():
-    """A fresh Postgres database for this test run, dropped afterwards."""
-    name = "chatbot_test_" + uuid.uuid4().hex[:10]
+@contextmanager
+def throwaway_postgres_database(prefix: str):
+    """Create an empty Postgres database; yield its URL; drop it (closing our connections first)."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     admin = psycopg2.connect(POSTGRES_ADMIN_URL)
     admin.autocommit = True
     admin.cursor().execute(f"CREATE DATABASE {name}")
-    yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    db.database.obj and not db.database.is_closed() and db.database.close()
-    admin.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    admin.close()
+    try:
+        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    finally:
+        if db.database.obj is not None and not db.database.is_closed():
+            db.database.close()
+        admin.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A fresh Postgres database for this test run."""
+    with throwaway_postgres_database("chatbot_test") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

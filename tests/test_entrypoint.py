@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-import uuid
 from pathlib import Path
 
 import psycopg2
@@ -16,7 +15,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from chatbot.db import MIGRATIONS
-from tests.conftest import POSTGRES_ADMIN_URL, PROJECT_DIR, free_port
+from tests.conftest import PROJECT_DIR, free_port, throwaway_postgres_database
 from tests.test_deploy import compose, dockerfile_instructions
 
 ENTRYPOINT = str(PROJECT_DIR / "docker-entrypoint.sh")
@@ -26,13 +25,8 @@ COMMAND_RAN = "the command ran"
 @pytest.fixture
 def empty_postgres_url():
     """A throwaway Postgres database with no tables, dropped afterwards."""
-    name = "chatbot_entrypoint_" + uuid.uuid4().hex[:10]
-    admin = psycopg2.connect(POSTGRES_ADMIN_URL)
-    admin.autocommit = True
-    admin.cursor().execute(f"CREATE DATABASE {name}")
-    yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    admin.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    admin.close()
+    with throwaway_postgres_database("chatbot_entrypoint") as url:
+        yield url
 
 
 @pytest.fixture

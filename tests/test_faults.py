@@ -17,7 +17,7 @@ from chatbot import tasks
 from chatbot.errors import USER_MESSAGES, Category, ErrorHandler, WhatsAppError
 from chatbot.models import Message, Status, utcnow
 from tests.conftest import PROJECT_DIR
-from tests.fakes import FakeOpenRouter, FakeTwilio, Scripted
+from tests.fakes import FakeOpenRouter, FakeTwilio
 
 ADA = "whatsapp:+15550001111"
 FALLBACK = USER_MESSAGES[Category.AI]

@@ -1,10 +1,8 @@
 """Models and migrations, on SQLite and Postgres."""
 from __future__ import annotations
 
-import uuid
 from datetime import timedelta
 
-import psycopg2
 
 import pytest
 from peewee import IntegrityError
@@ -12,7 +10,7 @@ from peewee import IntegrityError
 from chatbot import db
 from chatbot.crypto import FieldCipher
 from chatbot.models import AIConfiguration, Conversation, Message, Role, Status, WebhookLog, utcnow
-from tests.conftest import POSTGRES_ADMIN_URL
+from tests.conftest import throwaway_postgres_database
 
 
 def test_init_db_is_idempotent(app, services):
@@ -31,14 +29,8 @@ def empty_database_url(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'empty.sqlite3'}"
         return
-    name = "chatbot_empty_" + uuid.uuid4().hex[:8]
-    admin = psycopg2.connect(POSTGRES_ADMIN_URL)
-    admin.autocommit = True
-    admin.cursor().execute(f"CREATE DATABASE {name}")
-    yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    db.database.close()
-    admin.cursor().execute(f"DROP DATABASE {name} WITH (FORCE)")
-    admin.close()
+    with throwaway_postgres_database("chatbot_empty") as url:
+        yield url
 
 
 def test_init_db_creates_the_schema_on_an_empty_database(empty_database_url):

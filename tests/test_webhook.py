@@ -12,7 +12,7 @@ from chatbot import create_app, tasks
 from chatbot.models import Message, Status, WebhookLog
 from chatbot.services import build_services
 from chatbot.webhook import signature_verdict
-from tests.conftest import AUTH_TOKEN, WEBHOOK_URL, inbound_form, sign
+from tests.conftest import WEBHOOK_URL, inbound_form, sign
 
 # Twilio's published vectors (twilio-python's own tests).
 VECTOR_TOKEN = "12345"

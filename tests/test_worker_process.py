@@ -14,7 +14,7 @@ from rq_scheduler import Scheduler
 
 import scheduler as scheduler_module
 from chatbot import tasks
-from chatbot.models import Conversation, Message, utcnow
+from chatbot.models import Conversation, utcnow
 from chatbot.services import QUEUE_NAME
 from tests.conftest import PROJECT_DIR
 from tests.fakes import FakeOpenRouter
