@@ -139,6 +139,13 @@ class OpenRouterAdapter(AIAdapter):
         """Describe the key (GET /key); spends no credits."""
         return self._request("GET", "/key").get("data", {})
 
+    def list_models(self) -> set[str]:
+        """Return the slugs of the models OpenRouter offers (GET /models); spends no credits."""
+        models = self._request("GET", "/models").get("data")
+        if not isinstance(models, list):
+            raise AIError("model list was not a list", retryable=True, status=200)
+        return {model["id"] for model in models if isinstance(model, dict) and model.get("id")}
+
     def _request(self, method: str, path: str, **kwargs) -> dict:
         try:
             response = self.session.request(
@@ -197,19 +204,25 @@ class AIAdapterFactory:
     def settings(self) -> AISettings:
         """Return the settings in force now (read on every message, so changes need no restart)."""
         active = AIConfiguration.active()
-        if active is not None:
-            try:
-                stored_key = active.api_key(self.cipher)
-            except SecretDecryptionError as exc:
-                raise AIError(f"AI configuration {active.name!r}: {exc}", retryable=False) from exc
-            return AISettings(
-                api_key=stored_key or self.config.openrouter_api_key,
-                model=active.model_name,
-                max_tokens=active.max_tokens,
-                temperature=active.temperature,
-                system_prompt=active.system_prompt or self.config.ai_system_prompt,
-                source=f"db:{active.name}",
-            )
+        return self.settings_for(active) if active is not None else self.environment_settings()
+
+    def settings_for(self, configuration: AIConfiguration) -> AISettings:
+        """Return the settings of a stored configuration; what it leaves empty comes from the environment."""
+        try:
+            stored_key = configuration.api_key(self.cipher)
+        except SecretDecryptionError as exc:
+            raise AIError(f"AI configuration {configuration.name!r}: {exc}", retryable=False) from exc
+        return AISettings(
+            api_key=stored_key or self.config.openrouter_api_key,
+            model=configuration.model_name,
+            max_tokens=configuration.max_tokens,
+            temperature=configuration.temperature,
+            system_prompt=configuration.system_prompt or self.config.ai_system_prompt,
+            source=f"db:{configuration.name}",
+        )
+
+    def environment_settings(self) -> AISettings:
+        """Return the settings from the environment (used when no configuration is active)."""
         return AISettings(
             api_key=self.config.openrouter_api_key,
             model=self.config.ai_model,
@@ -221,11 +234,15 @@ class AIAdapterFactory:
 
     def current(self) -> AIAdapter:
         """Return an adapter for the settings in force now."""
+        return self.adapter(self.settings())
+
+    def adapter(self, settings: AISettings, **options) -> AIAdapter:
+        """Return an adapter for `settings`; `options` override the adapter options (e.g. timeout)."""
         return OpenRouterAdapter(
-            self.settings(),
+            settings,
             base_url=self.config.openrouter_base_url,
             session=self.session,
             site_url=self.config.public_base_url,
             site_name=self.config.site_name,
-            **self.adapter_options,
+            **{**self.adapter_options, **options},
         )

@@ -163,20 +163,33 @@ class WhatsAppClient:
             try:
                 message = self._client.messages.create(to=to, from_=self.from_number, body=body)
                 return message.sid
-            except TwilioRestException as exc:
-                error = WhatsAppError(
-                    str(exc.msg)[:300], retryable=_retryable(exc), status=exc.status, code=exc.code
-                )
-            except requests.RequestException as exc:
-                error = WhatsAppError(f"could not reach Twilio: {exc.__class__.__name__}", retryable=True)
-            except TwilioException as exc:
-                error = WhatsAppError(str(exc)[:300], retryable=False)
+            except (TwilioException, requests.RequestException) as exc:
+                error = _as_whatsapp_error(exc)
             if not error.retryable or number == self.attempts:
                 raise error
             delay = self.backoff * (2 ** (number - 1)) * (0.5 + random.random() / 2)
             log.warning("twilio send attempt %d failed, retrying in %.1fs: %s", number, delay, error)
             self.sleep(delay)
         raise AssertionError("unreachable")
+
+
+    def account_status(self) -> str:
+        """Fetch the Twilio account (checks the credentials, sends nothing); return its status."""
+        if self._client is None:
+            raise WhatsAppError("Twilio is not configured (TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN)",
+                                retryable=False)
+        try:
+            return self._client.api.v2010.accounts(self._client.account_sid).fetch().status
+        except (TwilioException, requests.RequestException) as exc:
+            raise _as_whatsapp_error(exc) from exc
+
+
+def _as_whatsapp_error(exc: Exception) -> WhatsAppError:
+    if isinstance(exc, TwilioRestException):
+        return WhatsAppError(str(exc.msg)[:300], retryable=_retryable(exc), status=exc.status, code=exc.code)
+    if isinstance(exc, requests.RequestException):
+        return WhatsAppError(f"could not reach Twilio: {exc.__class__.__name__}", retryable=True)
+    return WhatsAppError(str(exc)[:300], retryable=False)
 
 
 def _retryable(exc: TwilioRestException) -> bool:

@@ -272,6 +272,17 @@ def test_validate_credentials_with_a_bad_key_is_a_permanent_error(make_adapter, 
     assert len(fake_openrouter.requests) == 1
 
 
+def test_list_models_returns_the_slugs_on_offer(make_adapter, fake_openrouter):
+    assert make_adapter().list_models() == {"openai/gpt-4o-mini", "anthropic/claude-3.5-sonnet"}
+    assert [(r.method, r.path) for r in fake_openrouter.requests] == [("GET", "/api/v1/models")]
+
+
+def test_list_models_rejects_an_answer_without_a_list(make_adapter, fake_openrouter):
+    fake_openrouter.then(Scripted(200, {"data": "nope"}))
+    with pytest.raises(AIError, match="model list was not a list"):
+        make_adapter().list_models()
+
+
 def store_configuration(cipher: FieldCipher | None, api_key: str = "sk-or-v1-from-db", active: bool = True,
                         **fields) -> AIConfiguration:
     values = dict(name="claude", model_name="anthropic/claude-3.5-sonnet", max_tokens=777,
@@ -332,6 +343,17 @@ def test_active_configuration_without_key_or_prompt_borrows_them_from_the_enviro
     assert settings.system_prompt == "You are a test assistant."
     assert lower_keys(fake_openrouter.requests[0].headers)["authorization"] == "Bearer sk-or-v1-test-key"
     assert fake_openrouter.requests[0].body["model"] == "anthropic/claude-3.5-sonnet"
+
+
+def test_settings_for_an_inactive_configuration(services):
+    store_configuration(services.cipher, name="spare", active=False, system_prompt="")
+
+    settings = services.ai_factory.settings_for(AIConfiguration.get(AIConfiguration.name == "spare"))
+
+    assert (settings.source, settings.api_key, settings.model) == ("db:spare", "sk-or-v1-from-db",
+                                                                   "anthropic/claude-3.5-sonnet")
+    assert settings.system_prompt == "You are a test assistant."
+    assert services.ai_factory.settings().source == "env"
 
 
 def test_key_encrypted_under_another_fernet_key_is_a_permanent_error(services, fake_openrouter):

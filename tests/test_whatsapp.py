@@ -217,3 +217,17 @@ def test_failure_mid_reply_stops_after_the_parts_already_reported(whatsapp, fake
     assert caught.value.code == 63016
     assert reported == [(1, "SMfirst")]
     assert len(fake_twilio.sent) == 2
+
+
+def test_account_status_fetches_the_account_and_sends_nothing(whatsapp, fake_twilio):
+    assert whatsapp.account_status() == "active"
+    [request] = fake_twilio.requests
+    assert (request.method, request.path) == ("GET", f"/2010-04-01/Accounts/{ACCOUNT_SID}.json")
+    assert fake_twilio.sent == []
+
+
+def test_account_status_with_wrong_credentials_is_a_permanent_error(whatsapp, fake_twilio):
+    fake_twilio.then(FakeTwilio.error(401, 20003, "Authenticate"))
+    with pytest.raises(WhatsAppError) as caught:
+        whatsapp.account_status()
+    assert (caught.value.status, caught.value.code, caught.value.retryable) == (401, 20003, False)
