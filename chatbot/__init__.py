@@ -1,9 +1,9 @@
 """The WhatsApp AI assistant: a Flask app that takes Twilio webhooks and queues answers."""
 from __future__ import annotations
 
-from flask import Flask
+from flask import Flask, Response
 
-from config import Config
+from config import Config, ConfigError
 
 
 def create_app(config: Config | None = None, services=None) -> Flask:
@@ -33,4 +33,19 @@ def create_app(config: Config | None = None, services=None) -> Flask:
     admin.build_admin(app)
     cli.init_app(app)
     configure_logging()
+    return app
+
+
+def create_config_error_app(error: ConfigError) -> Flask:
+    """Wire an app for the flask CLI when the settings do not load: `flask check-config` lists the
+    problems, every other command names them and exits 1, and every request answers 503."""
+    from chatbot import cli
+
+    app = Flask(__name__, instance_relative_config=False)
+    cli.init_config_error_app(app, error)
+
+    @app.before_request
+    def refuse():
+        return Response("The settings are invalid; run `flask check-config`.\n", status=503, mimetype="text/plain")
+
     return app

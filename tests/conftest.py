@@ -5,6 +5,7 @@ import os
 import socket
 from contextlib import contextmanager
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -175,6 +176,24 @@ def client(app):
     return app.test_client()
 
 
+@pytest.fixture
+def app_with(config, services):
+    """Build an app whose settings differ from the test deployment's, e.g. aimed at a service that is down."""
+
+    def build(**changes):
+        changed = build_services(config.replace(**changes), ai_options=FAST_RETRIES, whatsapp_options=FAST_RETRIES)
+        return create_app(services=changed)
+
+    return build
+
+
+@pytest.fixture
+def cli(app):
+    """Invoke a flask command of the test app: cli("check-config", "--offline", input=...)."""
+    runner = app.test_cli_runner()
+    return lambda *args, **kwargs: runner.invoke(args=list(args), **kwargs)
+
+
 def sign(url: str, params: dict, token: str = AUTH_TOKEN) -> str:
     """Sign a webhook the way Twilio does."""
     return RequestValidator(token).compute_signature(url, params)
@@ -227,6 +246,12 @@ def run_jobs(services):
         worker.work(burst=True, with_scheduler=False)
 
     return run
+
+
+def run_flask(env: dict, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    """Run `python -m flask --app wsgi ...` in the project with `env`, as an operator would."""
+    return subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", *args], cwd=PROJECT_DIR,
+                          env={**os.environ, **env}, input=stdin, capture_output=True, text=True, timeout=60)
 
 
 def free_port() -> int:
