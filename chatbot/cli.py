@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import functools
+import logging
+import re
 import sys
 from datetime import timedelta
 from typing import Callable
@@ -17,11 +19,25 @@ from chatbot.cli_checks import Check
 from chatbot.crypto import SecretDecryptionError
 from chatbot.db import database
 from chatbot.errors import AIError, UpstreamError, WhatsAppError
-from chatbot.models import PROVIDERS, AIConfiguration, Message, utcnow
+from chatbot.models import (
+    PROVIDERS,
+    AIConfiguration,
+    Conversation,
+    Message,
+    Role,
+    Status,
+    WebhookLog,
+    utcnow,
+)
+from chatbot.processor import MessageProcessor
 from chatbot.redact import mask_phone, mask_secret
+from chatbot.sanitizer import clean_text
+from chatbot.whatsapp import split_message
 from config import WHATSAPP_ADDRESS_SHAPE, ConfigError
 
 CONFIG_ERROR = "chatbot.config_error"
+CONSOLE_PHONE = "console:local"
+CONSOLE_ADDRESS_SHAPE = re.compile(r"^console:[A-Za-z0-9_.-]{1,40}$")
 
 
 def init_app(app) -> None:
@@ -74,15 +90,18 @@ def operator_errors(command: Callable) -> Callable:
 
 
 class Address(click.ParamType):
-    """A WhatsApp address `whatsapp:+E164` (`+E164` is accepted)."""
+    """A WhatsApp address `whatsapp:+E164` (`+E164` is accepted), or a console one if allowed."""
 
     name = "whatsapp:+E164"
+
+    def __init__(self, console: bool = False):
+        self.console = console
 
     def convert(self, value, param, ctx):
         address = value.strip()
         if address.startswith("+"):
             address = "whatsapp:" + address
-        if WHATSAPP_ADDRESS_SHAPE.match(address):
+        if WHATSAPP_ADDRESS_SHAPE.match(address) or (self.console and CONSOLE_ADDRESS_SHAPE.match(address)):
             return address
         self.fail(f"{value!r} is not whatsapp:+ and an E.164 number, e.g. whatsapp:+14155550123", param, ctx)
 
@@ -411,6 +430,231 @@ def ai_config_test(name):
     conclude(checks)
 
 
+# --- Conversations -------------------------------------------------------------------------------
+
+class ConsoleWhatsApp:
+    """Stands in for WhatsAppClient in `flask chat`: prints each part of a reply instead of sending it."""
+
+    def __init__(self, echo: Callable[[str], None], prefix: str = ""):
+        self.echo = echo
+        self.prefix = prefix
+
+    def send(self, to: str, body: str, already_sent: int = 0,
+             on_part_sent: Callable[[int, str], None] | None = None) -> list[str]:
+        """Print `body` split as WhatsApp would receive it, skipping the first `already_sent` parts."""
+        parts = split_message(body)
+        ids = []
+        for number, part in enumerate(parts, start=1):
+            if number <= already_sent:
+                continue
+            if len(parts) > 1:
+                self.echo(f"({number}/{len(parts)})")
+            self.echo(f"{self.prefix}{part}")
+            ids.append(f"console-{number}")
+            if on_part_sent:
+                on_part_sent(number, ids[-1])
+        return ids
+
+
+class ConversationBusy(Exception):
+    """The conversation has messages waiting for the worker."""
+
+
+def store_console_message(phone: str, text: str, config) -> int:
+    """Store a typed line as the user's message, cleaned as the webhook cleans one; return its id."""
+    body = clean_text(text, config.max_inbound_chars)
+    metadata = {"source": "console", **({"trimmed": True} if body.trimmed else {})}
+    with database.atomic():
+        conversation_id = Conversation.active_id_for(phone, "", config.conversation_ttl)
+        waiting = Message.outstanding(conversation_id, up_to_id=sys.maxsize).count()
+        if waiting:
+            raise ConversationBusy(f"{mask_phone(phone)} has {waiting} message(s) waiting for the worker")
+        return Message.insert(
+            conversation=conversation_id,
+            role=Role.USER.value,
+            content=body.text,
+            status=Status.PENDING.value,
+            metadata=metadata,
+        ).execute()
+
+
+def _typed_lines(interactive: bool):
+    """Yield each line typed (or piped) until end of input."""
+    while True:
+        if interactive:
+            try:
+                line = input("you> ")
+            except EOFError:
+                click.echo()
+                return
+        else:
+            line = sys.stdin.readline()
+            if not line:
+                return
+        yield line.strip()
+
+
+@click.command("chat")
+@click.option("--phone", type=Address(console=True), default=CONSOLE_PHONE, show_default=True,
+              help="Whose conversation to continue: whatsapp:+E164, or console:NAME.")
+@with_appcontext
+@operator_errors
+def chat_command(phone):
+    """Chat with the assistant in the terminal; replies are printed, not sent.
+
+    The real processor, database, context window and AI adapter answer, as for WhatsApp.
+
+    One message per line, typed or piped. Exits at the end of input: 0, or 1 if the AI failed to
+    answer a message.
+    """
+    built = services()
+    interactive = sys.stdin.isatty()
+    console = ConsoleWhatsApp(click.echo, "bot> " if interactive else "")
+    processor = MessageProcessor(built.ai_factory, console, built.context, built.errors,
+                                 max_inbound_chars=built.config.max_inbound_chars)
+    settings = built.ai_factory.settings()
+    click.echo(f"Chatting as {phone} with {settings.model} (settings from {settings.source}). "
+               "Replies are printed, not sent. End with Ctrl-D.", err=True)
+    failures = 0
+    message_id = None
+    # The processor's per-message INFO lines would interleave with the conversation.
+    chatbot_log = logging.getLogger("chatbot")
+    level = chatbot_log.level
+    chatbot_log.setLevel(logging.WARNING)
+    try:
+        for text in _typed_lines(interactive):
+            if not text:
+                continue
+            try:
+                message_id = store_console_message(phone, text, built.config)
+            except ConversationBusy as busy:
+                raise click.ClickException(f"{busy}; try again when they are answered") from busy
+            outcome = processor.process(message_id)
+            question = Message.get_by_id(message_id)
+            message_id = None
+            if outcome.failed:
+                failures += 1
+                click.echo(f"✗ The AI did not answer: {question.error}\n"
+                           "    fix: run flask check-config (or flask ai-config test)", err=True)
+    except KeyboardInterrupt:
+        click.echo()
+    finally:
+        chatbot_log.setLevel(level)
+        if message_id is not None:
+            # Interrupted mid-answer: keep the scheduler's sweep from answering it through Twilio.
+            Message.update(status=Status.FAILED.value, error="console chat interrupted").where(
+                Message.id == message_id, Message.status == Status.PENDING.value).execute()
+    if failures:
+        sys.exit(1)
+
+
+def _latest_conversation(phone: str) -> Conversation:
+    conversation = Conversation.latest_for(phone)
+    if conversation is None:
+        raise click.ClickException(f"no conversation with {mask_phone(phone)}")
+    return conversation
+
+
+def _when(moment) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+@click.group("conversations")
+def conversations_group():
+    """Inspect, reset or delete conversations (PHONE is whatsapp:+E164)."""
+
+
+@conversations_group.command("list")
+@click.option("--all", "include_ended", is_flag=True, help="Include ended conversations.")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Show at most this many.")
+@click.option("--show-numbers", is_flag=True, help="Print whole phone numbers instead of masked ones.")
+@with_appcontext
+@operator_errors
+def conversations_list(include_ended, limit, show_numbers):
+    """List conversations, the most recently active first (times in UTC)."""
+    rows = list(Conversation.recent(include_ended, limit))
+    if not rows:
+        click.echo("No conversations." if include_ended else "No active conversations (--all shows ended ones).")
+        return
+    for conversation in rows:
+        phone = conversation.user_phone if show_numbers else mask_phone(conversation.user_phone)
+        state = "active" if conversation.is_active else "ended"
+        name = f"  {conversation.profile_name}" if conversation.profile_name else ""
+        click.echo(f"{phone}  {state}  {conversation.message_count} message(s)  "
+                   f"last {_when(conversation.updated_at)}{name}")
+
+
+@conversations_group.command("show")
+@click.argument("phone", type=Address(console=True))
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Show the last this many messages.")
+@with_appcontext
+@operator_errors
+def conversations_show(phone, limit):
+    """Show the latest conversation with PHONE, message by message."""
+    conversation = _latest_conversation(phone)
+    messages = list(conversation.messages.order_by(Message.id.desc()).limit(limit))[::-1]
+    total = conversation.messages.count()
+    click.echo(f"Conversation with {mask_phone(phone)}{' (' + conversation.profile_name + ')' if conversation.profile_name else ''}: "
+               f"{'active' if conversation.is_active else 'ended'}, started {_when(conversation.created_at)}, "
+               f"last activity {_when(conversation.updated_at)} (UTC), {total} message(s)")
+    if total > len(messages):
+        click.echo(f"... {total - len(messages)} earlier message(s) not shown (--limit)")
+    for message in messages:
+        details = [message.status]
+        if message.model:
+            details.append(message.model)
+        if message.total_tokens is not None:
+            details.append(f"{message.total_tokens} tokens")
+        if message.latency_ms is not None:
+            details.append(f"{message.latency_ms:.0f} ms")
+        click.echo(f"[{_when(message.created_at)}] {message.role} ({', '.join(details)}): {message.content}")
+        if message.error:
+            click.echo(f"    error: {message.error}")
+
+
+@conversations_group.command("reset")
+@click.argument("phone", type=Address(console=True))
+@with_appcontext
+@operator_errors
+def conversations_reset(phone):
+    """End PHONE's active conversation and forget its context; the next message starts afresh."""
+    conversation = _latest_conversation(phone)
+    if not conversation.is_active:
+        click.echo(f"{mask_phone(phone)} has no active conversation; nothing to reset.")
+        return
+    services().context.clear_history(conversation.id)
+    Conversation.update(is_active=False).where(Conversation.id == conversation.id).execute()
+    click.echo(f"Ended the conversation with {mask_phone(phone)} and forgot its context "
+               f"({conversation.messages.count()} message(s) kept); the next message starts a new one.")
+
+
+@conversations_group.command("delete")
+@click.argument("phone", type=Address(console=True))
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@with_appcontext
+@operator_errors
+def conversations_delete(phone, yes):
+    """Delete every conversation with PHONE: messages, context and webhook log entries."""
+    conversation_ids = [c.id for c in Conversation.select(Conversation.id).where(Conversation.user_phone == phone)]
+    if not conversation_ids:
+        raise click.ClickException(f"no conversation with {mask_phone(phone)}")
+    if not yes:
+        click.confirm(f"Delete {len(conversation_ids)} conversation(s) with {mask_phone(phone)} and all their "
+                      "messages? This cannot be undone.", abort=True)
+    for conversation_id in conversation_ids:
+        services().context.clear_history(conversation_id)
+    with database.atomic():
+        of_phone = Message.conversation.in_(conversation_ids)
+        sids = [m.twilio_sid for m in Message.select(Message.twilio_sid).where(of_phone, Message.twilio_sid.is_null(False))]
+        logs = WebhookLog.delete().where(WebhookLog.message_sid.in_(sids)).execute() if sids else 0
+        # Counted first: SQLite does not count the answers its cascade deletes with their questions.
+        messages = Message.select().where(of_phone).count()
+        Message.delete().where(of_phone).execute()
+        Conversation.delete().where(Conversation.id.in_(conversation_ids)).execute()
+    click.echo(f"Deleted {len(conversation_ids)} conversation(s), {messages} message(s) and {logs} webhook log "
+               f"entr{'y' if logs == 1 else 'ies'} of {mask_phone(phone)}.")
+
+
 @click.command("cleanup")
 @with_appcontext
 @operator_errors
@@ -478,6 +722,8 @@ COMMANDS = [
     check_config_command,
     test_whatsapp_command,
     ai_config_group,
+    chat_command,
+    conversations_group,
     cleanup_command,
     create_admin_command,
     rotate_key_command,

@@ -15,10 +15,12 @@ from peewee import (
     FloatField,
     ForeignKeyField,
     IntegerField,
+    JOIN,
     Model,
     TextField,
     UUIDField,
     IntegrityError,
+    fn,
 )
 
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -108,6 +110,28 @@ class Conversation(BaseModel):
     def idle_since(cls, cutoff: datetime):
         """Select active conversations with no activity since `cutoff`."""
         return cls.select().where(cls.is_active == True, cls.updated_at < cutoff)  # noqa: E712
+
+    @classmethod
+    def latest_for(cls, user_phone: str) -> "Conversation | None":
+        """Return the sender's most recently active conversation, ended or not."""
+        return (
+            cls.select()
+            .where(cls.user_phone == user_phone)
+            .order_by(cls.is_active.desc(), cls.updated_at.desc())
+            .first()
+        )
+
+    @classmethod
+    def recent(cls, include_ended: bool, limit: int):
+        """Select conversations, most recently active first, each with its `message_count`."""
+        query = (
+            cls.select(cls, fn.COUNT(Message.id).alias("message_count"))
+            .join(Message, JOIN.LEFT_OUTER, on=(Message.conversation == cls.id))
+            .group_by(cls.id)
+            .order_by(cls.updated_at.desc())
+            .limit(limit)
+        )
+        return query if include_ended else query.where(cls.is_active == True)  # noqa: E712
 
     def touch(self) -> None:
         """Record activity now."""

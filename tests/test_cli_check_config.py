@@ -179,7 +179,7 @@ def test_other_commands_name_the_settings_problems_and_exit_1(env):
     app = create_config_error_app(invalid_settings_error(env))
     runner = app.test_cli_runner()
 
-    for args in (["init-db"], ["ai-config", "list"], ["test-whatsapp", "--to", ADA]):
+    for args in (["init-db"], ["ai-config", "list"], ["chat", "--phone", ADA]):
         result = runner.invoke(args=args)
         assert result.exit_code == 1, args
         assert "TWILIO_ACCOUNT_SID must be AC followed by 32 hex characters" in result.output
