@@ -124,6 +124,9 @@ def settings_checks(config: Config) -> list[Check]:
         checks.append(warn("OPENROUTER_API_KEY", "not set (enough if the active AI configuration stores a key)",
                            FIXES["OPENROUTER_API_KEY"]))
     checks.append(ok("OPENROUTER_BASE_URL", config.openrouter_base_url))
+    if config.alert_webhook_url:
+        # The URL itself is often the secret (Slack-style webhooks): show its host only.
+        checks.append(ok("ALERT_WEBHOOK_URL", f"alerts are posted to {urlsplit(config.alert_webhook_url).hostname}"))
     if MODEL_SLUG_SHAPE.match(config.ai_model):
         checks.append(ok("AI_MODEL", config.ai_model))
     else:

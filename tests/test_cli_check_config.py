@@ -52,6 +52,13 @@ def test_no_secret_is_printed(cli, env):
     assert "sk-or-…-key" in output
 
 
+def test_alert_webhook_url_shows_its_host_only(app_with):
+    app = app_with(alert_webhook_url="https://hooks.example.com/services/T000/B000/secret-token")
+    output = app.test_cli_runner().invoke(args=["check-config", "--offline"]).output
+    assert "✓ ALERT_WEBHOOK_URL: alerts are posted to hooks.example.com" in output
+    assert "secret-token" not in output
+
+
 def test_password_in_a_store_url_is_hidden(app_with, redis_url):
     with_password = redis_url.replace("redis://", "redis://:hunter2-secret@")
     output = app_with(redis_url=with_password).test_cli_runner().invoke(args=["check-config", "--offline"]).output
