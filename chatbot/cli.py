@@ -20,6 +20,7 @@ from chatbot.crypto import SecretDecryptionError
 from chatbot.db import database
 from chatbot.errors import AIError, UpstreamError, WhatsAppError
 from chatbot.models import (
+    CONSOLE_SOURCE,
     PROVIDERS,
     AIConfiguration,
     Conversation,
@@ -463,7 +464,7 @@ class ConversationBusy(Exception):
 def store_console_message(phone: str, text: str, config) -> int:
     """Store a typed line as the user's message, cleaned as the webhook cleans one; return its id."""
     body = clean_text(text, config.max_inbound_chars)
-    metadata = {"source": "console", **({"trimmed": True} if body.trimmed else {})}
+    metadata = {"source": CONSOLE_SOURCE, **({"trimmed": True} if body.trimmed else {})}
     with database.atomic():
         conversation_id = Conversation.active_id_for(phone, "", config.conversation_ttl)
         waiting = Message.outstanding(conversation_id, up_to_id=sys.maxsize).count()

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta, timezone
 from enum import Enum
 
 from peewee import (
+    AsIs,
     BooleanField,
     CharField,
     DateTimeField,
@@ -42,6 +43,10 @@ class JSONField(TextField):
 
     def python_value(self, value):
         return None if value is None else json.loads(value)
+
+
+# The `source` in the metadata of a message typed in `flask chat`.
+CONSOLE_SOURCE = "console"
 
 
 class Role(str, Enum):
@@ -201,6 +206,16 @@ class Message(BaseModel):
         )
 
     @classmethod
+    def from_whatsapp(cls):
+        """Match messages that came through WhatsApp, not typed in `flask chat`.
+
+        Background jobs must never answer a console line through Twilio. (JSON is stored with sorted
+        keys and escaped quotes, so no value a user sends can spell this key and value.)
+        """
+        # AsIs: the pattern must reach LIKE as written, not JSON-encoded like a metadata value.
+        return ~cls.metadata.contains(AsIs(f'"source": "{CONSOLE_SOURCE}"'))
+
+    @classmethod
     def needing_work(cls, grace: timedelta, horizon: timedelta):
         """Select user messages that should have a job by now: unanswered ones, and ones whose
         answer is still unsent (within `horizon`), oldest first."""
@@ -216,6 +231,7 @@ class Message(BaseModel):
             .where(
                 cls.role == Role.USER.value,
                 ((cls.status == Status.PENDING.value) & (cls.created_at < cutoff)) | cls.id.in_(unsent),
+                cls.from_whatsapp(),
             )
             .order_by(cls.id)
         )
@@ -234,7 +250,7 @@ class Message(BaseModel):
         """Put user messages that got the fallback since `since` back in line; return them."""
         failed = list(
             cls.select().where(cls.role == Role.USER.value, cls.status == Status.FAILED.value,
-                               cls.created_at >= since).order_by(cls.id)
+                               cls.created_at >= since, cls.from_whatsapp()).order_by(cls.id)
         )
         ids = [message.id for message in failed]
         if ids:

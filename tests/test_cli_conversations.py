@@ -11,6 +11,7 @@ from datetime import timedelta
 
 import pytest
 
+from chatbot import tasks
 from chatbot.models import Conversation, Message, Role, Status, WebhookLog, utcnow
 from tests.conftest import PROJECT_DIR, free_port, run_flask
 from tests.fakes import FakeOpenRouter
@@ -140,6 +141,21 @@ def test_chat_refuses_a_conversation_with_messages_waiting_for_the_worker(cli, p
     assert result.exit_code == 1
     assert "has 1 message(s) waiting for the worker" in result.output
     assert fake_openrouter.requests == []
+
+
+def test_background_jobs_never_send_a_console_line_through_twilio(cli, services, fake_openrouter, fake_twilio):
+    fake_openrouter.then(FakeOpenRouter.error(401, "No auth credentials found"))
+    cli("chat", "--phone", ADA, input="Typed by the operator\n")
+    question = Message.get(Message.content == "Typed by the operator")
+    assert question.status == Status.FAILED.value
+    stale = utcnow() - timedelta(minutes=5)
+    Message.update(created_at=stale).execute()
+    Message.update(status=Status.UNSENT.value).where(Message.reply_to == question).execute()
+
+    assert cli("retry-failed").output.startswith("Queued 0 failed message(s)")
+    assert tasks.sweep_pending_messages() == 0
+    assert Message.get_by_id(question.id).status == Status.FAILED.value
+    assert fake_twilio.requests == []
 
 
 @pytest.mark.parametrize("phone", ["15550001111", "whatsapp:15550001111", "console:", "telegram:+15550001111"])
