@@ -143,7 +143,8 @@ def main() -> int:
         # From here on Ctrl-C asks for a clean stop instead of interrupting whatever runs.
         stop = stop_on_signals()
         for name, command in {
-            "web": [python, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+            # Loopback only: the admin panel is not for the local network.
+            "web": [python, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}", "wsgi:app"],
             "worker": [python, "worker.py"],
             "scheduler": [python, "scheduler.py"],
         }.items():
