@@ -148,11 +148,12 @@ class Deployment:
     openrouter_url: str
     children: Children
     field_encryption_key: str = field(default_factory=lambda: Fernet.generate_key().decode())
+    secret_key: str = field(default_factory=lambda: "bench-secret-" + uuid.uuid4().hex)
 
     def env(self, database_url: str, port: int | None = None) -> dict:
         env = dict(os.environ)
         env.update({
-            "SECRET_KEY": "bench-secret-" + uuid.uuid4().hex,
+            "SECRET_KEY": self.secret_key,
             "FIELD_ENCRYPTION_KEY": self.field_encryption_key,
             "DATABASE_URL": database_url,
             "REDIS_URL": self.redis_url,
