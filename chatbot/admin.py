@@ -16,12 +16,11 @@ from wtforms.fields.choices import SelectChoice
 from wtforms.validators import InputRequired, Length, NumberRange, Regexp, ValidationError
 
 from chatbot import auth
-from chatbot.ai import AISettings, OpenRouterAdapter
 from chatbot.crypto import SecretDecryptionError
 from chatbot.dashboard import compute_stats
 from chatbot.errors import AIError
 from chatbot.models import MODEL_SLUG_SHAPE, AIConfiguration, Conversation, Message, WebhookLog, utcnow
-from chatbot.redact import mask_phone, mask_secret
+from chatbot.redact import mask_phone
 
 log = logging.getLogger(__name__)
 
@@ -148,12 +147,7 @@ class AIConfigurationView(PanelModelView):
 
     @staticmethod
     def masked_key(model: AIConfiguration) -> str:
-        if not model.api_key_encrypted:
-            return "not set (uses OPENROUTER_API_KEY)"
-        try:
-            return mask_secret(model.api_key(services().cipher))
-        except SecretDecryptionError:
-            return "cannot decrypt (check FIELD_ENCRYPTION_KEY)"
+        return model.masked_key(services().cipher)
 
     def on_model_change(self, form, model, is_created):
         if form.api_key.data:
@@ -184,14 +178,8 @@ class AIConfigurationView(PanelModelView):
             flash("The request expired; please try again.", "error")
             return redirect(self.get_url(".index_view"))
         try:
-            settings = AISettings(
-                api_key=config.api_key(services().cipher) or services().config.openrouter_api_key,
-                model=config.model_name, max_tokens=config.max_tokens, temperature=config.temperature,
-                system_prompt=config.system_prompt, source=f"db:{config.name}",
-            )
-            adapter = OpenRouterAdapter(settings, base_url=services().config.openrouter_base_url,
-                                        session=services().ai_factory.session, attempts=1)
-            details = adapter.validate_credentials()
+            factory = services().ai_factory
+            details = factory.adapter(factory.settings_for(config), attempts=1).validate_credentials()
             label = details.get("label") or "key"
             flash(f"Connection OK for {config.name}: {label} accepted by OpenRouter.", "success")
         except (AIError, SecretDecryptionError) as error:

@@ -31,7 +31,7 @@ from chatbot.models import (
     utcnow,
 )
 from chatbot.processor import MessageProcessor
-from chatbot.redact import mask_phone, mask_secret
+from chatbot.redact import mask_phone
 from chatbot.sanitizer import clean_text
 from chatbot.whatsapp import split_message
 from config import WHATSAPP_ADDRESS_SHAPE, ConfigError
@@ -259,12 +259,7 @@ def _save(configuration: AIConfiguration) -> None:
 
 
 def _key_shown(configuration: AIConfiguration) -> str:
-    if not configuration.api_key_encrypted:
-        return "not set (uses OPENROUTER_API_KEY)"
-    try:
-        return mask_secret(configuration.api_key(services().cipher))
-    except SecretDecryptionError:
-        return "cannot decrypt (check FIELD_ENCRYPTION_KEY)"
+    return configuration.masked_key(services().cipher)
 
 
 def configuration_options(command: Callable) -> Callable:

@@ -26,8 +26,9 @@ from peewee import (
 
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from chatbot.crypto import FieldCipher
+from chatbot.crypto import FieldCipher, SecretDecryptionError
 from chatbot.db import database
+from chatbot.redact import mask_secret
 
 
 def utcnow() -> datetime:
@@ -320,6 +321,15 @@ class AIConfiguration(BaseModel):
     def api_key(self, cipher: FieldCipher) -> str:
         """Return the decrypted API key ('' when none is stored)."""
         return cipher.decrypt(self.api_key_encrypted) if self.api_key_encrypted else ""
+
+    def masked_key(self, cipher: FieldCipher) -> str:
+        """Describe the stored key for display: at most `sk-or-…a1b2`, never the key."""
+        if not self.api_key_encrypted:
+            return "not set (uses OPENROUTER_API_KEY)"
+        try:
+            return mask_secret(self.api_key(cipher))
+        except SecretDecryptionError:
+            return "cannot decrypt (check FIELD_ENCRYPTION_KEY)"
 
     def activate(self) -> None:
         """Make this the only active configuration."""
