@@ -1,8 +1,11 @@
 """Register the periodic jobs with rq-scheduler and run it: `python scheduler.py`."""
 from __future__ import annotations
 
+import logging
+import time
 from datetime import datetime, timezone
 
+from redis.exceptions import RedisError
 from rq_scheduler import Scheduler
 
 from chatbot import tasks
@@ -10,20 +13,25 @@ from chatbot.logs import configure_logging
 from chatbot.services import QUEUE_NAME, build_services
 from config import Config
 
+log = logging.getLogger(__name__)
+
+CLEANUP_JOB = "cleanup-expired-conversations"
+SWEEP_JOB = "sweep-pending-messages"
 CLEANUP_CRON = "0 */6 * * *"
 SWEEP_INTERVAL = 60
 POLL_INTERVAL = 10
+REDIS_RETRY_SECONDS = 5
 
 
 def register_jobs(scheduler: Scheduler) -> None:
     """Replace earlier registrations so a restart never doubles a periodic job."""
     for job in scheduler.get_jobs():
-        if job.id in ("cleanup-expired-conversations", "sweep-pending-messages"):
+        if job.id in (CLEANUP_JOB, SWEEP_JOB):
             scheduler.cancel(job)
     scheduler.cron(
         CLEANUP_CRON,
         func=tasks.cleanup_expired_conversations,
-        id="cleanup-expired-conversations",
+        id=CLEANUP_JOB,
         queue_name=QUEUE_NAME,
         use_local_timezone=False,
     )
@@ -32,17 +40,37 @@ def register_jobs(scheduler: Scheduler) -> None:
         func=tasks.sweep_pending_messages,
         interval=SWEEP_INTERVAL,
         repeat=None,
-        id="sweep-pending-messages",
+        id=SWEEP_JOB,
         queue_name=QUEUE_NAME,
     )
+
+
+class SelfHealingScheduler(Scheduler):
+    """Registers the periodic jobs again whenever Redis has lost them (it may keep nothing on disk)."""
+
+    def enqueue_jobs(self):
+        if CLEANUP_JOB not in self or SWEEP_JOB not in self:
+            log.warning("periodic jobs missing from Redis (restarted or flushed?); registering them again")
+            register_jobs(self)
+        return super().enqueue_jobs()
 
 
 def main() -> None:
     configure_logging()
     services = build_services(Config.from_env())
-    scheduler = Scheduler(queue_name=QUEUE_NAME, connection=services.redis, interval=POLL_INTERVAL)
-    register_jobs(scheduler)
-    scheduler.run()
+    while True:
+        try:
+            # A new instance (a new name) each time: the last one's registration may still be in Redis.
+            scheduler = SelfHealingScheduler(queue_name=QUEUE_NAME, connection=services.redis,
+                                             interval=POLL_INTERVAL)
+            register_jobs(scheduler)
+            scheduler.run()
+            return
+        except RedisError as error:
+            # Outlive a Redis outage instead of exiting: the sweep is what recovers from it.
+            log.error("Redis unavailable (%s); the scheduler retries in %d s",
+                      error.__class__.__name__, REDIS_RETRY_SECONDS)
+            time.sleep(REDIS_RETRY_SECONDS)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import time
 from datetime import timedelta
 
 import pytest
+from redis import Redis
 from rq import Retry
 from rq_scheduler import Scheduler
 
@@ -93,6 +94,37 @@ def test_scheduler_registers_each_periodic_job_once(redis, services):
     assert set(jobs) == {"cleanup-expired-conversations", "sweep-pending-messages"}
     assert jobs["cleanup-expired-conversations"].meta["cron_string"] == "0 */6 * * *"
     assert jobs["sweep-pending-messages"].meta["interval"] == 60
+
+
+def test_scheduler_registers_its_jobs_again_after_redis_loses_them(redis, services):
+    scheduler = scheduler_module.SelfHealingScheduler(queue_name=QUEUE_NAME, connection=services.redis)
+    scheduler_module.register_jobs(scheduler)
+    services.redis.flushdb()  # Redis restarted with nothing on disk
+    scheduler.enqueue_jobs()
+    assert {job.id for job in scheduler.get_jobs()} == {"cleanup-expired-conversations", "sweep-pending-messages"}
+
+
+def test_scheduler_process_outlives_a_redis_outage(env, config, private_redis, tmp_path):
+    import os
+
+    private_redis.start()
+    log = tmp_path / "scheduler.log"
+    process = subprocess.Popen([sys.executable, "scheduler.py"], cwd=PROJECT_DIR,
+                               env={**os.environ, **env, "DATABASE_URL": config.database_url,
+                                    "REDIS_URL": private_redis.url},
+                               stdout=log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        probe = Redis.from_url(private_redis.url)
+        assert wait_for(lambda: probe.zcard("rq:scheduler:scheduled_jobs") == 2, timeout=20)
+        private_redis.stop()
+        time.sleep(2)
+        assert process.poll() is None, log.read_text()
+        private_redis.start()
+        probe = Redis.from_url(private_redis.url)
+        assert wait_for(lambda: probe.zcard("rq:scheduler:scheduled_jobs") == 2, timeout=30), log.read_text()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(15)
 
 
 def test_cleanup_deactivates_idle_conversations_and_drops_their_context(services):
