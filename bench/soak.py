@@ -50,7 +50,6 @@ BURST_SIZES = (5, 10)
 TWIN_WAIT = 2.0
 # Settle time after the last expected reply, so a reply sent twice can still show up.
 SETTLE_SECONDS = 2.0
-NO_LIMIT = "1000000"
 # Log lines that fail the run; warnings are reported but do not.
 ERROR_MARKERS = (" ERROR ", " CRITICAL ", "Traceback", "[ERROR]", "[CRITICAL]", "WORKER TIMEOUT")
 
@@ -58,12 +57,7 @@ ERROR_MARKERS = (" ERROR ", " CRITICAL ", "Traceback", "[ERROR]", "[CRITICAL]", 
 # --- the deployment under test -----------------------------------------------------------------
 
 class SoakDeployment(Deployment):
-    """The benchmark's deployment with the rate limits lifted, so no soak message is refused."""
-
-    def env(self, database_url: str, port: int | None = None) -> dict:
-        env = super().env(database_url, port)
-        env.update({"RATE_LIMIT_MESSAGES": NO_LIMIT, "RATE_LIMIT_GLOBAL": NO_LIMIT, "RATE_LIMIT_WINDOW": "3600"})
-        return env
+    """The benchmark's deployment (rate limits lifted there), with its own schema set-up."""
 
     def init_schema(self, database_url: str) -> None:
         """Create the schema with `flask --app wsgi init-db`."""
