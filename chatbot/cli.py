@@ -20,7 +20,7 @@ from chatbot.crypto import SecretDecryptionError
 from chatbot.db import database
 from chatbot.errors import AIError, UpstreamError, WhatsAppError
 from chatbot.models import (
-    CONSOLE_SOURCE,
+    Origin,
     PROVIDERS,
     AIConfiguration,
     Conversation,
@@ -459,7 +459,7 @@ class ConversationBusy(Exception):
 def store_console_message(phone: str, text: str, config) -> int:
     """Store a typed line as the user's message, cleaned as the webhook cleans one; return its id."""
     body = clean_text(text, config.max_inbound_chars)
-    metadata = {"source": CONSOLE_SOURCE, **({"trimmed": True} if body.trimmed else {})}
+    metadata = {"trimmed": True} if body.trimmed else {}
     with database.atomic():
         conversation_id = Conversation.active_id_for(phone, "", config.conversation_ttl)
         waiting = Message.outstanding(conversation_id, up_to_id=sys.maxsize).count()
@@ -471,6 +471,7 @@ def store_console_message(phone: str, text: str, config) -> int:
             content=body.text,
             status=Status.PENDING.value,
             metadata=metadata,
+            origin=Origin.CONSOLE.value,
         ).execute()
 
 

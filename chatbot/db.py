@@ -75,17 +75,25 @@ def _create_admin_users(_migrator) -> None:
     database.create_tables([AdminUser], safe=True)
 
 
+# Migration 1 builds tables from today's models, so on a new database later columns exist already:
+# each later migration checks before it adds.
 def _add_webhook_verdict(migrator) -> None:
     from chatbot.models import WebhookLog
 
-    # Migration 1 builds tables from today's models, so a new database has the column already.
     if "verdict" not in {column.name for column in database.get_columns("webhook_log")}:
         migrate(migrator.add_column("webhook_log", "verdict", WebhookLog.verdict))  # indexes it too
 
 
+def _add_message_origin(migrator) -> None:
+    from chatbot.models import Message
+
+    if "origin" not in {column.name for column in database.get_columns("message")}:
+        migrate(migrator.add_column("message", "origin", Message.origin))
+
+
 # Append a function for every schema change (playhouse.migrate operations on the migrator it
 # receives); never edit one that has shipped.
-MIGRATIONS = [_create_initial_tables, _create_admin_users, _add_webhook_verdict]
+MIGRATIONS = [_create_initial_tables, _create_admin_users, _add_webhook_verdict, _add_message_origin]
 
 
 def current_version() -> int:

@@ -9,7 +9,6 @@ from datetime import datetime, timedelta, timezone
 from enum import Enum
 
 from peewee import (
-    AsIs,
     BooleanField,
     CharField,
     DateTimeField,
@@ -46,8 +45,11 @@ class JSONField(TextField):
         return None if value is None else json.loads(value)
 
 
-# The `source` in the metadata of a message typed in `flask chat`.
-CONSOLE_SOURCE = "console"
+class Origin(str, Enum):
+    """Where a user message came from: only WhatsApp messages are ever answered through Twilio."""
+
+    WHATSAPP = "whatsapp"
+    CONSOLE = "console"
 
 
 class Role(str, Enum):
@@ -157,6 +159,7 @@ class Message(BaseModel):
     twilio_sid = CharField(max_length=64, null=True, unique=True)
     reply_to = ForeignKeyField("self", null=True, backref="replies", on_delete="CASCADE")
     metadata = JSONField(default=dict)
+    origin = CharField(max_length=16, default=Origin.WHATSAPP.value)
     model = CharField(max_length=128, null=True)
     prompt_tokens = IntegerField(null=True)
     completion_tokens = IntegerField(null=True)
@@ -208,13 +211,8 @@ class Message(BaseModel):
 
     @classmethod
     def from_whatsapp(cls):
-        """Match messages that came through WhatsApp, not typed in `flask chat`.
-
-        Background jobs must never answer a console line through Twilio. (JSON is stored with sorted
-        keys and escaped quotes, so no value a user sends can spell this key and value.)
-        """
-        # AsIs: the pattern must reach LIKE as written, not JSON-encoded like a metadata value.
-        return ~cls.metadata.contains(AsIs(f'"source": "{CONSOLE_SOURCE}"'))
+        """Match messages that came through WhatsApp: background jobs never answer a console line."""
+        return cls.origin == Origin.WHATSAPP.value
 
     @classmethod
     def needing_work(cls, grace: timedelta, horizon: timedelta):

@@ -147,8 +147,26 @@ def test_upgrade_adds_the_webhook_verdict_column_to_an_older_database(empty_data
     with db.database.connection_context():
         db.database.execute_sql("DROP INDEX webhooklog_verdict")
         db.database.execute_sql("ALTER TABLE webhook_log DROP COLUMN verdict")
-        db.SchemaVersion.delete().where(db.SchemaVersion.version == 3).execute()
+        db.SchemaVersion.delete().where(db.SchemaVersion.version >= 3).execute()
     assert db.upgrade() == (2, len(db.MIGRATIONS))
     with db.database.connection_context():
         assert "verdict" in {c.name for c in db.database.get_columns("webhook_log")}
         WebhookLog.create(method="POST", path="/x", response_status=200, verdict="allowed")
+
+
+def test_upgrade_adds_the_message_origin_to_an_older_database_as_whatsapp(empty_database_url):
+    db.open_database(empty_database_url)
+    db.upgrade()
+    with db.database.connection_context():
+        conversation = Conversation.active_for("whatsapp:+15550001111")
+        db.database.execute_sql("ALTER TABLE message DROP COLUMN origin")
+        db.database.execute_sql(
+            "INSERT INTO message (conversation_id, role, content, created_at, status, metadata, parts_sent) "
+            "VALUES (%s, 'user', 'old', %s, 'pending', '{}', 0)" % (db.database.param, db.database.param),
+            (conversation.id.hex if "sqlite" in empty_database_url else str(conversation.id), utcnow()),
+        )
+        db.SchemaVersion.delete().where(db.SchemaVersion.version >= 4).execute()
+    assert db.upgrade() == (3, len(db.MIGRATIONS))
+    with db.database.connection_context():
+        assert Message.get(Message.content == "old").origin == "whatsapp"
+        assert Message.select().where(Message.from_whatsapp()).count() == 1
