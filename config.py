@@ -19,6 +19,10 @@ DEFAULT_SYSTEM_PROMPT = (
 
 ACCOUNT_SID_SHAPE = re.compile(r"^AC[0-9a-fA-F]{32}$")
 WHATSAPP_ADDRESS_SHAPE = re.compile(r"^whatsapp:\+[1-9][0-9]{6,14}$")
+# One worker process's jobs share its CPU and its database connection pool; past this, add processes.
+MAX_WORKER_CONCURRENCY = 256
+# Below the job's own deadline (chatbot.tasks.JOB_DEADLINE), so a stuck model still leaves time to apologise.
+MAX_AI_DEADLINE = 120
 
 
 class ConfigError(Exception):
@@ -60,6 +64,8 @@ class Config:
     trusted_proxies: int = 1
     alert_webhook_url: str = field(default="", repr=False)
     redis_tls_verify: bool = True
+    worker_concurrency: int = 32
+    ai_deadline: int = 60
 
     @classmethod
     def from_env(cls, environ: dict | None = None, dotenv_path: str | Path | None = None) -> "Config":
@@ -110,6 +116,9 @@ class Config:
             "trusted_proxies": reader.integer("TRUSTED_PROXIES", cls.trusted_proxies, minimum=0),
             "alert_webhook_url": reader.url("ALERT_WEBHOOK_URL", ("http", "https"), ""),
             "redis_tls_verify": reader.boolean("REDIS_TLS_VERIFY", cls.redis_tls_verify),
+            "worker_concurrency": reader.integer("WORKER_CONCURRENCY", cls.worker_concurrency, minimum=1,
+                                                 maximum=MAX_WORKER_CONCURRENCY),
+            "ai_deadline": reader.integer("AI_DEADLINE", cls.ai_deadline, minimum=5, maximum=MAX_AI_DEADLINE),
         }
         if reader.problems:
             raise ConfigError(reader.problems)
@@ -153,7 +162,7 @@ class _Reader:
             self.problems.append(f"{name} is required but not set")
         return value or default
 
-    def integer(self, name: str, default: int, minimum: int) -> int:
+    def integer(self, name: str, default: int, minimum: int, maximum: int | None = None) -> int:
         raw = self._raw(name)
         if not raw:
             return default
@@ -164,6 +173,8 @@ class _Reader:
             return default
         if value < minimum:
             self.problems.append(f"{name} must be at least {minimum}, got {value}")
+        elif maximum is not None and value > maximum:
+            self.problems.append(f"{name} must be at most {maximum}, got {value}")
         return value
 
     def boolean(self, name: str, default: bool) -> bool:

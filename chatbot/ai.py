@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import email.utils
+import json
 import logging
 import random
 import time
@@ -19,6 +20,11 @@ log = logging.getLogger(__name__)
 
 RETRYABLE_STATUSES = {408, 429, 500, 502, 503, 504}
 MAX_RETRY_AFTER = 30.0
+DEFAULT_DEADLINE = 60.0
+# A retry that could only start this close to the deadline would be cut off anyway.
+DEADLINE_SLACK = 0.5
+MAX_ANSWER_BYTES = 4 * 1024 * 1024
+READ_CHUNK = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,7 @@ class Reply:
 
 
 class AIAdapter(ABC):
-    """Sends a chat to a model, retrying transient failures with backoff."""
+    """Sends a chat to a model, retrying transient failures with backoff, all within one deadline."""
 
     def __init__(
         self,
@@ -51,32 +57,48 @@ class AIAdapter(ABC):
         attempts: int = 3,
         backoff: float = 1.0,
         sleep: Callable[[float], None] = time.sleep,
+        deadline: float = DEFAULT_DEADLINE,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.settings = settings
         self.attempts = attempts
         self.backoff = backoff
         self.sleep = sleep
+        self.deadline = deadline
+        self.clock = clock
 
-    def send_message(self, messages: list[dict]) -> Reply:
-        """Return the model's reply to `messages`, retrying what is transient."""
-        return self._with_retries(lambda: self._complete(messages))
+    def send_message(self, messages: list[dict], until: float | None = None) -> Reply:
+        """Return the model's reply to `messages`, retrying what is transient.
+
+        Every attempt and every wait between attempts ends by `deadline` seconds from now (or by
+        `until`, a `clock()` time, when that is sooner); past it the call fails for good.
+        """
+        return self._with_retries(lambda seconds_left: self._complete(messages, seconds_left), until)
 
     @abstractmethod
-    def _complete(self, messages: list[dict]) -> Reply:
-        """Make one attempt at a completion."""
+    def _complete(self, messages: list[dict], seconds_left: float) -> Reply:
+        """Make one attempt at a completion that ends within `seconds_left`."""
 
     @abstractmethod
     def validate_credentials(self) -> dict:
         """Check the API key without spending credits; return what the provider says of it."""
 
-    def _with_retries(self, attempt: Callable[[], Reply]) -> Reply:
+    def _with_retries(self, attempt: Callable[[float], Reply], until: float | None) -> Reply:
+        started = self.clock()
+        ends = started + self.deadline if until is None else min(started + self.deadline, until)
         for number in range(1, self.attempts + 1):
             try:
-                return attempt()
+                return attempt(ends - self.clock())
             except AIError as error:
-                if not error.retryable or number == self.attempts:
+                if not error.retryable:
                     raise
                 delay = self._delay(number, error.retry_after)
+                if self.clock() + (delay if number < self.attempts else 0) >= ends - DEADLINE_SLACK:
+                    raise AIError(f"no answer within {ends - started:.0f}s ({number} attempt(s); last: "
+                                  f"{error.args[0]})", retryable=False, status=error.status, code=error.code,
+                                  deadline_exceeded=True) from error
+                if number == self.attempts:
+                    raise
                 log.warning("ai attempt %d failed, retrying in %.1fs: %s", number, delay, error)
                 self.sleep(delay)
         raise AssertionError("unreachable")
@@ -114,14 +136,14 @@ class OpenRouterAdapter(AIAdapter):
         headers.update({name: value for name, value in self.attribution.items() if value})
         return headers
 
-    def _complete(self, messages: list[dict]) -> Reply:
+    def _complete(self, messages: list[dict], seconds_left: float) -> Reply:
         payload = {
             "model": self.settings.model,
             "messages": messages,
             "max_tokens": self.settings.max_tokens,
             "temperature": self.settings.temperature,
         }
-        body = self._request("POST", "/chat/completions", json=payload)
+        body = self._request("POST", "/chat/completions", seconds_left=seconds_left, json=payload)
         if body.get("error"):
             raise _error_from_body(body["error"], status=200)
         choices = body.get("choices") or []
@@ -146,17 +168,27 @@ class OpenRouterAdapter(AIAdapter):
             raise AIError("model list was not a list", retryable=True, status=200)
         return {model["id"] for model in models if isinstance(model, dict) and model.get("id")}
 
-    def _request(self, method: str, path: str, **kwargs) -> dict:
+    def _request(self, method: str, path: str, seconds_left: float | None = None, **kwargs) -> dict:
+        """Make one request; with `seconds_left`, the whole exchange (body included) ends by then."""
+        connect_timeout, read_timeout = self.timeout
+        ends = None
+        if seconds_left is not None:
+            ends = self.clock() + seconds_left
+            connect_timeout = max(0.01, min(connect_timeout, seconds_left))
+            read_timeout = max(0.01, min(read_timeout, seconds_left))
         try:
-            response = self.session.request(
-                method, self.base_url + path, headers=self._headers(), timeout=self.timeout, **kwargs
-            )
+            response = self.session.request(method, self.base_url + path, headers=self._headers(),
+                                            timeout=(connect_timeout, read_timeout), stream=True, **kwargs)
+            try:
+                raw = self._read_body(response, ends)
+            finally:
+                response.close()
         except requests.Timeout as exc:
-            raise AIError(f"timed out after {self.timeout[1]:g}s", retryable=True) from exc
+            raise AIError(f"timed out after {read_timeout:g}s", retryable=True) from exc
         except requests.RequestException as exc:
             raise AIError(f"could not connect: {exc.__class__.__name__}", retryable=True) from exc
         try:
-            body = response.json()
+            body = json.loads(raw)
         except ValueError:
             body = None
         if response.status_code != 200:
@@ -169,6 +201,19 @@ class OpenRouterAdapter(AIAdapter):
         if not isinstance(body, dict):
             raise AIError("answer was not JSON", retryable=True, status=200)
         return body
+
+    def _read_body(self, response: requests.Response, ends: float | None) -> bytes:
+        """Read the body in chunks, so a provider that trickles bytes cannot outlast the deadline."""
+        chunks, size = [], 0
+        for chunk in response.iter_content(READ_CHUNK):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_ANSWER_BYTES:
+                raise AIError(f"answer was larger than {MAX_ANSWER_BYTES} bytes", retryable=True,
+                              status=response.status_code)
+            if ends is not None and self.clock() > ends:
+                raise AIError("timed out while reading the answer", retryable=True, status=response.status_code)
+        return b"".join(chunks)
 
 
 def _error_from_body(error: dict | None, status: int, retry_after: float | None = None) -> AIError:
@@ -244,5 +289,5 @@ class AIAdapterFactory:
             session=self.session,
             site_url=self.config.public_base_url,
             site_name=self.config.site_name,
-            **{**self.adapter_options, **options},
+            **{"deadline": self.config.ai_deadline, **self.adapter_options, **options},
         )

@@ -45,6 +45,11 @@ class AIError(UpstreamError):
 
     upstream = "openrouter"
 
+    def __init__(self, message: str, retryable: bool, deadline_exceeded: bool = False, **details):
+        super().__init__(message, retryable, **details)
+        # The AI deadline ran out: the user has waited long enough and gets the apology now.
+        self.deadline_exceeded = deadline_exceeded
+
 
 class WhatsAppError(UpstreamError):
     """Twilio did not accept a message for sending."""
@@ -54,6 +59,10 @@ class WhatsAppError(UpstreamError):
 
 class SenderBusy(Exception):
     """Another worker holds this sender's lock; the job should run again later."""
+
+
+class JobDeadlineReached(Exception):
+    """The job ran out of time with messages still to answer; its next run takes them."""
 
 
 class Category(str, Enum):

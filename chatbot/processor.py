@@ -8,8 +8,8 @@ from typing import Callable
 
 from chatbot.ai import AIAdapterFactory
 from chatbot.context import ConversationManager
-from chatbot.db import database
-from chatbot.errors import AIError, Category, ErrorHandler, WhatsAppError
+from chatbot.db import connection_released, database
+from chatbot.errors import AIError, Category, ErrorHandler, JobDeadlineReached, WhatsAppError
 from chatbot.models import Conversation, Message, Role, Status
 from chatbot.rate_limiter import Verdict
 from chatbot.sanitizer import TRIMMED_NOTE, clean_text
@@ -17,6 +17,9 @@ from chatbot.redact import mask_phone
 from chatbot.whatsapp import WhatsAppClient
 
 log = logging.getLogger(__name__)
+
+# A model call that would have less time than this before the job's deadline waits for the next run.
+MIN_AI_SECONDS = 5.0
 
 LIMIT_NOTICES = {
     Verdict.SENDER_LIMITED: "You're sending messages faster than I can answer. Please wait a minute, "
@@ -53,11 +56,12 @@ class MessageProcessor:
         self.errors = errors
         self.max_inbound_chars = max_inbound_chars
 
-    def process(self, message_id: int, final_attempt: bool = True) -> Outcome:
+    def process(self, message_id: int, final_attempt: bool = True, until: float | None = None) -> Outcome:
         """Answer and deliver every outstanding message of this sender up to `message_id`, in order.
 
         Transient failures raise (so the job runs again) unless this is the final attempt, when the
-        user gets the fallback reply instead of silence.
+        user gets the fallback reply instead of silence. `until` (a `clock()` time) is the job's
+        deadline: no AI call outlasts it, and no new one starts once it has passed.
         """
         outcome = Outcome()
         message = Message.get_or_none(Message.id == message_id)
@@ -68,12 +72,34 @@ class MessageProcessor:
         for question in Message.outstanding(conversation, message.id):
             answer = question.reply()
             if answer is None:
-                answer = self._answer(conversation, question, final_attempt, outcome)
+                if until is not None and self.clock() >= until - MIN_AI_SECONDS:
+                    raise JobDeadlineReached(f"message_id={question.id} left for the next run of the job")
+                answer = self._answer(conversation, question, final_attempt, outcome, until)
             outcome.parts_sent += self._deliver(conversation, question, answer, final_attempt)
         return outcome
 
+    def give_up(self, message_id: int, reason: str) -> Outcome:
+        """Apologise for every unanswered message of this sender up to `message_id`: the job that
+        should have answered them failed for good. An answer still waiting to be sent holds back
+        the messages after it (replies keep their order); the sweeper sends it and queues them."""
+        outcome = Outcome()
+        message = Message.get_or_none(Message.id == message_id)
+        if message is None:
+            return outcome
+        conversation = message.conversation
+        for question in Message.outstanding(conversation, message.id):
+            if question.reply() is not None:
+                break
+            apology = self._apologise(conversation, question, reason, Category.SYSTEM)
+            outcome.failed += 1
+            try:
+                outcome.parts_sent += self._deliver(conversation, question, apology, final_attempt=True)
+            except WhatsAppError:
+                pass  # kept unsent and reported by _deliver; the sweeper sends it when Twilio recovers
+        return outcome
+
     def _answer(self, conversation: Conversation, question: Message, final_attempt: bool,
-                outcome: Outcome) -> Message:
+                outcome: Outcome, until: float | None = None) -> Message:
         started = self.clock()
         try:
             adapter = self.ai_factory.current()
@@ -82,26 +108,16 @@ class MessageProcessor:
                 + self.context.get_history(conversation, before_message_id=question.id)
                 + [{"role": "user", "content": prompt_text(question)}]
             )
-            reply = adapter.send_message(prompt)
+            # Waiting on the model can take many seconds: hold no database connection meanwhile.
+            with connection_released():
+                reply = adapter.send_message(prompt, until=until)
         except AIError as error:
             if error.retryable and not final_attempt:
                 raise
             self.errors.handle(Category.AI, error,
                                f"message_id={question.id} sender={mask_phone(conversation.user_phone)}")
             outcome.failed += 1
-            with database.atomic():
-                question.status = Status.FAILED.value
-                question.error = str(error)
-                question.save()
-                return Message.create(
-                    conversation=conversation,
-                    role=Role.ASSISTANT.value,
-                    content=self.errors.user_message(Category.AI),
-                    status=Status.UNSENT.value,
-                    reply_to=question,
-                    metadata={"canned": "ai_failure"},
-                    error=str(error),
-                )
+            return self._apologise(conversation, question, str(error), Category.AI)
         latency_ms = (self.clock() - started) * 1000
         usage = reply.usage
         text = clean_text(reply.text).text
@@ -128,6 +144,23 @@ class MessageProcessor:
         log.info("message_id=%s answered model=%s tokens=%s latency_ms=%.0f",
                  question.id, reply.model, usage.get("total_tokens"), latency_ms)
         return answer
+
+    def _apologise(self, conversation: Conversation, question: Message, reason: str,
+                   category: Category) -> Message:
+        """Mark `question` failed and store the canned apology as its (unsent) answer."""
+        with database.atomic():
+            question.status = Status.FAILED.value
+            question.error = reason
+            question.save()
+            return Message.create(
+                conversation=conversation,
+                role=Role.ASSISTANT.value,
+                content=self.errors.user_message(category),
+                status=Status.UNSENT.value,
+                reply_to=question,
+                metadata={"canned": f"{category.value}_failure"},
+                error=reason,
+            )
 
     def _deliver(self, conversation: Conversation, question: Message, answer: Message,
                  final_attempt: bool) -> int:

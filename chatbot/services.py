@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import requests
 from redis import Redis
+from requests.adapters import HTTPAdapter
 from rq import Queue
 
 from chatbot.ai import AIAdapterFactory
@@ -36,6 +37,20 @@ class Services:
     errors: ErrorHandler
 
 
+def http_pool_size(config: Config) -> int:
+    """Keep a connection per job a worker may run at once (and never fewer than requests' ten)."""
+    return max(10, config.worker_concurrency)
+
+
+def pooled_session(pool_size: int) -> requests.Session:
+    """Return a session that keeps up to `pool_size` connections per host alive."""
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_maxsize=pool_size)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
+
+
 def build_services(config: Config, ai_options: dict | None = None,
                    whatsapp_options: dict | None = None) -> Services:
     """Open the database and build Redis, the queue and the upstream clients from `config`."""
@@ -45,12 +60,13 @@ def build_services(config: Config, ai_options: dict | None = None,
     cipher = FieldCipher(config.field_encryption_key)
     context = ConversationManager(redis, config.max_context_messages, config.conversation_ttl)
     errors = ErrorHandler(redis, config.alert_webhook_url)
-    ai_factory = AIAdapterFactory(config, cipher, requests.Session(), **(ai_options or {}))
+    ai_factory = AIAdapterFactory(config, cipher, pooled_session(http_pool_size(config)), **(ai_options or {}))
     whatsapp = WhatsAppClient(
         config.twilio_account_sid,
         config.twilio_auth_token,
         config.twilio_whatsapp_number,
         api_base_url=config.twilio_api_base_url,
+        pool_size=http_pool_size(config),
         **(whatsapp_options or {}),
     )
     return Services(

@@ -4,22 +4,28 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import timedelta
 
 from redis.exceptions import LockError, RedisError
-from rq import Queue, RateLimit, Retry, get_current_job
+from rq import Callback, Queue, RateLimit, Retry, get_current_job
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
-from chatbot.db import database
-from chatbot.errors import SenderBusy
+from chatbot.db import connection_scope
+from chatbot.errors import SenderBusy, WhatsAppError
 from chatbot.models import Conversation, Message, utcnow
 
 log = logging.getLogger(__name__)
 
 JOB_TIMEOUT = 180
+# The job's own deadline, below JOB_TIMEOUT: it ends itself (with an apology where one is due)
+# rather than being cut off, and a worker that cannot kill a thread never has to.
+JOB_DEADLINE = 150
+# How long the failure callback waits for a conversation another job is still working on.
+GIVE_UP_LOCK_WAIT = 5
 # Transient upstream trouble is retried over about four minutes before the user gets the fallback.
 JOB_RETRY = Retry(max=4, interval=[10, 30, 60, 120])
 # The conversation lock lives LOCK_TTL seconds unless its holder renews it, so a killed worker's
@@ -69,6 +75,7 @@ def enqueue_processing(queue: Queue, message_id: int, sender: str) -> Job:
         timeout=JOB_TIMEOUT,
         retry=JOB_RETRY,
         rate_limit=RateLimit(key=sender_key(sender), concurrency=1),
+        on_failure=Callback(apologise_when_failed_for_good),
         result_ttl=86400,
         failure_ttl=7 * 86400,
         description=f"process message {message_id}",
@@ -78,24 +85,49 @@ def enqueue_processing(queue: Queue, message_id: int, sender: str) -> Job:
 def process_message(message_id: int) -> dict:
     """Answer and deliver a stored user message (and any older one of the same sender)."""
     services = current_services()
+    until = time.monotonic() + JOB_DEADLINE
     job = get_current_job()
     final_attempt = job is None or not job.retries_left
-    with database.connection_context():
+    with connection_scope():
         message = Message.get_or_none(Message.id == message_id)
-        if message is None:
-            log.warning("message_id=%s not found", message_id)
-            return {"missing": True}
-        # A second guard behind RQ's rate limit: a job re-run after a worker died must not overlap.
-        with conversation_lock(services.redis, message.conversation_id, message_id):
-            outcome = services.processor.process(message_id, final_attempt=final_attempt)
+    if message is None:
+        log.warning("message_id=%s not found", message_id)
+        return {"missing": True}
+    # A second guard behind RQ's rate limit: a job re-run after a worker died must not overlap.
+    with conversation_lock(services.redis, message.conversation_id, message_id):
+        with connection_scope():
+            outcome = services.processor.process(message_id, final_attempt=final_attempt, until=until)
     return asdict(outcome)
 
 
+def apologise_when_failed_for_good(job: Job, connection, error_type, error, traceback) -> None:
+    """RQ's failure callback: when a message's job fails with no retry left (it raised, timed out or
+    its worker died), the user gets an apology instead of silence."""
+    if job.retries_left or (error_type is not None and issubclass(error_type, (SenderBusy, WhatsAppError))):
+        # A retry is coming; or the job holding the conversation answers this message too; or
+        # Twilio cannot take messages now, and the sweeper queues the message again when it can.
+        return
+    message_id = job.args[0]
+    services = current_services()
+    reason = f"job failed for good: {error_type.__name__ if error_type else 'unknown error'}"
+    log.error("message_id=%s %s; apologising", message_id, reason)
+    with connection_scope():
+        message = Message.get_or_none(Message.id == message_id)
+        if message is None:
+            return
+    try:
+        with conversation_lock(services.redis, message.conversation_id, message_id, wait=GIVE_UP_LOCK_WAIT):
+            with connection_scope():
+                services.processor.give_up(message_id, reason)
+    except SenderBusy:
+        log.warning("message_id=%s conversation busy; the job holding it answers this message", message_id)
+
+
 @contextmanager
-def conversation_lock(redis, conversation_id, message_id: int):
+def conversation_lock(redis, conversation_id, message_id: int, wait: float = LOCK_WAIT):
     """Hold the conversation's lock, renewing it from a thread while the job runs."""
     lock = redis.lock(f"chatbot:lock:conversation:{conversation_id}", timeout=LOCK_TTL,
-                      blocking_timeout=LOCK_WAIT, thread_local=False)
+                      blocking_timeout=wait, thread_local=False)
     if not lock.acquire():
         raise SenderBusy(f"conversation of message_id={message_id} is being processed elsewhere")
     done = threading.Event()
@@ -125,7 +157,7 @@ def cleanup_expired_conversations() -> int:
     """Deactivate conversations idle longer than CONVERSATION_TTL and drop their context."""
     services = current_services()
     cutoff = utcnow() - timedelta(seconds=services.config.conversation_ttl)
-    with database.connection_context():
+    with connection_scope():
         expired = [conversation.id for conversation in Conversation.idle_since(cutoff)]
         if expired:
             Conversation.update(is_active=False).where(Conversation.id.in_(expired)).execute()
@@ -152,7 +184,7 @@ def sweep_pending_messages() -> int:
     Redis (or was lost with it), and answers still waiting to be sent (e.g. Twilio was down)."""
     services = current_services()
     queued = 0
-    with database.connection_context():
+    with connection_scope():
         for message in Message.needing_work(PENDING_GRACE, RESEND_HORIZON):
             if job_is_active(services.redis, job_id_for(message.id)):
                 continue

@@ -9,6 +9,7 @@ import unicodedata
 from typing import Callable
 
 import requests
+from requests.adapters import HTTPAdapter
 from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
@@ -123,6 +124,7 @@ class WhatsAppClient:
         attempts: int = 4,
         backoff: float = 1.0,
         sleep: Callable[[float], None] = time.sleep,
+        pool_size: int = 10,
     ):
         self.from_number = from_number
         self.attempts = attempts
@@ -130,7 +132,12 @@ class WhatsAppClient:
         self.sleep = sleep
         self._client = None
         if account_sid and auth_token:
-            self._client = Client(account_sid, auth_token, http_client=TwilioHttpClient(timeout=timeout))
+            http_client = TwilioHttpClient(timeout=timeout)
+            # One kept-alive connection per concurrent job, instead of reconnecting past the default ten.
+            adapter = HTTPAdapter(pool_maxsize=pool_size)
+            http_client.session.mount("https://", adapter)
+            http_client.session.mount("http://", adapter)
+            self._client = Client(account_sid, auth_token, http_client=http_client)
             if api_base_url:
                 self._client.api.base_url = api_base_url
 

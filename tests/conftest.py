@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 from contextlib import contextmanager
 import subprocess
@@ -289,3 +290,52 @@ def private_redis(tmp_path):
     yield server
     server.stop()
 
+
+def wait_for(condition, timeout: float = 30.0, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return False
+
+
+class Workers:
+    """`python worker.py` processes, each in its own process group so a kill takes the work horse too."""
+
+    def __init__(self, env: dict, log_dir):
+        self.env = env
+        self.log_dir = log_dir
+        self.processes: list[subprocess.Popen] = []
+
+    def start(self, **extra_env) -> subprocess.Popen:
+        log = (self.log_dir / f"worker{len(self.processes)}.log").open("w")
+        process = subprocess.Popen([sys.executable, "worker.py"], cwd=PROJECT_DIR,
+                                   env={**self.env, **extra_env}, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        self.processes.append(process)
+        return process
+
+    @staticmethod
+    def kill(process: subprocess.Popen) -> None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+@pytest.fixture
+def workers(env, config, tmp_path):
+    """Start `python worker.py` processes on the test deployment; all are stopped afterwards."""
+    pool = Workers({**os.environ, **env, "DATABASE_URL": config.database_url, "PYTHONUNBUFFERED": "1"}, tmp_path)
+    yield pool
+    pool.stop_all()

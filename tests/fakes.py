@@ -19,6 +19,8 @@ class Scripted:
     body: object = None
     headers: dict = field(default_factory=dict)
     delay: float = 0.0
+    # Seconds between the body's bytes after the headers: a provider that trickles its answer.
+    drip: float = 0.0
 
 
 @dataclass
@@ -29,6 +31,13 @@ class Recorded:
     body: object
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # Many workers connect at once in the concurrency tests and benches; the default backlog of 5
+    # would drop their connection attempts and make the fake look slow.
+    request_queue_size = 512
+
+
 class FakeServer:
     """A threaded HTTP server on 127.0.0.1:0 that records requests and plays scripted answers."""
 
@@ -36,6 +45,8 @@ class FakeServer:
         self.requests: list[Recorded] = []
         self.script: deque[Scripted] = deque()
         self.lock = threading.Lock()
+        self.in_flight = 0
+        self.max_in_flight = 0
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -45,6 +56,16 @@ class FakeServer:
                 pass
 
             def _handle(self):
+                with fake.lock:
+                    fake.in_flight += 1
+                    fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+                try:
+                    self._answer()
+                finally:
+                    with fake.lock:
+                        fake.in_flight -= 1
+
+            def _answer(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
                 recorded = Recorded(self.command, self.path, dict(self.headers), fake.decode(self.headers, raw))
@@ -64,14 +85,19 @@ class FakeServer:
                         self.send_header(name, value)
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()
-                    self.wfile.write(payload)
+                    if answer.drip:
+                        for byte in payload:
+                            self.wfile.write(bytes([byte]))
+                            self.wfile.flush()
+                            time.sleep(answer.drip)
+                    else:
+                        self.wfile.write(payload)
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
             do_GET = do_POST = _handle
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02},
                                        daemon=True)
 

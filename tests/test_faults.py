@@ -16,60 +16,11 @@ import pytest
 from chatbot import tasks
 from chatbot.errors import USER_MESSAGES, Category, ErrorHandler, WhatsAppError
 from chatbot.models import Message, Status, utcnow
-from tests.conftest import PROJECT_DIR
+from tests.conftest import PROJECT_DIR, wait_for
 from tests.fakes import FakeOpenRouter, FakeTwilio
 
 ADA = "whatsapp:+15550001111"
 FALLBACK = USER_MESSAGES[Category.AI]
-
-
-def wait_for(condition, timeout: float = 30.0, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    return False
-
-
-class Workers:
-    """`python worker.py` processes, each in its own process group so a kill takes the work horse too."""
-
-    def __init__(self, env: dict, log_dir):
-        self.env = env
-        self.log_dir = log_dir
-        self.processes: list[subprocess.Popen] = []
-
-    def start(self, **extra_env) -> subprocess.Popen:
-        log = (self.log_dir / f"worker{len(self.processes)}.log").open("w")
-        process = subprocess.Popen([sys.executable, "worker.py"], cwd=PROJECT_DIR,
-                                   env={**self.env, **extra_env}, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-        self.processes.append(process)
-        return process
-
-    @staticmethod
-    def kill(process: subprocess.Popen) -> None:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(10)
-
-    def stop_all(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in self.processes:
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-
-
-@pytest.fixture
-def workers(env, config, tmp_path):
-    pool = Workers({**os.environ, **env, "DATABASE_URL": config.database_url, "PYTHONUNBUFFERED": "1"}, tmp_path)
-    yield pool
-    pool.stop_all()
 
 
 def sends_of(fake_twilio: FakeTwilio, body: str) -> int:
