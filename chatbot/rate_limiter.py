@@ -29,6 +29,29 @@ class Decision:
         return self.verdict is Verdict.ALLOWED
 
 
+# One round trip per message, atomic: count the sender's message and the total in this window,
+# and when either is over its limit, claim the sender's one notice for the window.
+# KEYS: sender counter, global counter, notice marker. ARGV: key lifetime, per-sender limit, global limit.
+# Returns {verdict, notify}: verdict 0 allowed, 1 sender limited, 2 global limited; notify 1 for the claim.
+CHECK_SCRIPT = """
+local sent_by_sender = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+local sent_by_all = redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+local verdict = 0
+if sent_by_sender > tonumber(ARGV[2]) then
+    verdict = 1
+elseif sent_by_all > tonumber(ARGV[3]) then
+    verdict = 2
+else
+    return {0, 0}
+end
+local first = redis.call('SET', KEYS[3], 1, 'NX', 'EX', ARGV[1])
+return {verdict, first and 1 or 0}
+"""
+VERDICTS = (Verdict.ALLOWED, Verdict.SENDER_LIMITED, Verdict.GLOBAL_LIMITED)
+
+
 class RateLimiter:
     """Counts messages per sender and in total per window; one notice per sender per window."""
 
@@ -39,23 +62,12 @@ class RateLimiter:
         self.global_limit = global_limit
         self.window = window
         self.clock = clock
+        self._check = redis.register_script(CHECK_SCRIPT)
 
     def check(self, sender: str) -> Decision:
         """Count one message from `sender` and say whether it may reach the AI."""
         bucket = int(self.clock() // self.window)
         who = sender_key(sender)
-        sender_counter = f"{PREFIX}{who}:{bucket}"
-        global_counter = f"{PREFIX}global:{bucket}"
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.incr(sender_counter).expire(sender_counter, self.window + 5)
-            pipe.incr(global_counter).expire(global_counter, self.window + 5)
-            sent_by_sender, _, sent_by_all, _ = pipe.execute()
-        if sent_by_sender > self.per_sender:
-            verdict = Verdict.SENDER_LIMITED
-        elif sent_by_all > self.global_limit:
-            verdict = Verdict.GLOBAL_LIMITED
-        else:
-            return Decision(Verdict.ALLOWED)
-        notice_marker = f"{PREFIX}{who}:{bucket}:notified"
-        first = bool(self.redis.set(notice_marker, 1, nx=True, ex=self.window + 5))
-        return Decision(verdict, notify=first)
+        keys = [f"{PREFIX}{who}:{bucket}", f"{PREFIX}global:{bucket}", f"{PREFIX}{who}:{bucket}:notified"]
+        verdict, notify = self._check(keys=keys, args=[self.window + 5, self.per_sender, self.global_limit])
+        return Decision(VERDICTS[verdict], notify=bool(notify))

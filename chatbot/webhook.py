@@ -6,6 +6,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from peewee import IntegrityError, PeeweeException
@@ -119,9 +120,15 @@ def signature_verdict(auth_token: str, public_base_url: str) -> tuple[bool, str 
         return False, "X-Twilio-Signature header is missing"
     # Twilio's JSON variant signs the URL (which carries bodySHA256) and hashes the raw body.
     params = request.get_data(as_text=True) if "bodySHA256" in request.args else request.form
-    if not RequestValidator(auth_token).validate(signed_url(public_base_url), params, signature):
+    if not _validator(auth_token).validate(signed_url(public_base_url), params, signature):
         return False, "X-Twilio-Signature does not match (check PUBLIC_BASE_URL and the proxy setup)"
     return True, None
+
+
+@lru_cache(maxsize=4)
+def _validator(auth_token: str) -> RequestValidator:
+    """Return the validator for this token, built once rather than per request."""
+    return RequestValidator(auth_token)
 
 
 def store_inbound(inbound: InboundMessage, audit: dict, conversation_ttl: int,
@@ -134,24 +141,24 @@ def store_inbound(inbound: InboundMessage, audit: dict, conversation_ttl: int,
     try:
         with database.atomic():
             conversation_id = Conversation.active_id_for(inbound.sender, inbound.profile_name, conversation_ttl)
-            message_id = Message.insert(
+            message_id = Message.insert_row(
                 conversation=conversation_id,
                 role=Role.USER.value,
                 content=inbound.body,
                 status=Status.PENDING.value if decision.allowed else Status.RATE_LIMITED.value,
                 twilio_sid=inbound.sid,
                 metadata=inbound.metadata(),
-            ).execute()
+            )
             if decision.notify:
-                Message.insert(
+                Message.insert_row(
                     conversation=conversation_id,
                     role=Role.ASSISTANT.value,
                     content=LIMIT_NOTICES[decision.verdict],
                     status=Status.UNSENT.value,
                     reply_to=message_id,
                     metadata={"canned": decision.verdict.value},
-                ).execute()
-            WebhookLog.insert(**audit).execute()
+                )
+            WebhookLog.insert_row(**audit)
             return message_id
     except IntegrityError:
         # The MessageSid is stored already: Twilio delivered this message before.
@@ -240,7 +247,9 @@ def receive_message():
 def _fields():
     """The webhook's fields: the form, or the JSON object of Twilio's bodySHA256 variant."""
     if "bodySHA256" not in request.args:
-        return request.form
+        # A plain dict holding each field's first value, as MultiDict.get gives it: the MultiDict
+        # raises and catches an exception for every absent field asked for, a dozen per message.
+        return request.form.to_dict()
     payload = request.get_json(silent=True)
     if not isinstance(payload, dict):
         raise MalformedWebhook("body is not a JSON object")
