@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import requests
+import urllib3
 
 from chatbot.crypto import FieldCipher, SecretDecryptionError
 from chatbot.errors import AIError
@@ -203,16 +204,23 @@ class OpenRouterAdapter(AIAdapter):
         return body
 
     def _read_body(self, response: requests.Response, ends: float | None) -> bytes:
-        """Read the body in chunks, so a provider that trickles bytes cannot outlast the deadline."""
+        """Read the body as it arrives, so a provider that trickles bytes cannot outlast the deadline."""
         chunks, size = [], 0
-        for chunk in response.iter_content(READ_CHUNK):
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > MAX_ANSWER_BYTES:
-                raise AIError(f"answer was larger than {MAX_ANSWER_BYTES} bytes", retryable=True,
-                              status=response.status_code)
-            if ends is not None and self.clock() > ends:
-                raise AIError("timed out while reading the answer", retryable=True, status=response.status_code)
+        try:
+            # read1 returns what has arrived; iter_content would wait to fill each whole chunk.
+            while chunk := response.raw.read1(READ_CHUNK, decode_content=True):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > MAX_ANSWER_BYTES:
+                    raise AIError(f"answer was larger than {MAX_ANSWER_BYTES} bytes", retryable=True,
+                                  status=response.status_code)
+                if ends is not None and self.clock() > ends:
+                    raise AIError("timed out while reading the answer", retryable=True,
+                                  status=response.status_code)
+        except (urllib3.exceptions.ReadTimeoutError, TimeoutError) as exc:
+            raise requests.Timeout(str(exc)) from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise requests.ConnectionError(str(exc)) from exc
         return b"".join(chunks)
 
 

@@ -13,6 +13,7 @@ import time
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from rq import worker_registration
 from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.exceptions import DequeueTimeout, NoSuchJobError
 from rq.executions import Execution
@@ -216,14 +217,23 @@ class ThreadPoolWorker(BaseWorker):
         with self._running_lock:
             running = list(self._running.values())
         moment = now()
+        worker_ttl = self.job_monitoring_interval + 60
         with self.connection.pipeline() as pipeline:
-            self.heartbeat(self.job_monitoring_interval + 60, pipeline=pipeline)
+            self.heartbeat(worker_ttl, pipeline=pipeline)
             for job, execution in running:
                 working_time = (moment - job.started_at).total_seconds() if job.started_at else 0.0
                 ttl = int(self.get_heartbeat_ttl(job, working_time=working_time))
                 execution.heartbeat(job.started_job_registry, ttl, pipeline=pipeline)
                 job.heartbeat(moment, ttl, pipeline=pipeline, xx=True)
-            pipeline.execute()
+            worker_hash_was_gone = pipeline.execute()[0] == 1
+        if worker_hash_was_gone:
+            # Redis lost our registration (restarted empty, or flushed): register again, or `rq info`
+            # and the other workers' maintenance would not know this worker is alive.
+            with self.connection.pipeline() as pipeline:
+                pipeline.hset(self.key, mapping=self.serialize())
+                pipeline.expire(self.key, worker_ttl)
+                worker_registration.register(self, pipeline)
+                pipeline.execute()
 
     # --- stopping -----------------------------------------------------------------------------
 

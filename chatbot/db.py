@@ -27,10 +27,11 @@ SQLITE_PRAGMAS = {
 }
 
 
-def open_database(url: str):
+def open_database(url: str, pool_size: int = POOL_SIZE):
     """Build the pooled Peewee database for a sqlite:// or postgres(ql):// URL and bind the models.
 
-    Pooled, so a request or job reuses an open connection instead of paying for a new one.
+    Pooled, so a request or job reuses an open connection instead of paying for a new one; the
+    pool opens connections only as they are needed, up to `pool_size`.
     """
     scheme, rest = url.split("://", 1)
     if scheme == "sqlite":
@@ -40,10 +41,10 @@ def open_database(url: str):
         # IMMEDIATE: a transaction that reads then writes must not lose its snapshot to a
         # concurrent writer (SQLite would fail it at once instead of waiting busy_timeout).
         db = connect(f"sqlite+pool://{rest}", pragmas=SQLITE_PRAGMAS, lock_type="IMMEDIATE",
-                     check_same_thread=False, max_connections=POOL_SIZE, stale_timeout=POOL_STALE_SECONDS,
+                     check_same_thread=False, max_connections=pool_size, stale_timeout=POOL_STALE_SECONDS,
                      timeout=POOL_WAIT_SECONDS)
     else:
-        db = connect(f"postgresql+pool://{rest}", max_connections=POOL_SIZE, stale_timeout=POOL_STALE_SECONDS,
+        db = connect(f"postgresql+pool://{rest}", max_connections=pool_size, stale_timeout=POOL_STALE_SECONDS,
                      timeout=POOL_WAIT_SECONDS)
     database.initialize(db)
     return db

@@ -12,7 +12,7 @@ from chatbot.ai import AIAdapterFactory
 from chatbot.context import ConversationManager
 from chatbot.crypto import FieldCipher
 from chatbot.errors import ErrorHandler
-from chatbot.db import open_database
+from chatbot.db import POOL_SIZE, open_database
 from chatbot.processor import MessageProcessor
 from chatbot.rate_limiter import RateLimiter
 from chatbot.whatsapp import WhatsAppClient
@@ -54,7 +54,8 @@ def pooled_session(pool_size: int) -> requests.Session:
 def build_services(config: Config, ai_options: dict | None = None,
                    whatsapp_options: dict | None = None) -> Services:
     """Open the database and build Redis, the queue and the upstream clients from `config`."""
-    open_database(config.database_url)
+    # A worker's jobs each may hold a connection while they write and send.
+    open_database(config.database_url, pool_size=max(POOL_SIZE, config.worker_concurrency))
     redis = Redis.from_url(config.redis_url, socket_timeout=5, socket_connect_timeout=5,
                            health_check_interval=30, **config.redis_options())
     cipher = FieldCipher(config.field_encryption_key)

@@ -9,10 +9,11 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import timedelta
 
-from redis.exceptions import LockError, RedisError
+from redis.exceptions import LockError, NoScriptError, RedisError
 from rq import Callback, Queue, RateLimit, Retry, get_current_job
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
+from rq.rate_limit import RateLimitRegistry
 
 from chatbot.db import connection_scope
 from chatbot.errors import SenderBusy, WhatsAppError
@@ -68,7 +69,7 @@ def sender_key(sender: str) -> str:
 
 def enqueue_processing(queue: Queue, message_id: int, sender: str) -> Job:
     """Queue the answer to a stored message; one sender's jobs run one at a time, oldest first."""
-    return queue.enqueue_call(
+    job = queue.create_job(
         process_message,
         args=(message_id,),
         job_id=job_id_for(message_id),
@@ -80,6 +81,22 @@ def enqueue_processing(queue: Queue, message_id: int, sender: str) -> Job:
         failure_ttl=7 * 86400,
         description=f"process message {message_id}",
     )
+    # queue.enqueue_call makes three round trips for a rate-limited job (the queue set, the job's
+    # writes, the promotion script); RQ's pipeline mode queues the same commands, in the same
+    # order, in one MULTI/EXEC. enqueue_job refuses a pipeline here only to stop a caller saving
+    # the job on it afterwards, which would undo the promotion: nothing here saves it again.
+    with queue.connection.pipeline() as pipe:
+        pipe.sadd(queue.redis_queues_keys, queue.key)
+        queue._enqueue_rate_limited_job(job, pipeline=pipe)
+        # redis-py would first ask Redis whether the promotion script is loaded, a round trip of
+        # its own. Unasked, a Redis that lost its scripts (restarted, flushed) runs the rest of the
+        # transaction and leaves the job waiting: promote it then, as RQ's own second step does.
+        pipe.scripts.clear()
+        try:
+            pipe.execute()
+        except NoScriptError:
+            RateLimitRegistry.from_job(job).acquire_and_enqueue(job.rate_limit_concurrency)
+    return job
 
 
 def process_message(message_id: int) -> dict:

@@ -1,6 +1,8 @@
 """The OpenRouter adapter and its factory, over real HTTP against the loopback fake."""
 from __future__ import annotations
 
+import time
+
 import pytest
 import requests
 from cryptography.fernet import Fernet
@@ -175,6 +177,66 @@ def test_timeout_is_a_retryable_error(make_adapter, fake_openrouter):
 
     assert caught.value.retryable is True
     assert "timed out" in str(caught.value)
+
+
+class FakeClock:
+    """A monotonic clock that moves only when the adapter sleeps."""
+
+    def __init__(self):
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def test_retries_stop_at_the_deadline_with_a_final_error(make_adapter, fake_openrouter):
+    clock = FakeClock()
+    fake_openrouter.then(*[FakeOpenRouter.error(503, "Provider overloaded")] * 20)
+
+    with pytest.raises(AIError) as caught:
+        make_adapter(attempts=20, backoff=1.0, deadline=5, clock=clock, sleep=clock.sleep).send_message(QUESTION)
+
+    assert caught.value.deadline_exceeded and caught.value.retryable is False
+    assert "no answer within 5s" in str(caught.value) and "Provider overloaded" in str(caught.value)
+    assert sum(clock.sleeps) < 5
+    assert len(fake_openrouter.completions) == len(clock.sleeps) + 1 < 20
+
+
+def test_retry_after_beyond_the_deadline_is_not_waited_for(make_adapter, fake_openrouter, sleep):
+    fake_openrouter.then(FakeOpenRouter.error(429, "rate limited", **{"Retry-After": "20"}))
+
+    with pytest.raises(AIError) as caught:
+        make_adapter(deadline=10).send_message(QUESTION)
+
+    assert caught.value.deadline_exceeded
+    assert sleep.delays == []
+    assert len(fake_openrouter.completions) == 1
+
+
+def test_attempts_used_up_before_the_deadline_stay_retryable(make_adapter, fake_openrouter):
+    fake_openrouter.then(*[FakeOpenRouter.error(503, "Provider overloaded")] * 3)
+
+    with pytest.raises(AIError) as caught:
+        make_adapter(attempts=3).send_message(QUESTION)
+
+    # The job runs again later: a quick string of 503s is not yet a reason to apologise.
+    assert caught.value.retryable is True and not caught.value.deadline_exceeded
+
+
+def test_trickled_answer_is_cut_off_at_the_callers_deadline(make_adapter, fake_openrouter):
+    fake_openrouter.then(Scripted(200, FakeOpenRouter.completion("slowly"), drip=0.2))
+    started = time.monotonic()
+
+    with pytest.raises(AIError) as caught:
+        make_adapter(deadline=60).send_message(QUESTION, until=started + 1)
+
+    assert caught.value.deadline_exceeded and "no answer within 1s" in str(caught.value)
+    assert time.monotonic() - started < 10  # the whole trickle would take over a minute
 
 
 def test_connection_refused_is_a_retryable_error(make_adapter, sleep):

@@ -55,6 +55,25 @@ def test_every_malformed_variable_is_named_in_one_error():
     assert "AI_TEMPERATURE must be between 0 and 2, got 3" in str(error.value)
 
 
+@pytest.mark.parametrize("name, raw, problem", [
+    ("WORKER_CONCURRENCY", "0", "WORKER_CONCURRENCY must be at least 1, got 0"),
+    ("WORKER_CONCURRENCY", "1000", "WORKER_CONCURRENCY must be at most 256, got 1000"),
+    ("WORKER_CONCURRENCY", "many", "WORKER_CONCURRENCY must be a whole number, got 'many'"),
+    ("AI_DEADLINE", "2", "AI_DEADLINE must be at least 5, got 2"),
+    ("AI_DEADLINE", "600", "AI_DEADLINE must be at most 120, got 600"),
+])
+def test_worker_settings_out_of_range_are_named(name, raw, problem):
+    with pytest.raises(ConfigError) as error:
+        Config.from_mapping({**MINIMAL, name: raw})
+    assert error.value.problems == [problem]
+
+
+def test_worker_settings_defaults_and_values():
+    assert (Config.from_mapping(MINIMAL).worker_concurrency, Config.from_mapping(MINIMAL).ai_deadline) == (32, 60)
+    config = Config.from_mapping({**MINIMAL, "WORKER_CONCURRENCY": "64", "AI_DEADLINE": "30"})
+    assert (config.worker_concurrency, config.ai_deadline) == (64, 30)
+
+
 @pytest.mark.parametrize("url", ["postgres://u:p@db:5432/app", "postgresql://u:p@db:5432/app",
                                  "sqlite:////tmp/x.sqlite3"])
 def test_database_url_accepts_sqlite_and_both_postgres_spellings(url):
