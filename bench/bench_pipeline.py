@@ -1,4 +1,4 @@
-"""Measure webhook throughput against a bare Flask endpoint, and the webhook-to-Twilio overhead.
+"""Measure webhook throughput against a bare Flask endpoint, the webhook-to-Twilio overhead, and a burst.
 
 Run by hand: `python bench/bench_pipeline.py` (see `--help` and bench/README.md).
 """
@@ -33,14 +33,22 @@ from rq import Queue, Worker  # noqa: E402
 from rq.rate_limit import RateLimitRegistry  # noqa: E402
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry  # noqa: E402
 
+from bench.proc_memory import MemorySampler, TreeMemory  # noqa: E402
 from chatbot.services import QUEUE_NAME  # noqa: E402
-from tests.conftest import ACCOUNT_SID, AUTH_TOKEN, BOT_NUMBER, free_port, inbound_form, sign  # noqa: E402
+from config import Config  # noqa: E402
+from tests.conftest import (  # noqa: E402
+    ACCOUNT_SID, AUTH_TOKEN, BOT_NUMBER, free_port, inbound_form, sign, wait_for_redis,
+)
 from tests.fakes import FakeOpenRouter, FakeTwilio, Recorded, Scripted  # noqa: E402
 
 WEBHOOK_PATH = "/whatsapp/webhook"
+# The fake LLM answers `Answer to: <body>`, which ties each reply to its message.
+REPLY_PREFIX = "Answer to: "
 PUBLIC_BASE_URL = "https://bench.example.com"
-TARGET_RATIO = 0.5
-TARGET_P99_MS = 15.0
+TARGET_RATIO = 0.35
+TARGET_P99_MS = 25.0
+TARGET_PIPELINE_P50_MS = 25.0
+TARGET_PIPELINE_P99_MS = 60.0
 STARTUP_TIMEOUT = 30
 STOP_TIMEOUT = 15
 # Lines in a child's log that mean something went wrong (access-log lines never contain these).
@@ -109,6 +117,21 @@ def trouble_lines(log_dir: Path) -> dict[str, list[str]]:
         if hits:
             found[path.name] = hits
     return found
+
+
+def start_redis(children: Children, workdir: Path) -> str:
+    """Start a redis-server of this run's own on a free loopback port and return its URL."""
+    port = free_port()
+    try:
+        children.start("redis-server", [
+            "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            # Its own file, not redis-server.log: Redis logs harmless "# WARNING" lines about the host.
+            "--dir", str(workdir), "--logfile", str(workdir / "redis-server.txt"),
+        ], dict(os.environ))
+        wait_for_redis(port)
+    except (OSError, RuntimeError) as exc:
+        raise BenchError(f"could not start redis-server (or pass --redis-url): {exc}") from exc
+    return f"redis://127.0.0.1:{port}/0"
 
 
 def wait_until_answering(port: int, path: str, process: subprocess.Popen, children: Children,
@@ -196,8 +219,32 @@ class Deployment:
         ], self.env(database_url, port))
         return process, port
 
-    def start_worker(self, name: str, database_url: str) -> subprocess.Popen:
-        return self.children.start(name, [sys.executable, "worker.py"], self.env(database_url))
+    def start_worker(self, name: str, database_url: str, concurrency: int | None = None,
+                     script: str = "worker.py") -> subprocess.Popen:
+        """Start a worker line with WORKER_CONCURRENCY set to `concurrency`, or unset when it is None."""
+        env = self.env(database_url)
+        if concurrency is None:
+            # Unset rather than inherited from the shell, so config.py's default is what gets measured.
+            env.pop("WORKER_CONCURRENCY", None)
+        else:
+            env["WORKER_CONCURRENCY"] = str(concurrency)
+        return self.children.start(name, [sys.executable, script], env)
+
+
+def wait_for_workers(redis: Redis, processes: list[subprocess.Popen], children: Children,
+                     expected: int | None = None) -> None:
+    """Wait until `expected` RQ workers (one per process by default) have registered with Redis."""
+    expected = len(processes) if expected is None else expected
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while Worker.count(connection=redis) < expected:
+        for process in processes:
+            if process.poll() is not None:
+                raise BenchError(f"{process.bench_name} exited with {process.returncode}:\n"
+                                 + children.log_tail(process.bench_name))
+        if time.monotonic() > deadline:
+            raise BenchError(f"the workers did not register with Redis in time "
+                             f"({Worker.count(connection=redis)} of {expected})")
+        time.sleep(0.1)
 
 
 # --- load generation ---------------------------------------------------------------------------
@@ -208,18 +255,19 @@ class SignedRequest:
     headers: dict
 
 
+def signed_webhook(text: str, sender: str, sid: str | None = None) -> SignedRequest:
+    """Build one signed inbound-message webhook (a fresh MessageSid unless `sid` is given)."""
+    form = inbound_form(text, sender, sid=sid)
+    return SignedRequest(urlencode(form).encode(), {
+        "Content-Type": "application/x-www-form-urlencoded",
+        "X-Twilio-Signature": sign(PUBLIC_BASE_URL + WEBHOOK_PATH, form),
+        "User-Agent": "TwilioProxy/1.1",
+    })
+
+
 def signed_webhooks(count: int, senders: list[str], label: str) -> list[SignedRequest]:
     """Build `count` signed inbound-message webhooks with unique MessageSids, round-robin over senders."""
-    url = PUBLIC_BASE_URL + WEBHOOK_PATH
-    requests = []
-    for number in range(count):
-        form = inbound_form(f"{label} message {number}", senders[number % len(senders)])
-        requests.append(SignedRequest(urlencode(form).encode(), {
-            "Content-Type": "application/x-www-form-urlencoded",
-            "X-Twilio-Signature": sign(url, form),
-            "User-Agent": "TwilioProxy/1.1",
-        }))
-    return requests
+    return [signed_webhook(f"{label} message {number}", senders[number % len(senders)]) for number in range(count)]
 
 
 def percentile(ordered: list[float], percent: float) -> float:
@@ -345,8 +393,8 @@ def measure_throughput(args, deployment: Deployment, redis: Redis) -> dict:
     ratio = webhook["requests_per_second"] / bare["requests_per_second"] if bare["requests_per_second"] else 0.0
     results["ratio_webhook_to_bare"] = round(ratio, 3)
     results["targets"] = {
-        "ratio_at_least_0.5": ratio >= TARGET_RATIO,
-        "webhook_p99_under_15ms": webhook["p99_ms"] < TARGET_P99_MS,
+        "ratio_met": ratio >= TARGET_RATIO,
+        "webhook_p99_met": webhook["p99_ms"] < TARGET_P99_MS,
     }
     return results
 
@@ -415,12 +463,24 @@ def send_spaced(poster: WebhookPoster, texts: list[str], senders: list[str], rat
         poster.post(text, senders[number % len(senders)])
 
 
-def wait_for_replies(twilio: TimedTwilio, texts: list[str], timeout: float) -> None:
+def wait_for_replies(twilio: TimedTwilio, texts: list[str], timeout: float) -> bool:
+    """Wait until the fake Twilio has a reply to every text; False when `timeout` passed first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if all(twilio.arrived(f"Answer to: {text}") for text in texts):
-            return
+        if all(twilio.arrived(REPLY_PREFIX + text) for text in texts):
+            return True
         time.sleep(0.05)
+    return False
+
+
+def late_positions(order: list[int]) -> list[int]:
+    """Return the positions in `order` whose number is smaller than one that came before it."""
+    late, latest = [], -1
+    for position, number in enumerate(order):
+        if number < latest:
+            late.append(position)
+        latest = max(latest, number)
+    return late
 
 
 def measure_pipeline(args, deployment: Deployment, redis: Redis, twilio: TimedTwilio) -> dict:
@@ -428,17 +488,10 @@ def measure_pipeline(args, deployment: Deployment, redis: Redis, twilio: TimedTw
     database_url = deployment.fresh_database("pipeline")
     progress(f"(b) starting gunicorn (the app) and {args.workers} worker(s)")
     server, port = deployment.start_gunicorn("gunicorn-pipeline", "wsgi:app", database_url)
-    workers = [deployment.start_worker(f"worker-{number}", database_url) for number in range(1, args.workers + 1)]
+    workers = [deployment.start_worker(f"worker-{number}", database_url, args.concurrency)
+               for number in range(1, args.workers + 1)]
     wait_until_answering(port, "/health", server, deployment.children, (200,))
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while Worker.count(connection=redis) < args.workers:
-        for worker in workers:
-            if worker.poll() is not None:
-                raise BenchError(f"{worker.bench_name} exited with {worker.returncode}:\n"
-                                 + deployment.children.log_tail(worker.bench_name))
-        if time.monotonic() > deadline:
-            raise BenchError("the workers did not register with Redis in time")
-        time.sleep(0.1)
+    wait_for_workers(redis, workers, deployment.children)
 
     senders = [f"whatsapp:+1556{number:07d}" for number in range(args.pipeline_senders)]
     run_id = uuid.uuid4().hex[:8]
@@ -468,7 +521,7 @@ def measure_pipeline(args, deployment: Deployment, redis: Redis, twilio: TimedTw
     with twilio.lock:
         arrivals = {body: list(times) for body, times in twilio.arrivals.items()}
     for text in texts:
-        times = arrivals.get(f"Answer to: {text}")
+        times = arrivals.get(REPLY_PREFIX + text)
         if not times:
             lost += 1
             continue
@@ -476,6 +529,7 @@ def measure_pipeline(args, deployment: Deployment, redis: Redis, twilio: TimedTw
         overheads.append((min(times) - poster.posted_at[text]) * 1000)
     overheads.sort()
     webhook_ms = sorted(poster.webhook_ms)
+    p50, p99 = percentile(overheads, 50), percentile(overheads, 99)
     return {
         "messages": len(texts),
         "delivered": len(overheads),
@@ -484,13 +538,258 @@ def measure_pipeline(args, deployment: Deployment, redis: Redis, twilio: TimedTw
         "webhook_refusals": dict(poster.refused),
         "failed_jobs": failed_jobs,
         "jobs_waiting_for_retry": retrying_jobs,
-        "p50_ms": round(percentile(overheads, 50), 1),
+        "p50_ms": round(p50, 1),
         "p90_ms": round(percentile(overheads, 90), 1),
-        "p99_ms": round(percentile(overheads, 99), 1),
+        "p99_ms": round(p99, 1),
         "max_ms": round(percentile(overheads, 100), 1),
         "webhook_p50_ms": round(percentile(webhook_ms, 50), 1),
         "webhook_p99_ms": round(percentile(webhook_ms, 99), 1),
+        "targets": {"p50_met": p50 < TARGET_PIPELINE_P50_MS, "p99_met": p99 < TARGET_PIPELINE_P99_MS},
     }
+
+
+# --- (c) burst: every sender at the same moment, a slow model ----------------------------------
+
+# The worker lines a burst can measure: the product's threaded worker, or RQ's forking WorkerPool.
+WORKER_LINE_SCRIPTS = {"threads": "worker.py", "pool": "bench/worker_pool_line.py"}
+# How long the registered, idle worker line is sampled before the burst.
+IDLE_SECONDS = 1.0
+# Settle time after the last expected reply, so a reply sent twice can still show up.
+SETTLE_SECONDS = 2.0
+# The memory goal is in MB; /proc reports KiB.
+BYTES_PER_MB = 1_000_000
+TARGET_BURST_PSS_MB = 250
+TARGET_BURST_PSS_CONCURRENCY = 32
+
+
+@dataclass(frozen=True)
+class MakespanGoal:
+    """A burst goal, judged only on a run with its setup and one message per sender."""
+
+    senders: int
+    concurrency: int | None  # WORKER_CONCURRENCY, or None for unset (config.py's default)
+    max_delay_multiple: float
+    exactly_once_in_order: bool
+
+    def describe(self) -> str:
+        settings = "default settings" if self.concurrency is None else f"WORKER_CONCURRENCY={self.concurrency}"
+        counts = ", 0 lost/doubled/out of order" if self.exactly_once_in_order else ""
+        return f"{self.senders} senders, {settings}: makespan <= {self.max_delay_multiple:g}x the LLM delay{counts}"
+
+    def applies_to(self, burst: dict) -> bool:
+        return (burst["senders"], burst["concurrency_setting"], burst["messages_per_sender"]) == (
+            self.senders, self.concurrency, 1)
+
+    def options(self) -> str:
+        """Name the bench options of a run this goal is judged on."""
+        concurrency = "no --concurrency" if self.concurrency is None else f"--concurrency {self.concurrency}"
+        return f"--burst-senders {self.senders}, {concurrency}, --burst-messages-per-sender 1"
+
+    def met_by(self, burst: dict) -> bool:
+        met = burst["lost"] == 0 and burst["makespan_delay_multiple"] <= self.max_delay_multiple
+        if self.exactly_once_in_order:
+            met = met and burst["doubled"] == 0 and burst["out_of_order"] == 0
+        return met
+
+
+MAKESPAN_GOALS = (MakespanGoal(40, None, 2.5, exactly_once_in_order=False),
+                  MakespanGoal(200, 64, 5.0, exactly_once_in_order=True))
+
+
+@dataclass
+class BurstMessage:
+    """One webhook of the burst; `seq` is its place among its sender's messages."""
+
+    sender_index: int
+    seq: int
+    text: str
+    request: SignedRequest
+    posted_at: float | None = None
+    outcome: str = "not posted"  # "200", "HTTP 503", or the exception that stopped the post
+
+
+def plan_burst(senders: int, messages_per_sender: int, run_id: str) -> list[list[BurstMessage]]:
+    """Return each sender's messages in the order the sender posts them."""
+    plans = []
+    for index in range(senders):
+        sender = f"whatsapp:+1558{index:07d}"
+        texts = [f"burst {run_id} sender {index:03d} seq {seq:02d}" for seq in range(messages_per_sender)]
+        plans.append([BurstMessage(index, seq, text, signed_webhook(text, sender)) for seq, text in enumerate(texts)])
+    return plans
+
+
+def post_burst(port: int, plans: list[list[BurstMessage]]) -> None:
+    """Post every sender's messages on a connection of its own, all senders starting at the same moment.
+
+    A sender posts its next message once the previous one was answered, so its order is defined.
+    """
+    barrier = threading.Barrier(len(plans))
+
+    def sender(messages: list[BurstMessage]) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            connection.connect()  # before the barrier, so that the posts leave together
+        except OSError:
+            pass  # the first post connects again and records what goes wrong
+        try:
+            barrier.wait()
+            for message in messages:
+                message.posted_at = time.perf_counter()
+                try:
+                    connection.request("POST", WEBHOOK_PATH, message.request.body, message.request.headers)
+                    response = connection.getresponse()
+                    response.read()
+                    message.outcome = str(response.status) if response.status == 200 else f"HTTP {response.status}"
+                except (OSError, http.client.HTTPException) as exc:
+                    message.outcome = exc.__class__.__name__
+                    connection.close()
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=sender, args=(messages,), daemon=True) for messages in plans]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def burst_deliveries(plans: list[list[BurstMessage]], twilio: TimedTwilio) -> dict:
+    """Match the replies at the fake Twilio to the burst's messages: when, how often, in what order."""
+    messages = {REPLY_PREFIX + message.text: message for sender in plans for message in sender}
+    with twilio.lock:
+        arrivals = {body: min(times) for body, times in twilio.arrivals.items() if body in messages}
+        doubled = sum(len(times) > 1 for body, times in twilio.arrivals.items() if body in messages)
+        sent = [request.body.get("Body", "") for request in twilio.requests
+                if request.method == "POST" and request.path.endswith("/Messages.json")]
+    arrival_order: dict[int, list[int]] = defaultdict(list)
+    seen = set()
+    for body in sent:
+        if body in messages and body not in seen:
+            seen.add(body)
+            arrival_order[messages[body].sender_index].append(messages[body].seq)
+    return {
+        "replied": len(arrivals),
+        "lost": len(messages) - len(arrivals),
+        "doubled": doubled,
+        "out_of_order": sum(len(late_positions(order)) for order in arrival_order.values()),
+        "last_reply_at": max(arrivals.values(), default=None),
+    }
+
+
+def start_worker_line(args, deployment: Deployment, redis: Redis, database_url: str) -> subprocess.Popen:
+    """Start the worker line under test and wait until all its RQ workers have registered."""
+    line = deployment.start_worker(f"worker-line-{args.worker_line}", database_url, args.concurrency,
+                                   WORKER_LINE_SCRIPTS[args.worker_line])
+    # The thread worker is one RQ worker; the pool registers one per process.
+    expected = 1 if args.worker_line == "threads" else effective_concurrency(args)
+    wait_for_workers(redis, [line], deployment.children, expected)
+    return line
+
+
+def effective_concurrency(args) -> int:
+    return args.concurrency or Config.worker_concurrency
+
+
+def concurrency_label(concurrency: int | None) -> str:
+    if concurrency is None:
+        return f"WORKER_CONCURRENCY unset (default {Config.worker_concurrency})"
+    return f"WORKER_CONCURRENCY={concurrency}"
+
+
+def idle_memory(pid: int, interval: float) -> TreeMemory:
+    """Sample the worker line's memory for IDLE_SECONDS while it waits for work."""
+    idle = TreeMemory([pid], transient_descendants=True)
+    sampler = MemorySampler({"worker line": idle}, interval)
+    sampler.start()
+    time.sleep(IDLE_SECONDS)
+    sampler.stop()
+    return idle
+
+
+def pss_mb(tree: TreeMemory) -> float:
+    return round(tree.peak_pss_kib * 1024 / BYTES_PER_MB, 1)
+
+
+def measure_burst(args, deployment: Deployment, redis: Redis, openrouter: FakeOpenRouter,
+                  twilio: TimedTwilio) -> dict:
+    redis.flushdb()
+    database_url = deployment.fresh_database("burst")
+    progress(f"(c) starting gunicorn (the app) and the worker line ({args.worker_line}, "
+             f"{concurrency_label(args.concurrency)})")
+    server, port = deployment.start_gunicorn("gunicorn-burst", "wsgi:app", database_url)
+    line = start_worker_line(args, deployment, redis, database_url)
+    wait_until_answering(port, "/health", server, deployment.children, (200,))
+
+    plans = plan_burst(args.burst_senders, args.burst_messages_per_sender, uuid.uuid4().hex[:8])
+    texts = [message.text for sender in plans for message in sender]
+    idle = idle_memory(line.pid, args.sample_interval)
+    busy = TreeMemory([line.pid], transient_descendants=True)
+    sampler = MemorySampler({"worker line": busy}, args.sample_interval)
+    instant_llm = openrouter.delay_for
+    openrouter.delay_for = lambda messages: args.llm_delay
+    with openrouter.lock:
+        openrouter.max_in_flight = 0
+    load_at_start = round(os.getloadavg()[0], 2)
+    progress(f"(c) {len(texts)} messages from {len(plans)} senders at once, fake LLM {args.llm_delay:g}s")
+    sampler.start()
+    try:
+        post_burst(port, plans)
+        all_replied = wait_for_replies(twilio, texts, args.burst_timeout)
+        gave_up_at = time.perf_counter()
+        if all_replied:
+            time.sleep(SETTLE_SECONDS)
+    finally:
+        sampler.stop()
+        openrouter.delay_for = instant_llm
+    load_at_end = round(os.getloadavg()[0], 2)
+    queue = Queue(QUEUE_NAME, connection=redis)
+    failed_jobs = FailedJobRegistry(queue=queue).count
+    retrying_jobs = ScheduledJobRegistry(queue=queue).count
+    for process in (server, line):
+        deployment.children.stop(process)
+    redis.flushdb()
+
+    deliveries = burst_deliveries(plans, twilio)
+    first_post = min(message.posted_at for sender in plans for message in sender if message.posted_at is not None)
+    last_reply_at = deliveries.pop("last_reply_at")
+    makespan = (last_reply_at if all_replied else gave_up_at) - first_post
+    burst = {
+        "worker_line": args.worker_line,
+        "concurrency_setting": args.concurrency,
+        "concurrency": effective_concurrency(args),
+        "senders": len(plans),
+        "messages_per_sender": args.burst_messages_per_sender,
+        "messages": len(texts),
+        "llm_delay": args.llm_delay,
+        "all_replied_within_timeout": all_replied,
+        "makespan_seconds": round(makespan, 2),
+        "makespan_delay_multiple": round(makespan / args.llm_delay, 2),
+        **deliveries,
+        "webhook_outcomes": dict(Counter(message.outcome for sender in plans for message in sender)),
+        "failed_jobs": failed_jobs,
+        "jobs_waiting_for_retry": retrying_jobs,
+        "llm_calls_in_flight_at_most": openrouter.max_in_flight,
+        "pss_idle_mb": pss_mb(idle),
+        "pss_peak_mb": pss_mb(busy),
+        "processes_seen": len(busy.processes_seen),
+        "load_average_at_start": load_at_start,
+        "load_average_at_end": load_at_end,
+    }
+    burst["goals"] = burst_goals(burst)
+    return burst
+
+
+def burst_goals(burst: dict) -> list[dict]:
+    """Judge each goal this run's setup can speak for; `met` is None for the others."""
+    goals = [{"goal": goal.describe(), "met": goal.met_by(burst) if goal.applies_to(burst) else None,
+              "judged_with": goal.options()}
+             for goal in MAKESPAN_GOALS]
+    pss_applies = burst["concurrency"] == TARGET_BURST_PSS_CONCURRENCY
+    goals.append({"goal": f"worker line PSS at concurrency {TARGET_BURST_PSS_CONCURRENCY} "
+                          f"<= {TARGET_BURST_PSS_MB} MB",
+                  "met": burst["pss_peak_mb"] <= TARGET_BURST_PSS_MB if pss_applies else None,
+                  "judged_with": f"no --concurrency or --concurrency {TARGET_BURST_PSS_CONCURRENCY}"})
+    return goals
 
 
 # --- report ------------------------------------------------------------------------------------
@@ -524,9 +823,9 @@ def print_report(report: dict) -> None:
                   f"{row['p99_ms']:>10.2f}{row['max_ms']:>10.2f}  {failures}")
         webhook = throughput["webhook"]
         print(f"    ratio webhook/bare throughput: {throughput['ratio_webhook_to_bare']:.2f}"
-              f"   target >= {TARGET_RATIO}: {verdict(throughput['targets']['ratio_at_least_0.5'])}")
+              f"   target >= {TARGET_RATIO:g}: {verdict(throughput['targets']['ratio_met'])}")
         print(f"    webhook p99: {webhook['p99_ms']:.2f} ms"
-              f"   target < {TARGET_P99_MS:g} ms: {verdict(throughput['targets']['webhook_p99_under_15ms'])}")
+              f"   target < {TARGET_P99_MS:g} ms: {verdict(throughput['targets']['webhook_p99_met'])}")
         print(f"    jobs created by the webhook: {webhook['jobs_created']} for "
               f"{webhook['requests_accepted']} accepted requests (warm-up included; no worker ran)")
         print(f"    note: the load generator is Python threads in this process, sharing the "
@@ -539,17 +838,24 @@ def print_report(report: dict) -> None:
     pipeline = report.get("pipeline")
     if pipeline:
         print()
-        print(f"(b) webhook POST -> Twilio Messages.json, instant fake LLM, {setup['workers']} worker(s), "
-              f"{pipeline['messages']} messages at {setup['rate']:g}/s from {setup['pipeline_senders']} senders")
+        print(f"(b) webhook POST -> Twilio Messages.json, instant fake LLM, {setup['workers']} worker(s) "
+              f"({concurrency_label(setup['concurrency'])}), {pipeline['messages']} messages at {setup['rate']:g}/s "
+              f"from {setup['pipeline_senders']} senders")
         print(f"    {'p50 ms':>10}{'p90 ms':>10}{'p99 ms':>10}{'max ms':>10}")
         print(f"    {pipeline['p50_ms']:>10.1f}{pipeline['p90_ms']:>10.1f}{pipeline['p99_ms']:>10.1f}"
               f"{pipeline['max_ms']:>10.1f}")
+        print(f"    target p50 < {TARGET_PIPELINE_P50_MS:g} ms: {verdict(pipeline['targets']['p50_met'])}"
+              f"   target p99 < {TARGET_PIPELINE_P99_MS:g} ms: {verdict(pipeline['targets']['p99_met'])}")
         refusals = ", ".join(f"{k}: {v}" for k, v in pipeline["webhook_refusals"].items()) or "none"
         print(f"    delivered {pipeline['delivered']}/{pipeline['messages']}, lost {pipeline['lost']}, "
               f"delivered twice {pipeline['delivered_more_than_once']}, webhook refusals {refusals}, "
               f"failed jobs {pipeline['failed_jobs']}, jobs waiting for retry {pipeline['jobs_waiting_for_retry']}")
         print(f"    the webhook itself answered these spaced requests in {pipeline['webhook_p50_ms']:.1f} ms at p50, "
               f"{pipeline['webhook_p99_ms']:.1f} ms at p99")
+    burst = report.get("burst")
+    if burst:
+        print()
+        print_burst(burst, setup["sample_interval"])
     print()
     trouble = report["log_trouble"]
     if trouble:
@@ -560,9 +866,40 @@ def print_report(report: dict) -> None:
         print("No warnings, errors or tracebacks in the gunicorn and worker logs.")
 
 
+def print_burst(burst: dict, sample_interval: float) -> None:
+    line = "threads (`python worker.py`)" if burst["worker_line"] == "threads" else (
+        f"RQ WorkerPool of {burst['concurrency']} forking workers (bench/worker_pool_line.py)")
+    print(f"(c) burst: {burst['senders']} senders x {burst['messages_per_sender']} message(s) posted at once, "
+          f"fake LLM {burst['llm_delay']:g}s per answer")
+    print(f"    worker line: {line}, {concurrency_label(burst['concurrency_setting'])}")
+    print(f"    makespan {burst['makespan_seconds']:.2f}s = {burst['makespan_delay_multiple']:.2f}x the LLM delay "
+          "(first POST -> last reply at the fake Twilio)"
+          + ("" if burst["all_replied_within_timeout"] else " (gave up waiting)"))
+    order_note = "" if burst["messages_per_sender"] > 1 else " (one message per sender: order not exercised)"
+    print(f"    replies to {burst['replied']}/{burst['messages']} messages: lost {burst['lost']}, "
+          f"doubled {burst['doubled']}, out of order {burst['out_of_order']}{order_note}")
+    outcomes = ", ".join(f"{k}: {v}" for k, v in sorted(burst["webhook_outcomes"].items()))
+    print(f"    webhook answers {outcomes}; failed jobs {burst['failed_jobs']}, "
+          f"jobs waiting for retry {burst['jobs_waiting_for_retry']}; "
+          f"at most {burst['llm_calls_in_flight_at_most']} LLM calls in flight")
+    print(f"    worker line PSS (the process and all its descendants, {burst['processes_seen']} process(es) seen, "
+          f"sampled every {sample_interval:g}s): idle {burst['pss_idle_mb']:.1f} MB, "
+          f"peak {burst['pss_peak_mb']:.1f} MB")
+    print(f"    load average (1 min): {burst['load_average_at_start']} at the start of the burst, "
+          f"{burst['load_average_at_end']} at the end")
+    for goal in burst["goals"]:
+        if goal["met"] is None:
+            print(f"    goal {goal['goal']}: not judged by this run (needs {goal['judged_with']})")
+        else:
+            print(f"    goal {goal['goal']}: {verdict(goal['met'])}")
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=("throughput", "pipeline"), help="run one part only")
+    parser.add_argument("--only", choices=("throughput", "pipeline", "burst"), help="run one part only")
+    parser.add_argument("--concurrency", type=positive_int,
+                        help="WORKER_CONCURRENCY for the workers of (b) and (c); unset by default, so "
+                             f"config.py's default ({Config.worker_concurrency}) applies")
     throughput = parser.add_argument_group("(a) throughput")
     throughput.add_argument("--connections", type=int, default=20, help="keep-alive connections (default 20)")
     throughput.add_argument("--requests", type=int, default=5000, help="measured requests per endpoint (default 5000)")
@@ -578,46 +915,77 @@ def parse_args(argv=None):
     pipeline.add_argument("--workers", type=int, default=2, help="`python worker.py` processes (default 2)")
     pipeline.add_argument("--pipeline-timeout", type=float, default=30.0,
                           help="seconds to wait for the last replies (default 30)")
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/12",
-                        help="a Redis database the bench may flush (default redis://127.0.0.1:6379/12)")
+    burst = parser.add_argument_group("(c) burst")
+    burst.add_argument("--burst-senders", type=positive_int, default=40,
+                       help="senders posting at the same moment (default 40)")
+    burst.add_argument("--burst-messages-per-sender", type=positive_int, default=1,
+                       help="messages each sender posts back to back, to check their order (default 1)")
+    burst.add_argument("--llm-delay", type=positive_float, default=2.0,
+                       help="seconds the fake LLM takes per answer (default 2)")
+    burst.add_argument("--worker-line", choices=tuple(WORKER_LINE_SCRIPTS), default="threads",
+                       help="threads: `python worker.py`; pool: RQ's WorkerPool with one forking worker "
+                            "per unit of concurrency (default threads)")
+    burst.add_argument("--burst-timeout", type=float, default=120.0,
+                       help="seconds to wait for the last replies (default 120)")
+    burst.add_argument("--sample-interval", type=float, default=0.1,
+                       help="seconds between memory samples of the worker line (default 0.1)")
+    parser.add_argument("--redis-url",
+                        help="use this Redis database (flushed before, between parts and after) instead of "
+                             "a redis-server of the run's own")
     parser.add_argument("--keep-logs", action="store_true", help="keep the temp folder with the logs")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     return parser.parse_args(argv)
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, not {value:g}")
+    return value
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    redis = Redis.from_url(args.redis_url)
-    try:
-        redis.ping()
-    except RedisError as exc:
-        print(f"benchmark failed: cannot reach Redis at {args.redis_url}: {exc}", file=sys.stderr)
-        return 1
     workdir = Path(tempfile.mkdtemp(prefix="chatbot-bench-"))
     children = Children(workdir)
     openrouter, twilio = FakeOpenRouter().start(), TimedTwilio().start()
-    deployment = Deployment(workdir, args.redis_url, twilio.url, openrouter.url, children)
+    redis = None
     gunicorn_settings = runpy.run_path(str(PROJECT_DIR / "gunicorn.conf.py"))
     report = {"setup": {
         "cpus": os.cpu_count(),
         "load_average_before": round(os.getloadavg()[0], 2),
         "python": sys.version.split()[0],
+        "redis": args.redis_url or "a redis-server of the run's own",
         "gunicorn": {name: gunicorn_settings[name] for name in ("workers", "threads", "worker_class", "keepalive")},
         **{name: getattr(args, name) for name in ("connections", "requests", "warmup", "senders", "messages",
-                                                  "rate", "pipeline_senders", "workers")},
+                                                  "rate", "pipeline_senders", "workers", "concurrency",
+                                                  "sample_interval")},
     }}
     keep = args.keep_logs
     try:
+        redis_url = args.redis_url or start_redis(children, workdir)
+        redis = Redis.from_url(redis_url)
+        redis.ping()
+        deployment = Deployment(workdir, redis_url, twilio.url, openrouter.url, children)
         if args.only in (None, "throughput"):
             report["throughput"] = measure_throughput(args, deployment, redis)
         if args.only in (None, "pipeline"):
             report["pipeline"] = measure_pipeline(args, deployment, redis, twilio)
+        if args.only in (None, "burst"):
+            report["burst"] = measure_burst(args, deployment, redis, openrouter, twilio)
     except KeyboardInterrupt:
         print("\ninterrupted; stopping the child processes", file=sys.stderr)
         keep = True
         return 130
-    except BenchError as exc:
+    except (BenchError, RedisError) as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         keep = True
         return 1
@@ -625,8 +993,13 @@ def main(argv=None) -> int:
         children.stop_all()
         openrouter.stop()
         twilio.stop()
-        redis.flushdb()
-        redis.close()
+        if redis is not None:
+            if args.redis_url:
+                try:
+                    redis.flushdb()
+                except RedisError:
+                    pass
+            redis.close()
         report["log_trouble"] = trouble_lines(workdir)
         keep = keep or bool(report["log_trouble"])
         report["log_dir"] = str(workdir) if keep else None

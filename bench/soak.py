@@ -20,9 +20,8 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlencode
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))
@@ -30,18 +29,18 @@ sys.path.insert(0, str(PROJECT_DIR))
 import psycopg2  # noqa: E402
 from redis import Redis  # noqa: E402
 from redis.exceptions import RedisError  # noqa: E402
-from rq import Queue, Worker  # noqa: E402
+from rq import Queue  # noqa: E402
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry  # noqa: E402
 
 from bench.bench_pipeline import (  # noqa: E402
-    PUBLIC_BASE_URL, STARTUP_TIMEOUT, WEBHOOK_PATH, BenchError, Children, Deployment, SignedRequest,
-    TimedTwilio, jobs_waiting, percentile, progress, trouble_lines, wait_until_answering,
+    REPLY_PREFIX, WEBHOOK_PATH, BenchError, Children, Deployment, SignedRequest, TimedTwilio, jobs_waiting,
+    late_positions, percentile, progress, signed_webhook, start_redis, trouble_lines, wait_for_workers,
+    wait_until_answering,
 )
+from bench.proc_memory import MemorySampler, TreeMemory  # noqa: E402
 from chatbot.services import QUEUE_NAME  # noqa: E402
-from tests.conftest import free_port, inbound_form, sign, wait_for_redis  # noqa: E402
 from tests.fakes import FakeOpenRouter  # noqa: E402
 
-REPLY_PREFIX = "Answer to: "
 # A keep-alive connection idle this long is replaced before use: gunicorn closes it after 5 s.
 IDLE_RECONNECT = 3.0
 LATER_REDELIVERY = (0.5, 3.0)
@@ -103,34 +102,6 @@ class ThrowawayPostgres:
             self.created = False
 
 
-def start_redis(children: Children, workdir: Path) -> str:
-    """Start a redis-server of this run's own on a free loopback port and return its URL."""
-    port = free_port()
-    try:
-        children.start("redis-server", [
-            "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            # Its own file, not redis-server.log: Redis logs harmless "# WARNING" lines about the host.
-            "--dir", str(workdir), "--logfile", str(workdir / "redis-server.txt"),
-        ], dict(os.environ))
-        wait_for_redis(port)
-    except (OSError, RuntimeError) as exc:
-        raise BenchError(f"could not start redis-server (or pass --redis-url): {exc}") from exc
-    return f"redis://127.0.0.1:{port}/0"
-
-
-def wait_for_workers(redis: Redis, workers: list[subprocess.Popen], children: Children) -> None:
-    """Wait until every `python worker.py` has registered with Redis."""
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while Worker.count(connection=redis) < len(workers):
-        for worker in workers:
-            if worker.poll() is not None:
-                raise BenchError(f"{worker.bench_name} exited with {worker.returncode}:\n"
-                                 + children.log_tail(worker.bench_name))
-        if time.monotonic() > deadline:
-            raise BenchError("the workers did not register with Redis in time")
-        time.sleep(0.1)
-
-
 # --- the plan: who sends what, when, and what gets redelivered ---------------------------------
 
 CONCURRENT = "concurrent"
@@ -165,15 +136,6 @@ class Post:
     outcome: str = ""  # "200", "HTTP 503", an exception name, or "not posted"
 
 
-def signed_request(text: str, sender: str, sid: str) -> SignedRequest:
-    form = inbound_form(text, sender, sid=sid)
-    return SignedRequest(urlencode(form).encode(), {
-        "Content-Type": "application/x-www-form-urlencoded",
-        "X-Twilio-Signature": sign(PUBLIC_BASE_URL + WEBHOOK_PATH, form),
-        "User-Agent": "TwilioProxy/1.1",
-    })
-
-
 def plan_messages(args, run_id: str) -> list[list[PlannedMessage]]:
     """Return each sender's messages in the order the sender sends them."""
     rng = random.Random(args.seed)
@@ -198,7 +160,7 @@ def plan_messages(args, run_id: str) -> list[list[PlannedMessage]]:
                 seq = len(messages)
                 text = f"soak {run_id} sender {index:03d} seq {seq:03d}"
                 messages.append(PlannedMessage(index, seq, sender, text,
-                                               signed_request(text, sender, "SM" + uuid.uuid4().hex),
+                                               signed_webhook(text, sender),
                                                offset, group, in_burst=size >= BURST_SIZES[0]))
         plans.append(messages)
     everything = [message for messages in plans for message in messages]
@@ -336,113 +298,6 @@ class SoakLoad:
                 post.outcome = "not posted"
 
 
-# --- memory of the process trees ---------------------------------------------------------------
-
-def _kib(path: str, names: tuple[str, ...]) -> dict[str, int]:
-    values = {}
-    try:
-        with open(path) as lines:
-            for line in lines:
-                name, _, rest = line.partition(":")
-                if name in names:
-                    values[name] = int(rest.split()[0])
-    except (FileNotFoundError, ProcessLookupError, PermissionError, ValueError):
-        pass
-    return values
-
-
-def parent_map() -> dict[int, list[int]]:
-    """Map every process id to its children's (this kernel has no /proc/<pid>/task/<tid>/children)."""
-    children = defaultdict(list)
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                # The command name may hold spaces and parentheses; the fields after its ")" do not.
-                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
-        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
-            continue
-        children[parent].append(int(entry))
-    return children
-
-
-@dataclass
-class TreeMemory:
-    """Peaks of one group of process trees, sampled; roots are long-lived, descendants may not be."""
-
-    roots: list[int]
-    transient_descendants: bool
-    peak_rss_kib: int = 0
-    peak_pss_kib: int = 0
-    largest_hwm_kib: int = 0
-    largest_transient_hwm_kib: int = 0
-    long_lived_rss_first_kib: int | None = None
-    long_lived_rss_last_kib: int = 0
-    processes_seen: set = field(default_factory=set)
-    transient_seen: set = field(default_factory=set)
-
-    def summary(self) -> dict:
-        mib = lambda kib: round(kib / 1024, 1)  # noqa: E731
-        return {
-            "peak_rss_total_mib": mib(self.peak_rss_kib),
-            "peak_pss_total_mib": mib(self.peak_pss_kib),
-            "largest_process_vmhwm_mib": mib(self.largest_hwm_kib),
-            "long_lived_rss_first_mib": mib(self.long_lived_rss_first_kib or 0),
-            "long_lived_rss_last_mib": mib(self.long_lived_rss_last_kib),
-            "processes_seen": len(self.processes_seen),
-            "work_horses_seen": len(self.transient_seen),
-            "largest_work_horse_vmhwm_mib": mib(self.largest_transient_hwm_kib),
-        }
-
-
-class MemorySampler(threading.Thread):
-    """Samples VmRSS, VmHWM and Pss of every process in each group's trees until stopped."""
-
-    def __init__(self, groups: dict[str, TreeMemory], interval: float):
-        super().__init__(daemon=True)
-        self.groups = groups
-        self.interval = interval
-        self.stopped = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopped.wait(self.interval):
-            self.sample()
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.join(5)
-        self.sample()
-
-    def sample(self) -> None:
-        children = parent_map()
-        for tree in self.groups.values():
-            rss_total = pss_total = long_lived_rss = 0
-            pending = [(pid, False) for pid in tree.roots]
-            while pending:
-                pid, descendant = pending.pop()
-                pending.extend((child, True) for child in children.get(pid, ()))
-                status = _kib(f"/proc/{pid}/status", ("VmRSS", "VmHWM"))
-                if "VmRSS" not in status:
-                    continue  # gone, or a zombie
-                rss_total += status["VmRSS"]
-                pss_total += _kib(f"/proc/{pid}/smaps_rollup", ("Pss",)).get("Pss", 0)
-                tree.largest_hwm_kib = max(tree.largest_hwm_kib, status.get("VmHWM", 0))
-                tree.processes_seen.add(pid)
-                if descendant and tree.transient_descendants:
-                    tree.transient_seen.add(pid)
-                    tree.largest_transient_hwm_kib = max(tree.largest_transient_hwm_kib, status.get("VmHWM", 0))
-                else:
-                    long_lived_rss += status["VmRSS"]
-            if not rss_total:
-                continue
-            tree.peak_rss_kib = max(tree.peak_rss_kib, rss_total)
-            tree.peak_pss_kib = max(tree.peak_pss_kib, pss_total)
-            if tree.long_lived_rss_first_kib is None:
-                tree.long_lived_rss_first_kib = long_lived_rss
-            tree.long_lived_rss_last_kib = long_lived_rss
-
-
 # --- the run -----------------------------------------------------------------------------------
 
 def wait_for_all_replies(twilio: TimedTwilio, expected: set[str], redis: Redis, timeout: float) -> bool:
@@ -533,12 +388,9 @@ def verify(plans, load: SoakLoad, twilio: TimedTwilio) -> dict:
             arrival_order[message.sender_index].append(message.seq)
     out_of_order = []
     for sender, order in sorted(arrival_order.items()):
-        latest = -1
-        for position, seq in enumerate(order):
-            if seq < latest:
-                out_of_order.append({"sender": sender, "seq": seq, "arrived_after_seq": latest,
-                                     "arrival_order": order[max(0, position - 4):position + 2]})
-            latest = max(latest, seq)
+        for position in late_positions(order):
+            out_of_order.append({"sender": sender, "seq": order[position], "arrived_after_seq": max(order[:position]),
+                                 "arrival_order": order[max(0, position - 4):position + 2]})
 
     outcomes = Counter(post.outcome for post in load.posts)
     posted = [post for post in load.posts if post.started]
@@ -590,9 +442,11 @@ def verify(plans, load: SoakLoad, twilio: TimedTwilio) -> dict:
 def soak(args, deployment: SoakDeployment, redis: Redis, twilio: TimedTwilio, database_url: str,
          report: dict) -> None:
     redis.flushdb()
-    progress(f"starting gunicorn (wsgi:app) and {args.workers} worker(s)")
+    progress(f"starting gunicorn (wsgi:app) and {args.workers} worker(s) running "
+             f"{args.worker_concurrency} job(s) at once each")
     server, port = deployment.start_gunicorn("gunicorn", "wsgi:app", database_url)
-    workers = [deployment.start_worker(f"worker-{number}", database_url) for number in range(1, args.workers + 1)]
+    workers = [deployment.start_worker(f"worker-{number}", database_url, args.worker_concurrency)
+               for number in range(1, args.workers + 1)]
     wait_until_answering(port, "/health", server, deployment.children, (200,))
     wait_for_workers(redis, workers, deployment.children)
 
@@ -661,7 +515,8 @@ def print_report(report: dict) -> None:
     setup, results = report["setup"], report.get("results")
     print()
     print(f"Soak: {setup['messages']} messages from {setup['senders']} senders, "
-          f"{setup['connections']} connections, {setup['workers']} worker(s), "
+          f"{setup['connections']} connections, {setup['workers']} worker(s) x WORKER_CONCURRENCY "
+          f"{setup['worker_concurrency']}, "
           f"{setup['database']}, LLM delay {setup['llm_delay']:g}s, "
           f"{'paced at ' + format(setup['rate'], 'g') + '/s' if setup['rate'] else 'unpaced'}")
     print(f"Machine: {setup['cpus']} CPU(s), load average {setup['load_average_before']} before the run; "
@@ -698,15 +553,15 @@ def print_report(report: dict) -> None:
           + "; webhook log: " + ", ".join(f"{k} {v}" for k, v in sorted(stored["webhook_log_verdicts"].items())))
     print()
     print(f"  {'memory (MiB)':<24}{'peak RSS':>10}{'peak PSS':>10}{'max VmHWM':>11}  long-lived RSS first -> last")
-    for name, label in (("gunicorn", "gunicorn master+workers"), ("workers", "rq workers + horses")):
+    for name, label in (("gunicorn", "gunicorn master+workers"), ("workers", "worker.py + children")):
         tree = report["memory"][name]
         print(f"  {label:<24}{tree['peak_rss_total_mib']:>10.1f}{tree['peak_pss_total_mib']:>10.1f}"
               f"{tree['largest_process_vmhwm_mib']:>11.1f}  "
               f"{tree['long_lived_rss_first_mib']:.1f} -> {tree['long_lived_rss_last_mib']:.1f}")
     horses = report["memory"]["workers"]
     print(f"  (sampled every {setup['sample_interval']:g}s; the RSS sum counts pages shared since fork in every "
-          f"process, PSS splits them; {horses['work_horses_seen']} work horses caught alive, largest VmHWM "
-          f"{horses['largest_work_horse_vmhwm_mib']:.1f} MiB)")
+          f"process, PSS splits them; {horses['work_horses_seen']} child processes of the workers caught alive, "
+          f"largest VmHWM {horses['largest_work_horse_vmhwm_mib']:.1f} MiB)")
     examples = results["examples"]
     for name in ("lost", "doubled", "out_of_order", "unexpected"):
         if examples[name]:
@@ -743,6 +598,8 @@ def parse_args(argv=None):
     load.add_argument("--seed", type=int, default=1, help="seed of the plan (default 1)")
     pipeline = parser.add_argument_group("pipeline")
     pipeline.add_argument("--workers", type=int, default=2, help="`python worker.py` processes (default 2)")
+    pipeline.add_argument("--worker-concurrency", type=int, default=16,
+                          help="WORKER_CONCURRENCY of each worker process: jobs it runs at once (default 16)")
     pipeline.add_argument("--llm-delay", type=float, default=0.0,
                           help="seconds the fake OpenRouter takes per answer (default 0)")
     pipeline.add_argument("--postgres", action="store_true",
@@ -764,6 +621,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.messages < args.senders:
         parser.error("--messages must be at least --senders (every sender sends one)")
+    if args.worker_concurrency < 1:
+        parser.error("--worker-concurrency must be at least 1")
     return args
 
 
@@ -786,7 +645,8 @@ def main(argv=None) -> int:
         "web_concurrency": int(os.environ.get("WEB_CONCURRENCY", "2")),
         "gunicorn_threads": int(os.environ.get("GUNICORN_THREADS", "1")),
         **{name: getattr(args, name) for name in ("messages", "senders", "connections", "rate", "duplicates",
-                                                  "burst_senders", "workers", "llm_delay", "sample_interval")},
+                                                  "burst_senders", "workers", "worker_concurrency", "llm_delay",
+                                                  "sample_interval")},
     }}
     failed_to_run = None
     try:
