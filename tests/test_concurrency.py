@@ -207,3 +207,30 @@ def test_hung_model_gets_the_apology_within_the_ai_deadline(app_with, fake_openr
     question = Message.get(Message.role == "user")
     assert question.status == Status.FAILED.value and "no answer within 5s" in question.error
     assert waited < 20  # without the deadline: ~150 s
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_sigkill_with_thirty_jobs_in_flight_answers_each_exactly_once(post_webhook, workers, fake_openrouter,
+                                                                       fake_twilio):
+    first_asked = set()
+
+    def stall_first_ask(messages):
+        question = messages[-1]["content"]
+        stalled = question not in first_asked
+        first_asked.add(question)
+        return 30.0 if stalled else 0.0
+
+    fake_openrouter.delay_for = stall_first_ask
+    doomed = workers.start(WORKER_CONCURRENCY="32")
+    texts = [f"question {number}" for number in range(30)]
+    for number, text in enumerate(texts):
+        post_webhook.message(text, sender=sender(number))
+    assert wait_for(lambda: fake_openrouter.in_flight == 30, timeout=30)
+    workers.kill(doomed)
+    killed_at = time.monotonic()
+    workers.start(WORKER_CONCURRENCY="32")
+    assert wait_for(lambda: len(fake_twilio.sent) >= 30, timeout=60), f"{len(fake_twilio.sent)} of 30 within 60 s"
+    recovered_in = time.monotonic() - killed_at
+    wait_for(lambda: len(fake_twilio.sent) > 30, timeout=1.0)  # a doubled reply would arrive now
+    assert sorted(s["Body"] for s in fake_twilio.sent) == sorted(f"Answer to: {text}" for text in texts)
+    print(f"30 jobs recovered in {recovered_in:.1f}s")
