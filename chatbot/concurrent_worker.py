@@ -32,10 +32,10 @@ class NoDeathPenalty(BaseDeathPenalty):
     """Never interrupts a job: a thread cannot be killed safely, so each job keeps its own deadline."""
 
     def setup_death_penalty(self):
-        pass
+        """Set no alarm."""
 
     def cancel_death_penalty(self):
-        pass
+        """Nothing was set."""
 
 
 class ThreadPoolWorker(BaseWorker):
@@ -177,8 +177,10 @@ class ThreadPoolWorker(BaseWorker):
             if idle:
                 try:
                     self.set_state(WorkerStatus.IDLE)
-                except RedisError:
-                    pass
+                except RedisError as error:
+                    # Only `rq info` is stale; the next dequeue sets the state again.
+                    self.log.warning("Worker %s: could not record idle state (%s)", self.name,
+                                     error.__class__.__name__)
             self._slots.release()
 
     def running_jobs(self) -> list[Job]:
@@ -238,8 +240,7 @@ class ThreadPoolWorker(BaseWorker):
     # --- stopping -----------------------------------------------------------------------------
 
     def subscribe(self):
-        # RQ's pubsub commands stop or kill a forked work horse; there is none to signal here.
-        pass
+        """Listen to no pubsub commands: RQ's stop and kill a forked work horse, and there is none."""
 
     def request_stop(self, signum, frame):
         """Warm shutdown: take no more jobs; the loop ends and teardown() waits for running ones."""
@@ -270,8 +271,9 @@ class ThreadPoolWorker(BaseWorker):
         if self._stop_requested:
             try:
                 self.set_shutdown_requested_date()
-            except RedisError:
-                pass
+            except RedisError as error:
+                self.log.warning("Worker %s: could not record the shutdown request (%s)", self.name,
+                                 error.__class__.__name__)
         if not self._wait_for_running(self.shutdown_grace):
             self.hand_back_running_jobs()
         self._stop_heartbeats.set()

@@ -95,7 +95,8 @@ class MessageProcessor:
             try:
                 outcome.parts_sent += self._deliver(conversation, question, apology, final_attempt=True)
             except WhatsAppError:
-                pass  # kept unsent and reported by _deliver; the sweeper sends it when Twilio recovers
+                # _deliver kept it unsent and alerted the operator; the sweeper sends it later.
+                log.warning("message_id=%s apology kept for the sweeper", question.id)
         return outcome
 
     def _answer(self, conversation: Conversation, question: Message, final_attempt: bool,
