@@ -234,3 +234,62 @@ def test_sigkill_with_thirty_jobs_in_flight_answers_each_exactly_once(post_webho
     wait_for(lambda: len(fake_twilio.sent) > 30, timeout=1.0)  # a doubled reply would arrive now
     assert sorted(s["Body"] for s in fake_twilio.sent) == sorted(f"Answer to: {text}" for text in texts)
     print(f"30 jobs recovered in {recovered_in:.1f}s")
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_redis_lost_with_ten_jobs_in_flight_answers_each_exactly_once(config, post_webhook, private_redis, workers,
+                                                                       fake_openrouter, fake_twilio, monkeypatch):
+    from chatbot import create_app
+    from chatbot.services import build_services
+
+    private_redis.start()
+    on_private = build_services(config.replace(redis_url=private_redis.url))
+    poster = WebhookPoster(create_app(services=on_private).test_client())
+    fake_openrouter.delay_for = lambda messages: 2.0
+    workers.start(REDIS_URL=private_redis.url, WORKER_CONCURRENCY="16")
+    texts = [f"question {number}" for number in range(10)]
+    for number, text in enumerate(texts):
+        poster.message(text, sender=sender(number))
+    assert wait_for(lambda: fake_openrouter.in_flight == 10, timeout=30)
+    private_redis.stop()  # every queued job, registry and lock is gone while the AI is thinking
+    wait_for(lambda: len(fake_twilio.sent) == 10, timeout=6.0)
+    private_redis.start()  # back, empty
+    workers.start(REDIS_URL=private_redis.url, WORKER_CONCURRENCY="16")
+    tasks.install(on_private)
+    monkeypatch.setattr(tasks, "PENDING_GRACE", timedelta(0))
+    tasks.sweep_pending_messages()  # queues whatever the first worker could not finish
+    assert wait_for(lambda: len(fake_twilio.sent) >= 10, timeout=60), fake_twilio.sent
+    wait_for(lambda: len(fake_twilio.sent) > 10, timeout=2.0)  # a doubled reply would arrive now
+    assert sorted(s["Body"] for s in fake_twilio.sent) == sorted(f"Answer to: {text}" for text in texts)
+    assert Message.select().where(Message.status.in_([Status.PENDING.value, Status.UNSENT.value])).count() == 0
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_database_lost_with_ten_jobs_in_flight_answers_each_exactly_once(config, post_webhook, workers,
+                                                                          fake_openrouter, fake_twilio):
+    import psycopg2
+
+    database = config.database_url.rsplit("/", 1)[1]
+    cut = threading.Event()
+
+    def cut_connections_once_all_are_asked(messages):
+        if fake_openrouter.in_flight >= 10 and not cut.is_set():
+            cut.set()
+            admin = psycopg2.connect(config.database_url)
+            admin.autocommit = True
+            admin.cursor().execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                   "WHERE datname = %s AND pid <> pg_backend_pid()", (database,))
+            admin.close()
+        return 1.0
+
+    fake_openrouter.delay_for = cut_connections_once_all_are_asked
+    workers.start(WORKER_CONCURRENCY="16")
+    texts = [f"question {number}" for number in range(10)]
+    for number, text in enumerate(texts):
+        post_webhook.message(text, sender=sender(number))
+    # Jobs that meet a dead pooled connection fail cleanly and come back on RQ's first retry (10 s).
+    assert wait_for(lambda: len(fake_twilio.sent) >= 10, timeout=60), fake_twilio.sent
+    assert cut.is_set()
+    wait_for(lambda: len(fake_twilio.sent) > 10, timeout=2.0)  # a doubled reply would arrive now
+    assert sorted(s["Body"] for s in fake_twilio.sent) == sorted(f"Answer to: {text}" for text in texts)
+    assert Message.select().where(Message.status.in_([Status.PENDING.value, Status.UNSENT.value])).count() == 0
