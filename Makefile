@@ -1,9 +1,10 @@
-# `make run` sets up and runs the service locally; `make test` runs the test suite.
+# `make run` sets up and runs the service locally; `make test` runs the test suite, whose first
+# step (tests/conftest.py) installs or names the programs it needs: scripts/test_prerequisites.py.
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench clean
+.PHONY: run test lint bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PYTHON) || python3 -m venv $(VENV)
@@ -16,6 +17,9 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PYTHON) -m pytest -q
+
+lint: $(STAMP)
+	$(PYTHON) -m ruff check .
 
 bench: $(STAMP)
 	$(PYTHON) bench/bench_pipeline.py

@@ -36,10 +36,16 @@ from rq.registry import FailedJobRegistry, ScheduledJobRegistry  # noqa: E402
 from bench.proc_memory import MemorySampler, TreeMemory  # noqa: E402
 from chatbot.services import QUEUE_NAME  # noqa: E402
 from config import Config  # noqa: E402
-from tests.conftest import (  # noqa: E402
-    ACCOUNT_SID, AUTH_TOKEN, BOT_NUMBER, free_port, inbound_form, sign, wait_for_redis,
-)
 from tests.fakes import FakeOpenRouter, FakeTwilio, Recorded, Scripted  # noqa: E402
+from tests.support import (  # noqa: E402
+    ACCOUNT_SID,
+    AUTH_TOKEN,
+    BOT_NUMBER,
+    RedisServer,
+    free_port,
+    inbound_form,
+    sign,
+)
 
 WEBHOOK_PATH = "/whatsapp/webhook"
 # The fake LLM answers `Answer to: <body>`, which ties each reply to its message.
@@ -119,19 +125,14 @@ def trouble_lines(log_dir: Path) -> dict[str, list[str]]:
     return found
 
 
-def start_redis(children: Children, workdir: Path) -> str:
-    """Start a redis-server of this run's own on a free loopback port and return its URL."""
-    port = free_port()
+def start_redis(workdir: Path) -> RedisServer:
+    """Start a redis-server of this run's own on a free loopback port."""
+    # Its log is not redis-server.log: Redis logs harmless "# WARNING" lines about the host, and
+    # trouble_lines() reads every *.log in the folder.
     try:
-        children.start("redis-server", [
-            "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            # Its own file, not redis-server.log: Redis logs harmless "# WARNING" lines about the host.
-            "--dir", str(workdir), "--logfile", str(workdir / "redis-server.txt"),
-        ], dict(os.environ))
-        wait_for_redis(port)
+        return RedisServer(workdir, logfile=workdir / "redis-server.txt").start()
     except (OSError, RuntimeError) as exc:
         raise BenchError(f"could not start redis-server (or pass --redis-url): {exc}") from exc
-    return f"redis://127.0.0.1:{port}/0"
 
 
 def wait_until_answering(port: int, path: str, process: subprocess.Popen, children: Children,
@@ -198,15 +199,19 @@ class Deployment:
         return env
 
     def fresh_database(self, name: str) -> str:
-        """Create an empty SQLite file with the schema (`flask --app wsgi init-db`) and return its URL."""
+        """Create an SQLite file with the schema and return its URL."""
         url = f"sqlite:///{self.workdir / (name + '.sqlite3')}"
+        self.init_schema(url)
+        return url
+
+    def init_schema(self, database_url: str) -> None:
+        """Create the schema with `flask --app wsgi init-db`."""
         result = subprocess.run(
             [sys.executable, "-m", "flask", "--app", "wsgi", "init-db"],
-            cwd=PROJECT_DIR, env=self.env(url), capture_output=True, text=True, timeout=60,
+            cwd=PROJECT_DIR, env=self.env(database_url), capture_output=True, text=True, timeout=60,
         )
         if result.returncode != 0:
             raise BenchError(f"init-db failed:\n{result.stdout}{result.stderr}")
-        return url
 
     def start_gunicorn(self, name: str, app_spec: str, database_url: str) -> tuple[subprocess.Popen, int]:
         """Serve `app_spec` with the project's gunicorn.conf.py, bound to loopback on a free port."""
@@ -957,7 +962,7 @@ def main(argv=None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="chatbot-bench-"))
     children = Children(workdir)
     openrouter, twilio = FakeOpenRouter().start(), TimedTwilio().start()
-    redis = None
+    redis = redis_server = None
     gunicorn_settings = runpy.run_path(str(PROJECT_DIR / "gunicorn.conf.py"))
     report = {"setup": {
         "cpus": os.cpu_count(),
@@ -971,7 +976,9 @@ def main(argv=None) -> int:
     }}
     keep = args.keep_logs
     try:
-        redis_url = args.redis_url or start_redis(children, workdir)
+        if not args.redis_url:
+            redis_server = start_redis(workdir)
+        redis_url = args.redis_url or redis_server.url
         redis = Redis.from_url(redis_url)
         redis.ping()
         deployment = Deployment(workdir, redis_url, twilio.url, openrouter.url, children)
@@ -1000,6 +1007,8 @@ def main(argv=None) -> int:
                 except RedisError:
                     pass
             redis.close()
+        if redis_server is not None:
+            redis_server.stop()
         report["log_trouble"] = trouble_lines(workdir)
         keep = keep or bool(report["log_trouble"])
         report["log_dir"] = str(workdir) if keep else None

@@ -13,13 +13,13 @@ import os
 import random
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
 from collections import Counter, defaultdict
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,13 +33,27 @@ from rq import Queue  # noqa: E402
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry  # noqa: E402
 
 from bench.bench_pipeline import (  # noqa: E402
-    REPLY_PREFIX, WEBHOOK_PATH, BenchError, Children, Deployment, SignedRequest, TimedTwilio, jobs_waiting,
-    late_positions, percentile, progress, signed_webhook, start_redis, trouble_lines, wait_for_workers,
+    REPLY_PREFIX,
+    WEBHOOK_PATH,
+    BenchError,
+    Children,
+    Deployment,
+    SignedRequest,
+    TimedTwilio,
+    jobs_waiting,
+    late_positions,
+    percentile,
+    progress,
+    signed_webhook,
+    start_redis,
+    trouble_lines,
+    wait_for_workers,
     wait_until_answering,
 )
 from bench.proc_memory import MemorySampler, TreeMemory  # noqa: E402
 from chatbot.services import QUEUE_NAME  # noqa: E402
 from tests.fakes import FakeOpenRouter  # noqa: E402
+from tests.support import throwaway_postgres_database  # noqa: E402
 
 # A keep-alive connection idle this long is replaced before use: gunicorn closes it after 5 s.
 IDLE_RECONNECT = 3.0
@@ -51,55 +65,6 @@ TWIN_WAIT = 2.0
 SETTLE_SECONDS = 2.0
 # Log lines that fail the run; warnings are reported but do not.
 ERROR_MARKERS = (" ERROR ", " CRITICAL ", "Traceback", "[ERROR]", "[CRITICAL]", "WORKER TIMEOUT")
-
-
-# --- the deployment under test -----------------------------------------------------------------
-
-class SoakDeployment(Deployment):
-    """The benchmark's deployment (rate limits lifted there), with its own schema set-up."""
-
-    def init_schema(self, database_url: str) -> None:
-        """Create the schema with `flask --app wsgi init-db`."""
-        result = subprocess.run(
-            [sys.executable, "-m", "flask", "--app", "wsgi", "init-db"],
-            cwd=PROJECT_DIR, env=self.env(database_url), capture_output=True, text=True, timeout=60,
-        )
-        if result.returncode != 0:
-            raise BenchError(f"init-db failed:\n{result.stdout}{result.stderr}")
-
-
-class ThrowawayPostgres:
-    """A database created for this run on a Postgres server and dropped afterwards."""
-
-    def __init__(self, admin_url: str):
-        self.admin_url = admin_url
-        self.name = "chatbot_soak_" + uuid.uuid4().hex[:10]
-        self.created = False
-
-    @property
-    def url(self) -> str:
-        return self.admin_url.rsplit("/", 1)[0] + "/" + self.name
-
-    def _execute(self, statement: str) -> None:
-        try:
-            connection = psycopg2.connect(self.admin_url, connect_timeout=5)
-            connection.autocommit = True
-            try:
-                connection.cursor().execute(statement)
-            finally:
-                connection.close()
-        except psycopg2.Error as exc:
-            raise BenchError(f"Postgres at {self.admin_url}: {statement.split(' ')[0]} failed: {exc}") from exc
-
-    def create(self) -> str:
-        self._execute(f"CREATE DATABASE {self.name}")
-        self.created = True
-        return self.url
-
-    def drop(self) -> None:
-        if self.created:
-            self._execute(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
-            self.created = False
 
 
 # --- the plan: who sends what, when, and what gets redelivered ---------------------------------
@@ -439,7 +404,7 @@ def verify(plans, load: SoakLoad, twilio: TimedTwilio) -> dict:
     }
 
 
-def soak(args, deployment: SoakDeployment, redis: Redis, twilio: TimedTwilio, database_url: str,
+def soak(args, deployment: Deployment, redis: Redis, twilio: TimedTwilio, database_url: str,
          report: dict) -> None:
     redis.flushdb()
     progress(f"starting gunicorn (wsgi:app) and {args.workers} worker(s) running "
@@ -636,7 +601,8 @@ def main(argv=None) -> int:
     children = Children(workdir)
     openrouter, twilio = FakeOpenRouter(), TimedTwilio()
     openrouter.delay_for = lambda messages: args.llm_delay
-    postgres = ThrowawayPostgres(args.postgres_url) if args.postgres else None
+    # The run's own redis-server and Postgres database, stopped and dropped last of all.
+    servers = ExitStack()
     redis = None
     report = {"setup": {
         "cpus": os.cpu_count(),
@@ -650,14 +616,18 @@ def main(argv=None) -> int:
     }}
     failed_to_run = None
     try:
-        redis_url = args.redis_url or start_redis(children, workdir)
+        redis_url = args.redis_url
+        if not redis_url:
+            redis_server = start_redis(workdir)
+            servers.callback(redis_server.stop)
+            redis_url = redis_server.url
         redis = Redis.from_url(redis_url)
         redis.ping()
         openrouter.start()
         twilio.start()
-        deployment = SoakDeployment(workdir, redis_url, twilio.url, openrouter.url, children)
-        if postgres:
-            database_url = postgres.create()
+        deployment = Deployment(workdir, redis_url, twilio.url, openrouter.url, children)
+        if args.postgres:
+            database_url = servers.enter_context(throwaway_postgres_database(args.postgres_url, "chatbot_soak"))
             deployment.init_schema(database_url)
         else:
             database_url = deployment.fresh_database("soak")
@@ -665,7 +635,7 @@ def main(argv=None) -> int:
     except (KeyboardInterrupt, SystemExit) as exc:
         print("\ninterrupted; stopping the child processes", file=sys.stderr)
         failed_to_run = 130 if isinstance(exc, KeyboardInterrupt) else exc.code
-    except (BenchError, RedisError) as exc:
+    except (BenchError, RedisError, psycopg2.Error) as exc:
         print(f"soak failed to run: {exc}", file=sys.stderr)
         failed_to_run = 1
     finally:
@@ -680,11 +650,10 @@ def main(argv=None) -> int:
                 except RedisError:
                     pass
             redis.close()
-        if postgres:
-            try:
-                postgres.drop()
-            except BenchError as exc:
-                print(f"could not drop {postgres.name}: {exc}", file=sys.stderr)
+        try:
+            servers.close()
+        except psycopg2.Error as exc:
+            print(f"could not drop the soak's Postgres database: {exc}", file=sys.stderr)
     report["log_trouble"] = trouble_lines(workdir)
     report["log_errors"] = {
         name: hits for name, lines in report["log_trouble"].items()

@@ -1,14 +1,14 @@
 """Real Redis, real SQLite files and Postgres, loopback fakes for OpenRouter and Twilio."""
 from __future__ import annotations
 
+import atexit
+import functools
 import os
 import signal
-import socket
-from contextlib import contextmanager
 import subprocess
 import sys
 import time
-import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg2
@@ -16,21 +16,30 @@ import pytest
 from cryptography.fernet import Fernet
 from redis import Redis
 from rq import SimpleWorker
-from twilio.request_validator import RequestValidator
 
-from chatbot import create_app, db, tasks
+from chatbot import create_app, db, migrations, tasks
 from chatbot.services import build_services
 from config import Config
+from tests import support
 from tests.fakes import FakeOpenRouter, FakeTwilio
+from tests.support import ACCOUNT_SID, AUTH_TOKEN, BOT_NUMBER, RedisServer, inbound_form, sign
+from tests.support import free_port as free_port
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
-AUTH_TOKEN = "test-auth-token-0123456789abcdef"
-BOT_NUMBER = "whatsapp:+14155238886"
 PUBLIC_BASE_URL = "https://bot.example.com"
 WEBHOOK_URL = PUBLIC_BASE_URL + "/whatsapp/webhook"
 FAST_RETRIES = {"backoff": 0.01}
+
+
+def pytest_sessionstart(session):
+    """Install, or name, the programs the suite needs before any test runs (scripts/test_prerequisites.py)."""
+    if session.config.option.collectonly:
+        return
+    # Uncaptured, so an apt-get install shows its progress and a refusal its reasons.
+    with session.config.pluginmanager.get_plugin("capturemanager").global_and_fixture_disabled():
+        check = subprocess.run([sys.executable, str(PROJECT_DIR / "scripts" / "test_prerequisites.py")])
+    if check.returncode != 0:
+        pytest.exit("the test suite's prerequisites are missing (see above)", returncode=check.returncode)
 
 
 @pytest.fixture(scope="session")
@@ -39,43 +48,32 @@ def redis_url(tmp_path_factory):
     if os.environ.get("TEST_REDIS_URL"):
         yield os.environ["TEST_REDIS_URL"]
         return
-    port = free_port()
-    process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(tmp_path_factory.mktemp("redis"))],
-        stdout=subprocess.DEVNULL,
-    )
-    wait_for_redis(port)
-    yield f"redis://127.0.0.1:{port}/0"
-    process.terminate()
-    process.wait(10)
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server.url
+    server.stop()
 
 
-def wait_for_redis(port: int) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            if Redis(port=port, socket_connect_timeout=0.2).ping():
-                return
-        except Exception:
-            time.sleep(0.05)
-    raise RuntimeError(f"redis on port {port} did not start")
+@functools.cache
+def postgres_admin_url() -> str:
+    """TEST_POSTGRES_URL, else the local server when it answers, else a private cluster for this run."""
+    running = support.running_postgres_url()
+    if running:
+        return running
+    cluster = support.PrivatePostgres().start()
+    # At exit rather than in a fixture: tests open throwaway databases outside fixtures too.
+    atexit.register(cluster.stop)
+    return cluster.admin_url
 
 
 @contextmanager
 def throwaway_postgres_database(prefix: str):
     """Create an empty Postgres database; yield its URL; drop it (closing our connections first)."""
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(POSTGRES_ADMIN_URL)
-    admin.autocommit = True
-    admin.cursor().execute(f"CREATE DATABASE {name}")
-    try:
-        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    finally:
-        if db.database.obj is not None and not db.database.is_closed():
-            db.database.close()
-        admin.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
+    with support.throwaway_postgres_database(postgres_admin_url(), prefix) as url:
+        try:
+            yield url
+        finally:
+            if db.database.obj is not None and not db.database.is_closed():
+                db.database.close()
 
 
 @pytest.fixture(scope="session")
@@ -159,7 +157,7 @@ def config(env, database_url, redis):
 @pytest.fixture
 def services(config):
     built = build_services(config, ai_options=FAST_RETRIES, whatsapp_options=FAST_RETRIES)
-    db.upgrade()
+    migrations.upgrade()
     tasks.install(built)
     yield built
     tasks.install(None)
@@ -193,22 +191,6 @@ def cli(app):
     """Invoke a flask command of the test app: cli("check-config", "--offline", input=...)."""
     runner = app.test_cli_runner()
     return lambda *args, **kwargs: runner.invoke(args=list(args), **kwargs)
-
-
-def sign(url: str, params: dict, token: str = AUTH_TOKEN) -> str:
-    """Sign a webhook the way Twilio does."""
-    return RequestValidator(token).compute_signature(url, params)
-
-
-def inbound_form(body: str = "Hello", sender: str = "whatsapp:+15550001111", sid: str | None = None, **extra):
-    """A real-shaped Twilio WhatsApp inbound form."""
-    sid = sid or "SM" + uuid.uuid4().hex
-    return {
-        "SmsMessageSid": sid, "NumMedia": "0", "ProfileName": "Ada", "SmsSid": sid,
-        "WaId": sender.split("+")[-1], "SmsStatus": "received", "Body": body, "To": BOT_NUMBER,
-        "NumSegments": "1", "ReferralNumMedia": "0", "MessageSid": sid, "AccountSid": ACCOUNT_SID,
-        "From": sender, "ApiVersion": "2010-04-01", **extra,
-    }
 
 
 class WebhookPoster:
@@ -255,38 +237,10 @@ def run_flask(env: dict, *args: str, stdin: str = "") -> subprocess.CompletedPro
                           env={**os.environ, **env}, input=stdin, capture_output=True, text=True, timeout=60)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture
 def private_redis(tmp_path):
     """A Redis server of this test's own, which the test may stop and start."""
-
-    class PrivateRedis:
-        def __init__(self):
-            self.port = free_port()
-            self.url = f"redis://127.0.0.1:{self.port}/0"
-            self.process = None
-
-        def start(self):
-            self.process = subprocess.Popen(
-                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no", "--dir", str(tmp_path)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )
-            wait_for_redis(self.port)
-            return self
-
-        def stop(self):
-            if self.process:
-                self.process.terminate()
-                self.process.wait(10)
-                self.process = None
-
-    server = PrivateRedis()
+    server = RedisServer(tmp_path)
     yield server
     server.stop()
 
