@@ -10,7 +10,7 @@ from urllib.parse import urlsplit, urlunsplit
 from peewee import PeeweeException
 from redis.exceptions import RedisError
 
-from chatbot import db
+from chatbot import db, migrations
 from chatbot.ai import AIAdapterFactory, AISettings
 from chatbot.errors import AIError, WhatsAppError
 from chatbot.models import MODEL_SLUG_SHAPE
@@ -38,7 +38,7 @@ FIXES = {
 }
 
 
-class Verdict(str, Enum):
+class CheckStatus(str, Enum):
     OK = "✓"
     FAIL = "✗"
     WARN = "!"
@@ -47,32 +47,32 @@ class Verdict(str, Enum):
 
 @dataclass(frozen=True)
 class Check:
-    """One line of the report: what was checked, the verdict, what was found, and how to fix it."""
+    """One line of the report: what was checked, its status, what was found, and how to fix it."""
 
     label: str
-    verdict: Verdict
+    status: CheckStatus
     detail: str
     fix: str = ""
 
     @property
     def failed(self) -> bool:
-        return self.verdict is Verdict.FAIL
+        return self.status is CheckStatus.FAIL
 
 
 def ok(label: str, detail: str) -> Check:
-    return Check(label, Verdict.OK, detail)
+    return Check(label, CheckStatus.OK, detail)
 
 
 def fail(label: str, detail: str, fix: str) -> Check:
-    return Check(label, Verdict.FAIL, detail, fix)
+    return Check(label, CheckStatus.FAIL, detail, fix)
 
 
 def warn(label: str, detail: str, fix: str) -> Check:
-    return Check(label, Verdict.WARN, detail, fix)
+    return Check(label, CheckStatus.WARN, detail, fix)
 
 
 def skipped(label: str, detail: str) -> Check:
-    return Check(label, Verdict.SKIPPED, detail)
+    return Check(label, CheckStatus.SKIPPED, detail)
 
 
 def display_url(url: str) -> str:
@@ -167,11 +167,11 @@ def database_check() -> Check:
     label = "Database"
     try:
         with db.database.connection_context():
-            version = db.current_version()
+            version = migrations.current_version()
     except PeeweeException as error:
         return fail(label, f"not reachable: {first_line(error)}",
                     "start the database, or correct DATABASE_URL")
-    latest = len(db.MIGRATIONS)
+    latest = len(migrations.MIGRATIONS)
     if version < latest:
         return fail(label, f"reachable, but the schema is at version {version} of {latest}",
                     "run: flask init-db")
@@ -248,6 +248,28 @@ def _openrouter_fix(error: AIError, key_fix: str) -> str:
     return "try again later; see https://status.openrouter.ai"
 
 
+TWILIO_CREDENTIALS_FIX = "copy TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN from the Twilio Console"
+TWILIO_NETWORK_FIX = "check the network, or TWILIO_API_BASE_URL; see https://status.twilio.com"
+
+
+def twilio_send_fix(error: WhatsAppError) -> str:
+    """Say how to fix what stopped a message from being sent."""
+    if error.status == 401 or error.code == 20003:
+        return TWILIO_CREDENTIALS_FIX
+    if error.code in (63015, 63016):
+        return ("the recipient must message the bot first (in the sandbox: send the join code); "
+                "free-form messages are allowed only within 24 hours of their last message")
+    if error.code in (21211, 21614):
+        return "check the --to number (whatsapp:+ and the full international number)"
+    if error.code in (21606, 63007):
+        return "TWILIO_WHATSAPP_NUMBER must be a WhatsApp sender of this Twilio account"
+    if error.status is None and not error.retryable:
+        return "set TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and TWILIO_WHATSAPP_NUMBER (flask check-config)"
+    if error.code:
+        return f"see https://www.twilio.com/docs/errors/{error.code}"
+    return TWILIO_NETWORK_FIX
+
+
 def twilio_account_check(services) -> Check:
     """Fetch the Twilio account with the configured credentials (sends nothing)."""
     label = "Twilio account"
@@ -258,9 +280,8 @@ def twilio_account_check(services) -> Check:
         status = services.whatsapp.account_status()
     except WhatsAppError as error:
         if error.status in (401, 403, 404) or error.code in (20003, 20404):
-            return fail(label, f"credentials refused: {error}",
-                        "copy TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN from the Twilio Console (Account info)")
-        return fail(label, str(error), "check the network, or TWILIO_API_BASE_URL; see https://status.twilio.com")
+            return fail(label, f"credentials refused: {error}", TWILIO_CREDENTIALS_FIX + " (Account info)")
+        return fail(label, str(error), TWILIO_NETWORK_FIX)
     if status != "active":
         return fail(label, f"credentials accepted, but the account is {status}",
                     "reactivate the account in the Twilio Console")

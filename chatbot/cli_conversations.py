@@ -1,0 +1,201 @@
+"""flask commands on conversations: chat in the terminal, inspect, reset, delete, clean up and retry."""
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import timedelta
+
+import click
+from flask.cli import with_appcontext
+
+from chatbot import tasks
+from chatbot.cli_shared import Address, operator_errors, services
+from chatbot.console_chat import (
+    CONSOLE_PHONE,
+    ConsoleWhatsApp,
+    ConversationBusy,
+    abandon_console_message,
+    store_console_message,
+    typed_lines,
+)
+from chatbot.models import Conversation, Message, utcnow
+from chatbot.processor import MessageProcessor
+from chatbot.redact import mask_phone
+
+
+@click.command("chat")
+@click.option("--phone", type=Address(console=True), default=CONSOLE_PHONE, show_default=True,
+              help="Whose conversation to continue: whatsapp:+E164, or console:NAME.")
+@with_appcontext
+@operator_errors
+def chat_command(phone):
+    """Chat with the assistant in the terminal; replies are printed, not sent.
+
+    The real processor, database, context window and AI adapter answer, as for WhatsApp.
+
+    One message per line, typed or piped. Exits at the end of input: 0, or 1 if the AI failed to
+    answer a message.
+    """
+    built = services()
+    interactive = sys.stdin.isatty()
+    console = ConsoleWhatsApp(click.echo, "bot> " if interactive else "")
+    processor = MessageProcessor(built.ai_factory, console, built.context, built.errors,
+                                 max_inbound_chars=built.config.max_inbound_chars)
+    settings = built.ai_factory.settings()
+    click.echo(f"Chatting as {phone} with {settings.model} (settings from {settings.source}). "
+               "Replies are printed, not sent. End with Ctrl-D.", err=True)
+    failures = 0
+    message_id = None
+    # The processor's per-message INFO lines would interleave with the conversation.
+    chatbot_log = logging.getLogger("chatbot")
+    level = chatbot_log.level
+    chatbot_log.setLevel(logging.WARNING)
+    try:
+        for text in typed_lines(interactive):
+            if not text:
+                continue
+            try:
+                message_id = store_console_message(phone, text, built.config)
+            except ConversationBusy as busy:
+                raise click.ClickException(f"{busy}; try again when they are answered") from busy
+            outcome = processor.process(message_id)
+            question = Message.get_by_id(message_id)
+            message_id = None
+            if outcome.failed:
+                failures += 1
+                click.echo(f"✗ The AI did not answer: {question.error}\n"
+                           "    fix: run flask check-config (or flask ai-config test)", err=True)
+    except KeyboardInterrupt:
+        click.echo()
+    finally:
+        chatbot_log.setLevel(level)
+        if message_id is not None:
+            abandon_console_message(message_id)
+    if failures:
+        sys.exit(1)
+
+
+def _latest_conversation(phone: str) -> Conversation:
+    conversation = Conversation.latest_for(phone)
+    if conversation is None:
+        raise click.ClickException(f"no conversation with {mask_phone(phone)}")
+    return conversation
+
+
+def _when(moment) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+@click.group("conversations")
+def conversations_group():
+    """Inspect, reset or delete conversations (PHONE is whatsapp:+E164)."""
+
+
+@conversations_group.command("list")
+@click.option("--all", "include_ended", is_flag=True, help="Include ended conversations.")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Show at most this many.")
+@click.option("--show-numbers", is_flag=True, help="Print whole phone numbers instead of masked ones.")
+@with_appcontext
+@operator_errors
+def conversations_list(include_ended, limit, show_numbers):
+    """List conversations, the most recently active first (times in UTC)."""
+    rows = list(Conversation.recent(include_ended, limit))
+    if not rows:
+        click.echo("No conversations." if include_ended else "No active conversations (--all shows ended ones).")
+        return
+    for conversation in rows:
+        phone = conversation.user_phone if show_numbers else mask_phone(conversation.user_phone)
+        state = "active" if conversation.is_active else "ended"
+        name = f"  {conversation.profile_name}" if conversation.profile_name else ""
+        click.echo(f"{phone}  {state}  {conversation.message_count} message(s)  "
+                   f"last {_when(conversation.updated_at)}{name}")
+
+
+@conversations_group.command("show")
+@click.argument("phone", type=Address(console=True))
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Show the last this many messages.")
+@with_appcontext
+@operator_errors
+def conversations_show(phone, limit):
+    """Show the latest conversation with PHONE, message by message."""
+    conversation = _latest_conversation(phone)
+    messages = list(conversation.messages.order_by(Message.id.desc()).limit(limit))[::-1]
+    total = conversation.messages.count()
+    name = f" ({conversation.profile_name})" if conversation.profile_name else ""
+    click.echo(f"Conversation with {mask_phone(phone)}{name}: "
+               f"{'active' if conversation.is_active else 'ended'}, started {_when(conversation.created_at)}, "
+               f"last activity {_when(conversation.updated_at)} (UTC), {total} message(s)")
+    if total > len(messages):
+        click.echo(f"... {total - len(messages)} earlier message(s) not shown (--limit)")
+    for message in messages:
+        details = [message.status]
+        if message.model:
+            details.append(message.model)
+        if message.total_tokens is not None:
+            details.append(f"{message.total_tokens} tokens")
+        if message.latency_ms is not None:
+            details.append(f"{message.latency_ms:.0f} ms")
+        click.echo(f"[{_when(message.created_at)}] {message.role} ({', '.join(details)}): {message.content}")
+        if message.error:
+            click.echo(f"    error: {message.error}")
+
+
+@conversations_group.command("reset")
+@click.argument("phone", type=Address(console=True))
+@with_appcontext
+@operator_errors
+def conversations_reset(phone):
+    """End PHONE's active conversation and forget its context; the next message starts afresh."""
+    conversation = _latest_conversation(phone)
+    if not conversation.is_active:
+        click.echo(f"{mask_phone(phone)} has no active conversation; nothing to reset.")
+        return
+    Conversation.end([conversation.id], services().context)
+    click.echo(f"Ended the conversation with {mask_phone(phone)} and forgot its context "
+               f"({conversation.messages.count()} message(s) kept); the next message starts a new one.")
+
+
+@conversations_group.command("delete")
+@click.argument("phone", type=Address(console=True))
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@with_appcontext
+@operator_errors
+def conversations_delete(phone, yes):
+    """Delete every conversation with PHONE: messages, context and webhook log entries."""
+    conversation_ids = [
+        conversation.id
+        for conversation in Conversation.select(Conversation.id).where(Conversation.user_phone == phone)
+    ]
+    if not conversation_ids:
+        raise click.ClickException(f"no conversation with {mask_phone(phone)}")
+    if not yes:
+        click.confirm(f"Delete {len(conversation_ids)} conversation(s) with {mask_phone(phone)} and all their "
+                      "messages? This cannot be undone.", abort=True)
+    messages, logs = Conversation.delete_with_history(conversation_ids, services().context)
+    click.echo(f"Deleted {len(conversation_ids)} conversation(s), {messages} message(s) and {logs} webhook log "
+               f"entr{'y' if logs == 1 else 'ies'} of {mask_phone(phone)}.")
+
+
+@click.command("cleanup")
+@with_appcontext
+@operator_errors
+def cleanup_command():
+    """Deactivate conversations idle longer than CONVERSATION_TTL, now."""
+    tasks.install(services())
+    count = tasks.cleanup_expired_conversations()
+    click.echo(f"Deactivated {count} idle conversation(s).")
+
+
+@click.command("retry-failed")
+@click.option("--hours", default=24, show_default=True, type=click.IntRange(min=1),
+              help="Retry messages that failed within this many hours.")
+@with_appcontext
+@operator_errors
+def retry_failed_command(hours):
+    """Ask the AI again for messages that got the apology instead of an answer."""
+    built = services()
+    retried = Message.retry_failed(utcnow() - timedelta(hours=hours))
+    for message in retried:
+        tasks.enqueue_processing(built.queue, message.id, message.conversation.user_phone)
+    click.echo(f"Queued {len(retried)} failed message(s) for another answer.")

@@ -1,0 +1,78 @@
+"""What every flask command shares: the operator-error boundary, the address parameter, the check report."""
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable
+
+import click
+from flask import current_app
+from peewee import PeeweeException
+from redis.exceptions import RedisError
+
+from chatbot import cli_checks
+from chatbot.cli_checks import Check
+from chatbot.console_chat import CONSOLE_ADDRESS_SHAPE
+from chatbot.errors import UpstreamError
+from config import WHATSAPP_ADDRESS_SHAPE
+
+
+def services():
+    """Return this app's built clients."""
+    return current_app.extensions["chatbot"]
+
+
+def operator_errors(command: Callable) -> Callable:
+    """Turn an unreachable database or Redis into a one-line error with its fix, and exit 1."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except PeeweeException as error:
+            raise click.ClickException(
+                f"database: {cli_checks.first_line(error)}\n"
+                "fix: check that the database is up and DATABASE_URL is right, then run `flask init-db`"
+            ) from error
+        except RedisError as error:
+            raise click.ClickException(
+                f"Redis: {cli_checks.first_line(error)}\nfix: start Redis, or correct REDIS_URL"
+            ) from error
+        except UpstreamError as error:
+            raise click.ClickException(f"{error}\nfix: run flask check-config") from error
+
+    return run
+
+
+class Address(click.ParamType):
+    """A WhatsApp address `whatsapp:+E164` (`+E164` is accepted), or a console one if allowed."""
+
+    name = "whatsapp:+E164"
+
+    def __init__(self, console: bool = False):
+        self.console = console
+
+    def convert(self, value, param, ctx):
+        address = value.strip()
+        if address.startswith("+"):
+            address = "whatsapp:" + address
+        if WHATSAPP_ADDRESS_SHAPE.match(address) or (self.console and CONSOLE_ADDRESS_SHAPE.match(address)):
+            return address
+        self.fail(f"{value!r} is not whatsapp:+ and an E.164 number, e.g. whatsapp:+14155550123", param, ctx)
+
+
+def echo_checks(title: str, checks: list[Check]) -> None:
+    click.echo(title)
+    for check in checks:
+        click.echo(f"  {check.status.value} {check.label}: {check.detail}")
+        if check.fix:
+            click.echo(f"      fix: {check.fix}")
+
+
+def conclude(checks: list[Check]) -> None:
+    """Say how many checks failed and exit 1 if any did."""
+    failed = sum(check.failed for check in checks)
+    if failed:
+        click.echo(f"\n{failed} check{'s' if failed > 1 else ''} failed.")
+        sys.exit(1)
+    click.echo("\nAll checks passed.")
