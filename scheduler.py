@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from datetime import datetime, timezone
 
 from redis.exceptions import RedisError
@@ -15,33 +16,39 @@ from config import Config
 
 log = logging.getLogger(__name__)
 
-CLEANUP_JOB = "cleanup-expired-conversations"
-SWEEP_JOB = "sweep-pending-messages"
 CLEANUP_CRON = "0 */6 * * *"
 SWEEP_INTERVAL = 60
 POLL_INTERVAL = 10
 REDIS_RETRY_SECONDS = 5
+# A periodic job's return value is kept this long (long enough to read in `rq info`), not forever.
+PERIODIC_RESULT_TTL = 6 * 3600
+
+# rq-scheduler calls crontab's next() without default_utc, and crontab warns about it on every
+# start. Our cron jobs run in UTC either way (use_local_timezone=False passes a UTC "now").
+warnings.filterwarnings("ignore", message=r"Version 0\.22\.0\+ of crontab", category=FutureWarning)
 
 
 def register_jobs(scheduler: Scheduler) -> None:
     """Replace earlier registrations so a restart never doubles a periodic job."""
     for job in scheduler.get_jobs():
-        if job.id in (CLEANUP_JOB, SWEEP_JOB):
+        if job.id in (tasks.CLEANUP_JOB, tasks.SWEEP_JOB):
             scheduler.cancel(job)
     scheduler.cron(
         CLEANUP_CRON,
         func=tasks.cleanup_expired_conversations,
-        id=CLEANUP_JOB,
+        id=tasks.CLEANUP_JOB,
         queue_name=QUEUE_NAME,
         use_local_timezone=False,
+        result_ttl=PERIODIC_RESULT_TTL,
     )
     scheduler.schedule(
         scheduled_time=datetime.now(timezone.utc),
         func=tasks.sweep_pending_messages,
         interval=SWEEP_INTERVAL,
         repeat=None,
-        id=SWEEP_JOB,
+        id=tasks.SWEEP_JOB,
         queue_name=QUEUE_NAME,
+        result_ttl=PERIODIC_RESULT_TTL,
     )
 
 
@@ -49,7 +56,7 @@ class SelfHealingScheduler(Scheduler):
     """Registers the periodic jobs again whenever Redis has lost them (it may keep nothing on disk)."""
 
     def enqueue_jobs(self):
-        if CLEANUP_JOB not in self or SWEEP_JOB not in self:
+        if tasks.CLEANUP_JOB not in self or tasks.SWEEP_JOB not in self:
             log.warning("periodic jobs missing from Redis (restarted or flushed?); registering them again")
             register_jobs(self)
         return super().enqueue_jobs()

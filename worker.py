@@ -1,11 +1,13 @@
 """The RQ worker that answers messages: `python worker.py` runs WORKER_CONCURRENCY jobs at once."""
 from __future__ import annotations
 
+import logging
+
 from rq.worker import BaseWorker
 
 from chatbot import tasks
 from chatbot.concurrent_worker import ThreadPoolWorker
-from chatbot.logs import configure_logging
+from chatbot.logs import RoutineWorkerLines, configure_logging
 from chatbot.services import build_services
 from config import Config
 
@@ -43,6 +45,8 @@ def build_worker(services, worker_class: type[BaseWorker] = ChatbotWorker, **opt
 
 def main() -> None:
     configure_logging()
+    # The minute sweep runs all day; it speaks (as a warning) only when it finds work.
+    logging.getLogger("rq.worker").addFilter(RoutineWorkerLines((tasks.SWEEP_JOB, "sweep_pending_messages()")))
     worker = build_worker(build_services(Config.from_env()))
     # The scheduler process moves jobs waiting for a retry interval back onto the queue.
     worker.work(with_scheduler=True)

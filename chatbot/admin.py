@@ -8,18 +8,20 @@ from flask import current_app, flash, redirect, request, session, url_for
 from flask_admin import Admin, AdminIndexView, expose
 from flask_admin.actions import action
 from flask_admin.contrib.peewee import ModelView
-from flask_admin.model.template import TemplateLinkRowAction
 from flask_admin.form import SecureForm
+from flask_admin.model.template import TemplateLinkRowAction
 from flask_admin.theme import Bootstrap4Theme
+from peewee import PeeweeException
+from redis.exceptions import RedisError
 from wtforms import PasswordField, SelectField
 from wtforms.fields.choices import SelectChoice
-from wtforms.validators import InputRequired, Length, NumberRange, Regexp, ValidationError
+from wtforms.validators import InputRequired, Length, ValidationError
 
 from chatbot import auth
 from chatbot.crypto import SecretDecryptionError
 from chatbot.dashboard import compute_stats
 from chatbot.errors import AIError
-from chatbot.models import MODEL_SLUG_SHAPE, AIConfiguration, Conversation, Message, WebhookLog, utcnow
+from chatbot.models import AIConfiguration, Conversation, Message, WebhookLog, utcnow
 from chatbot.redact import mask_phone
 
 log = logging.getLogger(__name__)
@@ -109,6 +111,15 @@ def _when(view, context, model, name):
     return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
 
 
+class ModelRule:
+    """A form field validated by AIConfiguration's own rule for it, with the same message."""
+
+    def __call__(self, form, field):
+        problem = AIConfiguration.field_problem(field.name, field.data)
+        if problem:
+            raise ValidationError(problem)
+
+
 class AIConfigurationView(PanelModelView):
     """AI provider settings; the API key is write-only and shown only masked."""
 
@@ -131,11 +142,10 @@ class AIConfigurationView(PanelModelView):
         "model_name": {
             "label": "Model",
             "description": "OpenRouter slug, e.g. openai/gpt-4o-mini or anthropic/claude-3.5-sonnet",
-            "validators": [InputRequired(), Regexp(MODEL_SLUG_SHAPE, message="Model must be a slug like vendor/model.")],
+            "validators": [InputRequired(), ModelRule()],
         },
-        "max_tokens": {"validators": [InputRequired(), NumberRange(min=1, message="Max tokens must be at least 1.")]},
-        "temperature": {"validators": [InputRequired(),
-                                       NumberRange(min=0, max=2, message="Temperature must be from 0 to 2.")]},
+        "max_tokens": {"validators": [InputRequired(), ModelRule()]},
+        "temperature": {"validators": [InputRequired(), ModelRule()]},
         "is_active": {"label": "Active", "description": "Activating this one deactivates the others."},
     }
     form_extra_fields = {
@@ -166,24 +176,24 @@ class AIConfigurationView(PanelModelView):
         if len(ids) != 1:
             flash("Select exactly one configuration to activate.", "error")
             return
-        config = AIConfiguration.get_by_id(int(ids[0]))
-        config.activate()
-        flash(f"{config.name} is now the active AI configuration.", "success")
+        ai_config = AIConfiguration.get_by_id(int(ids[0]))
+        ai_config.activate()
+        flash(f"{ai_config.name} is now the active AI configuration.", "success")
 
     @expose("/test/<int:config_id>/", methods=("POST",))
     def test_connection_view(self, config_id):
         form = SecureForm(request.form)
-        config = AIConfiguration.get_or_none(AIConfiguration.id == config_id)
-        if not form.validate() or config is None:
+        ai_config = AIConfiguration.get_or_none(AIConfiguration.id == config_id)
+        if not form.validate() or ai_config is None:
             flash("The request expired; please try again.", "error")
             return redirect(self.get_url(".index_view"))
         try:
             factory = services().ai_factory
-            details = factory.adapter(factory.settings_for(config), attempts=1).validate_credentials()
+            details = factory.adapter(factory.settings_for(ai_config), attempts=1).validate_credentials()
             label = details.get("label") or "key"
-            flash(f"Connection OK for {config.name}: {label} accepted by OpenRouter.", "success")
+            flash(f"Connection OK for {ai_config.name}: {label} accepted by OpenRouter.", "success")
         except (AIError, SecretDecryptionError) as error:
-            flash(f"Connection failed for {config.name}: {error}", "error")
+            flash(f"Connection failed for {ai_config.name}: {error}", "error")
         return redirect(self.get_url(".index_view"))
 
 
@@ -227,13 +237,28 @@ class ConversationView(PanelModelView):
 
     @action("deactivate", "Deactivate", "End the selected conversations? The next message starts a new one.")
     def action_deactivate(self, ids):
-        count = Conversation.update(is_active=False).where(Conversation.id.in_(ids)).execute()
-        for conversation_id in ids:
-            services().context.clear_history(conversation_id)
+        count = Conversation.end(ids, services().context)
         flash(f"Deactivated {count} conversation(s).", "success")
 
-    def after_model_delete(self, model):
-        services().context.clear_history(model.id)
+    def delete_model(self, model) -> bool:
+        """Delete one conversation as `flask conversations delete` does (the delete button)."""
+        return self._delete_with_history([model.id])
+
+    @action("delete", "Delete", "Delete the selected conversations, their messages and webhook log entries?")
+    def action_delete(self, ids):
+        if self._delete_with_history(ids):
+            flash(f"Deleted {len(ids)} conversation(s) with their messages and webhook log entries.", "success")
+
+    def _delete_with_history(self, ids) -> bool:
+        # Flask-Admin's own delete would leave the context window and the webhook log entries,
+        # which hold the sender's number.
+        try:
+            Conversation.delete_with_history(ids, services().context)
+        except (PeeweeException, RedisError) as error:
+            log.error("conversation delete failed: %s", error)
+            flash(f"Nothing was deleted: {error}", "error")
+            return False
+        return True
 
 
 class MessageView(PanelModelView):
@@ -278,6 +303,8 @@ class WebhookLogView(PanelModelView):
         "processing_ms": lambda view, context, model, name: f"{model.processing_ms:.1f}",
     }
     column_filters = ("response_status", "signature_valid", "received_at")
+    # Filters named in the URL (flt0_status_equals=403), not numbered: a link survives a new filter.
+    named_filter_urls = True
     column_default_sort = ("id", True)
 
     def render(self, template, **kwargs):
@@ -296,7 +323,8 @@ def build_admin(app) -> Admin:
         theme=Bootstrap4Theme(base_template="chatbot_admin/base.html", fluid=True),
     )
     app.jinja_env.globals["admin_secure_form"] = SecureForm
-    app.context_processor(lambda: {"current_admin": auth.current_admin() if request.path.startswith("/admin") else None})
+    app.context_processor(
+        lambda: {"current_admin": auth.current_admin() if request.path.startswith("/admin") else None})
     admin.add_view(AIConfigurationView(AIConfiguration, name="AI configurations", endpoint="aiconfiguration"))
     admin.add_view(ConversationView(Conversation, name="Conversations", endpoint="conversation"))
     admin.add_view(MessageView(Message, name="Messages", endpoint="message"))

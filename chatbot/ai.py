@@ -4,7 +4,6 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
-import random
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -16,11 +15,11 @@ import urllib3
 from chatbot.crypto import FieldCipher, SecretDecryptionError
 from chatbot.errors import AIError
 from chatbot.models import AIConfiguration
+from chatbot.retries import with_retries
 
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUSES = {408, 429, 500, 502, 503, 504}
-MAX_RETRY_AFTER = 30.0
 DEFAULT_DEADLINE = 60.0
 # A retry that could only start this close to the deadline would be cut off anyway.
 DEADLINE_SLACK = 0.5
@@ -87,27 +86,15 @@ class AIAdapter(ABC):
     def _with_retries(self, attempt: Callable[[float], Reply], until: float | None) -> Reply:
         started = self.clock()
         ends = started + self.deadline if until is None else min(started + self.deadline, until)
-        for number in range(1, self.attempts + 1):
-            try:
-                return attempt(ends - self.clock())
-            except AIError as error:
-                if not error.retryable:
-                    raise
-                delay = self._delay(number, error.retry_after)
-                if self.clock() + (delay if number < self.attempts else 0) >= ends - DEADLINE_SLACK:
-                    raise AIError(f"no answer within {ends - started:.0f}s ({number} attempt(s); last: "
-                                  f"{error.args[0]})", retryable=False, status=error.status, code=error.code,
-                                  deadline_exceeded=True) from error
-                if number == self.attempts:
-                    raise
-                log.warning("ai attempt %d failed, retrying in %.1fs: %s", number, delay, error)
-                self.sleep(delay)
-        raise AssertionError("unreachable")
 
-    def _delay(self, number: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(retry_after, MAX_RETRY_AFTER)
-        return self.backoff * (2 ** (number - 1)) * (0.5 + random.random() / 2)
+        def within_deadline(error: AIError, number: int, delay: float) -> None:
+            if self.clock() + (delay if number < self.attempts else 0) >= ends - DEADLINE_SLACK:
+                raise AIError(f"no answer within {ends - started:.0f}s ({number} attempt(s); last: "
+                              f"{error.args[0]})", retryable=False, status=error.status, code=error.code,
+                              deadline_exceeded=True) from error
+
+        return with_retries(lambda: attempt(ends - self.clock()), attempts=self.attempts, backoff=self.backoff,
+                            sleep=self.sleep, label="ai", before_retry=within_deadline)
 
 
 class OpenRouterAdapter(AIAdapter):

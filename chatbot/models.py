@@ -10,20 +10,19 @@ from enum import Enum
 from functools import cache
 
 from peewee import (
+    JOIN,
     BooleanField,
     CharField,
     DateTimeField,
     FloatField,
     ForeignKeyField,
     IntegerField,
-    JOIN,
+    IntegrityError,
     Model,
     TextField,
     UUIDField,
-    IntegrityError,
     fn,
 )
-
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from chatbot.crypto import FieldCipher, SecretDecryptionError
@@ -133,7 +132,7 @@ class Conversation(BaseModel):
         table_name = "conversation"
 
     @classmethod
-    def active_id_for(cls, user_phone: str, profile_name: str = "", ttl: int | None = None) -> uuid.UUID:
+    def resume_or_start_id(cls, user_phone: str, profile_name: str = "", ttl: int | None = None) -> uuid.UUID:
         """Record activity on the sender's active conversation and return its id, starting a new
         conversation when none is active or the active one has been idle longer than `ttl` seconds."""
         now = utcnow()
@@ -151,11 +150,6 @@ class Conversation(BaseModel):
                 return new_id
         except IntegrityError:
             return cls.select(cls.id).where(active).scalar()
-
-    @classmethod
-    def active_for(cls, user_phone: str, profile_name: str = "", ttl: int | None = None) -> "Conversation":
-        """Return the sender's active conversation (see `active_id_for`)."""
-        return cls.get_by_id(cls.active_id_for(user_phone, profile_name, ttl))
 
     @classmethod
     def idle_since(cls, cutoff: datetime):
@@ -183,6 +177,34 @@ class Conversation(BaseModel):
             .limit(limit)
         )
         return query if include_ended else query.where(cls.is_active == True)  # noqa: E712
+
+    @classmethod
+    def end(cls, conversation_ids, context) -> int:
+        """End these conversations and forget their context: each sender's next message starts afresh."""
+        # Context first: with Redis unreachable nothing changes, and the caller can simply retry.
+        for conversation_id in conversation_ids:
+            context.clear_history(conversation_id)
+        return cls.update(is_active=False).where(cls.id.in_(conversation_ids)).execute()
+
+    @classmethod
+    def delete_with_history(cls, conversation_ids, context) -> tuple[int, int]:
+        """Delete these conversations, their messages, context windows and the webhook log entries
+        of their messages (which hold the sender's number); return how many messages and log entries went."""
+        # Context first: with Redis unreachable nothing is deleted, and the caller can simply retry.
+        for conversation_id in conversation_ids:
+            context.clear_history(conversation_id)
+        of_these = Message.conversation.in_(conversation_ids)
+        with database.atomic():
+            sids = [
+                message.twilio_sid
+                for message in Message.select(Message.twilio_sid).where(of_these, Message.twilio_sid.is_null(False))
+            ]
+            logs = WebhookLog.delete().where(WebhookLog.message_sid.in_(sids)).execute() if sids else 0
+            # Counted first: SQLite does not count the answers its cascade deletes with their questions.
+            messages = Message.select().where(of_these).count()
+            Message.delete().where(of_these).execute()
+            cls.delete().where(cls.id.in_(conversation_ids)).execute()
+        return messages, logs
 
     def touch(self) -> None:
         """Record activity now."""
@@ -317,7 +339,7 @@ class Message(BaseModel):
                 ).execute()
         return failed
 
-    def reply(self) -> "Message | None":
+    def current_answer(self) -> "Message | None":
         """Return the assistant's current answer to this user message, if any."""
         return (
             Message.select()
@@ -353,21 +375,28 @@ class AIConfiguration(BaseModel):
         """Return the active configuration, if one is active."""
         return cls.select().where(cls.is_active == True).order_by(cls.updated_at.desc()).first()  # noqa: E712
 
+    @staticmethod
+    def field_problem(name: str, value) -> str | None:
+        """Say what is wrong with `value` for the field `name`, or None when it is valid: the one set
+        of rules that the admin form, the CLI and saving all apply."""
+        if name == "name" and not (value or "").strip():
+            return "Name is required."
+        if name == "provider" and value not in PROVIDERS:
+            return "Provider must be OpenRouter."
+        if name == "model_name" and not MODEL_SLUG_SHAPE.match(value or ""):
+            return "Model must be an OpenRouter slug such as openai/gpt-4o-mini."
+        if name == "max_tokens" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            return "Max tokens must be a whole number of at least 1."
+        if name == "temperature" and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not 0 <= value <= 2):
+            return "Temperature must be a number from 0 to 2."
+        return None
+
     def validation_errors(self) -> dict[str, str]:
         """Return a message per invalid field (empty when the configuration is valid)."""
-        errors = {}
-        if not (self.name or "").strip():
-            errors["name"] = "Name is required."
-        if self.provider not in PROVIDERS:
-            errors["provider"] = "Provider must be OpenRouter."
-        if not MODEL_SLUG_SHAPE.match(self.model_name or ""):
-            errors["model_name"] = "Model must be an OpenRouter slug such as openai/gpt-4o-mini."
-        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
-            errors["max_tokens"] = "Max tokens must be a whole number of at least 1."
-        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) \
-                or not 0 <= self.temperature <= 2:
-            errors["temperature"] = "Temperature must be a number from 0 to 2."
-        return errors
+        problems = {name: self.field_problem(name, getattr(self, name))
+                    for name in ("name", "provider", "model_name", "max_tokens", "temperature")}
+        return {name: problem for name, problem in problems.items() if problem}
 
     def set_api_key(self, plaintext: str, cipher: FieldCipher) -> None:
         """Store the API key encrypted; the plaintext never reaches the database."""
@@ -448,5 +477,4 @@ Conversation.add_index(
     )
 )
 
-ALL_MODELS = [Conversation, Message, AIConfiguration, WebhookLog, AdminUser]
 

@@ -11,22 +11,14 @@ from chatbot.context import ConversationManager
 from chatbot.db import connection_released, database
 from chatbot.errors import AIError, Category, ErrorHandler, JobDeadlineReached, WhatsAppError
 from chatbot.models import Conversation, Message, Role, Status
-from chatbot.rate_limiter import Verdict
-from chatbot.sanitizer import TRIMMED_NOTE, clean_text
 from chatbot.redact import mask_phone
+from chatbot.sanitizer import TRIMMED_NOTE, clean_text
 from chatbot.whatsapp import WhatsAppClient
 
 log = logging.getLogger(__name__)
 
 # A model call that would have less time than this before the job's deadline waits for the next run.
 MIN_AI_SECONDS = 5.0
-
-LIMIT_NOTICES = {
-    Verdict.SENDER_LIMITED: "You're sending messages faster than I can answer. Please wait a minute, "
-                            "then send your question again.",
-    Verdict.GLOBAL_LIMITED: "I'm getting a lot of messages right now. Please try again in a few minutes.",
-}
-
 
 @dataclass
 class Outcome:
@@ -70,7 +62,7 @@ class MessageProcessor:
             return outcome
         conversation = message.conversation
         for question in Message.outstanding(conversation, message.id):
-            answer = question.reply()
+            answer = question.current_answer()
             if answer is None:
                 if until is not None and self.clock() >= until - MIN_AI_SECONDS:
                     raise JobDeadlineReached(f"message_id={question.id} left for the next run of the job")
@@ -88,7 +80,7 @@ class MessageProcessor:
             return outcome
         conversation = message.conversation
         for question in Message.outstanding(conversation, message.id):
-            if question.reply() is not None:
+            if question.current_answer() is not None:
                 break
             apology = self._apologise(conversation, question, reason, Category.SYSTEM)
             outcome.failed += 1

@@ -7,12 +7,14 @@ from enum import Enum
 
 from redis import Redis
 
-from chatbot.tasks import sender_key
+from chatbot.redact import sender_key
 
 PREFIX = "chatbot:ratelimit:"
 
 
-class Verdict(str, Enum):
+class Allowance(str, Enum):
+    """Whether the limits let a message reach the AI, and if not, which limit held it back."""
+
     ALLOWED = "allowed"
     SENDER_LIMITED = "sender_limited"
     GLOBAL_LIMITED = "global_limited"
@@ -20,36 +22,43 @@ class Verdict(str, Enum):
 
 @dataclass(frozen=True)
 class Decision:
-    verdict: Verdict
+    allowance: Allowance
     # True for the first refused message of the sender in this window: it gets the one notice.
     notify: bool = False
 
     @property
     def allowed(self) -> bool:
-        return self.verdict is Verdict.ALLOWED
+        return self.allowance is Allowance.ALLOWED
 
 
 # One round trip per message, atomic: count the sender's message and the total in this window,
 # and when either is over its limit, claim the sender's one notice for the window.
 # KEYS: sender counter, global counter, notice marker. ARGV: key lifetime, per-sender limit, global limit.
-# Returns {verdict, notify}: verdict 0 allowed, 1 sender limited, 2 global limited; notify 1 for the claim.
+# Returns {allowance, notify}: allowance 0 allowed, 1 sender limited, 2 global limited; notify 1 for the claim.
 CHECK_SCRIPT = """
 local sent_by_sender = redis.call('INCR', KEYS[1])
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 local sent_by_all = redis.call('INCR', KEYS[2])
 redis.call('EXPIRE', KEYS[2], ARGV[1])
-local verdict = 0
+local allowance = 0
 if sent_by_sender > tonumber(ARGV[2]) then
-    verdict = 1
+    allowance = 1
 elseif sent_by_all > tonumber(ARGV[3]) then
-    verdict = 2
+    allowance = 2
 else
     return {0, 0}
 end
 local first = redis.call('SET', KEYS[3], 1, 'NX', 'EX', ARGV[1])
-return {verdict, first and 1 or 0}
+return {allowance, first and 1 or 0}
 """
-VERDICTS = (Verdict.ALLOWED, Verdict.SENDER_LIMITED, Verdict.GLOBAL_LIMITED)
+ALLOWANCES = (Allowance.ALLOWED, Allowance.SENDER_LIMITED, Allowance.GLOBAL_LIMITED)
+
+# What a limited sender is told, once per window.
+LIMIT_NOTICES = {
+    Allowance.SENDER_LIMITED: "You're sending messages faster than I can answer. Please wait a minute, "
+                            "then send your question again.",
+    Allowance.GLOBAL_LIMITED: "I'm getting a lot of messages right now. Please try again in a few minutes.",
+}
 
 
 class RateLimiter:
@@ -69,5 +78,5 @@ class RateLimiter:
         bucket = int(self.clock() // self.window)
         who = sender_key(sender)
         keys = [f"{PREFIX}{who}:{bucket}", f"{PREFIX}global:{bucket}", f"{PREFIX}{who}:{bucket}:notified"]
-        verdict, notify = self._check(keys=keys, args=[self.window + 5, self.per_sender, self.global_limit])
-        return Decision(VERDICTS[verdict], notify=bool(notify))
+        allowance, notify = self._check(keys=keys, args=[self.window + 5, self.per_sender, self.global_limit])
+        return Decision(ALLOWANCES[allowance], notify=bool(notify))

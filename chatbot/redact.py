@@ -1,5 +1,7 @@
-"""Keep secrets and whole phone numbers out of logs and stored audit records."""
+"""Keep secrets and whole phone numbers out of logs, Redis keys and stored audit records."""
 from __future__ import annotations
+
+import hashlib
 
 SECRET_HEADERS = {
     "authorization",
@@ -36,3 +38,8 @@ def mask_secret(secret: str) -> str:
         return "…" + secret[-2:] if len(secret) > 4 else "…"
     prefix = secret[:6] if secret.startswith("sk-") else ""
     return f"{prefix}…{secret[-4:]}"
+
+
+def sender_key(sender: str) -> str:
+    """Name a sender in Redis without storing the phone number."""
+    return "sender:" + hashlib.sha256(sender.encode()).hexdigest()[:20]

@@ -11,8 +11,8 @@ from rq import Queue
 from chatbot.ai import AIAdapterFactory
 from chatbot.context import ConversationManager
 from chatbot.crypto import FieldCipher
-from chatbot.errors import ErrorHandler
 from chatbot.db import POOL_SIZE, open_database
+from chatbot.errors import ErrorHandler
 from chatbot.processor import MessageProcessor
 from chatbot.rate_limiter import RateLimiter
 from chatbot.whatsapp import WhatsAppClient

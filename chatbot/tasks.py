@@ -1,7 +1,6 @@
 """RQ jobs: thin, idempotent, and safe to run twice."""
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -18,6 +17,7 @@ from rq.rate_limit import RateLimitRegistry
 from chatbot.db import connection_scope
 from chatbot.errors import SenderBusy, WhatsAppError
 from chatbot.models import Conversation, Message, utcnow
+from chatbot.redact import sender_key
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,9 @@ JOB_RETRY = Retry(max=4, interval=[10, 30, 60, 120])
 LOCK_TTL = 20
 LOCK_WAIT = 30
 PENDING_GRACE = timedelta(seconds=60)
+# The periodic jobs' ids, registered by scheduler.py.
+CLEANUP_JOB = "cleanup-expired-conversations"
+SWEEP_JOB = "sweep-pending-messages"
 # Past Twilio's 24-hour session window a reply can no longer be sent as a normal message.
 RESEND_HORIZON = timedelta(hours=24)
 
@@ -47,24 +50,16 @@ def install(services) -> None:
 
 
 def current_services():
-    """Return this process's services, building them from the environment on first use."""
-    global _services
+    """Return the services this process installed; a job run without them is a wiring mistake."""
     if _services is None:
-        from chatbot.services import build_services
-        from config import Config
-
-        _services = build_services(Config.from_env())
+        raise RuntimeError("no services installed for RQ jobs in this process: "
+                           "call chatbot.tasks.install(build_services(config)) before running jobs")
     return _services
 
 
 def job_id_for(message_id: int) -> str:
     # Zero-padded: RQ's rate limiter breaks timestamp ties by id, so ids must sort like numbers.
     return f"message-{message_id:012d}"
-
-
-def sender_key(sender: str) -> str:
-    """Name a sender in Redis without storing the phone number."""
-    return "sender:" + hashlib.sha256(sender.encode()).hexdigest()[:20]
 
 
 def enqueue_processing(queue: Queue, message_id: int, sender: str) -> Job:
@@ -176,10 +171,7 @@ def cleanup_expired_conversations() -> int:
     cutoff = utcnow() - timedelta(seconds=services.config.conversation_ttl)
     with connection_scope():
         expired = [conversation.id for conversation in Conversation.idle_since(cutoff)]
-        if expired:
-            Conversation.update(is_active=False).where(Conversation.id.in_(expired)).execute()
-    for conversation_id in expired:
-        services.context.clear_history(conversation_id)
+        Conversation.end(expired, services.context)
     log.info("deactivated %d idle conversations", len(expired))
     return len(expired)
 

@@ -16,10 +16,9 @@ from twilio.request_validator import RequestValidator
 from chatbot.db import database
 from chatbot.errors import Category
 from chatbot.models import Conversation, Message, Role, Status, WebhookLog
-from chatbot.processor import LIMIT_NOTICES
-from chatbot.rate_limiter import Decision, RateLimiter, Verdict
-from chatbot.sanitizer import clean_text, is_whatsapp_address
+from chatbot.rate_limiter import LIMIT_NOTICES, Allowance, Decision, RateLimiter
 from chatbot.redact import mask_phone, redact_headers
+from chatbot.sanitizer import clean_text, is_whatsapp_address
 from chatbot.tasks import enqueue_processing
 
 log = logging.getLogger(__name__)
@@ -30,7 +29,7 @@ EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 MAX_LOGGED_BODY = 8192
 SID_SHAPE = re.compile(r"^[A-Za-z]{2}[0-9a-fA-F]{32}$")
 MAX_MEDIA = 10
-ALLOWED = Decision(Verdict.ALLOWED)
+ALLOWED = Decision(Allowance.ALLOWED)
 
 
 class MalformedWebhook(ValueError):
@@ -111,18 +110,18 @@ def signed_url(public_base_url: str) -> str:
     return origin + raw_path
 
 
-def signature_verdict(auth_token: str, public_base_url: str) -> tuple[bool, str | None]:
-    """Check X-Twilio-Signature; return (valid, reason when not)."""
+def signature_problem(auth_token: str, public_base_url: str) -> str | None:
+    """Check X-Twilio-Signature; return why the request is not Twilio's, or None when it is."""
     signature = request.headers.get("X-Twilio-Signature")
     if not auth_token:
-        return False, "TWILIO_AUTH_TOKEN is not set, so no request can be verified"
+        return "TWILIO_AUTH_TOKEN is not set, so no request can be verified"
     if not signature:
-        return False, "X-Twilio-Signature header is missing"
+        return "X-Twilio-Signature header is missing"
     # Twilio's JSON variant signs the URL (which carries bodySHA256) and hashes the raw body.
     params = request.get_data(as_text=True) if "bodySHA256" in request.args else request.form
     if not _validator(auth_token).validate(signed_url(public_base_url), params, signature):
-        return False, "X-Twilio-Signature does not match (check PUBLIC_BASE_URL and the proxy setup)"
-    return True, None
+        return "X-Twilio-Signature does not match (check PUBLIC_BASE_URL and the proxy setup)"
+    return None
 
 
 @lru_cache(maxsize=4)
@@ -140,7 +139,7 @@ def store_inbound(inbound: InboundMessage, audit: dict, conversation_ttl: int,
     """
     try:
         with database.atomic():
-            conversation_id = Conversation.active_id_for(inbound.sender, inbound.profile_name, conversation_ttl)
+            conversation_id = Conversation.resume_or_start_id(inbound.sender, inbound.profile_name, conversation_ttl)
             message_id = Message.insert_row(
                 conversation=conversation_id,
                 role=Role.USER.value,
@@ -153,10 +152,10 @@ def store_inbound(inbound: InboundMessage, audit: dict, conversation_ttl: int,
                 Message.insert_row(
                     conversation=conversation_id,
                     role=Role.ASSISTANT.value,
-                    content=LIMIT_NOTICES[decision.verdict],
+                    content=LIMIT_NOTICES[decision.allowance],
                     status=Status.UNSENT.value,
                     reply_to=message_id,
-                    metadata={"canned": decision.verdict.value},
+                    metadata={"canned": decision.allowance.value},
                 )
             WebhookLog.insert_row(**audit)
             return message_id
@@ -203,9 +202,9 @@ def receive_message():
     request.get_data(cache=True)  # keep the raw body for the audit log; the form parses from it
     services = current_app.extensions["chatbot"]
     config = services.config
-    valid, reason = signature_verdict(config.twilio_auth_token, config.public_base_url)
-    if not valid:
-        return _refuse(403, reason, started, signature_valid=False, verdict="bad_signature")
+    problem = signature_problem(config.twilio_auth_token, config.public_base_url)
+    if problem:
+        return _refuse(403, problem, started, signature_valid=False, verdict="bad_signature")
     try:
         fields = _fields()
         if fields.get("MessageStatus"):
@@ -220,7 +219,7 @@ def receive_message():
     try:
         message_id = store_inbound(
             inbound,
-            _audit(200, started, signature_valid=True, message_sid=inbound.sid, verdict=decision.verdict.value),
+            _audit(200, started, signature_valid=True, message_sid=inbound.sid, verdict=decision.allowance.value),
             config.conversation_ttl,
             decision,
         )
@@ -234,7 +233,7 @@ def receive_message():
         try:
             enqueue_processing(services.queue, message_id, inbound.sender)
             log.info("message_sid=%s sender=%s queued message_id=%s verdict=%s",
-                     inbound.sid, mask_phone(inbound.sender), message_id, decision.verdict.value)
+                     inbound.sid, mask_phone(inbound.sender), message_id, decision.allowance.value)
         except RedisError as error:
             services.errors.handle(Category.WEBHOOK, error,
                                    f"message_sid={inbound.sid} stored, not queued; the sweeper will queue it")

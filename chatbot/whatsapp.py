@@ -1,11 +1,8 @@
 """WhatsAppClient: split long replies and send them in order through the twilio SDK."""
 from __future__ import annotations
 
-import logging
-import random
 import re
 import time
-import unicodedata
 from typing import Callable
 
 import requests
@@ -15,8 +12,8 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
 from chatbot.errors import WhatsAppError
-
-log = logging.getLogger(__name__)
+from chatbot.retries import with_retries
+from chatbot.sanitizer import keeps_graphemes_whole
 
 WHATSAPP_LIMIT = 1600
 # Twilio error codes that no retry can fix: bad credentials, bad or non-WhatsApp recipient,
@@ -27,36 +24,6 @@ PERMANENT_CODES = {20003, 20404, 21211, 21408, 21610, 21614, 21617, 63003, 63016
 def utf16_length(text: str) -> int:
     """Count UTF-16 code units, the way Twilio measures a body."""
     return len(text.encode("utf-16-le", "surrogatepass")) // 2
-
-
-def _joins_previous(char: str) -> bool:
-    """True for characters that belong to the grapheme before them (no cut just before one)."""
-    code = ord(char)
-    return (
-        unicodedata.category(char) in ("Mn", "Me", "Mc")
-        or code == 0x200D  # zero-width joiner
-        or 0xFE00 <= code <= 0xFE0F  # variation selectors
-        or 0x1F3FB <= code <= 0x1F3FF  # skin tones
-        or 0xE0020 <= code <= 0xE007F  # tag sequences (subdivision flags)
-    )
-
-
-def _is_regional_indicator(char: str) -> bool:
-    return 0x1F1E6 <= ord(char) <= 0x1F1FF
-
-
-def _safe_cut(text: str, index: int) -> bool:
-    """True when cutting `text` before `index` keeps every grapheme whole."""
-    if index <= 0 or index >= len(text):
-        return True
-    if _joins_previous(text[index]) or ord(text[index - 1]) == 0x200D:
-        return False
-    if _is_regional_indicator(text[index]) and _is_regional_indicator(text[index - 1]):
-        run = 0
-        while index - run - 1 >= 0 and _is_regional_indicator(text[index - run - 1]):
-            run += 1
-        return run % 2 == 0
-    return True
 
 
 _SENTENCE_END = re.compile(r"[.!?…。！？](?:[\"')\]»”’]*)\s+")
@@ -91,7 +58,7 @@ def _cut_point(text: str, limit: int) -> int:
     if spaces and spaces[-1] > 0:
         return spaces[-1]
     cut = window_end
-    while cut > 1 and not _safe_cut(text, cut):
+    while cut > 1 and not keeps_graphemes_whole(text, cut):
         cut -= 1
     return max(cut, 1)  # always make progress, even when one character exceeds the limit
 
@@ -166,18 +133,15 @@ class WhatsAppClient:
                 "Twilio is not configured (TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, TWILIO_WHATSAPP_NUMBER)",
                 retryable=False,
             )
-        for number in range(1, self.attempts + 1):
+
+        def attempt() -> str:
             try:
-                message = self._client.messages.create(to=to, from_=self.from_number, body=body)
-                return message.sid
+                return self._client.messages.create(to=to, from_=self.from_number, body=body).sid
             except (TwilioException, requests.RequestException) as exc:
-                error = _as_whatsapp_error(exc)
-            if not error.retryable or number == self.attempts:
-                raise error
-            delay = self.backoff * (2 ** (number - 1)) * (0.5 + random.random() / 2)
-            log.warning("twilio send attempt %d failed, retrying in %.1fs: %s", number, delay, error)
-            self.sleep(delay)
-        raise AssertionError("unreachable")
+                raise _as_whatsapp_error(exc) from exc
+
+        return with_retries(attempt, attempts=self.attempts, backoff=self.backoff, sleep=self.sleep,
+                            label="twilio send")
 
 
     def account_status(self) -> str:

@@ -11,6 +11,7 @@ from chatbot.crypto import FieldCipher
 from chatbot.models import AdminUser, AIConfiguration, Conversation, Message, WebhookLog
 from tests.conftest import inbound_form
 from tests.fakes import FakeOpenRouter
+from tests.support import conversation_for
 
 PASSWORD = "correct horse battery"
 ADMIN_PAGES = [
@@ -180,9 +181,9 @@ def test_activating_one_configuration_deactivates_the_others(operator):
 @pytest.mark.parametrize(
     "fields, message",
     [
-        ({"temperature": "2.5"}, "Temperature must be from 0 to 2."),
-        ({"max_tokens": "0"}, "Max tokens must be at least 1."),
-        ({"model_name": "claude"}, "Model must be a slug like vendor/model."),
+        ({"temperature": "2.5"}, "Temperature must be a number from 0 to 2."),
+        ({"max_tokens": "0"}, "Max tokens must be a whole number of at least 1."),
+        ({"model_name": "claude"}, "Model must be an OpenRouter slug such as openai/gpt-4o-mini."),
     ],
 )
 def test_invalid_fields_show_clear_messages(operator, fields, message):
@@ -219,7 +220,7 @@ def test_processor_uses_the_newly_activated_configuration_without_restart(operat
 
 @pytest.fixture
 def conversation(services):
-    conversation = Conversation.active_for("whatsapp:+15550001234", "Ada")
+    conversation = conversation_for("whatsapp:+15550001234", "Ada")
     question = Message.create(conversation=conversation, role="user", status="answered",
                               content="<script>alert(1)</script>", twilio_sid="SM" + "1" * 32)
     Message.create(conversation=conversation, role="assistant", status="sent", content="Plain answer",
@@ -236,7 +237,7 @@ def test_conversations_show_masked_numbers_with_a_toggle(operator, conversation)
 
 
 def test_conversations_are_searchable_by_phone_and_filterable(operator, conversation):
-    Conversation.active_for("whatsapp:+447700900123")
+    conversation_for("whatsapp:+447700900123")
     found = operator.get("/admin/conversation/?search=447700").get_data(as_text=True)
     assert "whatsapp:+4477•••0123" in found and "1555•••1234" not in found
 
@@ -267,6 +268,41 @@ def test_reset_context_deactivate_and_delete(operator, conversation, services):
     assert Conversation.select().count() == 0 and Message.select().count() == 0
 
 
+@pytest.fixture
+def adas_conversation(post_webhook, services):
+    """Ada's conversation, beside Bob's: both came through the webhook; Ada's has a context window."""
+    post_webhook.message("Ada's first", sender="whatsapp:+15550001111")
+    post_webhook.message("Bob's first", sender="whatsapp:+15550002222")
+    ada = Conversation.get(Conversation.user_phone == "whatsapp:+15550001111")
+    services.context.add_message(ada.id, "user", "Ada's first", position=1.0, message_id=1)
+    return ada
+
+
+def test_delete_purges_the_messages_context_and_webhook_log_entries_of_that_conversation_only(
+        operator, adas_conversation, services):
+    token = csrf_token(operator, "/admin/conversation/")
+
+    operator.post("/admin/conversation/delete/", data={"id": str(adas_conversation.id), "csrf_token": token})
+
+    assert [c.user_phone for c in Conversation.select()] == ["whatsapp:+15550002222"]
+    assert [m.content for m in Message.select()] == ["Bob's first"]
+    assert WebhookLog.select().count() == 1
+    assert "15550001111" not in "".join(log.body for log in WebhookLog.select())
+    assert not services.redis.exists(services.context.key(adas_conversation.id))
+
+
+def test_bulk_delete_purges_the_webhook_log_entries_too(operator, adas_conversation, services):
+    token = csrf_token(operator, "/admin/conversation/")
+    every_id = [str(conversation.id) for conversation in Conversation.select()]
+
+    page = operator.post("/admin/conversation/action/", data={
+        "action": "delete", "rowid": every_id, "csrf_token": token}, follow_redirects=True)
+
+    assert "Deleted 2 conversation(s)" in page.get_data(as_text=True)
+    assert Conversation.select().count() == Message.select().count() == WebhookLog.select().count() == 0
+    assert not services.redis.exists(services.context.key(adas_conversation.id))
+
+
 def test_webhook_log_detail_shows_redacted_headers_and_body(operator, post_webhook):
     post_webhook.message("audit me")
     log = WebhookLog.get()
@@ -274,12 +310,12 @@ def test_webhook_log_detail_shows_redacted_headers_and_body(operator, post_webho
     assert "[redacted]" in page and "audit+me" in page
 
 
-def test_webhook_log_filters_by_status_and_signature_verdict(operator, post_webhook):
+def test_webhook_log_filters_by_status_and_signature(operator, post_webhook):
     accepted = post_webhook.message("fine")
     post_webhook(inbound_form("forged"), signature="forged")
-    by_status = operator.get("/admin/webhooklog/?flt0_0=403").get_data(as_text=True)
+    by_status = operator.get("/admin/webhooklog/?flt0_status_equals=403").get_data(as_text=True)
     assert "does not match" in by_status and accepted["MessageSid"] not in by_status
-    by_verdict = operator.get("/admin/webhooklog/?flt0_7=1").get_data(as_text=True)
+    by_verdict = operator.get("/admin/webhooklog/?flt0_signature_valid_equals=1").get_data(as_text=True)
     assert accepted["MessageSid"] in by_verdict and "does not match" not in by_verdict
 
 

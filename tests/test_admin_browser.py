@@ -10,7 +10,8 @@ from playwright.sync_api import expect, sync_playwright
 from werkzeug.serving import make_server
 
 from chatbot import auth, create_app
-from chatbot.models import AIConfiguration, Conversation, Message
+from chatbot.models import AIConfiguration, Message
+from tests.support import conversation_for
 
 CHROMIUM = "/usr/bin/chromium"
 # Without these, Chromium keeps trying to reach Google's services, which this network refuses.
@@ -51,7 +52,7 @@ def page(browser):
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_operator_journey_through_the_panel(page, live_url, services):
     auth.create_or_reset_admin("ops", PASSWORD)
-    conversation = Conversation.active_for("whatsapp:+15550009876", "Mallory")
+    conversation = conversation_for("whatsapp:+15550009876", "Mallory")
     Message.create(conversation=conversation, role="user", status="answered", content=XSS)
 
     # Anonymous: sent to the login page.

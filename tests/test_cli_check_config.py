@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from chatbot import create_config_error_app, db
+from chatbot import create_config_error_app, migrations
 from chatbot.models import AIConfiguration
 from config import Config, ConfigError
 from tests.conftest import ACCOUNT_SID, AUTH_TOKEN, BOT_NUMBER, PROJECT_DIR, free_port, run_flask
@@ -151,7 +151,7 @@ def test_unmigrated_database_fails_with_init_db_as_the_fix(app_with, tmp_path):
     app = app_with(database_url=f"sqlite:///{tmp_path / 'fresh.sqlite3'}")
     result = app.test_cli_runner().invoke(args=["check-config"])
     assert result.exit_code == 1
-    assert f"✗ Database: reachable, but the schema is at version 0 of {len(db.MIGRATIONS)}" in result.output
+    assert f"✗ Database: reachable, but the schema is at version 0 of {len(migrations.MIGRATIONS)}" in result.output
     assert "fix: run: flask init-db" in result.output
 
 

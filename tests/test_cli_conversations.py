@@ -15,6 +15,7 @@ from chatbot import tasks
 from chatbot.models import Conversation, Message, Role, Status, WebhookLog, utcnow
 from tests.conftest import PROJECT_DIR, free_port, run_flask
 from tests.fakes import FakeOpenRouter
+from tests.support import conversation_for
 
 ADA = "whatsapp:+15550001111"
 BOB = "whatsapp:+15550002222"
@@ -288,7 +289,7 @@ def test_delete_with_redis_down_deletes_nothing(app_with, two_senders):
 # --- cleanup and init-db --------------------------------------------------------------------------
 
 def test_cleanup_with_redis_down_fails_with_the_fix(app_with, services):
-    idle = Conversation.active_for(ADA)
+    idle = conversation_for(ADA)
     Conversation.update(updated_at=utcnow() - timedelta(days=30)).where(Conversation.id == idle.id).execute()
     app = app_with(redis_url=f"redis://127.0.0.1:{free_port()}/0")
     result = app.test_cli_runner().invoke(args=["cleanup"])

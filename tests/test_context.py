@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from chatbot.context import ConversationManager
-from chatbot.models import Conversation, Message, Role, Status
+from chatbot.models import Message, Role, Status
+from tests.support import conversation_for
 
 
 def exchange(conversation, number):
@@ -15,7 +16,7 @@ def exchange(conversation, number):
 
 def test_window_keeps_the_last_messages_in_order(services, redis):
     manager = ConversationManager(redis, max_messages=4, ttl=600)
-    conversation = Conversation.active_for("whatsapp:+15550001111")
+    conversation = conversation_for("whatsapp:+15550001111")
     for number in range(1, 4):
         manager.add_exchange(conversation.id, *exchange(conversation, number))
     assert [m["content"] for m in manager.get_history(conversation)] == ["q2", "a2", "q3", "a3"]
@@ -24,7 +25,7 @@ def test_window_keeps_the_last_messages_in_order(services, redis):
 
 def test_answer_sits_after_its_question_even_when_a_later_question_was_stored_first(services, redis):
     manager = ConversationManager(redis, max_messages=10, ttl=600)
-    conversation = Conversation.active_for("whatsapp:+15550001111")
+    conversation = conversation_for("whatsapp:+15550001111")
     q1 = Message.create(conversation=conversation, role="user", content="q1", status="answered")
     q2 = Message.create(conversation=conversation, role="user", content="q2", status="answered")
     a1 = Message.create(conversation=conversation, role="assistant", content="a1", status="sent", reply_to=q1)
@@ -37,7 +38,7 @@ def test_answer_sits_after_its_question_even_when_a_later_question_was_stored_fi
 
 def test_adding_the_same_exchange_twice_changes_nothing(services, redis):
     manager = ConversationManager(redis, max_messages=10, ttl=600)
-    conversation = Conversation.active_for("whatsapp:+15550001111")
+    conversation = conversation_for("whatsapp:+15550001111")
     pair = exchange(conversation, 1)
     manager.add_exchange(conversation.id, *pair)
     manager.add_exchange(conversation.id, *pair)
@@ -46,7 +47,7 @@ def test_adding_the_same_exchange_twice_changes_nothing(services, redis):
 
 def test_lost_window_of_an_active_conversation_is_rebuilt_from_the_database(services, redis):
     manager = ConversationManager(redis, max_messages=4, ttl=600)
-    conversation = Conversation.active_for("whatsapp:+15550001111")
+    conversation = conversation_for("whatsapp:+15550001111")
     for number in range(1, 4):
         exchange(conversation, number)
     failed = Message.create(conversation=conversation, role="user", content="failed one", status="failed")
@@ -59,7 +60,7 @@ def test_lost_window_of_an_active_conversation_is_rebuilt_from_the_database(serv
 
 def test_inactive_conversation_is_not_rebuilt(services, redis):
     manager = ConversationManager(redis, max_messages=4, ttl=600)
-    conversation = Conversation.active_for("whatsapp:+15550001111")
+    conversation = conversation_for("whatsapp:+15550001111")
     exchange(conversation, 1)
     conversation.is_active = False
     conversation.save()
@@ -68,8 +69,8 @@ def test_inactive_conversation_is_not_rebuilt(services, redis):
 
 def test_clear_history_forgets_only_that_conversation(services, redis):
     manager = ConversationManager(redis, max_messages=4, ttl=600)
-    ada = Conversation.active_for("whatsapp:+15550001111")
-    bob = Conversation.active_for("whatsapp:+15550002222")
+    ada = conversation_for("whatsapp:+15550001111")
+    bob = conversation_for("whatsapp:+15550002222")
     manager.add_exchange(ada.id, *exchange(ada, 1))
     manager.add_exchange(bob.id, *exchange(bob, 2))
     manager.clear_history(ada.id)
@@ -79,6 +80,6 @@ def test_clear_history_forgets_only_that_conversation(services, redis):
 
 def test_add_message_places_a_single_message(services, redis):
     manager = ConversationManager(redis, max_messages=4, ttl=600)
-    conversation = Conversation.active_for("whatsapp:+15550001111")
+    conversation = conversation_for("whatsapp:+15550001111")
     manager.add_message(conversation.id, "user", "hello", position=1.0, message_id=1)
     assert manager.get_history(conversation) == [{"role": "user", "content": "hello"}]

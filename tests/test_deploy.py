@@ -144,7 +144,8 @@ def test_every_platform_runs_the_procfile_commands():
     services = compose()["services"]
     assert services["worker"]["command"] == shlex.split(commands["worker"])
     assert services["scheduler"]["command"] == shlex.split(commands["scheduler"])
-    render = {service["type"] + ":" + service.get("startCommand", ""): service for service in render_blueprint()["services"]}
+    render = {service["type"] + ":" + service.get("startCommand", ""): service
+              for service in render_blueprint()["services"]}
     assert {f"web:{commands['web']}", f"worker:{commands['worker']}", f"worker:{commands['scheduler']}"} <= set(render)
     assert render_services()["whatsapp-ai-web"]["preDeployCommand"] == commands["release"]
     assert set(app_json()["formation"]) == set(commands) - {"release"} == PROCESSES

@@ -183,7 +183,8 @@ def test_troubleshooting_covers_the_errors_operators_meet():
 def test_deploy_doc_lists_every_process_level_variable():
     gunicorn = (PROJECT_DIR / "gunicorn.conf.py").read_text()
     entrypoint = (PROJECT_DIR / "docker-entrypoint.sh").read_text()
-    variables = set(re.findall(r'os\.environ\.get\(\s*["\x27](\w+)["\x27]', gunicorn)) | set(re.findall(r"\$\{(\w+):-", entrypoint))
+    variables = (set(re.findall(r'os\.environ\.get\(\s*["\x27](\w+)["\x27]', gunicorn))
+                 | set(re.findall(r"\$\{(\w+):-", entrypoint)))
     deploy = (PROJECT_DIR / "docs" / "deploy.md").read_text()
     assert variables == {"PORT", "WEB_CONCURRENCY", "GUNICORN_THREADS", "FORWARDED_ALLOW_IPS",
                          "WAIT_TIMEOUT", "SKIP_MIGRATIONS"}

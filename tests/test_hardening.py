@@ -14,8 +14,7 @@ from hypothesis import strategies as st
 
 from chatbot import create_app
 from chatbot.models import Message, Status, WebhookLog
-from chatbot.processor import LIMIT_NOTICES
-from chatbot.rate_limiter import RateLimiter, Verdict
+from chatbot.rate_limiter import LIMIT_NOTICES, Allowance, RateLimiter
 from chatbot.sanitizer import TRIMMED_NOTE, clean_text, is_whatsapp_address
 from tests.conftest import AUTH_TOKEN, WEBHOOK_URL, WebhookPoster, inbound_form, sign
 
@@ -56,7 +55,7 @@ def test_sender_over_the_limit_gets_one_notice_and_no_ai_call(limited, run_jobs,
     assert len(fake_openrouter.completions) == 3
     bodies = [s["Body"] for s in fake_twilio.sent]
     assert bodies == ["Answer to: message 0", "Answer to: message 1", "Answer to: message 2",
-                      LIMIT_NOTICES[Verdict.SENDER_LIMITED]]
+                      LIMIT_NOTICES[Allowance.SENDER_LIMITED]]
     verdicts = [log.verdict for log in WebhookLog.select().order_by(WebhookLog.id)]
     assert verdicts == ["allowed"] * 3 + ["sender_limited"] * 3
     assert Message.select().where(Message.status == Status.RATE_LIMITED.value).count() == 3
@@ -72,7 +71,7 @@ def test_global_ceiling_holds_back_every_sender(limited, run_jobs, fake_openrout
         post.message(f"hello {number}", sender=f"whatsapp:+1555000{number:04d}")
     run_jobs()
     assert len(fake_openrouter.completions) == 5
-    notices = [s for s in fake_twilio.sent if s["Body"] == LIMIT_NOTICES[Verdict.GLOBAL_LIMITED]]
+    notices = [s for s in fake_twilio.sent if s["Body"] == LIMIT_NOTICES[Allowance.GLOBAL_LIMITED]]
     assert len(notices) == 2
 
 

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-
 import pytest
 from peewee import IntegrityError
 
-from chatbot import db
+from chatbot import db, migrations
 from chatbot.crypto import FieldCipher
 from chatbot.models import AIConfiguration, Conversation, Message, Role, Status, WebhookLog, utcnow
 from tests.conftest import throwaway_postgres_database
+from tests.support import conversation_for
 
 
 def test_init_db_is_idempotent(app, services):
@@ -18,8 +18,8 @@ def test_init_db_is_idempotent(app, services):
     first = runner.invoke(args=["init-db"])
     second = runner.invoke(args=["init-db"])
     assert first.exit_code == 0 and second.exit_code == 0
-    assert f"up to date (version {len(db.MIGRATIONS)})" in second.output
-    assert db.current_version() == len(db.MIGRATIONS)
+    assert f"up to date (version {len(migrations.MIGRATIONS)})" in second.output
+    assert migrations.current_version() == len(migrations.MIGRATIONS)
     for model in (Conversation, Message, AIConfiguration, WebhookLog):
         assert model.table_exists()
 
@@ -35,8 +35,8 @@ def empty_database_url(request, tmp_path):
 
 def test_init_db_creates_the_schema_on_an_empty_database(empty_database_url):
     db.open_database(empty_database_url)
-    assert db.upgrade() == (0, len(db.MIGRATIONS))
-    assert db.upgrade() == (len(db.MIGRATIONS), len(db.MIGRATIONS))
+    assert migrations.upgrade() == (0, len(migrations.MIGRATIONS))
+    assert migrations.upgrade() == (len(migrations.MIGRATIONS), len(migrations.MIGRATIONS))
     with db.database.connection_context():
         assert Message.table_exists()
 
@@ -48,7 +48,7 @@ def make_message(conversation, role=Role.USER, sid=None, **fields):
 
 
 def test_message_sid_is_unique_where_present(services):
-    conversation = Conversation.active_for("whatsapp:+15550001111")
+    conversation = conversation_for("whatsapp:+15550001111")
     make_message(conversation, sid="SM" + "a" * 32)
     make_message(conversation, Role.ASSISTANT)
     make_message(conversation, Role.ASSISTANT)  # many rows without a SID are fine
@@ -57,26 +57,26 @@ def test_message_sid_is_unique_where_present(services):
 
 
 def test_deleting_a_conversation_deletes_its_messages(services):
-    conversation = Conversation.active_for("whatsapp:+15550001111")
+    conversation = conversation_for("whatsapp:+15550001111")
     question = make_message(conversation)
     make_message(conversation, Role.ASSISTANT, reply_to=question)
-    other = make_message(Conversation.active_for("whatsapp:+15550002222"))
+    other = make_message(conversation_for("whatsapp:+15550002222"))
     conversation.delete_instance()
     assert [m.id for m in Message.select()] == [other.id]
 
 
 def test_one_active_conversation_per_sender(services):
-    first = Conversation.active_for("whatsapp:+15550001111")
-    assert Conversation.active_for("whatsapp:+15550001111").id == first.id
+    first = conversation_for("whatsapp:+15550001111")
+    assert conversation_for("whatsapp:+15550001111").id == first.id
     with pytest.raises(IntegrityError):
         with db.database.atomic():
             Conversation.create(user_phone="whatsapp:+15550001111")
 
 
 def test_idle_conversation_is_replaced_by_a_fresh_one(services):
-    old = Conversation.active_for("whatsapp:+15550001111")
+    old = conversation_for("whatsapp:+15550001111")
     Conversation.update(updated_at=utcnow() - timedelta(hours=2)).where(Conversation.id == old.id).execute()
-    new = Conversation.active_for("whatsapp:+15550001111", ttl=3600)
+    new = conversation_for("whatsapp:+15550001111", ttl=3600)
     assert new.id != old.id
     assert Conversation.get_by_id(old.id).is_active is False
 
@@ -111,7 +111,7 @@ def test_activating_a_configuration_deactivates_the_others(services):
 
 
 def test_metadata_round_trips_as_json(services):
-    conversation = Conversation.active_for("whatsapp:+15550001111")
+    conversation = conversation_for("whatsapp:+15550001111")
     message = make_message(conversation, metadata={"media": [{"url": "u", "content_type": "image/png"}], "é": "ü"})
     assert Message.get_by_id(message.id).metadata == {"media": [{"url": "u", "content_type": "image/png"}], "é": "ü"}
 
@@ -143,12 +143,12 @@ def test_valid_ai_configuration_has_no_errors():
 
 def test_upgrade_adds_the_webhook_verdict_column_to_an_older_database(empty_database_url):
     db.open_database(empty_database_url)
-    db.upgrade()
+    migrations.upgrade()
     with db.database.connection_context():
         db.database.execute_sql("DROP INDEX webhooklog_verdict")
         db.database.execute_sql("ALTER TABLE webhook_log DROP COLUMN verdict")
-        db.SchemaVersion.delete().where(db.SchemaVersion.version >= 3).execute()
-    assert db.upgrade() == (2, len(db.MIGRATIONS))
+        migrations.SchemaVersion.delete().where(migrations.SchemaVersion.version >= 3).execute()
+    assert migrations.upgrade() == (2, len(migrations.MIGRATIONS))
     with db.database.connection_context():
         assert "verdict" in {c.name for c in db.database.get_columns("webhook_log")}
         WebhookLog.create(method="POST", path="/x", response_status=200, verdict="allowed")
@@ -156,17 +156,17 @@ def test_upgrade_adds_the_webhook_verdict_column_to_an_older_database(empty_data
 
 def test_upgrade_adds_the_message_origin_to_an_older_database_as_whatsapp(empty_database_url):
     db.open_database(empty_database_url)
-    db.upgrade()
+    migrations.upgrade()
     with db.database.connection_context():
-        conversation = Conversation.active_for("whatsapp:+15550001111")
+        conversation = conversation_for("whatsapp:+15550001111")
         db.database.execute_sql("ALTER TABLE message DROP COLUMN origin")
         db.database.execute_sql(
             "INSERT INTO message (conversation_id, role, content, created_at, status, metadata, parts_sent) "
             "VALUES (%s, 'user', 'old', %s, 'pending', '{}', 0)" % (db.database.param, db.database.param),
             (conversation.id.hex if "sqlite" in empty_database_url else str(conversation.id), utcnow()),
         )
-        db.SchemaVersion.delete().where(db.SchemaVersion.version >= 4).execute()
-    assert db.upgrade() == (3, len(db.MIGRATIONS))
+        migrations.SchemaVersion.delete().where(migrations.SchemaVersion.version >= 4).execute()
+    assert migrations.upgrade() == (3, len(migrations.MIGRATIONS))
     with db.database.connection_context():
         assert Message.get(Message.content == "old").origin == "whatsapp"
         assert Message.select().where(Message.from_whatsapp()).count() == 1

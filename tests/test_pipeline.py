@@ -7,8 +7,8 @@ import pytest
 from rq import Retry, SimpleWorker
 
 from chatbot import tasks
-from chatbot.models import Message, Status
 from chatbot.errors import USER_MESSAGES, Category, WhatsAppError
+from chatbot.models import Message, Status
 from tests.conftest import BOT_NUMBER
 from tests.fakes import FakeOpenRouter, FakeTwilio, Scripted
 from worker import build_worker

@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from chatbot.sanitizer import clean_text
 from chatbot.whatsapp import WHATSAPP_LIMIT, split_message, utf16_length
 
 FAMILY = "\U0001F468\u200D\U0001F469\u200D\U0001F467\u200D\U0001F466"  # man, woman, girl, boy (ZWJ)
@@ -202,3 +203,34 @@ def test_cuts_fall_on_grapheme_boundaries(graphemes, limit):
     boundaries = grapheme_boundaries(graphemes)
     for start, end in part_spans(text, split_message(text, limit)):
         assert start in boundaries and end in boundaries, (text[start:end], limit)
+
+
+# --- one rule for every cut: the inbound trim and the reply splitter ------------------------------
+
+GRAPHEMES = {
+    "flag": "\U0001F1F3\U0001F1F1",  # 🇳🇱, two regional indicators
+    "zwj family": "\U0001F469\u200D\U0001F469\u200D\U0001F467",  # 👩‍👩‍👧
+    "skin tone": "\U0001F44D\U0001F3FD",  # 👍🏽
+    "combining marks": "q\u0301\u0302",  # q with two combining accents: NFC has no precomposed form
+    "subdivision flag": "\U0001F3F4\U000E0067\U000E0062\U000E0073\U000E0063\U000E0074\U000E007F",
+}
+
+
+@pytest.mark.parametrize("name", sorted(GRAPHEMES))
+@pytest.mark.parametrize("offset", [0, 1, 2, 3])
+def test_the_inbound_trim_never_splits_a_grapheme(name, offset):
+    grapheme = GRAPHEMES[name]
+    text = "a" * offset + grapheme * 6
+    for limit in range(offset + 1, len(text)):
+        kept = clean_text(text, max_chars=limit).text
+        rest = kept[offset:]
+        assert rest == grapheme * (len(rest) // len(grapheme)), (name, limit, kept)
+
+
+@pytest.mark.parametrize("name", sorted(GRAPHEMES))
+def test_the_reply_splitter_never_splits_a_grapheme(name):
+    grapheme = GRAPHEMES[name]
+    for limit in range(utf16_length(grapheme), utf16_length(grapheme) * 3 + 2):
+        parts = split_message(grapheme * 7, limit=limit)
+        assert "".join(parts) == grapheme * 7
+        assert all(part == grapheme * (len(part) // len(grapheme)) for part in parts), (name, limit, parts)

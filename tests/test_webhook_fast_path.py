@@ -11,7 +11,8 @@ from rq.job import Job, JobStatus
 
 from chatbot import db, tasks
 from chatbot.models import TOUCH_FRESH, Conversation, Message, WebhookLog, utcnow
-from chatbot.rate_limiter import Decision, RateLimiter, Verdict
+from chatbot.rate_limiter import Allowance, Decision, RateLimiter
+from chatbot.redact import sender_key
 from chatbot.services import QUEUE_NAME
 from tests.conftest import BOT_NUMBER
 
@@ -29,7 +30,7 @@ def rq_enqueue_call(queue: Queue, message_id: int, sender: str) -> Job:
         job_id=tasks.job_id_for(message_id),
         timeout=tasks.JOB_TIMEOUT,
         retry=tasks.JOB_RETRY,
-        rate_limit=RateLimit(key=tasks.sender_key(sender), concurrency=1),
+        rate_limit=RateLimit(key=sender_key(sender), concurrency=1),
         on_failure=Callback(tasks.apologise_when_failed_for_good),
         result_ttl=86400,
         failure_ttl=7 * 86400,
@@ -96,7 +97,7 @@ def stored(model, row_id: int, *unshared: str) -> dict:
 
 
 def test_insert_row_stores_what_peewee_insert_stores(services):
-    conversation = Conversation.active_id_for(ADA)
+    conversation = Conversation.resume_or_start_id(ADA)
     question = {"conversation": conversation, "role": "user", "content": "Ça va? 👍🏽", "status": "pending",
                 "metadata": {"to": BOT_NUMBER, "media": [{"url": "https://x", "content_type": "image/jpeg"}]}}
     fast = Message.insert_row(twilio_sid="SM" + "a" * 32, **question)
@@ -114,7 +115,7 @@ def test_insert_row_stores_what_peewee_insert_stores(services):
 
 
 def test_insert_row_keeps_the_message_sid_unique(services):
-    conversation = Conversation.active_id_for(ADA)
+    conversation = Conversation.resume_or_start_id(ADA)
     Message.insert_row(conversation=conversation, role="user", content="hi", status="pending", twilio_sid="SM1")
     with pytest.raises(IntegrityError), db.database.atomic():
         Message.insert_row(conversation=conversation, role="user", content="hi", status="pending", twilio_sid="SM1")
@@ -122,9 +123,9 @@ def test_insert_row_keeps_the_message_sid_unique(services):
 
 def test_rate_limit_keys_expire_after_their_window(redis):
     limiter = RateLimiter(redis, per_sender=1, global_limit=10, window=60, clock=lambda: 6000.0)
-    assert limiter.check(ADA) == Decision(Verdict.ALLOWED)
-    assert limiter.check(ADA) == Decision(Verdict.SENDER_LIMITED, notify=True)
-    assert limiter.check(ADA) == Decision(Verdict.SENDER_LIMITED, notify=False)
+    assert limiter.check(ADA) == Decision(Allowance.ALLOWED)
+    assert limiter.check(ADA) == Decision(Allowance.SENDER_LIMITED, notify=True)
+    assert limiter.check(ADA) == Decision(Allowance.SENDER_LIMITED, notify=False)
     keys = redis.keys("chatbot:ratelimit:*")
     assert len(keys) == 3  # the sender's counter, the global counter, the sender's notice marker
     assert all(0 < redis.ttl(key) <= 65 for key in keys)
@@ -134,4 +135,4 @@ def test_rate_limiter_counts_on_when_redis_has_lost_its_scripts(redis):
     limiter = RateLimiter(redis, per_sender=1, global_limit=10, window=60, clock=lambda: 6000.0)
     limiter.check(ADA)
     redis.script_flush()
-    assert limiter.check(ADA) == Decision(Verdict.SENDER_LIMITED, notify=True)
+    assert limiter.check(ADA) == Decision(Allowance.SENDER_LIMITED, notify=True)

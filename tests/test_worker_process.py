@@ -19,6 +19,7 @@ from chatbot.models import Conversation, utcnow
 from chatbot.services import QUEUE_NAME
 from tests.conftest import PROJECT_DIR
 from tests.fakes import FakeOpenRouter
+from tests.support import conversation_for
 
 ADA = "whatsapp:+15550001111"
 BOB = "whatsapp:+15550002222"
@@ -128,8 +129,8 @@ def test_scheduler_process_outlives_a_redis_outage(env, config, private_redis, t
 
 
 def test_cleanup_deactivates_idle_conversations_and_drops_their_context(services):
-    idle = Conversation.active_for(ADA)
-    recent = Conversation.active_for(BOB)
+    idle = conversation_for(ADA)
+    recent = conversation_for(BOB)
     Conversation.update(updated_at=utcnow() - timedelta(seconds=services.config.conversation_ttl + 5)).where(
         Conversation.id == idle.id
     ).execute()
@@ -141,8 +142,37 @@ def test_cleanup_deactivates_idle_conversations_and_drops_their_context(services
 
 
 def test_cleanup_command_reports_the_count(app, services):
-    idle = Conversation.active_for(ADA)
+    idle = conversation_for(ADA)
     Conversation.update(updated_at=utcnow() - timedelta(days=30)).where(Conversation.id == idle.id).execute()
     result = app.test_cli_runner().invoke(args=["cleanup"])
     assert result.exit_code == 0
     assert "Deactivated 1 idle conversation(s)." in result.output
+
+
+def test_an_idle_scheduler_and_worker_stay_quiet(env, config, services, private_redis, tmp_path):
+    from rq.job import Job
+
+    private_redis.start()
+    process_env = {**os.environ, **env, "DATABASE_URL": config.database_url, "REDIS_URL": private_redis.url,
+                   "PYTHONUNBUFFERED": "1"}
+    logs = {name: tmp_path / f"{name}.log" for name in ("scheduler", "worker")}
+    processes = [subprocess.Popen([sys.executable, f"{name}.py"], cwd=PROJECT_DIR, env=process_env,
+                                  stdout=logs[name].open("w"), stderr=subprocess.STDOUT) for name in logs]
+    probe = Redis.from_url(private_redis.url)
+    try:
+        # The sweep runs at once and then every minute; the worker's maintenance every 5 s.
+        assert wait_for(lambda: probe.exists(f"rq:job:{tasks.SWEEP_JOB}")
+                        and Job.fetch(tasks.SWEEP_JOB, connection=probe).get_status() == "finished", timeout=20), \
+            logs["scheduler"].read_text() + logs["worker"].read_text()
+        time.sleep(6)
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            process.wait(30)
+    scheduler_log, worker_log = logs["scheduler"].read_text(), logs["worker"].read_text()
+    assert "Warning" not in scheduler_log, scheduler_log
+    for noise in ("cleaning registries", "sweep", "never expire", "Job OK"):
+        assert noise not in worker_log, worker_log
+    assert "Listening on chatbot" in worker_log  # the worker does log; the routine lines are what is gone
+    assert 0 < probe.ttl(f"rq:job:{tasks.SWEEP_JOB}") <= scheduler_module.PERIODIC_RESULT_TTL

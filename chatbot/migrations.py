@@ -1,0 +1,76 @@
+"""Schema migrations: numbered steps, applied once each, in order, by `flask init-db`."""
+from __future__ import annotations
+
+import logging
+
+from peewee import IntegerField, Model, PostgresqlDatabase
+from playhouse.migrate import PostgresqlMigrator, SqliteMigrator, migrate
+
+from chatbot.db import database
+from chatbot.models import AdminUser, AIConfiguration, Conversation, Message, WebhookLog
+
+log = logging.getLogger(__name__)
+
+
+class SchemaVersion(Model):
+    """The schema version the database has been migrated to."""
+
+    version = IntegerField()
+
+    class Meta:
+        database = database
+        table_name = "schema_version"
+
+
+def _create_initial_tables(_migrator) -> None:
+    database.create_tables([Conversation, Message, AIConfiguration, WebhookLog], safe=True)
+
+
+def _create_admin_users(_migrator) -> None:
+    database.create_tables([AdminUser], safe=True)
+
+
+# Migration 1 builds tables from today's models, so on a new database later columns exist already:
+# each later migration checks before it adds.
+def _add_webhook_verdict(migrator) -> None:
+    if "verdict" not in {column.name for column in database.get_columns("webhook_log")}:
+        migrate(migrator.add_column("webhook_log", "verdict", WebhookLog.verdict))  # indexes it too
+
+
+def _add_message_origin(migrator) -> None:
+    if "origin" not in {column.name for column in database.get_columns("message")}:
+        migrate(migrator.add_column("message", "origin", Message.origin))
+
+
+# Append a function for every schema change (playhouse.migrate operations on the migrator it
+# receives); never edit one that has shipped.
+MIGRATIONS = [_create_initial_tables, _create_admin_users, _add_webhook_verdict, _add_message_origin]
+
+
+def current_version() -> int:
+    """Return the schema version stored in the database (0 when unmigrated)."""
+    if not SchemaVersion.table_exists():
+        return 0
+    row = SchemaVersion.select().order_by(SchemaVersion.version.desc()).first()
+    return row.version if row else 0
+
+
+def upgrade() -> tuple[int, int]:
+    """Create or upgrade the schema idempotently; return (version before, version after)."""
+    real = database.obj
+    is_postgres = isinstance(real, PostgresqlDatabase)
+    migrator = PostgresqlMigrator(real) if is_postgres else SqliteMigrator(real)
+    with database.connection_context():
+        # A lock row keeps two release commands from migrating at once on Postgres.
+        with database.atomic():
+            database.create_tables([SchemaVersion], safe=True)
+            if is_postgres:
+                database.execute_sql("LOCK TABLE schema_version IN EXCLUSIVE MODE")
+            before = current_version()
+            for number, step in enumerate(MIGRATIONS, start=1):
+                if number > before:
+                    log.info("applying migration %d (%s)", number, step.__name__)
+                    step(migrator)
+                    SchemaVersion.create(version=number)
+            return before, current_version()
+
