@@ -26,7 +26,7 @@ def create_app(config: Config | None = None, services=None) -> Flask:
         SESSION_COOKIE_SECURE=config.public_base_url.startswith("https://"),
         PERMANENT_SESSION_LIFETIME=12 * 3600,
     )
-    security.init_app(app, config)
+    security.init_app(app, config, on_refused=webhook.record_refusal)
     app.extensions["chatbot"] = services
     db.init_app(app)
     app.register_blueprint(webhook.bp)

@@ -1,6 +1,8 @@
 """Transport protections for every response: size limit, https, security headers."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from flask import Response, redirect, request
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -10,8 +12,12 @@ HSTS = "max-age=31536000; includeSubDomains"
 HTTPS_EXEMPT = ("/health",)
 
 
-def init_app(app, config) -> None:
-    """Trust `TRUSTED_PROXIES` hops, cap request bodies, optionally force https, add headers."""
+def init_app(app, config, on_refused: Callable[[int, str, str], None] | None = None) -> None:
+    """Trust `TRUSTED_PROXIES` hops, cap request bodies, optionally force https, add headers.
+
+    `on_refused(status, verdict, reason)` hears of each request turned away here, its body unread.
+    """
+    refused = on_refused or (lambda status, verdict, reason: None)
     if config.trusted_proxies:
         hops = config.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops)
@@ -19,13 +25,15 @@ def init_app(app, config) -> None:
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(_error):
-        return Response(f"request body larger than {config.max_request_bytes} bytes\n", status=413,
-                        mimetype="text/plain")
+        reason = f"request body larger than {config.max_request_bytes} bytes"
+        refused(413, "too_large", reason)
+        return Response(f"{reason}\n", status=413, mimetype="text/plain")
 
     if config.force_https:
         @app.before_request
         def _require_https():
             if not request.is_secure and request.path not in HTTPS_EXEMPT:
+                refused(308, "redirected_to_https", "plain http redirected to https")
                 # 308 keeps the method and body of a POST.
                 return redirect(request.url.replace("http://", "https://", 1), code=308)
 

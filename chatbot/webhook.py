@@ -26,7 +26,11 @@ log = logging.getLogger(__name__)
 bp = Blueprint("whatsapp", __name__)
 
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
+WEBHOOK_PATH = "/whatsapp/webhook"
 MAX_LOGGED_BODY = 8192
+# A refused request's headers are kept, but a hostile client must not fill a row with them.
+MAX_LOGGED_HEADERS = 50
+MAX_LOGGED_HEADER_CHARS = 512
 SID_SHAPE = re.compile(r"^[A-Za-z]{2}[0-9a-fA-F]{32}$")
 MAX_MEDIA = 10
 ALLOWED = Decision(Allowance.ALLOWED)
@@ -182,11 +186,36 @@ def _audit(status: int, started: float, signature_valid: bool | None, **extra) -
 
 def _record(audit: dict) -> None:
     """Write an audit row for a request that stores nothing else; a database outage must not turn
-    the answer into a 500."""
+    the answer into a 500, nor leave the request without a trace."""
     try:
         WebhookLog.insert(**audit).execute()
-    except PeeweeException:
-        log.exception("could not record webhook audit row")
+    except PeeweeException as error:
+        _log_unrecorded(audit, error)
+
+
+def _log_unrecorded(audit: dict, error: Exception) -> None:
+    """Put the audit row's fields (never the body, the headers or a phone number) in the app log."""
+    log.warning("webhook not logged (%s) method=%s path=%s remote_addr=%s status=%s verdict=%s message_sid=%s "
+                "processing_ms=%.1f reason=%s", error.__class__.__name__, audit["method"], audit["path"],
+                audit["remote_addr"] or "-", audit["response_status"], audit.get("verdict") or "-",
+                audit.get("message_sid") or "-", audit.get("processing_ms", 0.0), audit.get("error") or "-")
+
+
+def record_refusal(status: int, verdict: str, reason: str) -> None:
+    """Leave a compact audit row for a webhook request refused before it was read (too large, or
+    plain http); other paths are not the webhook's to log."""
+    if request.path != WEBHOOK_PATH:
+        return
+    headers = list(redact_headers(request.headers).items())[:MAX_LOGGED_HEADERS]
+    _record({
+        "method": request.method[:8],
+        "path": request.path,
+        "remote_addr": (request.remote_addr or "")[:64],
+        "headers": {name: value[:MAX_LOGGED_HEADER_CHARS] for name, value in headers},
+        "response_status": status,
+        "verdict": verdict,
+        "error": reason,
+    })
 
 
 def _refuse(status: int, reason: str, started: float, signature_valid: bool | None, verdict: str) -> Response:
@@ -195,7 +224,7 @@ def _refuse(status: int, reason: str, started: float, signature_valid: bool | No
     return Response(f"{reason}\n", status=status, mimetype="text/plain")
 
 
-@bp.post("/whatsapp/webhook")
+@bp.post(WEBHOOK_PATH)
 def receive_message():
     """Accept an inbound WhatsApp message from Twilio."""
     started = time.perf_counter()
@@ -224,7 +253,10 @@ def receive_message():
             decision,
         )
     except PeeweeException as error:
-        # Nothing was committed; a 503 makes Twilio deliver it again later.
+        # Nothing was committed; a 503 makes Twilio deliver it again later. The audit row cannot be
+        # written either, so its fields go to the app log.
+        _log_unrecorded(_audit(503, started, signature_valid=True, message_sid=inbound.sid,
+                               verdict="database_unavailable", error="database unavailable"), error)
         services.errors.handle(Category.SYSTEM, error, f"message_sid={inbound.sid} not stored")
         return Response("database unavailable\n", status=503, mimetype="text/plain")
     if message_id is None:
@@ -264,7 +296,7 @@ def _rate_limit(rate_limiter: RateLimiter, sender: str) -> Decision:
         return ALLOWED
 
 
-@bp.get("/whatsapp/webhook")
+@bp.get(WEBHOOK_PATH)
 def webhook_check():
     """Tell an operator who opens the URL that the endpoint is up."""
     return Response("WhatsApp webhook is up. Configure Twilio to POST here.\n", mimetype="text/plain")

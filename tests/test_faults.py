@@ -230,6 +230,7 @@ def test_alerts_go_to_the_webhook_once_per_error_type_per_hour(redis, slack, cap
     handler.handle(Category.WHATSAPP, overloaded)
     handler.handle(Category.WHATSAPP, overloaded)
     handler.handle(Category.AI, RuntimeError("boom"))
+    assert handler.flush(5)  # posted in the background
     assert [post["text"] for post in slack.posts] == [
         "[WhatsApp assistant] whatsapp failure: twilio: Too Many Requests (status=429, code=20429, retryable)",
         "[WhatsApp assistant] ai failure: boom",
@@ -251,7 +252,9 @@ def test_each_category_has_its_user_message_and_severity(redis, caplog):
 
 
 def test_unreachable_alert_webhook_is_logged_not_raised(redis, caplog):
-    ErrorHandler(redis, "http://127.0.0.1:9/hook", timeout=0.5).send_admin_alert("system:X", "down")
+    handler = ErrorHandler(redis, "http://127.0.0.1:9/hook", timeout=0.5)
+    assert handler.send_admin_alert("system:X", "down") is True
+    assert handler.flush(5)
     assert "alert webhook unreachable" in caplog.text
 
 
@@ -260,6 +263,7 @@ def test_ai_failure_in_the_pipeline_alerts_the_operator(post_webhook, services, 
     fake_openrouter.then(FakeOpenRouter.error(402, "Insufficient credits"))
     post_webhook.message("Hello", sender=ADA)
     services.processor.process(Message.get().id)
+    assert services.errors.flush(5)
     assert len(slack.posts) == 1 and "Insufficient credits" in slack.posts[0]["text"]
 
 
