@@ -23,6 +23,8 @@ WHATSAPP_ADDRESS_SHAPE = re.compile(r"^whatsapp:\+[1-9][0-9]{6,14}$")
 MAX_WORKER_CONCURRENCY = 256
 # Below the job's own deadline (chatbot.tasks.JOB_DEADLINE), so a stuck model still leaves time to apologise.
 MAX_AI_DEADLINE = 120
+# A century: far past any retention promise, and it keeps the cleanup's cutoff date computable.
+MAX_RETENTION_DAYS = 36500
 
 
 class ConfigError(Exception):
@@ -66,6 +68,9 @@ class Config:
     redis_tls_verify: bool = True
     worker_concurrency: int = 32
     ai_deadline: int = 60
+    max_processing_attempts: int = 5
+    retention_days: int = 90
+    webhook_log_retention_days: int = 14
 
     @classmethod
     def from_env(cls, environ: dict | None = None, dotenv_path: str | Path | None = None) -> "Config":
@@ -119,6 +124,13 @@ class Config:
             "worker_concurrency": reader.integer("WORKER_CONCURRENCY", cls.worker_concurrency, minimum=1,
                                                  maximum=MAX_WORKER_CONCURRENCY),
             "ai_deadline": reader.integer("AI_DEADLINE", cls.ai_deadline, minimum=5, maximum=MAX_AI_DEADLINE),
+            "max_processing_attempts": reader.integer("MAX_PROCESSING_ATTEMPTS", cls.max_processing_attempts,
+                                                      minimum=1, maximum=100),
+            # 0 is allowed: it keeps that data forever.
+            "retention_days": reader.integer("RETENTION_DAYS", cls.retention_days, minimum=0,
+                                             maximum=MAX_RETENTION_DAYS),
+            "webhook_log_retention_days": reader.integer("WEBHOOK_LOG_RETENTION_DAYS", cls.webhook_log_retention_days,
+                                                         minimum=0, maximum=MAX_RETENTION_DAYS),
         }
         if reader.problems:
             raise ConfigError(reader.problems)

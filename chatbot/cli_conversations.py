@@ -181,10 +181,24 @@ def conversations_delete(phone, yes):
 @with_appcontext
 @operator_errors
 def cleanup_command():
-    """Deactivate conversations idle longer than CONVERSATION_TTL, now."""
-    tasks.install(services())
-    count = tasks.cleanup_expired_conversations()
-    click.echo(f"Deactivated {count} idle conversation(s).")
+    """End idle conversations and delete what is past RETENTION_DAYS and WEBHOOK_LOG_RETENTION_DAYS, now."""
+    built = services()
+    tasks.install(built)
+    counts = tasks.cleanup_expired_conversations()
+    click.echo(f"Deactivated {counts['conversations_ended']} idle conversation(s).")
+    if built.config.retention_days:
+        click.echo(f"Deleted {counts['conversations_deleted']} conversation(s) untouched for "
+                   f"{built.config.retention_days} days, with {counts['messages_deleted']} message(s).")
+    else:
+        click.echo("Conversations are kept forever (RETENTION_DAYS=0).")
+    logs = counts["webhook_logs_deleted"]
+    entries = f"{logs} webhook log entr{'y' if logs == 1 else 'ies'}"
+    if built.config.webhook_log_retention_days:
+        click.echo(f"Deleted {entries} (older than {built.config.webhook_log_retention_days} days, "
+                   "or of deleted conversations).")
+    else:
+        click.echo(f"Deleted {entries} of deleted conversations; the rest are kept forever "
+                   "(WEBHOOK_LOG_RETENTION_DAYS=0).")
 
 
 @click.command("retry-failed")

@@ -42,9 +42,18 @@ def _add_message_origin(migrator) -> None:
         migrate(migrator.add_column("message", "origin", Message.origin))
 
 
+def _add_attempts_and_send_intents(migrator) -> None:
+    existing = {column.name for column in database.get_columns("message")}
+    operations = [migrator.add_column("message", name, getattr(Message, name))
+                  for name in ("attempts", "sending_part", "sending_since") if name not in existing]
+    if operations:
+        migrate(*operations)
+
+
 # Append a function for every schema change (playhouse.migrate operations on the migrator it
 # receives); never edit one that has shipped.
-MIGRATIONS = [_create_initial_tables, _create_admin_users, _add_webhook_verdict, _add_message_origin]
+MIGRATIONS = [_create_initial_tables, _create_admin_users, _add_webhook_verdict, _add_message_origin,
+              _add_attempts_and_send_intents]
 
 
 def current_version() -> int:

@@ -118,6 +118,10 @@ def _prepared_insert(model: type[BaseModel], names: tuple[str, ...]) -> Prepared
                     [model._meta.fields[name] for name in names])
 
 
+# Rows deleted per transaction by the retention cleanup, so no lock is held for long.
+DELETE_BATCH = 500
+
+
 class Conversation(BaseModel):
     """One sender's thread with the assistant; at most one is active per sender."""
 
@@ -206,6 +210,38 @@ class Conversation(BaseModel):
             cls.delete().where(cls.id.in_(conversation_ids)).execute()
         return messages, logs
 
+    @classmethod
+    def delete_untouched_since(cls, cutoff: datetime, context, batch_size: int = DELETE_BATCH):
+        """Delete conversations with no activity since `cutoff` as `delete_with_history` does, at most
+        `batch_size` per transaction; yield (conversations, messages, log entries) as each batch commits."""
+        while True:
+            candidates = [
+                conversation_id
+                for (conversation_id,) in (
+                    cls.select(cls.id)
+                    .where(cls.updated_at < cutoff)
+                    .order_by(cls.updated_at)
+                    .limit(batch_size)
+                    .tuples()
+                )
+            ]
+            if not candidates:
+                return
+            with database.atomic():
+                # Ended first, each one checked again under its row lock (Postgres) or the write lock
+                # (SQLite): a conversation a new message touched meanwhile is kept, and so is that message.
+                claimed = [
+                    conversation_id
+                    for (conversation_id,) in (
+                        cls.update(is_active=False)
+                        .where(cls.id.in_(candidates), cls.updated_at < cutoff)
+                        .returning(cls.id)
+                        .tuples()
+                    )
+                ]
+                messages, logs = cls.delete_with_history(claimed, context) if claimed else (0, 0)
+            yield len(claimed), messages, logs
+
     def touch(self) -> None:
         """Record activity now."""
         self.updated_at = utcnow()
@@ -246,6 +282,13 @@ class Message(BaseModel):
     latency_ms = FloatField(null=True)
     parts_sent = IntegerField(default=0)
     error = TextField(null=True)
+    # How many job runs took this user message up (first runs, retries and sweeps' re-queues alike):
+    # past MAX_PROCESSING_ATTEMPTS it is given up, so one poison message cannot loop forever.
+    attempts = IntegerField(default=0)
+    # The part of this answer being handed to Twilio and since when: written before the send, cleared
+    # with the part's result. A run that finds it set asks Twilio whether the part went out.
+    sending_part = IntegerField(null=True)
+    sending_since = DateTimeField(null=True)
 
     class Meta:
         table_name = "message"
@@ -324,6 +367,12 @@ class Message(BaseModel):
         )
 
     @classmethod
+    def count_attempt(cls, message_id: int) -> int:
+        """Count one more job run taking this message up; return how many there have been."""
+        cls.update(attempts=cls.attempts + 1).where(cls.id == message_id).execute()
+        return cls.select(cls.attempts).where(cls.id == message_id).scalar() or 0
+
+    @classmethod
     def retry_failed(cls, since: datetime) -> list["Message"]:
         """Put user messages that got the fallback since `since` back in line; return them."""
         failed = list(
@@ -333,7 +382,8 @@ class Message(BaseModel):
         ids = [message.id for message in failed]
         if ids:
             with database.atomic():
-                cls.update(status=Status.PENDING.value, error=None).where(cls.id.in_(ids)).execute()
+                # A fresh count of attempts: the operator's retry is a new start, not one more lap.
+                cls.update(status=Status.PENDING.value, error=None, attempts=0).where(cls.id.in_(ids)).execute()
                 cls.update(status=Status.SUPERSEDED.value).where(
                     cls.reply_to.in_(ids), cls.status != Status.UNSENT.value
                 ).execute()
@@ -442,6 +492,16 @@ class WebhookLog(BaseModel):
 
     class Meta:
         table_name = "webhook_log"
+
+    @classmethod
+    def delete_received_before(cls, cutoff: datetime, batch_size: int = DELETE_BATCH):
+        """Delete entries received before `cutoff`, at most `batch_size` per statement; yield each batch's count."""
+        while True:
+            oldest = cls.select(cls.id).where(cls.received_at < cutoff).order_by(cls.id).limit(batch_size)
+            deleted = cls.delete().where(cls.id.in_(oldest)).execute()
+            if not deleted:
+                return
+            yield deleted
 
 
 class AdminUser(BaseModel):

@@ -10,7 +10,7 @@ from chatbot.ai import AIAdapterFactory
 from chatbot.context import ConversationManager
 from chatbot.db import connection_released, database
 from chatbot.errors import AIError, Category, ErrorHandler, JobDeadlineReached, WhatsAppError
-from chatbot.models import Conversation, Message, Role, Status
+from chatbot.models import Conversation, Message, Role, Status, utcnow
 from chatbot.redact import mask_phone
 from chatbot.sanitizer import TRIMMED_NOTE, clean_text
 from chatbot.whatsapp import WhatsAppClient
@@ -19,6 +19,11 @@ log = logging.getLogger(__name__)
 
 # A model call that would have less time than this before the job's deadline waits for the next run.
 MIN_AI_SECONDS = 5.0
+
+
+class GaveUp(Exception):
+    """A message's jobs failed for good: the user gets the apology, the operator this alert."""
+
 
 @dataclass
 class Outcome:
@@ -82,6 +87,9 @@ class MessageProcessor:
         for question in Message.outstanding(conversation, message.id):
             if question.current_answer() is not None:
                 break
+            if not outcome.failed:
+                self.errors.handle(Category.SYSTEM, GaveUp(reason),
+                                   f"message_id={question.id} sender={mask_phone(conversation.user_phone)}")
             apology = self._apologise(conversation, question, reason, Category.SYSTEM)
             outcome.failed += 1
             try:
@@ -164,14 +172,24 @@ class MessageProcessor:
             self.context.add_exchange(conversation.id, question, answer)
         sent = []
 
+        def note_intent(number: int) -> None:
+            # Written before Twilio sees the part: a run that dies before recording the result
+            # leaves this, and the next run asks Twilio instead of sending the part twice.
+            Message.update(sending_part=number, sending_since=utcnow()).where(Message.id == answer.id).execute()
+
         def record_part(number: int, sid: str) -> None:
             sent.append(sid)
-            Message.update(parts_sent=number).where(Message.id == answer.id).execute()
+            Message.update(parts_sent=number, sending_part=None, sending_since=None).where(
+                Message.id == answer.id).execute()
 
+        unconfirmed = answer.sending_since if answer.sending_part == answer.parts_sent + 1 else None
         try:
-            self.whatsapp.send(conversation.user_phone, answer.content,
-                               already_sent=answer.parts_sent, on_part_sent=record_part)
+            self.whatsapp.send(conversation.user_phone, answer.content, already_sent=answer.parts_sent,
+                               on_part_sent=record_part, before_part=note_intent, unconfirmed_since=unconfirmed)
         except WhatsAppError as error:
+            if error.status is not None:
+                # Twilio answered with a refusal: the part was not taken, nothing to ask about later.
+                Message.update(sending_part=None, sending_since=None).where(Message.id == answer.id).execute()
             if error.retryable and not final_attempt:
                 raise
             self.errors.handle(Category.WHATSAPP, error,

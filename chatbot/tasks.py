@@ -16,7 +16,7 @@ from rq.rate_limit import RateLimitRegistry
 
 from chatbot.db import connection_scope
 from chatbot.errors import SenderBusy, WhatsAppError
-from chatbot.models import Conversation, Message, utcnow
+from chatbot.models import Conversation, Message, WebhookLog, utcnow
 from chatbot.redact import sender_key
 
 log = logging.getLogger(__name__)
@@ -99,16 +99,22 @@ def process_message(message_id: int) -> dict:
     services = current_services()
     until = time.monotonic() + JOB_DEADLINE
     job = get_current_job()
-    final_attempt = job is None or not job.retries_left
     with connection_scope():
         message = Message.get_or_none(Message.id == message_id)
     if message is None:
         log.warning("message_id=%s not found", message_id)
         return {"missing": True}
+    limit = services.config.max_processing_attempts
     # A second guard behind RQ's rate limit: a job re-run after a worker died must not overlap.
     with conversation_lock(services.redis, message.conversation_id, message_id):
         with connection_scope():
-            outcome = services.processor.process(message_id, final_attempt=final_attempt, until=until)
+            attempt = Message.count_attempt(message_id)
+            if attempt > limit:
+                # Every earlier run failed without an answer (or died): stop the laps, apologise once.
+                outcome = services.processor.give_up(message_id, f"gave up after {limit} attempts")
+            else:
+                final_attempt = job is None or not job.retries_left or attempt == limit
+                outcome = services.processor.process(message_id, final_attempt=final_attempt, until=until)
     return asdict(outcome)
 
 
@@ -165,15 +171,37 @@ def conversation_lock(redis, conversation_id, message_id: int, wait: float = LOC
             log.warning("message_id=%s conversation lock expired before release", message_id)
 
 
-def cleanup_expired_conversations() -> int:
-    """Deactivate conversations idle longer than CONVERSATION_TTL and drop their context."""
+def cleanup_expired_conversations() -> dict[str, int]:
+    """End conversations idle longer than CONVERSATION_TTL (dropping their context), delete what is
+    past its retention, and return how many of each went."""
     services = current_services()
-    cutoff = utcnow() - timedelta(seconds=services.config.conversation_ttl)
+    now = utcnow()
     with connection_scope():
-        expired = [conversation.id for conversation in Conversation.idle_since(cutoff)]
+        expired = [
+            conversation.id
+            for conversation in Conversation.idle_since(now - timedelta(seconds=services.config.conversation_ttl))
+        ]
         Conversation.end(expired, services.context)
-    log.info("deactivated %d idle conversations", len(expired))
-    return len(expired)
+        counts = {"conversations_ended": len(expired), **delete_past_retention(services.config, services.context, now)}
+    # An idle cleanup stays quiet: four zeros every 6 hours would only bury the lines that matter.
+    if any(counts.values()):
+        log.info("cleanup %s", " ".join(f"{name}={count}" for name, count in counts.items()))
+    return counts
+
+
+def delete_past_retention(config, context, now) -> dict[str, int]:
+    """Delete conversations untouched for RETENTION_DAYS with their messages, context and webhook log
+    entries, then webhook log entries older than WEBHOOK_LOG_RETENTION_DAYS; 0 keeps either forever."""
+    conversations = messages = logs = 0
+    if config.retention_days:
+        cutoff = now - timedelta(days=config.retention_days)
+        for batch_conversations, batch_messages, batch_logs in Conversation.delete_untouched_since(cutoff, context):
+            conversations += batch_conversations
+            messages += batch_messages
+            logs += batch_logs
+    if config.webhook_log_retention_days:
+        logs += sum(WebhookLog.delete_received_before(now - timedelta(days=config.webhook_log_retention_days)))
+    return {"conversations_deleted": conversations, "messages_deleted": messages, "webhook_logs_deleted": logs}
 
 
 ACTIVE_STATES = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED,

@@ -1,8 +1,10 @@
 """WhatsAppClient: split long replies and send them in order through the twilio SDK."""
 from __future__ import annotations
 
+import logging
 import re
 import time
+from datetime import datetime, timedelta, timezone
 from typing import Callable
 
 import requests
@@ -15,7 +17,13 @@ from chatbot.errors import WhatsAppError
 from chatbot.retries import with_retries
 from chatbot.sanitizer import keeps_graphemes_whole
 
+log = logging.getLogger(__name__)
+
 WHATSAPP_LIMIT = 1600
+# Twilio's clock and ours may differ: a message it took up to this long before our "since" counts.
+CLOCK_SKEW = timedelta(seconds=60)
+# How many of the newest messages to a user are searched for one that may have been sent already.
+RECENT_MESSAGES = 20
 # Twilio error codes that no retry can fix: bad credentials, bad or non-WhatsApp recipient,
 # the 24-hour session window closed, body too long, blocked or unsubscribed recipient.
 PERMANENT_CODES = {20003, 20404, 21211, 21408, 21610, 21614, 21617, 63003, 63016, 63024, 63032}
@@ -114,35 +122,80 @@ class WhatsAppClient:
         body: str,
         already_sent: int = 0,
         on_part_sent: Callable[[int, str], None] | None = None,
+        before_part: Callable[[int], None] | None = None,
+        unconfirmed_since: datetime | None = None,
     ) -> list[str]:
-        """Send `body` (split when long) in order, skipping the first `already_sent` parts."""
+        """Send `body` (split when long) in order, skipping the first `already_sent` parts.
+
+        `before_part(n)` runs before part n goes to Twilio, `on_part_sent(n, sid)` once Twilio took
+        it. `unconfirmed_since`: an earlier run handed the next part to Twilio at that time and never
+        learned the result; Twilio is asked whether it took it before it is sent again.
+        """
         sids = []
         for number, part in enumerate(split_message(body), start=1):
             if number <= already_sent:
                 continue
-            sid = self.send_part(to, part)
+            if before_part:
+                before_part(number)
+            sid = self.send_part(to, part, unconfirmed_since if number == already_sent + 1 else None)
             sids.append(sid)
             if on_part_sent:
                 on_part_sent(number, sid)
         return sids
 
-    def send_part(self, to: str, body: str) -> str:
-        """Send one message of at most 1600 characters; return Twilio's MessageSid."""
+    def send_part(self, to: str, body: str, unconfirmed_since: datetime | None = None) -> str:
+        """Send one message of at most 1600 characters exactly once; return Twilio's MessageSid.
+
+        When an attempt ends without Twilio's answer (a timeout, a dropped connection), Twilio may
+        have taken the message: the next attempt first looks for it among the messages sent to `to`.
+        """
         if self._client is None or not self.from_number:
             raise WhatsAppError(
                 "Twilio is not configured (TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, TWILIO_WHATSAPP_NUMBER)",
                 retryable=False,
             )
+        since = unconfirmed_since or datetime.now(timezone.utc)
+        unsure = unconfirmed_since is not None
 
         def attempt() -> str:
+            nonlocal unsure
+            if unsure:
+                sid = self.find_sent(to, body, since)
+                if sid:
+                    return sid
             try:
                 return self._client.messages.create(to=to, from_=self.from_number, body=body).sid
             except (TwilioException, requests.RequestException) as exc:
-                raise _as_whatsapp_error(exc) from exc
+                error = _as_whatsapp_error(exc)
+                unsure = error.status is None
+                raise error from exc
 
         return with_retries(attempt, attempts=self.attempts, backoff=self.backoff, sleep=self.sleep,
                             label="twilio send")
 
+    def find_sent(self, to: str, body: str, since: datetime) -> str | None:
+        """Return the sid of a message with exactly this body that Twilio took for `to` since
+        `since` (less CLOCK_SKEW), or None."""
+        since = (since if since.tzinfo else since.replace(tzinfo=timezone.utc)) - CLOCK_SKEW
+        try:
+            recent = self._client.messages.list(to=to, from_=self.from_number, limit=RECENT_MESSAGES)
+        except TwilioRestException as exc:
+            raise _as_whatsapp_error(exc) from exc
+        except TwilioException as exc:
+            # The SDK's pager raises a bare "Unable to fetch page" with the response beside it.
+            response = exc.args[1] if len(exc.args) > 1 else None
+            status = getattr(response, "status_code", None)
+            raise WhatsAppError(f"could not look up sent messages (HTTP {status})", status=status,
+                                retryable=status is None or status == 429 or status >= 500) from exc
+        except requests.RequestException as exc:
+            raise _as_whatsapp_error(exc) from exc
+        for message in recent:  # newest first
+            if message.date_created is not None and message.date_created < since:
+                break
+            if message.body == body:
+                log.info("twilio already took message_sid=%s; not sending it again", message.sid)
+                return message.sid
+        return None
 
     def account_status(self) -> str:
         """Fetch the Twilio account (checks the credentials, sends nothing); return its status."""

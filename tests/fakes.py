@@ -7,6 +7,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
@@ -71,7 +72,7 @@ class FakeServer:
                 recorded = Recorded(self.command, self.path, dict(self.headers), fake.decode(self.headers, raw))
                 with fake.lock:
                     fake.requests.append(recorded)
-                    scripted = fake.script.popleft() if fake.script else None
+                    scripted = fake.script.popleft() if fake.script and fake.scripts_answer(recorded) else None
                 answer = scripted or fake.default_answer(recorded)
                 if answer.delay:
                     time.sleep(answer.delay)
@@ -130,6 +131,10 @@ class FakeServer:
     def default_answer(self, request: Recorded) -> Scripted:
         return Scripted(404, {"error": "not found"})
 
+    def scripts_answer(self, request: Recorded) -> bool:
+        """Whether the next scripted answer goes to this request (else it gets the default one)."""
+        return True
+
 
 class FakeOpenRouter(FakeServer):
     """Answers chat completions as OpenRouter does; by default the reply names the last question."""
@@ -172,12 +177,31 @@ class FakeOpenRouter(FakeServer):
 
 
 class FakeTwilio(FakeServer):
-    """Accepts Messages.json posts as Twilio's REST API does."""
+    """Accepts Messages.json posts and lists what it accepted, as Twilio's REST API does."""
+
+    def __init__(self):
+        super().__init__()
+        self.accepted: list[dict] = []
+        # Seconds to wait after taking a message before answering: a worker can die in between.
+        self.hold_answers = 0.0
+        # Answers for the next GETs of the message list, before the real listing applies.
+        self.lookup_answers: deque[Scripted] = deque()
 
     @property
     def sent(self) -> list[dict]:
         """The form of every accepted or attempted outbound message, in arrival order."""
-        return [r.body for r in self.requests if r.path.endswith("/Messages.json")]
+        return [r.body for r in self.requests if r.method == "POST" and r.path.endswith("/Messages.json")]
+
+    def scripts_answer(self, request: Recorded) -> bool:
+        """Scripted answers (then(...)) go to every request but the message-list lookups, which get
+        theirs from `lookup_answers`: a test scripting failed sends means the sends."""
+        return not (request.method == "GET" and urlparse(request.path).path.endswith("/Messages.json"))
+
+    @property
+    def lookups(self) -> list[dict]:
+        """The query of every GET of the message list."""
+        return [parse_qs(urlparse(r.path).query) for r in self.requests
+                if r.method == "GET" and urlparse(r.path).path.endswith("/Messages.json")]
 
     @staticmethod
     def error(status: int, code: int, message: str) -> Scripted:
@@ -185,17 +209,33 @@ class FakeTwilio(FakeServer):
                                  "more_info": f"https://www.twilio.com/docs/errors/{code}", "status": status})
 
     def default_answer(self, request: Recorded) -> Scripted:
-        parts = urlparse(request.path).path.split("/")
-        if request.method == "POST" and request.path.endswith("/Messages.json"):
+        url = urlparse(request.path)
+        parts = url.path.split("/")
+        if request.method == "POST" and url.path.endswith("/Messages.json"):
             account = parts[3]
             sid = "SM" + uuid.uuid4().hex
             form = request.body
-            return Scripted(201, {
+            message = {
                 "sid": sid, "account_sid": account, "to": form.get("To"), "from": form.get("From"),
                 "body": form.get("Body"), "status": "queued", "num_segments": "1", "direction": "outbound-api",
-                "api_version": "2010-04-01", "date_created": "Wed, 25 Nov 2026 12:00:00 +0000",
+                "api_version": "2010-04-01", "date_created": formatdate(usegmt=True),
                 "uri": f"/2010-04-01/Accounts/{account}/Messages/{sid}.json",
-            })
+            }
+            with self.lock:
+                self.accepted.append(message)
+            return Scripted(201, message, delay=self.hold_answers)
+        if request.method == "GET" and url.path.endswith("/Messages.json"):
+            with self.lock:
+                if self.lookup_answers:
+                    return self.lookup_answers.popleft()
+            query = {name: values[-1] for name, values in parse_qs(url.query).items()}
+            with self.lock:
+                matching = [m for m in reversed(self.accepted)
+                            if m["to"] == query.get("To", m["to"]) and m["from"] == query.get("From", m["from"])]
+            size = int(query.get("PageSize", 50))
+            return Scripted(200, {"messages": matching[:size], "page": 0, "page_size": size, "start": 0,
+                                  "end": max(len(matching[:size]) - 1, 0), "uri": url.path,
+                                  "first_page_uri": url.path, "next_page_uri": None, "previous_page_uri": None})
         if request.method == "GET" and len(parts) == 4 and parts[3].endswith(".json"):
             account = parts[3][:-5]
             return Scripted(200, {"sid": account, "friendly_name": "Test account", "status": "active",

@@ -74,6 +74,31 @@ def test_worker_settings_defaults_and_values():
     assert (config.worker_concurrency, config.ai_deadline) == (64, 30)
 
 
+@pytest.mark.parametrize("name, raw, problem", [
+    ("RETENTION_DAYS", "-1", "RETENTION_DAYS must be at least 0, got -1"),
+    ("RETENTION_DAYS", "90d", "RETENTION_DAYS must be a whole number, got '90d'"),
+    ("RETENTION_DAYS", "99999", "RETENTION_DAYS must be at most 36500, got 99999"),
+    ("WEBHOOK_LOG_RETENTION_DAYS", "-14", "WEBHOOK_LOG_RETENTION_DAYS must be at least 0, got -14"),
+    ("WEBHOOK_LOG_RETENTION_DAYS", "1.5", "WEBHOOK_LOG_RETENTION_DAYS must be a whole number, got '1.5'"),
+    ("MAX_PROCESSING_ATTEMPTS", "0", "MAX_PROCESSING_ATTEMPTS must be at least 1, got 0"),
+    ("MAX_PROCESSING_ATTEMPTS", "101", "MAX_PROCESSING_ATTEMPTS must be at most 100, got 101"),
+    ("MAX_PROCESSING_ATTEMPTS", "five", "MAX_PROCESSING_ATTEMPTS must be a whole number, got 'five'"),
+])
+def test_retention_and_attempt_settings_out_of_range_are_named(name, raw, problem):
+    with pytest.raises(ConfigError) as error:
+        Config.from_mapping({**MINIMAL, name: raw})
+    assert error.value.problems == [problem]
+
+
+def test_retention_and_attempt_settings_defaults_and_values():
+    defaults = Config.from_mapping(MINIMAL)
+    assert (defaults.retention_days, defaults.webhook_log_retention_days,
+            defaults.max_processing_attempts) == (90, 14, 5)
+    config = Config.from_mapping({**MINIMAL, "RETENTION_DAYS": "0", "WEBHOOK_LOG_RETENTION_DAYS": "0",
+                                  "MAX_PROCESSING_ATTEMPTS": "3"})
+    assert (config.retention_days, config.webhook_log_retention_days, config.max_processing_attempts) == (0, 0, 3)
+
+
 @pytest.mark.parametrize("url", ["postgres://u:p@db:5432/app", "postgresql://u:p@db:5432/app",
                                  "sqlite:////tmp/x.sqlite3"])
 def test_database_url_accepts_sqlite_and_both_postgres_spellings(url):

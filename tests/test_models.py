@@ -161,8 +161,8 @@ def test_upgrade_adds_the_message_origin_to_an_older_database_as_whatsapp(empty_
         conversation = conversation_for("whatsapp:+15550001111")
         db.database.execute_sql("ALTER TABLE message DROP COLUMN origin")
         db.database.execute_sql(
-            "INSERT INTO message (conversation_id, role, content, created_at, status, metadata, parts_sent) "
-            "VALUES (%s, 'user', 'old', %s, 'pending', '{}', 0)" % (db.database.param, db.database.param),
+            "INSERT INTO message (conversation_id, role, content, created_at, status, metadata, parts_sent, attempts) "
+            "VALUES (%s, 'user', 'old', %s, 'pending', '{}', 0, 0)" % (db.database.param, db.database.param),
             (conversation.id.hex if "sqlite" in empty_database_url else str(conversation.id), utcnow()),
         )
         migrations.SchemaVersion.delete().where(migrations.SchemaVersion.version >= 4).execute()
@@ -170,3 +170,23 @@ def test_upgrade_adds_the_message_origin_to_an_older_database_as_whatsapp(empty_
     with db.database.connection_context():
         assert Message.get(Message.content == "old").origin == "whatsapp"
         assert Message.select().where(Message.from_whatsapp()).count() == 1
+
+
+def test_upgrade_adds_attempts_and_send_intents_to_an_older_database(empty_database_url):
+    db.open_database(empty_database_url)
+    migrations.upgrade()
+    with db.database.connection_context():
+        conversation = conversation_for("whatsapp:+15550001111")
+        for column in ("attempts", "sending_part", "sending_since"):
+            db.database.execute_sql(f"ALTER TABLE message DROP COLUMN {column}")
+        db.database.execute_sql(
+            "INSERT INTO message (conversation_id, role, content, created_at, status, metadata, parts_sent, origin) "
+            "VALUES (%s, 'user', 'old', %s, 'pending', '{}', 0, 'whatsapp')" % (db.database.param, db.database.param),
+            (conversation.id.hex if "sqlite" in empty_database_url else str(conversation.id), utcnow()),
+        )
+        migrations.SchemaVersion.delete().where(migrations.SchemaVersion.version >= 5).execute()
+    assert migrations.upgrade() == (4, len(migrations.MIGRATIONS))
+    with db.database.connection_context():
+        old = Message.get(Message.content == "old")
+        assert (old.attempts, old.sending_part, old.sending_since) == (0, None, None)
+        assert Message.count_attempt(old.id) == 1

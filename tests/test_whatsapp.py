@@ -138,13 +138,15 @@ def test_timeout_is_a_retryable_error(fake_twilio):
     assert caught.value.retryable is True
 
 
-def test_timed_out_send_is_retried(fake_twilio):
-    fake_twilio.then(Scripted(201, {"sid": "SMlate"}, delay=1.0), accepted("SMintime"))
+def test_timed_out_send_that_twilio_did_not_take_is_sent_again(fake_twilio):
+    # A scripted answer: the fake does not count the first post among the messages it took.
+    fake_twilio.then(Scripted(201, {"sid": "SMlate"}, delay=1.0))
     client = WhatsAppClient(ACCOUNT_SID, AUTH_TOKEN, BOT_NUMBER, api_base_url=fake_twilio.url,
                             timeout=0.3, backoff=0.01)
 
-    assert client.send(ADA, "Hello Ada") == ["SMintime"]
+    assert client.send(ADA, "Hello Ada") == [fake_twilio.accepted[0]["sid"]]
     assert len(fake_twilio.sent) == 2
+    assert len(fake_twilio.lookups) == 1  # asked first: not taken, so sent again
 
 
 @pytest.mark.parametrize("account_sid, auth_token, number", [

@@ -135,7 +135,7 @@ def test_cleanup_deactivates_idle_conversations_and_drops_their_context(services
         Conversation.id == idle.id
     ).execute()
     services.context.add_message(idle.id, "user", "old", position=1.0, message_id=1)
-    assert tasks.cleanup_expired_conversations() == 1
+    assert tasks.cleanup_expired_conversations()["conversations_ended"] == 1
     assert Conversation.get_by_id(idle.id).is_active is False
     assert Conversation.get_by_id(recent.id).is_active is True
     assert not services.redis.exists(services.context.key(idle.id))
