@@ -9,16 +9,22 @@ bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 # Heroku sets WEB_CONCURRENCY from the dyno size; elsewhere set it to about 2 per CPU core.
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 worker_class = "gthread"
-# One thread per worker: the webhook is CPU-bound and short, and extra threads only contend for
-# the GIL and the database's write lock (measured: longer tails, no more throughput).
-threads = int(os.environ.get("GUNICORN_THREADS", "1"))
-# The webhook answers in milliseconds; anything slower than this is stuck.
+# Eight threads per worker, for slow clients rather than throughput. gthread (gunicorn 27) parks
+# a connection on its event loop only until the first bytes arrive; from then on one thread reads
+# the headers and the body with no time limit, and gunicorn has no setting that bounds that read.
+# With one thread per worker, two clients sending a header line every 2 s kept /health failing
+# (tests/test_slow_clients.py). Idle threads cost little; busy ones share the GIL, so the webhook's
+# own throughput does not grow with them. This only raises the bar: a proxy that buffers whole
+# requests (Heroku's router, Render's, deploy/nginx.conf in compose) is what removes the problem.
+threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+# The worker's heartbeat, not a request deadline: gthread keeps beating while a thread waits.
 timeout = 30
 # On SIGTERM, requests in flight get this long to finish (Heroku and Render allow 30 s).
 graceful_timeout = 30
+# An idle kept-alive connection waits on the event loop, not in a thread, so this costs no thread.
 keepalive = 5
-# Peers whose X-Forwarded-Proto gunicorn believes. The app itself trusts one proxy hop of
-# X-Forwarded-* (ProxyFix), so this only matters to gunicorn's own idea of the scheme.
+# Peers whose X-Forwarded-Proto gunicorn believes. The app trusts TRUSTED_PROXIES hops of
+# X-Forwarded-* itself (ProxyFix), so this only matters to gunicorn's own idea of the scheme.
 # Set FORWARDED_ALLOW_IPS="*" only when nothing but your proxy can reach this port.
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
 # The heartbeat file on a disk-backed /tmp can stall workers (gunicorn's docs); /dev/shm is memory.

@@ -112,8 +112,8 @@ def settings_checks(config: Config) -> list[Check]:
         *twilio_settings_checks(config),
     ]
     if not config.public_base_url:
-        checks.append(warn("PUBLIC_BASE_URL", "not set: signatures are checked against the URL each request "
-                                              "arrives at, which a proxy may change", FIXES["PUBLIC_BASE_URL"]))
+        checks.append(fail("PUBLIC_BASE_URL", "not set: the web process refuses to start without it",
+                           FIXES["PUBLIC_BASE_URL"]))
     elif not config.public_base_url.startswith("https://"):
         checks.append(warn("PUBLIC_BASE_URL", f"{config.public_base_url} is not https", FIXES["PUBLIC_BASE_URL"]))
     else:

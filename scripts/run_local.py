@@ -133,6 +133,12 @@ def main() -> int:
         env["REDIS_URL"] = local_redis.start()
     port = env.get("PORT") or "5000"
     env.update(PORT=port, WEB_CONCURRENCY=env.get("WEB_CONCURRENCY", "1"), PYTHONUNBUFFERED="1")
+    # The web process refuses to start without PUBLIC_BASE_URL; a local run without a tunnel is
+    # reached at its loopback address, so that is the URL its signatures are checked against.
+    if not env.get("PUBLIC_BASE_URL"):
+        env["PUBLIC_BASE_URL"] = f"http://127.0.0.1:{port}"
+        say(f"PUBLIC_BASE_URL is not set: using {env['PUBLIC_BASE_URL']} (set it to a tunnel's https "
+            "origin to take real WhatsApp traffic)")
     python = sys.executable
     processes: dict[str, subprocess.Popen] = {}
     try:

@@ -162,6 +162,13 @@ def test_plain_http_public_url_is_a_warning_not_a_failure(app_with):
     assert "! PUBLIC_BASE_URL: http://bot.example.com is not https" in result.output
 
 
+def test_missing_public_url_fails_with_the_fix(app_with):
+    result = app_with(public_base_url="").test_cli_runner().invoke(args=["check-config", "--offline"])
+    assert result.exit_code == 1
+    assert "✗ PUBLIC_BASE_URL: not set: the web process refuses to start without it" in result.output
+    assert "fix: set it to the https origin Twilio calls" in result.output
+
+
 # --- Settings that do not load ------------------------------------------------------------------
 
 def invalid_settings_error(env) -> ConfigError:
@@ -207,6 +214,24 @@ def test_web_process_refuses_to_start_on_invalid_settings(env):
                             env={**os.environ, **env, "TWILIO_ACCOUNT_SID": "AC123"}, timeout=60)
     assert result.returncode != 0
     assert "ConfigError" in result.stderr
+
+
+def test_web_process_refuses_to_start_without_public_base_url(env, tmp_path):
+    settings = {**os.environ, **env, "PUBLIC_BASE_URL": "", "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"}
+    imported = subprocess.run([sys.executable, "-c", "import wsgi"], cwd=PROJECT_DIR, capture_output=True,
+                              text=True, env=settings, timeout=60)
+    served = subprocess.run([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind",
+                             f"127.0.0.1:{free_port()}", "wsgi:app"], cwd=PROJECT_DIR, capture_output=True,
+                            text=True, env={**settings, "WEB_CONCURRENCY": "1"}, timeout=60)
+    for result in (imported, served):
+        assert result.returncode != 0
+        assert "PUBLIC_BASE_URL is required by the web process but not set" in result.stderr
+
+
+def test_flask_commands_run_without_public_base_url(env, tmp_path):
+    result = run_flask({**env, "PUBLIC_BASE_URL": "", "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"},
+                       "init-db")
+    assert result.returncode == 0, result.stderr
 
 
 # --- test-whatsapp --------------------------------------------------------------------------------

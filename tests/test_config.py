@@ -99,6 +99,22 @@ def test_retention_and_attempt_settings_defaults_and_values():
     assert (config.retention_days, config.webhook_log_retention_days, config.max_processing_attempts) == (0, 0, 3)
 
 
+@pytest.mark.parametrize("raw, problem", [
+    ("0", "MAX_REPLY_PARTS must be at least 1, got 0"),
+    ("51", "MAX_REPLY_PARTS must be at most 50, got 51"),
+    ("ten", "MAX_REPLY_PARTS must be a whole number, got 'ten'"),
+])
+def test_reply_parts_out_of_range_are_named(raw, problem):
+    with pytest.raises(ConfigError) as error:
+        Config.from_mapping({**MINIMAL, "MAX_REPLY_PARTS": raw})
+    assert error.value.problems == [problem]
+
+
+def test_reply_parts_default_and_values():
+    assert Config.from_mapping(MINIMAL).max_reply_parts == 10
+    assert [Config.from_mapping({**MINIMAL, "MAX_REPLY_PARTS": raw}).max_reply_parts for raw in ("1", "50")] == [1, 50]
+
+
 @pytest.mark.parametrize("url", ["postgres://u:p@db:5432/app", "postgresql://u:p@db:5432/app",
                                  "sqlite:////tmp/x.sqlite3"])
 def test_database_url_accepts_sqlite_and_both_postgres_spellings(url):
@@ -152,3 +168,18 @@ def test_redis_certificate_check_can_be_relaxed_only_for_tls_urls():
     assert Config.from_mapping({**MINIMAL, "REDIS_TLS_VERIFY": "false"}).redis_options() == {}
     with pytest.raises(ConfigError, match="REDIS_TLS_VERIFY must be true or false"):
         Config.from_mapping({**MINIMAL, "REDIS_TLS_VERIFY": "maybe"})
+
+
+def test_only_the_web_process_needs_public_base_url():
+    assert Config.from_mapping(MINIMAL).public_base_url == ""
+    with pytest.raises(ConfigError) as error:
+        Config.from_mapping(MINIMAL, serving_web=True)
+    assert error.value.problems == ["PUBLIC_BASE_URL is required by the web process but not set: set it to the "
+                                    "https origin Twilio calls, e.g. https://my-bot.example.com"]
+    served = Config.from_mapping({**MINIMAL, "PUBLIC_BASE_URL": "https://bot.example.com/"}, serving_web=True)
+    assert served.public_base_url == "https://bot.example.com"
+
+
+def test_forwarded_headers_are_trusted_only_when_proxies_are_declared():
+    assert Config.from_mapping(MINIMAL).trusted_proxies == 0
+    assert Config.from_mapping({**MINIMAL, "TRUSTED_PROXIES": "1"}).trusted_proxies == 1

@@ -44,6 +44,22 @@ def compose() -> dict:
     return yaml.safe_load((PROJECT_DIR / "docker-compose.yml").read_text())
 
 
+def nginx_directives() -> dict[str, list[str]]:
+    """Return each directive of deploy/nginx.conf with the arguments of each time it is given."""
+    directives: dict[str, list[str]] = {}
+    for line in (PROJECT_DIR / "deploy" / "nginx.conf").read_text().splitlines():
+        match = re.match(r"\s*([a-z_]+)\s+([^;{]*);", line.split("#", 1)[0])
+        if match:
+            directives.setdefault(match.group(1), []).append(" ".join(match.group(2).split()))
+    return directives
+
+
+def seconds(duration: str) -> int:
+    match = re.fullmatch(r"(\d+)s?", duration)
+    assert match, duration
+    return int(match.group(1))
+
+
 def app_json() -> dict:
     return json.loads((PROJECT_DIR / "app.json").read_text())
 
@@ -110,8 +126,8 @@ def test_build_context_leaves_out_secrets_and_local_state():
 def test_compose_runs_postgres_redis_and_every_process_with_healthchecks_and_volumes():
     stack = compose()
     services = stack["services"]
-    assert set(services) == {"postgres", "redis"} | PROCESSES
-    for name in ("postgres", "redis", "worker", "scheduler"):
+    assert set(services) == {"postgres", "redis", "proxy"} | PROCESSES
+    for name in ("postgres", "redis", "proxy", "worker", "scheduler"):
         assert services[name]["healthcheck"]["test"], name
     assert "healthcheck" not in services["web"]  # the image's HEALTHCHECK on /health
     declared_volumes = set(stack["volumes"])
@@ -137,6 +153,46 @@ def test_compose_addresses_are_valid_settings():
         config = Config.from_mapping({"SECRET_KEY": "s", "FIELD_ENCRYPTION_KEY": KEY, **values})
         assert config.database_url.startswith("postgresql://") and "@postgres:5432/" in config.database_url
         assert config.redis_url == "redis://redis:6379/0"
+
+
+def test_compose_publishes_only_the_proxy_and_the_proxy_reaches_gunicorn():
+    services = compose()["services"]
+    assert [name for name, service in services.items() if service.get("ports")] == ["proxy"]
+    assert [port.rsplit(":", 1)[1] for port in services["proxy"]["ports"]] == ["80"]
+    assert services["proxy"]["image"].startswith("nginx:")
+    assert "./deploy/nginx.conf:/etc/nginx/conf.d/default.conf:ro" in services["proxy"]["volumes"]
+    assert services["proxy"]["depends_on"]["web"]["condition"] == "service_healthy"
+    directives = nginx_directives()
+    assert directives["listen"] == ["80 default_server"]
+    assert directives["set"] == [f"$web http://web:{services['web']['environment']['PORT']}"]
+    assert directives["proxy_pass"] == ["$web"]
+
+
+def test_proxy_buffers_whole_requests_and_drops_slow_clients():
+    directives = nginx_directives()
+    assert directives["proxy_request_buffering"] == ["on"] and directives["proxy_buffering"] == ["on"]
+    for timeout in ("client_header_timeout", "client_body_timeout", "send_timeout"):
+        assert seconds(directives[timeout][0]) <= 10, timeout
+
+
+def test_proxy_refuses_bodies_the_app_would_refuse():
+    limit = nginx_directives()["client_max_body_size"][0]
+    assert limit.endswith("k") and int(limit[:-1]) * 1024 == Config.max_request_bytes
+    assert nginx_directives()["client_body_buffer_size"] == [limit]
+
+
+def test_proxy_passes_the_forwarded_headers_the_app_trusts_for_one_hop():
+    headers = dict(value.split(" ", 1) for value in nginx_directives()["proxy_set_header"])
+    assert headers == {"Host": "$host", "X-Forwarded-For": "$proxy_add_x_forwarded_for",
+                       "X-Forwarded-Proto": "$scheme", "X-Forwarded-Host": "$host"}
+    assert compose()["services"]["web"]["environment"]["TRUSTED_PROXIES"] == "1"
+
+
+def test_platforms_with_one_router_in_front_trust_one_hop():
+    assert Config.trusted_proxies == 0  # nothing in front: no forwarded header is believed
+    assert app_json()["env"]["TRUSTED_PROXIES"]["value"] == "1"
+    group = render_blueprint()["envVarGroups"][0]["envVars"]
+    assert {variable["key"]: variable.get("value") for variable in group}["TRUSTED_PROXIES"] == "1"
 
 
 def test_every_platform_runs_the_procfile_commands():
@@ -227,7 +283,7 @@ def gunicorn_settings(monkeypatch, **environ) -> dict:
 def test_gunicorn_defaults_keep_the_measured_settings(monkeypatch):
     settings = gunicorn_settings(monkeypatch)
     assert settings["bind"] == "0.0.0.0:8000"
-    assert (settings["workers"], settings["threads"], settings["worker_class"]) == (2, 1, "gthread")
+    assert (settings["workers"], settings["threads"], settings["worker_class"]) == (2, 8, "gthread")
     assert settings["graceful_timeout"] == 30 and settings["control_socket_disable"] is True
     assert settings["forwarded_allow_ips"] == "127.0.0.1,::1"
 

@@ -40,6 +40,8 @@ def container_env(redis_url, tmp_path):
         "FIELD_ENCRYPTION_KEY": Fernet.generate_key().decode(),
         "DATABASE_URL": f"sqlite:///{tmp_path / 'chatbot.sqlite3'}",
         "REDIS_URL": redis_url,
+        # The web process refuses to start without it.
+        "PUBLIC_BASE_URL": "https://bot.example.com",
     }
 
 

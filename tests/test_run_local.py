@@ -151,6 +151,22 @@ def test_make_run_warns_about_missing_whatsapp_settings_without_failing(local_ru
     assert "TWILIO_WHATSAPP_NUMBER is not set" not in run.output
 
 
+def test_make_run_without_public_base_url_checks_signatures_against_its_loopback_url(local_run):
+    run = local_run(PUBLIC_BASE_URL="")
+
+    wait_for(run.healthy, what="/health")
+    form = inbound_form("Hello over loopback", sender=ADA)
+    signed_for_loopback = requests.post(run.url("/whatsapp/webhook"), data=form, timeout=10,
+                                        headers={"X-Twilio-Signature": sign(run.url("/whatsapp/webhook"), form)})
+    other = inbound_form("Hello from elsewhere", sender=ADA)
+    signed_for_another_host = requests.post(run.url("/whatsapp/webhook"), data=other, timeout=10,
+                                            headers={"X-Twilio-Signature": sign(WEBHOOK_URL, other)})
+    assert run.ctrl_c() == 0
+
+    assert (signed_for_loopback.status_code, signed_for_another_host.status_code) == (200, 403)
+    assert f"PUBLIC_BASE_URL is not set: using http://127.0.0.1:{run.port}" in run.output
+
+
 def test_local_redis_starts_in_the_given_directory_and_stops(tmp_path):
     spec = importlib.util.spec_from_file_location("run_local", PROJECT_DIR / "scripts" / "run_local.py")
     run_local = importlib.util.module_from_spec(spec)
