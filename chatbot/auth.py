@@ -1,7 +1,9 @@
-"""Admin login: sessions, password checks and throttling of failed attempts."""
+"""Admin login: server-side sessions, password checks and throttling of failed attempts."""
 from __future__ import annotations
 
 import hashlib
+import math
+import secrets
 from urllib.parse import urlparse
 
 from flask import session
@@ -12,8 +14,10 @@ from wtforms.validators import DataRequired, Length
 
 from chatbot.models import AdminUser, utcnow
 
-SESSION_USER = "admin_user_id"
-SESSION_STAMP = "admin_stamp"
+# The cookie carries only this random id; what it stands for lives in Redis, so it can be revoked.
+SESSION_ID = "admin_session"
+# An admin session unused this long ends; every admin request restarts the clock.
+ADMIN_IDLE_SECONDS = 30 * 60
 
 
 class LoginForm(SecureForm):
@@ -23,43 +27,107 @@ class LoginForm(SecureForm):
     password = PasswordField("Password", validators=[DataRequired(), Length(max=1024)])
 
 
-class LoginThrottle:
-    """Counts failed logins per username and per client address in Redis, over a window."""
+class AdminSessions:
+    """Admin sessions kept in Redis: each maps an id to its user and password stamp, expiring when idle."""
 
-    def __init__(self, redis: Redis, per_user: int = 5, per_address: int = 20, window: int = 900):
+    def __init__(self, redis: Redis, idle_seconds: int = ADMIN_IDLE_SECONDS):
         self.redis = redis
-        self.per_user = per_user
+        self.idle_seconds = idle_seconds
+
+    @staticmethod
+    def _key(session_id: str) -> str:
+        return f"chatbot:admin-session:{session_id}"
+
+    def start(self, user: AdminUser) -> str:
+        """Store a new session for `user` and return its id."""
+        session_id = secrets.token_urlsafe(32)
+        self.redis.set(self._key(session_id), f"{user.id}:{user.session_stamp()}", ex=self.idle_seconds)
+        return session_id
+
+    def touch(self, session_id: str) -> tuple[int, str] | None:
+        """Return the session's (user id, password stamp) and restart its idle clock; None once ended."""
+        with self.redis.pipeline() as pipe:
+            pipe.get(self._key(session_id)).expire(self._key(session_id), self.idle_seconds)
+            value, _ = pipe.execute()
+        if value is None:
+            return None
+        user_id, _, stamp = value.decode().partition(":")
+        return int(user_id), stamp
+
+    def end(self, session_id: str) -> None:
+        self.redis.delete(self._key(session_id))
+
+
+# One call decides and counts, so parallel attempts cannot all pass one check before any is counted.
+# KEYS: pair attempts, pair lock, username attempts, address attempts.
+# ARGV: free pair attempts, longest pair wait, pair memory, username ceiling, address ceiling, ceiling window.
+# Returns the milliseconds to wait, or 0 when this attempt may check the password.
+CLAIM_ATTEMPT = """
+local locked = redis.call('PTTL', KEYS[2])
+if locked > 0 then return locked end
+for index, ceiling in ipairs({ARGV[4], ARGV[5]}) do
+  local key = KEYS[index + 2]
+  if tonumber(redis.call('GET', key) or '0') >= tonumber(ceiling) then
+    return math.max(redis.call('PTTL', key), 1)
+  end
+end
+for index = 3, 4 do
+  if redis.call('INCR', KEYS[index]) == 1 then redis.call('EXPIRE', KEYS[index], ARGV[6]) end
+end
+local attempts = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+local over = attempts - tonumber(ARGV[1])
+if over >= 0 then
+  redis.call('SET', KEYS[2], 1, 'EX', math.min(60 * 2 ^ over, tonumber(ARGV[2])))
+end
+return 0
+"""
+
+# A right password clears its pair's record and gives its attempt back to the ceilings.
+FORGIVE_ATTEMPT = """
+redis.call('DEL', KEYS[1], KEYS[2])
+for index = 3, 4 do
+  if tonumber(redis.call('GET', KEYS[index]) or '0') > 0 then redis.call('DECR', KEYS[index]) end
+end
+return 0
+"""
+
+
+class LoginThrottle:
+    """Limits password checks per (username, address) with backoff, under per-username and per-address ceilings.
+
+    An attacker's failures slow down only their own address for that username, so the operator can
+    still log in from another; the ceilings stop a spread-out guessing run.
+    """
+
+    def __init__(self, redis: Redis, free_attempts: int = 5, longest_wait: int = 15 * 60,
+                 per_username: int = 100, per_address: int = 100, ceiling_window: int = 3600):
+        self.redis = redis
+        self.free_attempts = free_attempts
+        self.longest_wait = longest_wait
+        self.per_username = per_username
         self.per_address = per_address
-        self.window = window
+        self.ceiling_window = ceiling_window
+        self._claim = redis.register_script(CLAIM_ATTEMPT)
+        self._forgive = redis.register_script(FORGIVE_ATTEMPT)
 
-    def _keys(self, username: str, address: str) -> tuple[str, str]:
+    @staticmethod
+    def _keys(username: str, address: str) -> list[str]:
         user = hashlib.sha256(username.strip().lower().encode()).hexdigest()[:24]
-        return f"chatbot:login-failures:user:{user}", f"chatbot:login-failures:addr:{address}"
+        return [f"chatbot:login:pair:{user}:{address}", f"chatbot:login:lock:{user}:{address}",
+                f"chatbot:login:user:{user}", f"chatbot:login:addr:{address}"]
 
-    def retry_after(self, username: str, address: str) -> int:
-        """Return the seconds until another attempt is allowed (0 when allowed now)."""
-        user_key, address_key = self._keys(username, address)
-        with self.redis.pipeline() as pipe:
-            pipe.get(user_key).ttl(user_key).get(address_key).ttl(address_key)
-            user_count, user_ttl, address_count, address_ttl = pipe.execute()
-        waits = []
-        if user_count and int(user_count) >= self.per_user:
-            waits.append(user_ttl)
-        if address_count and int(address_count) >= self.per_address:
-            waits.append(address_ttl)
-        return max([w for w in waits if w and w > 0], default=0)
+    def claim(self, username: str, address: str) -> int:
+        """Count an attempt; return 0 when it may check the password, else the seconds to wait."""
+        # The pair's record outlives its longest wait, so backoff keeps growing across waits.
+        wait_ms = self._claim(keys=self._keys(username, address), args=[
+            self.free_attempts, self.longest_wait, 4 * self.longest_wait,
+            self.per_username, self.per_address, self.ceiling_window])
+        return math.ceil(int(wait_ms) / 1000)
 
-    def record_failure(self, username: str, address: str) -> None:
-        with self.redis.pipeline() as pipe:
-            for key in self._keys(username, address):
-                # The window starts at the first failure (SET NX keeps its expiry; Redis 6 compatible).
-                pipe.set(key, 0, ex=self.window, nx=True)
-                pipe.incr(key)
-            pipe.execute()
-
-    def forget(self, username: str, address: str) -> None:
-        """Clear the username's failures after a successful login."""
-        self.redis.delete(self._keys(username, address)[0])
+    def forgive(self, username: str, address: str) -> None:
+        """Clear the record of (username, address) after a successful login."""
+        self._forgive(keys=self._keys(username, address))
 
 
 def authenticate(username: str, password: str) -> AdminUser | None:
@@ -72,42 +140,50 @@ def authenticate(username: str, password: str) -> AdminUser | None:
     return user if user.check_password(password) else None
 
 
-def log_in(user: AdminUser) -> None:
-    """Start a fresh session for `user` (a new session defeats fixation)."""
-    session.clear()
+def log_in(user: AdminUser, sessions: AdminSessions) -> None:
+    """Start a fresh session for `user` (a new id defeats fixation; the old one is ended)."""
+    log_out(sessions)
     session.permanent = True
-    session[SESSION_USER] = user.id
-    session[SESSION_STAMP] = user.session_stamp()
+    session[SESSION_ID] = sessions.start(user)
     AdminUser.update(last_login_at=utcnow()).where(AdminUser.id == user.id).execute()
 
 
-def log_out() -> None:
+def log_out(sessions: AdminSessions) -> None:
+    """End the session on the server too, so a copy of the cookie stops working."""
+    session_id = session.pop(SESSION_ID, None)
     session.clear()
+    if session_id:
+        sessions.end(session_id)
 
 
-def current_admin() -> AdminUser | None:
-    """Return the logged-in admin, if the session is still valid (user exists, password unchanged)."""
-    user_id = session.get(SESSION_USER)
-    if user_id is None:
+def current_admin(sessions: AdminSessions) -> AdminUser | None:
+    """Return the logged-in admin while the session lives (not logged out, idle or from before a reset)."""
+    session_id = session.get(SESSION_ID)
+    if not session_id:
         return None
-    user = AdminUser.get_or_none(AdminUser.id == user_id)
-    if user is None or session.get(SESSION_STAMP) != user.session_stamp():
+    held = sessions.touch(session_id)
+    user = AdminUser.get_or_none(AdminUser.id == held[0]) if held else None
+    if user is None or held[1] != user.session_stamp():
+        log_out(sessions)
         return None
     return user
 
 
 def safe_next(target: str | None, default: str) -> str:
-    """Only follow a post-login redirect that stays on this site's admin pages."""
-    if not target:
+    """Only follow a post-login redirect to a plain path on this site's admin pages."""
+    if not target or "\\" in target or any(ord(char) < 0x20 or ord(char) == 0x7F for char in target):
         return default
     parsed = urlparse(target)
-    if parsed.scheme or parsed.netloc or not parsed.path.startswith("/admin"):
+    if parsed.scheme or parsed.netloc or not (parsed.path == "/admin" or parsed.path.startswith("/admin/")):
         return default
     return target
 
 
 def create_or_reset_admin(username: str, password: str) -> tuple[AdminUser, bool]:
-    """Create the admin user, or set a new password on an existing one; return (user, created)."""
+    """Create the admin user, or set a new password on an existing one; return (user, created).
+
+    A new password changes the user's session stamp, which ends every session started before it.
+    """
     user = AdminUser.get_or_none(AdminUser.username == username)
     created = user is None
     if created:

@@ -91,15 +91,22 @@ def test_whatsapp_command(recipient, message, check_only):
 
 @click.command("create-admin")
 @click.option("--username", required=True, help="Login name of the admin user.")
-@click.option("--password", help="Password; prompted for (hidden, twice) when omitted.")
+@click.option("--password-stdin", "from_stdin", is_flag=True,
+              help="Read the password from the first line of standard input instead of prompting.")
 @with_appcontext
 @operator_errors
-def create_admin_command(username, password):
-    """Create an admin user for the panel at /admin, or reset an existing one's password."""
-    if password is None:
+def create_admin_command(username, from_stdin):
+    """Create an admin user for the panel at /admin, or reset an existing one's password.
+
+    The password is prompted for (hidden, twice) or read from standard input, never taken as an
+    argument, where `ps` and shell history would show it. A reset ends the user's open sessions.
+    """
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     if len(password) < 8:
-        raise click.BadParameter("use at least 8 characters", param_hint="--password")
+        raise click.BadParameter("use at least 8 characters", param_hint="password")
     _user, created = auth.create_or_reset_admin(username.strip(), password)
     click.echo(f"{'Created' if created else 'Reset the password of'} admin user {username.strip()!r}.")
 

@@ -9,10 +9,12 @@ from tests.support import conversation_for
 
 ADA = "whatsapp:+15550001111"
 COMMANDS = {
-    "create-admin": ["create-admin", "--username", "ops", "--password", "correct horse battery"],
+    "create-admin": ["create-admin", "--username", "ops", "--password-stdin"],
     "rotate-key": ["rotate-key"],
     "retry-failed": ["retry-failed"],
 }
+# What each command reads from standard input.
+STDIN = {"create-admin": "correct horse battery\n"}
 
 
 def nowhere(scheme: str) -> str:
@@ -23,7 +25,8 @@ def nowhere(scheme: str) -> str:
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_database_down_is_named_with_its_fix_and_no_traceback(env, command):
-    result = run_flask({**env, "DATABASE_URL": nowhere("postgresql")}, *COMMANDS[command])
+    result = run_flask({**env, "DATABASE_URL": nowhere("postgresql")}, *COMMANDS[command],
+                        stdin=STDIN.get(command, ""))
 
     assert result.returncode == 1, result.stderr
     assert "Error: database:" in result.stderr
@@ -51,5 +54,5 @@ def test_retry_failed_with_redis_down_is_named_and_leaves_the_message_for_the_sw
 @pytest.mark.parametrize("command", ["create-admin", "rotate-key"])
 def test_commands_that_need_no_redis_work_with_redis_down(app_with, command):
     app = app_with(redis_url=nowhere("redis"))
-    result = app.test_cli_runner().invoke(args=COMMANDS[command])
+    result = app.test_cli_runner().invoke(args=COMMANDS[command], input=STDIN.get(command))
     assert result.exit_code == 0, result.output
