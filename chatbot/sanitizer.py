@@ -8,6 +8,12 @@ from dataclasses import dataclass
 from config import WHATSAPP_ADDRESS_SHAPE
 
 TRIMMED_NOTE = "(Your message was too long, so I only read the first {limit} characters.)"
+# Real graphemes are short: the longest emoji sequences have about ten code points. A longer one (a
+# chain of a thousand joiners, say) is an attack, not writing, and is cut where the text must be cut.
+MAX_GRAPHEME_CHARS = 32
+# Unicode's stream-safe format (UAX #15) allows 30 combining marks in a row; more are vandalism
+# ("Zalgo"), and NFC's reordering of a long mixed run takes time that grows with its square.
+MAX_COMBINING_RUN = 30
 
 # Control characters (C0, DEL, C1) except tab and newlines; lone surrogates; and the
 # non-characters XML 1.0 forbids. Everything else, emoji and every script included, stays.
@@ -21,14 +27,27 @@ class CleanText:
 
 
 def clean_text(text: str, max_chars: int | None = None) -> CleanText:
-    """Normalise to NFC, drop control characters (keeping newlines and tabs), trim to `max_chars`."""
-    text = _UNSAFE.sub("", unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n")))
+    """Normalise to NFC, drop control characters (keeping newlines and tabs) and combining marks past
+    MAX_COMBINING_RUN in a row, trim to `max_chars`."""
+    text = _limit_combining_runs(_UNSAFE.sub("", text.replace("\r\n", "\n").replace("\r", "\n")))
+    # NFC can turn one mark into several, so the runs are limited again after it.
+    text = _limit_combining_runs(unicodedata.normalize("NFC", text))
     if max_chars is not None and len(text) > max_chars:
-        cut = max_chars
-        while cut > 0 and not keeps_graphemes_whole(text, cut):
-            cut -= 1
-        return CleanText(text[:cut].rstrip(), trimmed=True)
+        text = text.lstrip()  # blank padding must not push the words out
+        return CleanText(text[:grapheme_cut(text, max_chars)].rstrip(), trimmed=True)
     return CleanText(text, trimmed=False)
+
+
+def _limit_combining_runs(text: str) -> str:
+    """Drop every combining mark past MAX_COMBINING_RUN in a row."""
+    if not any(map(unicodedata.combining, text)):
+        return text
+    kept, run = [], 0
+    for char in text:
+        run = run + 1 if unicodedata.combining(char) else 0
+        if run <= MAX_COMBINING_RUN:
+            kept.append(char)
+    return "".join(kept)
 
 
 def _joins_previous(char: str) -> bool:
@@ -60,6 +79,16 @@ def keeps_graphemes_whole(text: str, index: int) -> bool:
             run += 1
         return run % 2 == 0
     return True
+
+
+def grapheme_cut(text: str, index: int) -> int:
+    """Return where to cut `text` at or before `index`: the nearest place that keeps graphemes whole
+    within MAX_GRAPHEME_CHARS (0 when the first grapheme reaches past `index`), else `index` itself,
+    inside a grapheme too long to be real."""
+    for cut in range(index, max(index - MAX_GRAPHEME_CHARS, 0) - 1, -1):
+        if keeps_graphemes_whole(text, cut):
+            return cut
+    return index
 
 
 def is_whatsapp_address(value: str) -> bool:

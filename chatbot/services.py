@@ -68,6 +68,7 @@ def build_services(config: Config, ai_options: dict | None = None,
         config.twilio_whatsapp_number,
         api_base_url=config.twilio_api_base_url,
         pool_size=http_pool_size(config),
+        max_parts=config.max_reply_parts,
         **(whatsapp_options or {}),
     )
     return Services(

@@ -15,7 +15,7 @@ from twilio.rest import Client
 
 from chatbot.errors import WhatsAppError
 from chatbot.retries import with_retries
-from chatbot.sanitizer import keeps_graphemes_whole
+from chatbot.sanitizer import grapheme_cut
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,9 @@ def utf16_length(text: str) -> int:
 
 
 _SENTENCE_END = re.compile(r"[.!?…。！？](?:[\"')\]»”’]*)\s+")
+_SPACES = re.compile(r"\s*")
+_SPACE = re.compile(r"\s")
+SHORTENED_NOTE = "… (answer shortened)"
 
 
 def _fitting_prefix(text: str, limit: int) -> int:
@@ -45,6 +48,12 @@ def _fitting_prefix(text: str, limit: int) -> int:
         if units > limit:
             return index
     return len(text)
+
+
+def _word_fits(text: str, start: int, limit: int) -> bool:
+    """True when the word beginning at `start` fits in one part."""
+    space = _SPACE.search(text, start)
+    return utf16_length(text[start:space.start() if space else len(text)]) <= limit
 
 
 def _cut_point(text: str, limit: int) -> int:
@@ -63,26 +72,34 @@ def _cut_point(text: str, limit: int) -> int:
     if window_end < len(text) and text[window_end].isspace():
         return window_end
     spaces = [m.end() for m in re.finditer(r"\s+", window)]
-    if spaces and spaces[-1] > 0:
+    # A word too long for any part is cut wherever it starts: stopping before it only adds a stub part.
+    if spaces and spaces[-1] > 0 and _word_fits(text, spaces[-1], limit):
         return spaces[-1]
-    cut = window_end
-    while cut > 1 and not keeps_graphemes_whole(text, cut):
-        cut -= 1
-    return max(cut, 1)  # always make progress, even when one character exceeds the limit
+    # A grapheme longer than the limit is cut too: always make progress.
+    return grapheme_cut(text, window_end) or max(window_end, 1)
 
 
-def split_message(text: str, limit: int = WHATSAPP_LIMIT) -> list[str]:
-    """Split `text` into parts of at most `limit` UTF-16 units, at natural boundaries."""
+def split_message(text: str, limit: int = WHATSAPP_LIMIT, max_parts: int | None = None) -> list[str]:
+    """Split `text` into parts of at most `limit` UTF-16 units, at natural boundaries; beyond
+    `max_parts` parts the text is shortened and the last part ends with SHORTENED_NOTE."""
+    note_room = limit - utf16_length(" " + SHORTENED_NOTE)
+    if max_parts is not None and (max_parts < 1 or note_room < 1):
+        raise ValueError(f"cannot shorten to {max_parts} parts of {limit} units with a note")
+    text = text.strip()
     parts: list[str] = []
-    remaining = text.strip()
-    while utf16_length(remaining) > limit:
-        cut = _cut_point(remaining, limit)
-        part = remaining[:cut].strip()
-        if part:
-            parts.append(part)
-        remaining = remaining[cut:].strip()
-    if remaining:
-        parts.append(remaining)
+    start = 0
+    while start < len(text):
+        # Each cut is chosen within two parts' worth of text, so a part costs the same however long the text.
+        ahead = text[start:start + 2 * limit + 2]
+        if _fitting_prefix(ahead, limit) == len(text) - start:
+            parts.append(ahead)
+            break
+        if len(parts) + 1 == max_parts:
+            parts.append(f"{ahead[:_cut_point(ahead, note_room)].rstrip()} {SHORTENED_NOTE}")
+            break
+        cut = _cut_point(ahead, limit)
+        parts.append(ahead[:cut].rstrip())
+        start = _SPACES.match(text, start + cut).end()
     return parts
 
 
@@ -100,8 +117,10 @@ class WhatsAppClient:
         backoff: float = 1.0,
         sleep: Callable[[float], None] = time.sleep,
         pool_size: int = 10,
+        max_parts: int | None = None,
     ):
         self.from_number = from_number
+        self.max_parts = max_parts  # None: every part of a reply is sent
         self.attempts = attempts
         self.backoff = backoff
         self.sleep = sleep
@@ -132,7 +151,7 @@ class WhatsAppClient:
         learned the result; Twilio is asked whether it took it before it is sent again.
         """
         sids = []
-        for number, part in enumerate(split_message(body), start=1):
+        for number, part in enumerate(split_message(body, max_parts=self.max_parts), start=1):
             if number <= already_sent:
                 continue
             if before_part:

@@ -1,12 +1,15 @@
 """split_message and utf16_length: parts fit the limit, cut at natural boundaries, keep graphemes whole."""
 from __future__ import annotations
 
+import unicodedata
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chatbot.sanitizer import clean_text
-from chatbot.whatsapp import WHATSAPP_LIMIT, split_message, utf16_length
+from chatbot import sanitizer
+from chatbot.sanitizer import MAX_COMBINING_RUN, MAX_GRAPHEME_CHARS, clean_text
+from chatbot.whatsapp import SHORTENED_NOTE, WHATSAPP_LIMIT, split_message, utf16_length
 
 FAMILY = "\U0001F468\u200D\U0001F469\u200D\U0001F467\u200D\U0001F466"  # man, woman, girl, boy (ZWJ)
 RAINBOW_FLAG = "\U0001F3F3\uFE0F\u200D\U0001F308"
@@ -234,3 +237,107 @@ def test_the_reply_splitter_never_splits_a_grapheme(name):
         parts = split_message(grapheme * 7, limit=limit)
         assert "".join(parts) == grapheme * 7
         assert all(part == grapheme * (len(part) // len(grapheme)) for part in parts), (name, limit, parts)
+
+
+# --- storms: text with nowhere natural to cut -------------------------------------------------------
+
+STORMS = {
+    "thumbs and joiners": "\U0001F44D\u200D" * 10_000,  # one "grapheme" of 20,000 code points
+    "one joiner chain": "\U0001F44D" + "\u200D" * 20_000,
+    "combining marks": "a" + "\u0301" * 20_000,
+    "mixed combining marks": "a" + "\u0301\u0323" * 10_000,
+    "no spaces": "x" * 20_000,
+    "astral, no spaces": "\U0001F600" * 20_000,
+    "flag run": "\U0001F1F3\U0001F1F1" * 10_000,
+    "a word, then no spaces": "Hi " + "y" * 20_000,
+}
+MAX_REPLY_PARTS = 10
+# A hard cut backs off at most one grapheme of MAX_GRAPHEME_CHARS code points, two units each at most.
+FULL_PART = WHATSAPP_LIMIT - 2 * MAX_GRAPHEME_CHARS
+
+
+@pytest.fixture
+def grapheme_checks(monkeypatch):
+    """Count how often the one grapheme rule is asked, as a measure of the work a cut takes."""
+    calls = []
+    rule = sanitizer.keeps_graphemes_whole
+
+    def counted(text, index):
+        calls.append(index)
+        return rule(text, index)
+
+    monkeypatch.setattr(sanitizer, "keeps_graphemes_whole", counted)
+    return calls
+
+
+@pytest.mark.parametrize("name", sorted(STORMS))
+def test_a_storm_becomes_at_most_max_reply_parts_full_parts_the_last_saying_so(name, grapheme_checks):
+    parts = split_message(STORMS[name], max_parts=MAX_REPLY_PARTS)
+    assert len(parts) == MAX_REPLY_PARTS
+    assert all(FULL_PART <= utf16_length(part) <= WHATSAPP_LIMIT for part in parts), [utf16_length(p) for p in parts]
+    assert parts[-1].endswith(" " + SHORTENED_NOTE)
+    kept = "".join(parts).removesuffix(" " + SHORTENED_NOTE)
+    assert "".join(STORMS[name].split()).startswith("".join(kept.split()))
+    assert len(grapheme_checks) <= MAX_REPLY_PARTS * (MAX_GRAPHEME_CHARS + 1)
+
+
+@pytest.mark.parametrize("name", sorted(STORMS))
+def test_an_uncapped_storm_is_cut_into_full_parts_with_bounded_work(name, grapheme_checks):
+    text = STORMS[name]
+    parts = split_message(text)
+    assert all(FULL_PART <= utf16_length(part) <= WHATSAPP_LIMIT for part in parts[:-1])
+    assert len(parts) <= -(-utf16_length(text) // FULL_PART)
+    assert "".join("".join(parts).split()) == "".join(text.split())
+    assert len(grapheme_checks) <= len(parts) * (MAX_GRAPHEME_CHARS + 1)
+
+
+def test_a_reply_that_fills_the_cap_exactly_is_not_marked_shortened():
+    text = "\n\n".join(["word " * 300] * 3)
+    parts = split_message(text, max_parts=3)
+    assert parts == split_message(text) and len(parts) == 3
+    assert not parts[-1].endswith(SHORTENED_NOTE)
+
+
+def test_a_one_part_cap_keeps_the_first_sentences_and_the_note():
+    text = "First sentence here. " * 200
+    [part] = split_message(text, max_parts=1)
+    assert part.startswith("First sentence here.") and part.endswith("here. " + SHORTENED_NOTE)
+    assert utf16_length(part) <= WHATSAPP_LIMIT
+
+
+def test_a_normal_sized_grapheme_at_the_edge_of_a_storm_part_is_kept_whole():
+    text = ("x" * 1595 + FAMILY) * 3
+    parts = split_message(text)
+    assert parts[0] == "x" * 1595 and parts[1].startswith(FAMILY)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=texts, limit=st.integers(min_value=40, max_value=80), max_parts=st.integers(min_value=1, max_value=4))
+def test_a_capped_split_is_the_uncapped_one_shortened(text, limit, max_parts):
+    whole = split_message(text, limit)
+    capped = split_message(text, limit, max_parts=max_parts)
+    assert all(utf16_length(part) <= limit for part in capped)
+    if len(whole) <= max_parts:
+        assert capped == whole
+    else:
+        assert len(capped) == max_parts
+        assert capped[:-1] == whole[:max_parts - 1]
+        assert capped[-1].endswith(" " + SHORTENED_NOTE)
+
+
+@pytest.mark.parametrize("name", sorted(STORMS))
+def test_a_storm_inbound_is_trimmed_to_something_within_bounded_work(name, grapheme_checks):
+    text = (STORMS[name] * 2)[:32_000]
+    cleaned = clean_text(text, max_chars=4096)
+    assert cleaned.text.strip() and len(cleaned.text) <= 4096
+    assert len(grapheme_checks) <= MAX_GRAPHEME_CHARS + 1
+    assert clean_text(cleaned.text).text == cleaned.text
+
+
+def test_combining_marks_past_the_stream_safe_run_are_dropped():
+    cleaned = clean_text("Z" + "\u0301\u0323" * 10_000 + " ok").text
+    assert cleaned == unicodedata.normalize("NFC", "Z" + "\u0301\u0323" * (MAX_COMBINING_RUN // 2)) + " ok"
+
+
+def test_blank_padding_does_not_push_a_long_message_out():
+    assert clean_text(" " * 5000 + "hello", max_chars=4096).text == "hello"

@@ -6,7 +6,7 @@ import base64
 import pytest
 
 from chatbot.errors import WhatsAppError
-from chatbot.whatsapp import WHATSAPP_LIMIT, WhatsAppClient, split_message, utf16_length
+from chatbot.whatsapp import SHORTENED_NOTE, WHATSAPP_LIMIT, WhatsAppClient, split_message, utf16_length
 from tests.conftest import ACCOUNT_SID, AUTH_TOKEN, BOT_NUMBER, free_port
 from tests.fakes import FakeTwilio, Scripted
 
@@ -219,6 +219,23 @@ def test_failure_mid_reply_stops_after_the_parts_already_reported(whatsapp, fake
     assert caught.value.code == 63016
     assert reported == [(1, "SMfirst")]
     assert len(fake_twilio.sent) == 2
+
+
+def test_a_reply_past_the_part_cap_is_shortened_and_says_so(fake_twilio, sleep):
+    whatsapp = WhatsAppClient(ACCOUNT_SID, AUTH_TOKEN, BOT_NUMBER, api_base_url=fake_twilio.url, sleep=sleep,
+                              max_parts=3)
+    storm = "\U0001F44D\u200D" * 5000  # one "grapheme" of ten thousand code points, no place to cut
+
+    sids = whatsapp.send(ADA, storm)
+
+    bodies = [form["Body"] for form in fake_twilio.sent]
+    assert len(bodies) == len(sids) == 3
+    assert all(WHATSAPP_LIMIT - 64 <= utf16_length(body) <= WHATSAPP_LIMIT for body in bodies)
+    assert bodies[-1].endswith(SHORTENED_NOTE)
+
+
+def test_the_built_client_caps_replies_at_max_reply_parts(services):
+    assert services.whatsapp.max_parts == services.config.max_reply_parts == 10
 
 
 def test_account_status_fetches_the_account_and_sends_nothing(whatsapp, fake_twilio):
