@@ -25,6 +25,8 @@ MAX_WORKER_CONCURRENCY = 256
 MAX_AI_DEADLINE = 120
 # A century: far past any retention promise, and it keeps the cleanup's cutoff date computable.
 MAX_RETENTION_DAYS = 36500
+# Each part of a reply arrives as its own WhatsApp message: past this many a reply is a flood.
+MAX_REPLY_PARTS_CEILING = 50
 
 
 class ConfigError(Exception):
@@ -61,9 +63,11 @@ class Config:
     rate_limit_window: int = 60
     rate_limit_global: int = 1000
     max_inbound_chars: int = 4096
+    max_reply_parts: int = 10
     max_request_bytes: int = 64 * 1024
     force_https: bool = False
-    trusted_proxies: int = 1
+    # 0 trusts no X-Forwarded-* header: with nothing in front, any client could write them.
+    trusted_proxies: int = 0
     alert_webhook_url: str = field(default="", repr=False)
     redis_tls_verify: bool = True
     worker_concurrency: int = 32
@@ -73,17 +77,21 @@ class Config:
     webhook_log_retention_days: int = 14
 
     @classmethod
-    def from_env(cls, environ: dict | None = None, dotenv_path: str | Path | None = None) -> "Config":
+    def from_env(cls, environ: dict | None = None, dotenv_path: str | Path | None = None,
+                 serving_web: bool = False) -> "Config":
         """Read `.env` and the environment (which wins), validate, and return typed settings."""
         if environ is None:
             path = Path(dotenv_path) if dotenv_path else PROJECT_DIR / ".env"
             file_values = {k: v for k, v in dotenv_values(path).items() if v is not None}
             environ = {**file_values, **os.environ}
-        return cls.from_mapping(environ)
+        return cls.from_mapping(environ, serving_web=serving_web)
 
     @classmethod
-    def from_mapping(cls, values: dict) -> "Config":
-        """Validate a mapping of variable names to strings and return typed settings."""
+    def from_mapping(cls, values: dict, serving_web: bool = False) -> "Config":
+        """Validate a mapping of variable names to strings and return typed settings.
+
+        `serving_web` adds what only the web process needs (PUBLIC_BASE_URL).
+        """
         reader = _Reader(values)
         settings = {
             "secret_key": reader.text("SECRET_KEY", required=True),
@@ -116,6 +124,8 @@ class Config:
             "rate_limit_window": reader.integer("RATE_LIMIT_WINDOW", cls.rate_limit_window, minimum=1),
             "rate_limit_global": reader.integer("RATE_LIMIT_GLOBAL", cls.rate_limit_global, minimum=1),
             "max_inbound_chars": reader.integer("MAX_INBOUND_CHARS", cls.max_inbound_chars, minimum=1),
+            "max_reply_parts": reader.integer("MAX_REPLY_PARTS", cls.max_reply_parts, minimum=1,
+                                              maximum=MAX_REPLY_PARTS_CEILING),
             "max_request_bytes": reader.integer("MAX_REQUEST_BYTES", cls.max_request_bytes, minimum=1024),
             "force_https": reader.boolean("FORCE_HTTPS", cls.force_https),
             "trusted_proxies": reader.integer("TRUSTED_PROXIES", cls.trusted_proxies, minimum=0),
@@ -132,6 +142,10 @@ class Config:
             "webhook_log_retention_days": reader.integer("WEBHOOK_LOG_RETENTION_DAYS", cls.webhook_log_retention_days,
                                                          minimum=0, maximum=MAX_RETENTION_DAYS),
         }
+        # Without it the web process would check Twilio's signatures against the host the client names.
+        if serving_web and not settings["public_base_url"]:
+            reader.problems.append("PUBLIC_BASE_URL is required by the web process but not set: set it to the "
+                                   "https origin Twilio calls, e.g. https://my-bot.example.com")
         if reader.problems:
             raise ConfigError(reader.problems)
         return cls(**settings)

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 
-from flask import current_app, flash, redirect, request, session, url_for
+from flask import current_app, flash, g, redirect, request, session, url_for
 from flask_admin import Admin, AdminIndexView, expose
 from flask_admin.actions import action
 from flask_admin.contrib.peewee import ModelView
@@ -21,8 +22,8 @@ from chatbot import auth
 from chatbot.crypto import SecretDecryptionError
 from chatbot.dashboard import compute_stats
 from chatbot.errors import AIError
-from chatbot.models import AIConfiguration, Conversation, Message, WebhookLog, utcnow
-from chatbot.redact import mask_phone
+from chatbot.models import AdminUser, AIConfiguration, Conversation, Message, WebhookLog, utcnow
+from chatbot.redact import mask_phone, mask_phones_in
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +34,31 @@ def services():
     return current_app.extensions["chatbot"]
 
 
+SESSIONS_DOWN = ("Logging in is unavailable: Redis, which keeps the admin sessions, cannot be reached. "
+                 "Try again once it is back.")
+
+
+def admin_sessions() -> auth.AdminSessions:
+    return auth.AdminSessions(services().redis)
+
+
+def signed_in_admin() -> AdminUser | None:
+    """Return this request's logged-in admin, looked up once; None (fail closed) when Redis is down."""
+    if "admin_user" not in g:
+        g.sessions_down = False
+        try:
+            g.admin_user = auth.current_admin(admin_sessions())
+        except RedisError as error:
+            log.error("admin sessions unavailable: %s", error)
+            g.admin_user, g.sessions_down = None, True
+    return g.admin_user
+
+
 class LoginRequired:
     """Every admin page needs a logged-in operator; others are sent to the login page."""
 
     def is_accessible(self) -> bool:
-        return auth.current_admin() is not None
+        return signed_in_admin() is not None
 
     def inaccessible_callback(self, name, **kwargs):
         return redirect(url_for("admin.login_view", next=request.full_path.rstrip("?")))
@@ -47,7 +68,7 @@ class PanelIndexView(LoginRequired, AdminIndexView):
     """The dashboard, plus the login and logout pages (the only pages open without a session)."""
 
     def _handle_view(self, name, **kwargs):
-        if name == "login_view":
+        if name in ("login_view", "logout_view"):
             return None
         return super()._handle_view(name, **kwargs)
 
@@ -58,36 +79,46 @@ class PanelIndexView(LoginRequired, AdminIndexView):
     @expose("/login/", methods=("GET", "POST"))
     def login_view(self):
         form = auth.LoginForm(request.form)
-        error = None
-        status = 200
+        error, status = None, 200
         if request.method == "POST" and form.validate():
-            throttle = auth.LoginThrottle(services().redis)
-            address = request.remote_addr or "unknown"
-            wait = throttle.retry_after(form.username.data, address)
-            if wait:
-                error = f"Too many failed attempts. Try again in {max(1, wait // 60)} minute(s)."
-                status = 429
-            else:
-                user = auth.authenticate(form.username.data, form.password.data)
-                if user is None:
-                    throttle.record_failure(form.username.data, address)
-                    log.warning("admin login failed addr=%s", address)
-                    error = "Wrong username or password."
-                    status = 401
-                else:
-                    throttle.forget(form.username.data, address)
-                    auth.log_in(user)
-                    return redirect(auth.safe_next(request.args.get("next"), url_for("admin.index")))
+            try:
+                error, status = self._try_login(form)
+            except RedisError as failure:
+                log.error("admin login unavailable: %s", failure)
+                error, status = SESSIONS_DOWN, 503
+            if error is None:
+                return redirect(auth.safe_next(request.args.get("next"), url_for("admin.index")))
         elif request.method == "POST":
-            error = "The form expired or was incomplete; please try again."
-            status = 400
+            error, status = "The form expired or was incomplete; please try again.", 400
+        elif signed_in_admin() is None and g.sessions_down:
+            error, status = SESSIONS_DOWN, 503
         return self.render("chatbot_admin/login.html", form=form, error=error), status
+
+    @staticmethod
+    def _try_login(form) -> tuple[str | None, int]:
+        """Check the credentials under the throttle; start a session and return (None, 302) on success."""
+        throttle = auth.LoginThrottle(services().redis)
+        address = request.remote_addr or "unknown"
+        wait = throttle.claim(form.username.data, address)
+        if wait:
+            return f"Too many failed attempts. Try again in {math.ceil(wait / 60)} minute(s).", 429
+        user = auth.authenticate(form.username.data, form.password.data)
+        if user is None:
+            log.warning("admin login failed addr=%s", address)
+            return "Wrong username or password.", 401
+        throttle.forgive(form.username.data, address)
+        auth.log_in(user, admin_sessions())
+        return None, 302
 
     @expose("/logout/", methods=("POST",))
     def logout_view(self):
         form = SecureForm(request.form)
         if form.validate():
-            auth.log_out()
+            try:
+                auth.log_out(admin_sessions())
+            except RedisError as error:
+                # The cookie is cleared already; the server-side session ends at its idle timeout.
+                log.error("admin logout could not end the session in Redis: %s", error)
         return redirect(url_for("admin.login_view"))
 
 
@@ -104,6 +135,18 @@ class PanelModelView(LoginRequired, ModelView):
 def _phone(view, context, model, name):
     phone = getattr(model, name)
     return phone if session.get(REVEAL_PHONES) else mask_phone(phone)
+
+
+def masked(text) -> str:
+    """`text` with every phone number in it masked, unless this operator chose to reveal numbers:
+    stored errors, raw request bodies and metadata quote numbers too."""
+    text = "" if text is None else str(text)
+    return text if session.get(REVEAL_PHONES) else mask_phones_in(text)
+
+
+def _masked_field(view, context, model, name):
+    value = getattr(model, name)
+    return masked(json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else value)
 
 
 def _when(view, context, model, name):
@@ -278,6 +321,8 @@ class MessageView(PanelModelView):
             model.content if len(model.content) <= 120 else model.content[:117] + "…"
         ),
         "latency_ms": lambda view, context, model, name: f"{model.latency_ms:.0f}" if model.latency_ms else "",
+        "error": _masked_field,
+        "metadata": _masked_field,
     }
     column_details_exclude_list = ("twilio_sid",)
     column_searchable_list = ("content",)
@@ -301,6 +346,9 @@ class WebhookLogView(PanelModelView):
     column_formatters = {
         "received_at": _when,
         "processing_ms": lambda view, context, model, name: f"{model.processing_ms:.1f}",
+        "error": _masked_field,
+        "body": _masked_field,
+        "headers": _masked_field,
     }
     column_filters = ("response_status", "signature_valid", "received_at")
     # Filters named in the URL (flt0_status_equals=403), not numbered: a link survives a new filter.
@@ -323,8 +371,9 @@ def build_admin(app) -> Admin:
         theme=Bootstrap4Theme(base_template="chatbot_admin/base.html", fluid=True),
     )
     app.jinja_env.globals["admin_secure_form"] = SecureForm
+    app.jinja_env.filters["masked"] = masked
     app.context_processor(
-        lambda: {"current_admin": auth.current_admin() if request.path.startswith("/admin") else None})
+        lambda: {"current_admin": signed_in_admin() if request.path.startswith("/admin") else None})
     admin.add_view(AIConfigurationView(AIConfiguration, name="AI configurations", endpoint="aiconfiguration"))
     admin.add_view(ConversationView(Conversation, name="Conversations", endpoint="conversation"))
     admin.add_view(MessageView(Message, name="Messages", endpoint="message"))

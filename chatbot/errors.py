@@ -12,6 +12,8 @@ from enum import Enum
 import requests
 from redis.exceptions import RedisError
 
+from chatbot.redact import mask_phones_in
+
 log = logging.getLogger(__name__)
 
 
@@ -28,7 +30,9 @@ class UpstreamError(Exception):
         code=None,
         retry_after: float | None = None,
     ):
-        super().__init__(message)
+        # Upstreams quote the numbers they refuse ("The 'To' number whatsapp:+1555… is not valid"): masked
+        # here, so no log line, alert or stored error carries a whole number.
+        super().__init__(mask_phones_in(message))
         self.retryable = retryable
         self.status = status
         self.code = code
@@ -134,9 +138,11 @@ class ErrorHandler:
         return USER_MESSAGES[category]
 
     def handle(self, category: Category, error: Exception, context: str = "") -> None:
-        """Log `error` at its category's severity and alert the operator about its type."""
-        log.log(SEVERITY[category], "%s failure %s: %s", category.value, context, error)
-        self.send_admin_alert(f"{category.value}:{error_type(error)}", f"{category.value} failure: {error}")
+        """Log `error` at its category's severity and alert the operator about its type (with every
+        phone number in its text masked: a database or library error may quote one too)."""
+        text = mask_phones_in(str(error))
+        log.log(SEVERITY[category], "%s failure %s: %s", category.value, context, text)
+        self.send_admin_alert(f"{category.value}:{error_type(error)}", f"{category.value} failure: {text}")
 
     def send_admin_alert(self, error_type: str, text: str) -> bool:
         """Tell the operator (log now, ALERT_WEBHOOK_URL in the background when set); False when this

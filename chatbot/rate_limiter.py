@@ -31,38 +31,53 @@ class Decision:
         return self.allowance is Allowance.ALLOWED
 
 
-# One round trip per message, atomic: count the sender's message and the total in this window,
-# and when either is over its limit, claim the sender's one notice for the window.
-# KEYS: sender counter, global counter, notice marker. ARGV: key lifetime, per-sender limit, global limit.
+# One round trip per message, atomic. A sliding window: the count is this window's plus the last
+# window's, weighted by how much of it still overlaps the last `window` seconds, so a burst across a
+# window boundary cannot pass twice the limit. When over a limit, the sender's one notice for the
+# window is claimed, and a notice is only sent while fewer than the notice cap went out this window.
+# KEYS: sender now, sender before, all now, all before, sender's notice marker, notices sent.
+# ARGV: key lifetime, per-sender limit, global limit, weight of the previous window, notice cap.
 # Returns {allowance, notify}: allowance 0 allowed, 1 sender limited, 2 global limited; notify 1 for the claim.
 CHECK_SCRIPT = """
-local sent_by_sender = redis.call('INCR', KEYS[1])
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-local sent_by_all = redis.call('INCR', KEYS[2])
-redis.call('EXPIRE', KEYS[2], ARGV[1])
+local weight = tonumber(ARGV[4])
+local function rate(now_key, before_key)
+    local now = redis.call('INCR', now_key)
+    redis.call('EXPIRE', now_key, ARGV[1])
+    local before = redis.call('GET', before_key)
+    return now + weight * (before and tonumber(before) or 0)
+end
+local by_sender = rate(KEYS[1], KEYS[2])
+local by_all = rate(KEYS[3], KEYS[4])
 local allowance = 0
-if sent_by_sender > tonumber(ARGV[2]) then
+if by_sender > tonumber(ARGV[2]) then
     allowance = 1
-elseif sent_by_all > tonumber(ARGV[3]) then
+elseif by_all > tonumber(ARGV[3]) then
     allowance = 2
 else
     return {0, 0}
 end
-local first = redis.call('SET', KEYS[3], 1, 'NX', 'EX', ARGV[1])
-return {allowance, first and 1 or 0}
+if not redis.call('SET', KEYS[5], 1, 'NX', 'EX', ARGV[1]) then
+    return {allowance, 0}
+end
+local notices = redis.call('INCR', KEYS[6])
+redis.call('EXPIRE', KEYS[6], ARGV[1])
+return {allowance, notices <= tonumber(ARGV[5]) and 1 or 0}
 """
+# At most this many limit notices go out per window: in a flood each one is a paid Twilio send.
+MAX_NOTICES_PER_WINDOW = 20
 ALLOWANCES = (Allowance.ALLOWED, Allowance.SENDER_LIMITED, Allowance.GLOBAL_LIMITED)
 
 # What a limited sender is told, once per window.
 LIMIT_NOTICES = {
     Allowance.SENDER_LIMITED: "You're sending messages faster than I can answer. Please wait a minute, "
-                            "then send your question again.",
+                              "then send your question again.",
     Allowance.GLOBAL_LIMITED: "I'm getting a lot of messages right now. Please try again in a few minutes.",
 }
 
 
 class RateLimiter:
-    """Counts messages per sender and in total per window; one notice per sender per window."""
+    """Counts messages per sender and in total over a sliding window; one notice per sender per window,
+    and at most MAX_NOTICES_PER_WINDOW in all."""
 
     def __init__(self, redis: Redis, per_sender: int, global_limit: int, window: int,
                  clock=time.time):
@@ -75,8 +90,13 @@ class RateLimiter:
 
     def check(self, sender: str) -> Decision:
         """Count one message from `sender` and say whether it may reach the AI."""
-        bucket = int(self.clock() // self.window)
+        now = self.clock()
+        bucket = int(now // self.window)
+        overlap = 1.0 - (now % self.window) / self.window
         who = sender_key(sender)
-        keys = [f"{PREFIX}{who}:{bucket}", f"{PREFIX}global:{bucket}", f"{PREFIX}{who}:{bucket}:notified"]
-        allowance, notify = self._check(keys=keys, args=[self.window + 5, self.per_sender, self.global_limit])
+        keys = [f"{PREFIX}{who}:{bucket}", f"{PREFIX}{who}:{bucket - 1}",
+                f"{PREFIX}global:{bucket}", f"{PREFIX}global:{bucket - 1}",
+                f"{PREFIX}{who}:{bucket}:notified", f"{PREFIX}notices:{bucket}"]
+        allowance, notify = self._check(keys=keys, args=[2 * self.window + 5, self.per_sender, self.global_limit,
+                                                         repr(overlap), MAX_NOTICES_PER_WINDOW])
         return Decision(ALLOWANCES[allowance], notify=bool(notify))

@@ -7,6 +7,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
+from urllib.parse import parse_qs, urlparse
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from peewee import IntegrityError, PeeweeException
@@ -31,6 +32,11 @@ MAX_LOGGED_BODY = 8192
 # A refused request's headers are kept, but a hostile client must not fill a row with them.
 MAX_LOGGED_HEADERS = 50
 MAX_LOGGED_HEADER_CHARS = 512
+# A request nothing shows came from Twilio keeps at most this much of its headers, and a flood of
+# them at most REFUSED_ROWS_PER_MINUTE rows a minute (the rest are counted): bytes, not megabytes.
+MAX_REFUSED_HEADER_CHARS = 2048
+REFUSED_ROWS_PER_MINUTE = 60
+REFUSED_PREFIX = "chatbot:webhook:refused:"
 SID_SHAPE = re.compile(r"^[A-Za-z]{2}[0-9a-fA-F]{32}$")
 MAX_MEDIA = 10
 ALLOWED = Decision(Allowance.ALLOWED)
@@ -121,9 +127,15 @@ def signature_problem(auth_token: str, public_base_url: str) -> str | None:
         return "TWILIO_AUTH_TOKEN is not set, so no request can be verified"
     if not signature:
         return "X-Twilio-Signature header is missing"
-    # Twilio's JSON variant signs the URL (which carries bodySHA256) and hashes the raw body.
-    params = request.get_data(as_text=True) if "bodySHA256" in request.args else request.form
-    if not _validator(auth_token).validate(signed_url(public_base_url), params, signature):
+    url = signed_url(public_base_url)
+    # Twilio's JSON variant signs the URL (which carries bodySHA256) and hashes the raw body. The
+    # validator finds bodySHA256 with parse_qs, which drops a blank one and then takes the body
+    # for form fields and crashes: ask the question the way it will.
+    json_variant = "bodySHA256" in parse_qs(urlparse(url).query)
+    if "bodySHA256" in request.args and not json_variant:
+        return "bodySHA256 is blank"
+    params = request.get_data(as_text=True) if json_variant else request.form
+    if not _validator(auth_token).validate(url, params, signature):
         return "X-Twilio-Signature does not match (check PUBLIC_BASE_URL and the proxy setup)"
     return None
 
@@ -204,24 +216,91 @@ def _log_unrecorded(audit: dict, error: Exception) -> None:
 def record_refusal(status: int, verdict: str, reason: str) -> None:
     """Leave a compact audit row for a webhook request refused before it was read (too large, or
     plain http); other paths are not the webhook's to log."""
-    if request.path != WEBHOOK_PATH:
-        return
-    headers = list(redact_headers(request.headers).items())[:MAX_LOGGED_HEADERS]
-    _record({
+    if request.path == WEBHOOK_PATH:
+        _record_refused(_compact_audit(status, verdict, reason))
+
+
+def _compact_audit(status: int, verdict: str, reason: str, started: float | None = None,
+                   signature_valid: bool | None = None) -> dict:
+    """The audit row of a request nothing shows came from Twilio: no body, only its size, and a
+    redacted excerpt of the headers of at most MAX_REFUSED_HEADER_CHARS in all."""
+    excerpt, room = {}, MAX_REFUSED_HEADER_CHARS
+    for name, value in list(redact_headers(request.headers).items())[:MAX_LOGGED_HEADERS]:
+        value = value[:MAX_LOGGED_HEADER_CHARS]
+        if len(name) + len(value) > room:
+            break
+        excerpt[name[:MAX_LOGGED_HEADER_CHARS]] = value
+        room -= len(name) + len(value)
+    return {
         "method": request.method[:8],
-        "path": request.path,
+        "path": request.path[:255],
         "remote_addr": (request.remote_addr or "")[:64],
-        "headers": {name: value[:MAX_LOGGED_HEADER_CHARS] for name, value in headers},
+        "headers": excerpt,
+        "body": "",
         "response_status": status,
+        "processing_ms": (time.perf_counter() - started) * 1000 if started else 0.0,
+        "signature_valid": signature_valid,
         "verdict": verdict,
-        "error": reason,
-    })
+        "error": f"{reason} (body of {request.content_length or 0} bytes not kept)",
+    }
+
+
+def _record_refused(audit: dict) -> None:
+    """Store a refused request's compact row, unless a flood is under way: past
+    REFUSED_ROWS_PER_MINUTE in a minute the rest are only counted, on one summary row per minute."""
+    redis = current_app.extensions["chatbot"].redis
+    minute = int(time.time() // 60)
+    try:
+        with redis.pipeline() as pipe:
+            pipe.incr(f"{REFUSED_PREFIX}{minute}")
+            pipe.expire(f"{REFUSED_PREFIX}{minute}", 120)
+            refused = pipe.execute()[0]
+    except RedisError:
+        refused = 0  # not counted: the row is stored, and it is compact
+    if refused <= REFUSED_ROWS_PER_MINUTE:
+        log.warning("webhook refused status=%d verdict=%s reason=%s", audit["response_status"], audit["verdict"],
+                    audit["error"])
+        _record(audit)
+        return
+    _count_unstored(redis, minute, refused - REFUSED_ROWS_PER_MINUTE, audit)
+
+
+def _count_unstored(redis, minute: int, unstored: int, audit: dict) -> None:
+    summary_key = f"{REFUSED_PREFIX}{minute}:summary"
+    text = (f"{unstored} more refused request(s) in the minute from "
+            f"{time.strftime('%H:%M', time.gmtime(minute * 60))} UTC were counted, not stored")
+    try:
+        if redis.set(summary_key, "", nx=True, ex=120):
+            log.warning("webhook refusing a flood: past %d refused requests a minute only a count is kept",
+                        REFUSED_ROWS_PER_MINUTE)
+            row_id = WebhookLog.insert(**{**audit, "headers": {}, "verdict": "refused_uncounted", "error": text}
+                                       ).execute()
+            redis.set(summary_key, row_id, ex=120)
+        elif (row_id := redis.get(summary_key)):
+            WebhookLog.update(error=text).where(WebhookLog.id == int(row_id)).execute()
+    except (RedisError, PeeweeException) as error:
+        log.warning("could not count refused requests (%s)", error.__class__.__name__)
 
 
 def _refuse(status: int, reason: str, started: float, signature_valid: bool | None, verdict: str) -> Response:
-    log.warning("webhook refused status=%d reason=%s", status, reason)
-    _record(_audit(status, started, signature_valid, error=reason, verdict=verdict))
+    if signature_valid:
+        log.warning("webhook refused status=%d reason=%s", status, reason)
+        _record(_audit(status, started, signature_valid, error=reason, verdict=verdict))
+    else:
+        _record_refused(_compact_audit(status, verdict, reason, started, signature_valid))
     return Response(f"{reason}\n", status=status, mimetype="text/plain")
+
+
+def _not_for_us(inbound: InboundMessage, bot_number: str) -> str | None:
+    """Say why a signed message must not be answered: it went to a number that is not this bot's, or
+    it came from the bot's own number (answering would make it talk to itself)."""
+    if not bot_number:
+        return None
+    if inbound.recipient != bot_number:
+        return "not_our_number"
+    if inbound.sender == bot_number:
+        return "from_ourselves"
+    return None
 
 
 @bp.post(WEBHOOK_PATH)
@@ -244,6 +323,12 @@ def receive_message():
         inbound = parse_inbound(fields, config.max_inbound_chars)
     except MalformedWebhook as exc:
         return _refuse(400, f"malformed webhook: {exc}", started, signature_valid=True, verdict="malformed")
+    unanswerable = _not_for_us(inbound, config.twilio_whatsapp_number)
+    if unanswerable:
+        log.warning("message_sid=%s %s: acknowledged, not answered", inbound.sid, unanswerable)
+        _record(_audit(200, started, signature_valid=True, message_sid=inbound.sid, verdict=unanswerable,
+                       error=f"To {mask_phone(inbound.recipient)}, From {mask_phone(inbound.sender)}: not answered"))
+        return Response(EMPTY_TWIML, status=200, mimetype="text/xml")
     decision = _rate_limit(services.rate_limiter, inbound.sender)
     try:
         message_id = store_inbound(

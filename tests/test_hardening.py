@@ -7,10 +7,12 @@ import json
 import logging
 import string
 import unicodedata
+from urllib.parse import urlencode
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from peewee import fn
 
 from chatbot import create_app
 from chatbot.models import Message, Status, WebhookLog
@@ -119,7 +121,7 @@ def test_security_headers_on_every_response(client, post_webhook):
 
 
 def test_hsts_when_served_over_https(client):
-    response = client.get("/health", headers={"X-Forwarded-Proto": "https"})
+    response = client.get("/health", base_url="https://localhost")
     assert response.headers["Strict-Transport-Security"].startswith("max-age=")
 
 
@@ -137,14 +139,14 @@ def test_force_https_redirects_everything_but_health(services):
     redirected = client.post("/whatsapp/webhook", data=inbound_form())
     assert redirected.status_code == 308
     assert redirected.headers["Location"].startswith("https://")
-    assert client.get("/admin/", headers={"X-Forwarded-Proto": "https"}).status_code == 302  # to login
+    assert client.get("/admin/", base_url="https://localhost").status_code == 302  # to login
 
 
 def test_without_trusted_proxies_forwarded_headers_are_ignored(services):
     form = inbound_form()
     signature = sign("https://bot.example.com/whatsapp/webhook", form)
     headers = {"X-Twilio-Signature": signature, "X-Forwarded-Proto": "https", "X-Forwarded-Host": "bot.example.com"}
-    trusting = create_app(services=with_settings(services, public_base_url="")).test_client()
+    trusting = create_app(services=with_settings(services, public_base_url="", trusted_proxies=1)).test_client()
     assert trusting.post("/whatsapp/webhook", data=form, headers=headers).status_code == 200
     sceptical = create_app(services=with_settings(services, public_base_url="", trusted_proxies=0)).test_client()
     other = inbound_form()
@@ -236,3 +238,77 @@ def test_fuzzed_raw_bodies_never_cause_a_500(client, body, content_type, query, 
         headers["X-Twilio-Signature"] = signature
     response = client.post("/whatsapp/webhook" + query, data=body, headers=headers)
     assert response.status_code in (400, 403, 413)
+
+
+# --- the query string and the headers, fuzzed -------------------------------------------------------
+
+SIGNATURE_QUERIES = st.one_of(
+    st.sampled_from(["", "?bodySHA256=", "?bodySHA256", "?bodySHA256=&x=1", "?x=1&bodySHA256=", "?bodySHA256=abc",
+                     "?bodySHA256=%zz", "?%62odySHA256=", "?bodySHA256=+", "?a=%ff", "?a=1&a=2", "?&&=&"]),
+    st.dictionaries(st.sampled_from(["bodySHA256", "a", "MessageSid", "x y", "é"]), st.text(max_size=12),
+                    max_size=3).map(lambda params: "?" + urlencode(params) if params else ""),
+)
+HEADER_TEXT = st.text(alphabet=string.ascii_letters + string.digits + "+/=-_ .,;:", max_size=40)
+CONTENT_TYPES = st.sampled_from([None, "", "application/x-www-form-urlencoded", "application/json", "text/plain",
+                                 "multipart/form-data", "multipart/form-data; boundary=x", "junk", "*/*",
+                                 "application/x-www-form-urlencoded; charset=utf-8"])
+FORM_TYPES = ("application/x-www-form-urlencoded", "application/x-www-form-urlencoded; charset=utf-8")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(query=SIGNATURE_QUERIES, signature=st.one_of(st.none(), HEADER_TEXT), content_type=CONTENT_TYPES,
+       json_body=st.booleans(), extra_header=HEADER_TEXT)
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_fuzzed_queries_and_headers_without_a_valid_signature_are_refused(client, services, query, signature,
+                                                                          content_type, json_body, extra_header):
+    form = inbound_form()
+    body = json.dumps(form) if json_body else urlencode(form)
+    headers = {"I-Twilio-Idempotency-Token": extra_header, "X-Twilio-Webhooks-Signature-Settings": extra_header}
+    if signature is not None:
+        headers["X-Twilio-Signature"] = signature
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    messages, jobs = Message.select().count(), services.queue.count
+    last_row = WebhookLog.select(fn.MAX(WebhookLog.id)).scalar() or 0
+    response = client.post("/whatsapp/webhook" + query, data=body, headers=headers)
+    assert response.status_code == 403, response.get_data(as_text=True)
+    assert (Message.select().count(), services.queue.count) == (messages, jobs)
+    audit = list(WebhookLog.select().where(WebhookLog.id > last_row))
+    assert len(audit) <= 1  # one audit row, or none once a flood of refusals is only counted
+    assert all(row.signature_valid is False and row.message_sid is None for row in audit)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(params=st.dictionaries(st.sampled_from(["a", "b", "MessageSid", "x y", "é", "From"]), st.text(max_size=12),
+                              max_size=3),
+       content_type=CONTENT_TYPES, sender=st.integers(min_value=10**9, max_value=10**10 - 1))
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_fuzzed_queries_and_content_types_on_signed_requests_get_the_right_answer(client, services, params,
+                                                                                  content_type, sender):
+    query = "?" + urlencode(params) if params else ""
+    form = inbound_form(sender=f"whatsapp:+1{sender}")
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    # The signature covers the fields the server can read: none unless the body is a form.
+    readable = form if content_type in FORM_TYPES else {}
+    headers["X-Twilio-Signature"] = sign(WEBHOOK_URL + query, readable)
+    messages, jobs = Message.select().count(), services.queue.count
+    response = client.post("/whatsapp/webhook" + query, data=urlencode(form), headers=headers)
+    if readable:
+        assert response.status_code == 200, response.get_data(as_text=True)
+        assert Message.get(Message.twilio_sid == form["MessageSid"]).content == form["Body"]
+    else:
+        assert response.status_code == 400, response.get_data(as_text=True)
+        assert (Message.select().count(), services.queue.count) == (messages, jobs)
+
+
+@pytest.mark.parametrize("query", ["?bodySHA256=", "?bodySHA256", "?x=1&bodySHA256="])
+def test_a_blank_body_hash_is_refused_like_any_bad_signature(client, services, query):
+    form = inbound_form()
+    response = client.post("/whatsapp/webhook" + query, data=form, headers={"X-Twilio-Signature": "junk"})
+    assert response.status_code == 403
+    assert "bodySHA256 is blank" in response.get_data(as_text=True)
+    signed = client.post("/whatsapp/webhook" + query, data=form,
+                         headers={"X-Twilio-Signature": sign(WEBHOOK_URL + query, form)})
+    assert signed.status_code == 403
+    assert Message.select().count() == 0 and services.queue.count == 0
+    assert [row.verdict for row in WebhookLog.select()] == ["bad_signature", "bad_signature"]

@@ -186,7 +186,7 @@ def test_signature_checked_against_public_base_url_behind_a_proxy(post_webhook):
 
 
 def test_without_public_base_url_forwarded_headers_give_the_signed_url(services):
-    app = create_app(services=with_settings(services, public_base_url=""))
+    app = create_app(services=with_settings(services, public_base_url="", trusted_proxies=1))
     form = inbound_form()
     signature = sign("https://bot.example.com/whatsapp/webhook", form)
     client = app.test_client()
