@@ -7,7 +7,7 @@ from peewee import IntegerField, Model, PostgresqlDatabase
 from playhouse.migrate import PostgresqlMigrator, SqliteMigrator, migrate
 
 from chatbot.db import database
-from chatbot.models import AdminUser, AIConfiguration, Conversation, Message, WebhookLog
+from chatbot.models import AdminUser, AIConfiguration, Conversation, Message, OptOut, ReplyPart, WebhookLog
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +24,7 @@ class SchemaVersion(Model):
 
 def _create_initial_tables(_migrator) -> None:
     database.create_tables([Conversation, Message, AIConfiguration, WebhookLog], safe=True)
+    # Tables later migrations add are created by them, on every database alike.
 
 
 def _create_admin_users(_migrator) -> None:
@@ -50,10 +51,22 @@ def _add_attempts_and_send_intents(migrator) -> None:
         migrate(*operations)
 
 
+def _add_operator_controls(migrator) -> None:
+    conversation_columns = {column.name for column in database.get_columns("conversation")}
+    message_columns = {column.name for column in database.get_columns("message")}
+    operations = [migrator.add_column("conversation", name, getattr(Conversation, name))
+                  for name in ("paused_at", "paused_by") if name not in conversation_columns]
+    if "operator" not in message_columns:
+        operations.append(migrator.add_column("message", "operator", Message.operator))
+    if operations:
+        migrate(*operations)
+    database.create_tables([ReplyPart, OptOut], safe=True)
+
+
 # Append a function for every schema change (playhouse.migrate operations on the migrator it
 # receives); never edit one that has shipped.
 MIGRATIONS = [_create_initial_tables, _create_admin_users, _add_webhook_verdict, _add_message_origin,
-              _add_attempts_and_send_intents]
+              _add_attempts_and_send_intents, _add_operator_controls]
 
 
 def current_version() -> int:

@@ -50,6 +50,7 @@ class Origin(str, Enum):
 
     WHATSAPP = "whatsapp"
     CONSOLE = "console"
+    PLAYGROUND = "playground"  # an operator trying the bot in the admin; never sent, never counted
 
 
 class Role(str, Enum):
@@ -68,6 +69,7 @@ class Status(str, Enum):
     SENT = "sent"
     SEND_FAILED = "send_failed"
     SUPERSEDED = "superseded"  # a fallback reply replaced by a real answer after `flask retry-failed`
+    WAITING = "waiting"  # a user message held for a person: an operator has taken the conversation over
 
 
 class Prepared:
@@ -131,6 +133,9 @@ class Conversation(BaseModel):
     is_active = BooleanField(default=True, index=True)
     created_at = DateTimeField(default=utcnow)
     updated_at = DateTimeField(default=utcnow, index=True)
+    # Set while an operator has taken the conversation over: the bot answers nothing until hand-back.
+    paused_at = DateTimeField(null=True)
+    paused_by = CharField(max_length=64, null=True)
 
     class Meta:
         table_name = "conversation"
@@ -289,6 +294,8 @@ class Message(BaseModel):
     # with the part's result. A run that finds it set asks Twilio whether the part went out.
     sending_part = IntegerField(null=True)
     sending_since = DateTimeField(null=True)
+    # The operator who wrote this reply by hand (None for the bot's own answers).
+    operator = CharField(max_length=64, null=True)
 
     class Meta:
         table_name = "message"
@@ -397,6 +404,32 @@ class Message(BaseModel):
             .order_by(Message.id)
             .first()
         )
+
+
+class ReplyPart(BaseModel):
+    """One WhatsApp message of a reply as Twilio took it, and how far its delivery got."""
+
+    message = ForeignKeyField(Message, backref="parts", on_delete="CASCADE")
+    number = IntegerField()
+    twilio_sid = CharField(max_length=64, unique=True)
+    # queued → sent → delivered → read, or failed / undelivered; a status never moves backwards.
+    status = CharField(max_length=16, default="queued")
+    error_code = IntegerField(null=True)
+    updated_at = DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "reply_part"
+        indexes = ((("message", "number"), True),)
+
+
+class OptOut(BaseModel):
+    """A sender who wrote STOP: the bot answers nothing until they write START."""
+
+    user_phone = CharField(max_length=64, unique=True)
+    created_at = DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "opt_out"
 
 
 MODEL_SLUG_SHAPE = re.compile(r"^[a-z0-9][a-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._:+-]*$")
