@@ -1,0 +1,109 @@
+"""What a WhatsApp user can ask of the bot itself, answered without the AI: start over, help, stop,
+start again, and erase everything stored about them."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from redis import Redis
+from rq.rate_limit import RateLimitRegistry
+
+from chatbot.context import ConversationManager
+from chatbot.db import database
+from chatbot.errors import WhatsAppError
+from chatbot.models import Conversation, Message, OptOut, Status
+from chatbot.rate_limiter import PREFIX as RATE_LIMIT_PREFIX
+from chatbot.redact import sender_key
+
+log = logging.getLogger(__name__)
+
+# How long a /forget waits for its confirmation.
+FORGET_WINDOW = 300
+FORGET_PREFIX = "chatbot:forget:"
+
+
+@dataclass(frozen=True)
+class Handled:
+    """What the commands made of one user message."""
+
+    reply: str | None = None  # the bot's answer, when the message was a command
+    kind: str = ""  # which command, for the stored answer's metadata
+    silenced: bool = False  # the sender opted out: store the message, answer nothing
+    erased: bool = False  # everything of the sender is gone, this message included
+
+
+class UserCommands:
+    """Recognises a whole message as a command (any case) and carries it out."""
+
+    def __init__(self, redis: Redis, context: ConversationManager, whatsapp, words: dict[str, str],
+                 site_name: str = "WhatsApp AI Assistant"):
+        self.redis = redis
+        self.context = context
+        self.whatsapp = whatsapp
+        self.words = words
+        self.site_name = site_name
+        self._by_word = {word.casefold(): command for command, word in words.items()}
+
+    def handle(self, conversation: Conversation, question: Message) -> Handled:
+        """Carry out `question` if it is a command; silence it if its sender opted out."""
+        sender = conversation.user_phone
+        command = self._by_word.get(question.content.strip().casefold())
+        if command == "start":
+            OptOut.delete().where(OptOut.user_phone == sender).execute()
+            return self._did("start", f"Welcome back! I'll answer your messages again. {self._list()}")
+        if OptOut.select().where(OptOut.user_phone == sender).exists():
+            Message.update(status=Status.OPTED_OUT.value).where(Message.id == question.id).execute()
+            return Handled(silenced=True)
+        forget_key = FORGET_PREFIX + sender_key(sender)
+        if command == "confirm" and self.redis.get(forget_key):
+            self._erase(sender)
+            return Handled(erased=True)
+        if command not in (None, "confirm"):
+            # Any other command drops a pending /forget: a YES later must not erase by surprise.
+            self.redis.delete(forget_key)
+        if command == "stop":
+            OptOut.insert(user_phone=sender).on_conflict_ignore().execute()
+            return self._did("stop", f"You won't get any more answers from me. Send {self.words['start']} to "
+                                     "start again.")
+        if command == "reset":
+            Conversation.end([conversation.id], self.context)
+            return self._did("reset", "Starting over: I've forgotten our conversation so far.")
+        if command == "help":
+            return self._did("help", f"I'm {self.site_name}, an AI assistant: write me anything and I'll answer. "
+                                     f"{self._list()}")
+        if command == "forget":
+            self.redis.set(forget_key, 1, ex=FORGET_WINDOW)
+            return self._did("forget", "This erases everything stored about you: our conversations and your "
+                                       f"messages. Reply {self.words['confirm']} within 5 minutes to confirm.")
+        return Handled()
+
+    def _did(self, command: str, reply: str) -> Handled:
+        log.info("user command=%s", command)
+        return Handled(reply=reply, kind=f"command:{command}")
+
+    def _list(self) -> str:
+        words = self.words
+        return (f"Commands: {words['reset']} starts over, {words['help']} shows this, {words['stop']} stops my "
+                f"answers ({words['start']} resumes), {words['forget']} erases what I stored about you.")
+
+    def _erase(self, sender: str) -> None:
+        """Delete the sender's conversations, messages, context windows, webhook-log rows and rate-limit
+        counters; then say so, without storing the confirmation (nothing of theirs may remain)."""
+        of_sender = Conversation.select(Conversation.id).where(Conversation.user_phone == sender)
+        conversations = [row.id for row in of_sender]
+        with database.atomic():
+            messages, log_rows = Conversation.delete_with_history(conversations, self.context)
+        who = sender_key(sender)
+        stale = [*self.redis.scan_iter(f"{RATE_LIMIT_PREFIX}{who}:*"), FORGET_PREFIX + who]
+        queue_limit = RateLimitRegistry(who, self.redis)
+        if not self.redis.zcard(queue_limit.rate_limited_key):
+            # RQ's per-sender settings, unless a later message's job still waits on them (then they
+            # expire within RATE_LIMIT_CONFIG_TTL).
+            stale.append(queue_limit.config_key)
+        self.redis.delete(*stale)
+        log.info("user command=forget erased conversations=%d messages=%d webhook_log_rows=%d",
+                 len(conversations), messages, log_rows)
+        try:
+            self.whatsapp.send(sender, "Done: everything I stored about you is erased.")
+        except WhatsAppError as error:
+            log.warning("user command=forget confirmation not sent: %s", error)
