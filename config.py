@@ -25,6 +25,8 @@ MAX_WORKER_CONCURRENCY = 256
 MAX_AI_DEADLINE = 120
 # A century: far past any retention promise, and it keeps the cleanup's cutoff date computable.
 MAX_RETENTION_DAYS = 36500
+# A week, in minutes: a longer TAKEOVER_TIMEOUT would be no timeout (0) in all but name.
+MAX_TAKEOVER_TIMEOUT = 7 * 24 * 60
 # Each part of a reply arrives as its own WhatsApp message: past this many a reply is a flood.
 MAX_REPLY_PARTS_CEILING = 50
 
@@ -35,6 +37,11 @@ class ConfigError(Exception):
     def __init__(self, problems: list[str]):
         self.problems = problems
         super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+# What a WhatsApp user writes (the whole message, any case) for each command the bot answers itself.
+DEFAULT_USER_COMMANDS = {"reset": "/reset", "help": "/help", "stop": "STOP", "start": "START",
+                         "forget": "/forget", "confirm": "YES"}
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,9 @@ class Config:
     max_processing_attempts: int = 5
     retention_days: int = 90
     webhook_log_retention_days: int = 14
+    # Minutes of silence after which a taken-over conversation goes back to the bot; 0 never does.
+    takeover_timeout: int = 0
+    user_commands: dict = field(default_factory=lambda: dict(DEFAULT_USER_COMMANDS))
 
     @classmethod
     def from_env(cls, environ: dict | None = None, dotenv_path: str | Path | None = None,
@@ -137,10 +147,13 @@ class Config:
             "max_processing_attempts": reader.integer("MAX_PROCESSING_ATTEMPTS", cls.max_processing_attempts,
                                                       minimum=1, maximum=100),
             # 0 is allowed: it keeps that data forever.
+            "user_commands": reader.user_commands("USER_COMMANDS"),
             "retention_days": reader.integer("RETENTION_DAYS", cls.retention_days, minimum=0,
                                              maximum=MAX_RETENTION_DAYS),
             "webhook_log_retention_days": reader.integer("WEBHOOK_LOG_RETENTION_DAYS", cls.webhook_log_retention_days,
                                                          minimum=0, maximum=MAX_RETENTION_DAYS),
+            "takeover_timeout": reader.integer("TAKEOVER_TIMEOUT", cls.takeover_timeout, minimum=0,
+                                               maximum=MAX_TAKEOVER_TIMEOUT),
         }
         # Without it the web process would check Twilio's signatures against the host the client names.
         if serving_web and not settings["public_base_url"]:
@@ -187,6 +200,21 @@ class _Reader:
         if not value and required:
             self.problems.append(f"{name} is required but not set")
         return value or default
+
+    def user_commands(self, name: str) -> dict:
+        """Read `reset=/reset,help=/help,...`: the word a user writes for each command, any of them left
+        at its default when not named."""
+        words = dict(DEFAULT_USER_COMMANDS)
+        for item in filter(None, (part.strip() for part in self._raw(name).split(","))):
+            command, _, word = (piece.strip() for piece in item.partition("="))
+            if command not in DEFAULT_USER_COMMANDS or not word:
+                self.problems.append(f"{name}: {item!r} is not command=word with a command among "
+                                     f"{', '.join(DEFAULT_USER_COMMANDS)}")
+                continue
+            words[command] = word
+        if len({word.casefold() for word in words.values()}) < len(words):
+            self.problems.append(f"{name}: two commands share a word ({', '.join(words.values())})")
+        return words
 
     def integer(self, name: str, default: int, minimum: int, maximum: int | None = None) -> int:
         raw = self._raw(name)

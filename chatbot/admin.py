@@ -4,26 +4,39 @@ from __future__ import annotations
 import json
 import logging
 import math
+import uuid
 
-from flask import current_app, flash, g, redirect, request, session, url_for
-from flask_admin import Admin, AdminIndexView, expose
+from flask import abort, current_app, flash, g, redirect, request, session, url_for
+from flask_admin import Admin, AdminIndexView, BaseView, expose
 from flask_admin.actions import action
 from flask_admin.contrib.peewee import ModelView
 from flask_admin.form import SecureForm
 from flask_admin.model.template import TemplateLinkRowAction
 from flask_admin.theme import Bootstrap4Theme
-from peewee import PeeweeException
+from markupsafe import Markup
+from peewee import SQL, PeeweeException, fn
 from redis.exceptions import RedisError
 from wtforms import PasswordField, SelectField
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import InputRequired, Length, ValidationError
 
-from chatbot import auth
+from chatbot import auth, playground, tasks
 from chatbot.crypto import SecretDecryptionError
 from chatbot.dashboard import compute_stats
-from chatbot.errors import AIError
-from chatbot.models import AdminUser, AIConfiguration, Conversation, Message, WebhookLog, utcnow
+from chatbot.errors import AIError, SenderBusy
+from chatbot.models import (
+    AdminUser,
+    AIConfiguration,
+    Conversation,
+    Message,
+    OptOut,
+    ReplyPart,
+    Status,
+    WebhookLog,
+    utcnow,
+)
 from chatbot.redact import mask_phone, mask_phones_in
+from chatbot.status_callbacks import delivery_fixes
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +162,16 @@ def _masked_field(view, context, model, name):
     return masked(json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else value)
 
 
+def _phone_with_delivery_flag(view, context, model, name):
+    """The phone, marked when the latest reply to it failed for good; the fix is in the tooltip."""
+    phone = _phone(view, context, model, name)
+    fix = context.get("delivery_fixes", {}).get(model.id)
+    if not fix:
+        return phone
+    return Markup('{} <span class="badge badge-danger delivery-flag" title="{}">not delivered</span>').format(
+        phone, fix)
+
+
 def _when(view, context, model, name):
     value = getattr(model, name)
     return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
@@ -249,14 +272,26 @@ class ConversationView(PanelModelView):
     can_edit = False
     can_delete = True
     can_view_details = True
-    column_list = ("user_phone", "profile_name", "is_active", "created_at", "updated_at")
+    column_list = ("user_phone", "profile_name", "is_active", "paused_by", "waiting", "created_at", "updated_at")
     column_labels = {"user_phone": "Phone", "profile_name": "Name", "is_active": "Active",
-                     "updated_at": "Last activity"}
-    column_formatters = {"user_phone": _phone, "created_at": _when, "updated_at": _when}
+                     "paused_by": "Taken over by", "waiting": "Waiting", "updated_at": "Last activity"}
+    column_formatters = {"user_phone": _phone_with_delivery_flag, "created_at": _when, "updated_at": _when,
+                         "waiting": lambda view, context, model, name: model.waiting or ""}
     column_searchable_list = ("user_phone", "profile_name")
     search_hint = "Phone number or name"
     column_filters = ("is_active", "created_at", "updated_at")
-    column_default_sort = ("updated_at", True)
+
+    def get_query(self):
+        """Conversations an operator has taken over first, then those with messages waiting for a
+        person, then the most recently active (a column the operator sorts by replaces this order)."""
+        waiting = (
+            Message.select(fn.COUNT(Message.id))
+            .where(Message.conversation == Conversation.id, Message.status == Status.WAITING.value)
+        )
+        return (
+            Conversation.select(Conversation, waiting.alias("waiting"))
+            .order_by(Conversation.paused_at.is_null(), SQL("waiting").desc(), Conversation.updated_at.desc())
+        )
 
     def render(self, template, **kwargs):
         if template == self.details_template and kwargs.get("model") is not None:
@@ -264,6 +299,10 @@ class ConversationView(PanelModelView):
                 Message.select().where(Message.conversation == kwargs["model"]).order_by(Message.id)
             )
             kwargs["phone"] = _phone(self, None, kwargs["model"], "user_phone")
+            kwargs["parts"] = ReplyPart.of_conversation(kwargs["model"])
+            kwargs["delivery_fix"] = delivery_fixes([kwargs["model"].id]).get(kwargs["model"].id)
+        if template == self.list_template and kwargs.get("data"):
+            kwargs["delivery_fixes"] = delivery_fixes([conversation.id for conversation in kwargs["data"]])
         return super().render(template, **kwargs)
 
     @expose("/reveal/", methods=("POST",))
@@ -271,6 +310,56 @@ class ConversationView(PanelModelView):
         if SecureForm(request.form).validate():
             session[REVEAL_PHONES] = not session.get(REVEAL_PHONES)
         return redirect(auth.safe_next(request.form.get("next"), self.get_url(".index_view")))
+
+    @expose("/takeover/<conversation_id>/", methods=("POST",))
+    def take_over_view(self, conversation_id):
+        if SecureForm(request.form).validate():
+            if tasks.take_over(conversation_id, signed_in_admin().username):
+                flash("You have taken this conversation over: the bot answers nothing until you hand it back.",
+                      "success")
+            else:
+                flash("Not taken over: the conversation has ended or someone already took it over.", "error")
+        return self._back_to(conversation_id)
+
+    @expose("/handback/<conversation_id>/", methods=("POST",))
+    def hand_back_view(self, conversation_id):
+        if SecureForm(request.form).validate() and tasks.hand_back(Conversation.id == conversation_id):
+            flash("Handed back: the bot answers the next message.", "success")
+        return self._back_to(conversation_id)
+
+    @expose("/reply/<conversation_id>/", methods=("POST",))
+    def reply_view(self, conversation_id):
+        text = (request.form.get("reply") or "").strip()
+        conversation = Conversation.get_or_none(Conversation.id == conversation_id)
+        if not SecureForm(request.form).validate() or conversation is None:
+            flash("The request expired; please try again.", "error")
+        elif conversation.paused_at is None:
+            flash("Take the conversation over before replying: the bot is answering it.", "error")
+        elif not text:
+            flash("Write a reply first.", "error")
+        else:
+            reply = tasks.store_operator_reply(conversation, text, signed_in_admin().username)
+            try:
+                tasks.enqueue_operator_reply(services().queue, reply.id)
+                flash("Reply queued for sending.", "success")
+            except RedisError as error:
+                log.error("message_id=%s operator reply not queued: %s", reply.id, error)
+                flash("The reply is stored but could not be queued (Redis is unreachable); the sweeper "
+                      "sends it once Redis is back.", "error")
+        return self._back_to(conversation_id)
+
+    def _back_to(self, conversation_id):
+        return redirect(self.get_url(".details_view", id=conversation_id))
+
+    def _handle_view(self, name, **kwargs):
+        refused = super()._handle_view(name, **kwargs)
+        if refused is None and kwargs.get("conversation_id") is not None:
+            # A malformed id in a takeover URL is a 404, not a database error.
+            try:
+                uuid.UUID(kwargs["conversation_id"])
+            except ValueError:
+                abort(404)
+        return refused
 
     @action("reset_context", "Reset context", "Forget the AI context of the selected conversations?")
     def action_reset_context(self, ids):
@@ -331,6 +420,18 @@ class MessageView(PanelModelView):
     column_default_sort = ("id", True)
 
 
+class OptOutView(PanelModelView):
+    """Senders who wrote STOP; deleting one lets the bot answer them again (as their START would)."""
+
+    can_create = False
+    can_edit = False
+    can_delete = True
+    column_list = ("user_phone", "created_at")
+    column_labels = {"user_phone": "Phone", "created_at": "Opted out at"}
+    column_formatters = {"user_phone": _phone, "created_at": _when}
+    column_default_sort = ("created_at", True)
+
+
 class WebhookLogView(PanelModelView):
     """The webhook audit log (secrets redacted when stored); read-only."""
 
@@ -361,6 +462,54 @@ class WebhookLogView(PanelModelView):
         return super().render(template, **kwargs)
 
 
+class PlaygroundView(LoginRequired, BaseView):
+    """Chat with the bot as a test user, with any stored AI configuration; nothing goes to WhatsApp."""
+
+    @expose("/")
+    def index(self):
+        username = signed_in_admin().username
+        conversation = playground.current_conversation(username)
+        transcript = (
+            Message.select().where(Message.conversation == conversation).order_by(Message.id)
+            if conversation is not None else []
+        )
+        active = AIConfiguration.active()
+        return self.render(
+            "chatbot_admin/playground.html",
+            configurations=AIConfiguration.select().order_by(AIConfiguration.name),
+            chosen=request.args.get("configuration", str(active.id) if active else ""),
+            environment_model=services().config.ai_model,
+            transcript=transcript,
+        )
+
+    @expose("/send/", methods=("POST",))
+    def send_view(self):
+        choice = request.form.get("configuration", "")
+        text = (request.form.get("text") or "").strip()
+        configuration = AIConfiguration.get_or_none(AIConfiguration.id == int(choice)) if choice.isdigit() else None
+        if not SecureForm(request.form).validate():
+            flash("The request expired; please try again.", "error")
+        elif choice and configuration is None:
+            flash("That AI configuration no longer exists.", "error")
+        elif not text:
+            flash("Write a message first.", "error")
+        else:
+            # An operator tool, not the webhook's path: the answer is awaited here, within AI_DEADLINE.
+            try:
+                playground.ask(services(), signed_in_admin().username, text, configuration)
+            except SenderBusy:
+                flash("Your playground is still answering another message (another tab?); this one is "
+                      "answered with the next.", "error")
+        return redirect(self.get_url(".index", configuration=choice))
+
+    @expose("/reset/", methods=("POST",))
+    def reset_view(self):
+        if SecureForm(request.form).validate():
+            playground.reset(signed_in_admin().username, services().context)
+            flash("Playground reset: the next message starts a new conversation.", "success")
+        return redirect(self.get_url(".index", configuration=request.form.get("configuration", "")))
+
+
 def build_admin(app) -> Admin:
     """Attach the admin panel at /admin (built per app: a module-level Admin breaks a second app)."""
     admin = Admin(
@@ -377,6 +526,8 @@ def build_admin(app) -> Admin:
     admin.add_view(AIConfigurationView(AIConfiguration, name="AI configurations", endpoint="aiconfiguration"))
     admin.add_view(ConversationView(Conversation, name="Conversations", endpoint="conversation"))
     admin.add_view(MessageView(Message, name="Messages", endpoint="message"))
+    admin.add_view(PlaygroundView(name="Playground", endpoint="playground", url="/admin/playground"))
+    admin.add_view(OptOutView(OptOut, name="Opted out", endpoint="optout"))
     admin.add_view(WebhookLogView(WebhookLog, name="Webhook log", endpoint="webhooklog"))
     return admin
 

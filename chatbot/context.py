@@ -51,8 +51,9 @@ class ConversationManager:
             pipe.expire(key, self.ttl)
             pipe.execute()
 
-    def add_exchange(self, conversation_id, question: Message, answer: Message) -> None:
-        """Add a user message and the assistant's answer to it, in that order."""
+    def add_exchange(self, conversation_id, question: Message | None, answer: Message) -> None:
+        """Add a user message and the assistant's answer to it, in that order (or an answer to no
+        message, such as an operator's follow-up, alone)."""
         self.add_messages(conversation_id, exchange_entries(question, answer))
 
     def clear_history(self, conversation_id) -> None:
@@ -65,8 +66,11 @@ class ConversationManager:
         self.add_messages(conversation.id, entries)
 
 
-def exchange_entries(question: Message, answer: Message) -> list[tuple[str, str, float, int]]:
-    """Place an answer right after its question, even when later questions arrived meanwhile."""
+def exchange_entries(question: Message | None, answer: Message) -> list[tuple[str, str, float, int]]:
+    """Place an answer right after its question, even when later questions arrived meanwhile; an
+    answer to no question goes where it was written."""
+    if question is None:
+        return [("assistant", answer.content, float(answer.id), answer.id)]
     return [
         ("user", question.content, float(question.id), question.id),
         ("assistant", answer.content, question.id + 0.5, answer.id),

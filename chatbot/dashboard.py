@@ -6,7 +6,10 @@ from datetime import datetime, timedelta
 
 from peewee import fn
 
-from chatbot.models import Conversation, Message, Role, Status, utcnow
+from chatbot.models import Conversation, Message, Origin, ReplyPart, Role, Status, utcnow
+
+# The admin's playground is an operator trying the bot, not traffic: it counts nowhere here.
+NOT_PLAYGROUND = Message.origin != Origin.PLAYGROUND.value
 
 
 @dataclass(frozen=True)
@@ -17,6 +20,10 @@ class DashboardStats:
     error_rate: float | None
     median_latency_ms: float | None
     tokens_week: int
+    # Of the reply parts Twilio took this week: the share it reported delivered (or read), and how
+    # many it reported failed or undelivered.
+    delivery_rate: float | None
+    failed_parts_week: int
 
 
 def compute_stats(now: datetime | None = None) -> DashboardStats:
@@ -24,20 +31,27 @@ def compute_stats(now: datetime | None = None) -> DashboardStats:
     now = now or utcnow()
     today = now.replace(hour=0, minute=0, second=0, microsecond=0)
     week = now - timedelta(days=7)
-    questions = Message.select().where(Message.role == Role.USER.value, Message.created_at >= week)
+    messages = Message.select().where(NOT_PLAYGROUND)
+    questions = messages.where(Message.role == Role.USER.value, Message.created_at >= week)
     asked = questions.count()
     failed = questions.where(Message.status == Status.FAILED.value).count()
+    parts, delivered, undelivered = ReplyPart.delivery_counts(week)
     return DashboardStats(
-        messages_today=Message.select().where(Message.created_at >= today).count(),
-        messages_week=Message.select().where(Message.created_at >= week).count(),
-        active_conversations=Conversation.select().where(Conversation.is_active == True).count(),  # noqa: E712
+        messages_today=messages.where(Message.created_at >= today).count(),
+        messages_week=messages.where(Message.created_at >= week).count(),
+        active_conversations=Conversation.select().where(
+            Conversation.is_active == True,  # noqa: E712
+            Conversation.id.not_in(Message.select(Message.conversation).where(~NOT_PLAYGROUND)),
+        ).count(),
         error_rate=(failed / asked) if asked else None,
         median_latency_ms=_median_latency(week),
         tokens_week=(
             Message.select(fn.COALESCE(fn.SUM(Message.total_tokens), 0))
-            .where(Message.role == Role.ASSISTANT.value, Message.created_at >= week)
+            .where(Message.role == Role.ASSISTANT.value, Message.created_at >= week, NOT_PLAYGROUND)
             .scalar()
         ),
+        delivery_rate=(delivered / parts) if parts else None,
+        failed_parts_week=undelivered,
     )
 
 
@@ -46,6 +60,7 @@ def _median_latency(since: datetime) -> float | None:
         Message.role == Role.ASSISTANT.value,
         Message.created_at >= since,
         Message.latency_ms.is_null(False),
+        NOT_PLAYGROUND,
     )
     count = timed.count()
     if not count:

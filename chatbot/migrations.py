@@ -7,7 +7,17 @@ from peewee import IntegerField, Model, PostgresqlDatabase
 from playhouse.migrate import PostgresqlMigrator, SqliteMigrator, migrate
 
 from chatbot.db import database
-from chatbot.models import AdminUser, AIConfiguration, Conversation, Message, OptOut, ReplyPart, WebhookLog
+from chatbot.models import (
+    AccessEntry,
+    AdminUser,
+    AIConfiguration,
+    Conversation,
+    Message,
+    OptOut,
+    ReplyPart,
+    Setting,
+    WebhookLog,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +73,21 @@ def _add_operator_controls(migrator) -> None:
     database.create_tables([ReplyPart, OptOut], safe=True)
 
 
+def _add_spend_and_access(migrator) -> None:
+    operations = []
+    if "cost" not in {column.name for column in database.get_columns("message")}:
+        operations.append(migrator.add_column("message", "cost", Message.cost))
+    if "fallback_models" not in {column.name for column in database.get_columns("ai_configuration")}:
+        operations.append(migrator.add_column("ai_configuration", "fallback_models", AIConfiguration.fallback_models))
+    if operations:
+        migrate(*operations)
+    database.create_tables([AccessEntry, Setting], safe=True)
+
+
 # Append a function for every schema change (playhouse.migrate operations on the migrator it
 # receives); never edit one that has shipped.
 MIGRATIONS = [_create_initial_tables, _create_admin_users, _add_webhook_verdict, _add_message_origin,
-              _add_attempts_and_send_intents, _add_operator_controls]
+              _add_attempts_and_send_intents, _add_operator_controls, _add_spend_and_access]
 
 
 def current_version() -> int:

@@ -12,6 +12,7 @@ from functools import cache
 from peewee import (
     JOIN,
     BooleanField,
+    Case,
     CharField,
     DateTimeField,
     FloatField,
@@ -70,6 +71,9 @@ class Status(str, Enum):
     SEND_FAILED = "send_failed"
     SUPERSEDED = "superseded"  # a fallback reply replaced by a real answer after `flask retry-failed`
     WAITING = "waiting"  # a user message held for a person: an operator has taken the conversation over
+    OPTED_OUT = "opted_out"  # a user message from a sender who wrote STOP: stored, never answered
+    NOT_ALLOWED = "not_allowed"  # a user message from a sender the access list keeps out
+    OVER_BUDGET = "over_budget"  # a user message not sent to the AI: a spending cap was reached
 
 
 class Prepared:
@@ -296,6 +300,8 @@ class Message(BaseModel):
     sending_since = DateTimeField(null=True)
     # The operator who wrote this reply by hand (None for the bot's own answers).
     operator = CharField(max_length=64, null=True)
+    # What producing this answer cost in USD, as the provider reported it (None: not reported).
+    cost = FloatField(null=True)
 
     class Meta:
         table_name = "message"
@@ -421,6 +427,117 @@ class ReplyPart(BaseModel):
         table_name = "reply_part"
         indexes = ((("message", "number"), True),)
 
+    @classmethod
+    def record(cls, message_id: int, number: int, twilio_sid: str) -> None:
+        """Store a part Twilio took; a re-run recording the same part again changes nothing. Parts of
+        stand-ins (`flask chat`, the playground) have no Twilio sid and get no delivery reports."""
+        if not TWILIO_MESSAGE_SID.match(twilio_sid):
+            return
+        cls.insert(message=message_id, number=number, twilio_sid=twilio_sid).on_conflict_ignore().execute()
+
+    @classmethod
+    def apply_status(cls, twilio_sid: str, status: str, error_code: int | None) -> str | None:
+        """Move the part Twilio calls `twilio_sid` forward to `status`; return why it did not move, or None.
+
+        Twilio's reports arrive out of order and more than once, so a status only replaces earlier
+        ones: queued < sent < delivered < read. A failure (failed, undelivered) replaces only queued
+        or sent, and is final: a part known delivered stays delivered, a failed one stays failed.
+        """
+        if status in DELIVERY_PROGRESS:
+            earlier = DELIVERY_PROGRESS[:DELIVERY_PROGRESS.index(status)]
+        elif status in DELIVERY_FAILURES:
+            earlier = ("queued", "sent")
+        else:
+            return f"status {status!r} is not tracked"
+        moved = earlier and (
+            cls.update(status=status, error_code=error_code, updated_at=utcnow())
+            .where(cls.twilio_sid == twilio_sid, cls.status.in_(earlier))
+            .execute()
+        )
+        if moved:
+            return None
+        current = cls.select(cls.status).where(cls.twilio_sid == twilio_sid).scalar()
+        if current is None:
+            return "unknown MessageSid: not a reply part of this service"
+        return f"kept {current}: {status} is not newer"
+
+    @classmethod
+    def of_conversation(cls, conversation: Conversation) -> dict[int, list["ReplyPart"]]:
+        """Return the conversation's parts by the id of their message, each list in sending order."""
+        parts: dict[int, list[ReplyPart]] = {}
+        for part in (
+            cls.select()
+            .join(Message)
+            .where(Message.conversation == conversation)
+            .order_by(cls.message, cls.number)
+        ):
+            parts.setdefault(part.message_id, []).append(part)
+        return parts
+
+    @classmethod
+    def latest_failures(cls, conversation_ids) -> dict:
+        """Return, by conversation id, the part that settled last when it failed; conversations whose
+        latest settled part was delivered (or that have none) are left out."""
+        settled = (
+            cls.select(fn.MAX(cls.id))
+            .join(Message)
+            .where(Message.conversation.in_(conversation_ids), cls.status.in_(DELIVERY_SETTLED))
+            .group_by(Message.conversation)
+        )
+        latest = (
+            cls.select(cls, Message.conversation)
+            .join(Message)
+            .where(cls.id.in_(settled), cls.status.in_(DELIVERY_FAILURES))
+        )
+        return {part.message.conversation_id: part for part in latest}
+
+    @classmethod
+    def delivery_counts(cls, since: datetime) -> tuple[int, int, int]:
+        """Count the parts of replies written since `since`: taken by Twilio, delivered (or read), failed."""
+        counts = (
+            cls.select(
+                fn.COUNT(cls.id),
+                fn.COALESCE(fn.SUM(Case(None, [(cls.status.in_(("delivered", "read")), 1)], 0)), 0),
+                fn.COALESCE(fn.SUM(Case(None, [(cls.status.in_(DELIVERY_FAILURES), 1)], 0)), 0),
+            )
+            .join(Message)
+            .where(Message.created_at >= since)
+            .tuples()
+            .first()
+        )
+        return tuple(int(count or 0) for count in counts)
+
+
+TWILIO_MESSAGE_SID = re.compile(r"^(SM|MM)[0-9a-f]{32}$")
+# How far a part's delivery can get, in order, and the two ways it can end without arriving.
+DELIVERY_PROGRESS = ("queued", "sent", "delivered", "read")
+DELIVERY_FAILURES = ("failed", "undelivered")
+# Statuses that say how the part ended: it reached the phone, or it never will.
+DELIVERY_SETTLED = ("delivered", "read", *DELIVERY_FAILURES)
+
+
+class AccessEntry(BaseModel):
+    """A number on the admin-kept allowlist or blocklist (ACCESS_MODE says which one applies)."""
+
+    user_phone = CharField(max_length=64)
+    kind = CharField(max_length=8)  # "allow" or "block"
+    created_at = DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "access_entry"
+        indexes = ((("user_phone", "kind"), True),)
+
+
+class Setting(BaseModel):
+    """A setting the operator changed at run time in the admin; it wins over the environment's."""
+
+    key = CharField(max_length=64, unique=True)
+    value = TextField()
+    updated_at = DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "setting"
+
 
 class OptOut(BaseModel):
     """A sender who wrote STOP: the bot answers nothing until they write START."""
@@ -445,6 +562,8 @@ class AIConfiguration(BaseModel):
     max_tokens = IntegerField(default=500)
     temperature = FloatField(default=0.7)
     system_prompt = TextField(default="")
+    # Comma-separated OpenRouter slugs tried, in order, when the model above cannot answer.
+    fallback_models = TextField(default="")
     is_active = BooleanField(default=False, index=True)
     api_key_encrypted = TextField(null=True)
     created_at = DateTimeField(default=utcnow)

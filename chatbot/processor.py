@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 from chatbot.ai import AIAdapterFactory
+from chatbot.commands import UserCommands
 from chatbot.context import ConversationManager
 from chatbot.db import connection_released, database
 from chatbot.errors import AIError, Category, ErrorHandler, JobDeadlineReached, WhatsAppError
-from chatbot.models import Conversation, Message, Role, Status, utcnow
+from chatbot.models import Conversation, Message, ReplyPart, Role, Status, utcnow
 from chatbot.redact import mask_phone
 from chatbot.sanitizer import TRIMMED_NOTE, clean_text
 from chatbot.whatsapp import WhatsAppClient
@@ -45,6 +46,7 @@ class MessageProcessor:
         errors: ErrorHandler,
         clock: Callable[[], float] = time.monotonic,
         max_inbound_chars: int = 4096,
+        commands: UserCommands | None = None,
     ):
         self.ai_factory = ai_factory
         self.whatsapp = whatsapp
@@ -52,6 +54,7 @@ class MessageProcessor:
         self.clock = clock
         self.errors = errors
         self.max_inbound_chars = max_inbound_chars
+        self.commands = commands
 
     def process(self, message_id: int, final_attempt: bool = True, until: float | None = None) -> Outcome:
         """Answer and deliver every outstanding message of this sender up to `message_id`, in order.
@@ -68,6 +71,18 @@ class MessageProcessor:
         conversation = message.conversation
         for question in Message.outstanding(conversation, message.id):
             answer = question.current_answer()
+            if answer is None and self.commands is not None:
+                handled = self.commands.handle(conversation, question)
+                if handled.erased:
+                    return outcome  # nothing of this sender is left to answer
+                if handled.reply is None and handled.silenced:
+                    continue
+                if handled.reply is not None:
+                    answer = self._store_canned(conversation, question, handled.reply, handled.kind)
+            if answer is None and conversation.paused_at is not None:
+                # An operator has taken the conversation over: the message waits for them, not the AI.
+                Message.update(status=Status.WAITING.value).where(Message.id == question.id).execute()
+                continue
             if answer is None:
                 if until is not None and self.clock() >= until - MIN_AI_SECONDS:
                     raise JobDeadlineReached(f"message_id={question.id} left for the next run of the job")
@@ -97,6 +112,33 @@ class MessageProcessor:
             except WhatsAppError:
                 # _deliver kept it unsent and alerted the operator; the sweeper sends it later.
                 log.warning("message_id=%s apology kept for the sweeper", question.id)
+        return outcome
+
+    def deliver_operator_reply(self, message_id: int, final_attempt: bool = True) -> Outcome:
+        """Send the conversation's unsent operator replies up to `message_id`, oldest first, each once;
+        the user messages a reply answers enter the context window with it."""
+        outcome = Outcome()
+        reply = Message.get_or_none(Message.id == message_id)
+        if reply is None:
+            log.warning("message_id=%s not found; nothing to send", message_id)
+            return outcome
+        conversation = reply.conversation
+        unsent_replies = (
+            Message.select()
+            .where(
+                Message.conversation == conversation,
+                Message.operator.is_null(False),
+                Message.status == Status.UNSENT.value,
+                Message.id <= message_id,
+            )
+            .order_by(Message.id)
+        )
+        for unsent in unsent_replies:
+            answered = Message.select().where(Message.id.in_(unsent.metadata.get("answers", [])))
+            self.context.add_messages(conversation.id, [
+                ("user", question.content, float(question.id), question.id) for question in answered])
+            # _deliver adds the reply itself, right after the last message it answers.
+            outcome.parts_sent += self._deliver(conversation, unsent.reply_to, unsent, final_attempt)
         return outcome
 
     def _answer(self, conversation: Conversation, question: Message, final_attempt: bool,
@@ -146,6 +188,14 @@ class MessageProcessor:
                  question.id, reply.model, usage.get("total_tokens"), latency_ms)
         return answer
 
+    def _store_canned(self, conversation: Conversation, question: Message, text: str, kind: str) -> Message:
+        """Store a reply the AI did not write (a command's answer) as the question's unsent answer."""
+        with database.atomic():
+            question.status = Status.ANSWERED.value
+            question.save()
+            return Message.create(conversation=conversation, role=Role.ASSISTANT.value, content=text,
+                                  status=Status.UNSENT.value, reply_to=question, metadata={"canned": kind})
+
     def _apologise(self, conversation: Conversation, question: Message, reason: str,
                    category: Category) -> Message:
         """Mark `question` failed and store the canned apology as its (unsent) answer."""
@@ -179,8 +229,11 @@ class MessageProcessor:
 
         def record_part(number: int, sid: str) -> None:
             sent.append(sid)
-            Message.update(parts_sent=number, sending_part=None, sending_since=None).where(
-                Message.id == answer.id).execute()
+            with database.atomic():
+                Message.update(parts_sent=number, sending_part=None, sending_since=None).where(
+                    Message.id == answer.id).execute()
+                # Twilio's delivery reports for this part find it by its sid.
+                ReplyPart.record(answer.id, number, sid)
 
         unconfirmed = answer.sending_since if answer.sending_part == answer.parts_sent + 1 else None
         try:

@@ -9,13 +9,14 @@ from requests.adapters import HTTPAdapter
 from rq import Queue
 
 from chatbot.ai import AIAdapterFactory
+from chatbot.commands import UserCommands
 from chatbot.context import ConversationManager
 from chatbot.crypto import FieldCipher
 from chatbot.db import POOL_SIZE, open_database
 from chatbot.errors import ErrorHandler
 from chatbot.processor import MessageProcessor
 from chatbot.rate_limiter import RateLimiter
-from chatbot.whatsapp import WhatsAppClient
+from chatbot.whatsapp import STATUS_CALLBACK_PATH, WhatsAppClient
 from config import Config
 
 QUEUE_NAME = "chatbot"
@@ -69,6 +70,7 @@ def build_services(config: Config, ai_options: dict | None = None,
         api_base_url=config.twilio_api_base_url,
         pool_size=http_pool_size(config),
         max_parts=config.max_reply_parts,
+        status_callback=config.public_base_url and config.public_base_url + STATUS_CALLBACK_PATH,
         **(whatsapp_options or {}),
     )
     return Services(
@@ -79,7 +81,10 @@ def build_services(config: Config, ai_options: dict | None = None,
         context=context,
         ai_factory=ai_factory,
         whatsapp=whatsapp,
-        processor=MessageProcessor(ai_factory, whatsapp, context, errors, max_inbound_chars=config.max_inbound_chars),
+        processor=MessageProcessor(
+            ai_factory, whatsapp, context, errors, max_inbound_chars=config.max_inbound_chars,
+            commands=UserCommands(redis, context, whatsapp, config.user_commands, config.site_name),
+        ),
         rate_limiter=RateLimiter(redis, config.rate_limit_messages, config.rate_limit_global,
                                  config.rate_limit_window),
         errors=errors,

@@ -14,9 +14,9 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.rate_limit import RateLimitRegistry
 
-from chatbot.db import connection_scope
+from chatbot.db import connection_scope, database
 from chatbot.errors import SenderBusy, WhatsAppError
-from chatbot.models import Conversation, Message, WebhookLog, utcnow
+from chatbot.models import Conversation, Message, Role, Status, WebhookLog, utcnow
 from chatbot.redact import sender_key
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,8 @@ PENDING_GRACE = timedelta(seconds=60)
 # The periodic jobs' ids, registered by scheduler.py.
 CLEANUP_JOB = "cleanup-expired-conversations"
 SWEEP_JOB = "sweep-pending-messages"
+# Far longer than any job of a sender waits or runs; renewed by each of their messages.
+RATE_LIMIT_CONFIG_TTL = 7 * 86400
 # Past Twilio's 24-hour session window a reply can no longer be sent as a normal message.
 RESEND_HORIZON = timedelta(hours=24)
 
@@ -83,6 +85,8 @@ def enqueue_processing(queue: Queue, message_id: int, sender: str) -> Job:
     with queue.connection.pipeline() as pipe:
         pipe.sadd(queue.redis_queues_keys, queue.key)
         queue._enqueue_rate_limited_job(job, pipeline=pipe)
+        # RQ keeps each rate-limit key's settings forever: one hash per sender who ever wrote.
+        pipe.expire(RateLimitRegistry(job.rate_limit_key, queue.connection).config_key, RATE_LIMIT_CONFIG_TTL)
         # redis-py would first ask Redis whether the promotion script is loaded, a round trip of
         # its own. Unasked, a Redis that lost its scripts (restarted, flushed) runs the rest of the
         # transaction and leaves the job waiting: promote it then, as RQ's own second step does.
@@ -221,6 +225,7 @@ def sweep_pending_messages() -> int:
     Redis (or was lost with it), and answers still waiting to be sent (e.g. Twilio was down)."""
     services = current_services()
     queued = 0
+    hand_back_idle_takeovers()
     with connection_scope():
         for message in Message.needing_work(PENDING_GRACE, RESEND_HORIZON):
             if job_is_active(services.redis, job_id_for(message.id)):
@@ -233,3 +238,96 @@ def sweep_pending_messages() -> int:
     if expired:
         log.error("gave up sending %d replies older than %s", expired, RESEND_HORIZON)
     return queued
+
+
+def enqueue_operator_reply(queue: Queue, reply_id: int) -> Job:
+    """Queue the sending of a reply an operator wrote (the conversation lock keeps it in order)."""
+    return queue.enqueue_call(
+        send_operator_reply,
+        args=(reply_id,),
+        job_id=f"operator-reply-{reply_id:012d}",
+        timeout=JOB_TIMEOUT,
+        retry=JOB_RETRY,
+        result_ttl=86400,
+        failure_ttl=7 * 86400,
+        description=f"send operator reply {reply_id}",
+    )
+
+
+def send_operator_reply(reply_id: int) -> dict:
+    """Send a reply an operator wrote (and any older one of the conversation still unsent), in order."""
+    services = current_services()
+    job = get_current_job()
+    with connection_scope():
+        reply = Message.get_or_none(Message.id == reply_id)
+    if reply is None:
+        log.warning("message_id=%s not found", reply_id)
+        return {"missing": True}
+    # The lock the answering jobs take: two operators' replies, or a reply and an answer, never interleave.
+    with conversation_lock(services.redis, reply.conversation_id, reply_id):
+        with connection_scope():
+            final_attempt = job is None or not job.retries_left
+            outcome = services.processor.deliver_operator_reply(reply_id, final_attempt=final_attempt)
+    return asdict(outcome)
+
+
+def take_over(conversation_id, operator: str) -> bool:
+    """Pause the bot for an active conversation nobody has taken over; return whether it was paused."""
+    return bool(
+        Conversation.update(paused_at=utcnow(), paused_by=operator)
+        .where(Conversation.id == conversation_id, Conversation.paused_at.is_null(),
+               Conversation.is_active == True)  # noqa: E712
+        .execute()
+    )
+
+
+def store_operator_reply(conversation: Conversation, text: str, operator: str) -> Message:
+    """Store an operator's reply, unsent, as the answer to the user messages waiting for a person."""
+    with database.atomic():
+        # Claimed by one UPDATE: of two operators replying at once, only one answers each message.
+        answered = sorted(
+            message_id
+            for (message_id,) in (
+                Message.update(status=Status.ANSWERED.value)
+                .where(Message.conversation == conversation, Message.role == Role.USER.value,
+                       Message.status == Status.WAITING.value)
+                .returning(Message.id)
+                .tuples()
+            )
+        )
+        reply = Message.create(
+            conversation=conversation,
+            role=Role.ASSISTANT.value,
+            content=text,
+            status=Status.UNSENT.value,
+            reply_to=answered[-1] if answered else None,
+            operator=operator,
+            metadata={"answers": answered},
+        )
+    # A reply counts as activity: TAKEOVER_TIMEOUT runs from here.
+    conversation.touch()
+    return reply
+
+
+def hand_back(*conditions) -> int:
+    """Give the taken-over conversations matching `conditions` back to the bot; return how many."""
+    return (
+        Conversation.update(paused_at=None, paused_by=None)
+        .where(Conversation.paused_at.is_null(False), *conditions)
+        .execute()
+    )
+
+
+def hand_back_idle_takeovers() -> int:
+    """Hand back conversations taken over longer than TAKEOVER_TIMEOUT minutes ago with no message
+    from the user or the operator since; 0 minutes never does."""
+    minutes = current_services().config.takeover_timeout
+    if not minutes:
+        return 0
+    cutoff = utcnow() - timedelta(minutes=minutes)
+    with connection_scope():
+        # updated_at moves with every user message and every operator reply.
+        handed_back = hand_back(Conversation.paused_at < cutoff, Conversation.updated_at < cutoff)
+    if handed_back:
+        log.info("handed back %d idle taken-over conversations after %d minutes", handed_back, minutes)
+    return handed_back

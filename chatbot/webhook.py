@@ -16,7 +16,7 @@ from twilio.request_validator import RequestValidator
 
 from chatbot.db import database
 from chatbot.errors import Category
-from chatbot.models import Conversation, Message, Role, Status, WebhookLog
+from chatbot.models import Conversation, Message, ReplyPart, Role, Status, WebhookLog
 from chatbot.rate_limiter import LIMIT_NOTICES, Allowance, Decision, RateLimiter
 from chatbot.redact import mask_phone, redact_headers
 from chatbot.sanitizer import clean_text, is_whatsapp_address
@@ -316,10 +316,8 @@ def receive_message():
     try:
         fields = _fields()
         if fields.get("MessageStatus"):
-            # A delivery status callback pointed at this URL: acknowledge it, never answer it.
-            _record(_audit(200, started, signature_valid=True, verdict="status_callback",
-                           message_sid=(fields.get("MessageSid") or "")[:64] or None))
-            return Response(EMPTY_TWIML, status=200, mimetype="text/xml")
+            # A delivery status callback pointed at this URL: stored as one sent to /whatsapp/status, never answered.
+            return acknowledge_status(fields, started)
         inbound = parse_inbound(fields, config.max_inbound_chars)
     except MalformedWebhook as exc:
         return _refuse(400, f"malformed webhook: {exc}", started, signature_valid=True, verdict="malformed")
@@ -357,6 +355,29 @@ def receive_message():
     else:
         log.info("message_sid=%s sender=%s rate limited, notice already sent this window",
                  inbound.sid, mask_phone(inbound.sender))
+    return Response(EMPTY_TWIML, status=200, mimetype="text/xml")
+
+
+def acknowledge_status(fields: dict, started: float) -> Response:
+    """Move the reply part a delivery status callback names forward, leave its trace, answer 200.
+
+    The one handler of status callbacks, whichever of the two URLs Twilio posted them to. An unknown
+    MessageSid is acknowledged too: refusing it would only make Twilio try again.
+    """
+    sid = (fields.get("MessageSid") or "").strip()[:64]
+    status = (fields.get("MessageStatus") or "").strip().lower()[:32]
+    code = (fields.get("ErrorCode") or "").strip()
+    try:
+        unchanged = ReplyPart.apply_status(sid, status, int(code) if code.isdigit() else None)
+        _record(_audit(200, started, signature_valid=True, verdict="status_callback", message_sid=sid or None,
+                       error=unchanged))
+    except PeeweeException as error:
+        # Nothing was stored; a 503 lets Twilio report it again if it retries.
+        _log_unrecorded(_audit(503, started, signature_valid=True, message_sid=sid or None,
+                               verdict="database_unavailable", error="database unavailable"), error)
+        return Response("database unavailable\n", status=503, mimetype="text/plain")
+    log.info("message_sid=%s delivery status=%s%s", sid or "-", status or "-",
+             f" error_code={code}" if code else "")
     return Response(EMPTY_TWIML, status=200, mimetype="text/xml")
 
 

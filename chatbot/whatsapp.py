@@ -9,6 +9,7 @@ from typing import Callable
 
 import requests
 from requests.adapters import HTTPAdapter
+from twilio.base import values
 from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
@@ -27,6 +28,8 @@ RECENT_MESSAGES = 20
 # Twilio error codes that no retry can fix: bad credentials, bad or non-WhatsApp recipient,
 # the 24-hour session window closed, body too long, blocked or unsubscribed recipient.
 PERMANENT_CODES = {20003, 20404, 21211, 21408, 21610, 21614, 21617, 63003, 63016, 63024, 63032}
+# Where on this service Twilio reports how far each sent part got (its StatusCallback).
+STATUS_CALLBACK_PATH = "/whatsapp/status"
 
 
 def utf16_length(text: str) -> int:
@@ -118,8 +121,11 @@ class WhatsAppClient:
         sleep: Callable[[float], None] = time.sleep,
         pool_size: int = 10,
         max_parts: int | None = None,
+        status_callback: str = "",
     ):
         self.from_number = from_number
+        # Where Twilio reports each part's delivery; empty (no public URL, e.g. `flask chat`): no reports.
+        self.status_callback = status_callback
         self.max_parts = max_parts  # None: every part of a reply is sent
         self.attempts = attempts
         self.backoff = backoff
@@ -183,7 +189,8 @@ class WhatsAppClient:
                 if sid:
                     return sid
             try:
-                return self._client.messages.create(to=to, from_=self.from_number, body=body).sid
+                return self._client.messages.create(to=to, from_=self.from_number, body=body,
+                                                    status_callback=self.status_callback or values.unset).sid
             except (TwilioException, requests.RequestException) as exc:
                 error = _as_whatsapp_error(exc)
                 unsure = error.status is None

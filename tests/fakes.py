@@ -11,6 +11,10 @@ from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
+import requests
+
+from tests.support import AUTH_TOKEN, sign
+
 
 @dataclass
 class Scripted:
@@ -186,6 +190,13 @@ class FakeTwilio(FakeServer):
         self.hold_answers = 0.0
         # Answers for the next GETs of the message list, before the real listing applies.
         self.lookup_answers: deque[Scripted] = deque()
+        # Delivery reports posted, signed, to a message's StatusCallback after it is taken, in order:
+        # "sent", or ("undelivered", 63016) for a failure with its ErrorCode. None by default.
+        self.statuses: list[str | tuple[str, int]] = []
+        self.callback_delay = 0.05  # seconds after taking the message, and between reports
+        self.auth_token = AUTH_TOKEN
+        # Each report posted: {"url", "form", "status" (the answer's HTTP status, None when unreachable)}.
+        self.callbacks: list[dict] = []
 
     @property
     def sent(self) -> list[dict]:
@@ -202,6 +213,25 @@ class FakeTwilio(FakeServer):
         """The query of every GET of the message list."""
         return [parse_qs(urlparse(r.path).query) for r in self.requests
                 if r.method == "GET" and urlparse(r.path).path.endswith("/Messages.json")]
+
+    def _report_delivery(self, url: str, message: dict, statuses: list) -> None:
+        """Post Twilio's status callbacks for `message` to `url`, signed as Twilio signs them."""
+        time.sleep(self.hold_answers)
+        for status in statuses:
+            time.sleep(self.callback_delay)
+            status, code = (status, None) if isinstance(status, str) else status
+            form = {"MessageSid": message["sid"], "SmsSid": message["sid"], "MessageStatus": status,
+                    "SmsStatus": status, "AccountSid": message["account_sid"], "From": message["from"],
+                    "To": message["to"], "ApiVersion": "2010-04-01", "ChannelPrefix": "whatsapp"}
+            if code is not None:
+                form["ErrorCode"] = str(code)
+            try:
+                answer = requests.post(url, data=form, headers={"X-Twilio-Signature": sign(url, form, self.auth_token)},
+                                       timeout=5).status_code
+            except requests.RequestException:
+                answer = None
+            with self.lock:
+                self.callbacks.append({"url": url, "form": form, "status": answer})
 
     @staticmethod
     def error(status: int, code: int, message: str) -> Scripted:
@@ -223,6 +253,9 @@ class FakeTwilio(FakeServer):
             }
             with self.lock:
                 self.accepted.append(message)
+            if form.get("StatusCallback") and self.statuses:
+                threading.Thread(target=self._report_delivery, args=(form["StatusCallback"], message,
+                                                                    list(self.statuses)), daemon=True).start()
             return Scripted(201, message, delay=self.hold_answers)
         if request.method == "GET" and url.path.endswith("/Messages.json"):
             with self.lock:

@@ -20,6 +20,7 @@ ADMIN_PAGES = [
     "/admin/aiconfiguration/new/",
     "/admin/conversation/",
     "/admin/message/",
+    "/admin/optout/",
     "/admin/webhooklog/",
 ]
 

@@ -50,7 +50,7 @@ def page(browser):
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_operator_journey_through_the_panel(page, live_url, services):
+def test_operator_journey_through_the_panel(page, live_url, services, run_jobs, fake_twilio, fake_openrouter):
     auth.create_or_reset_admin("ops", PASSWORD)
     conversation = conversation_for("whatsapp:+15550009876", "Mallory")
     Message.create(conversation=conversation, role="user", status="answered", content=XSS)
@@ -91,6 +91,29 @@ def test_operator_journey_through_the_panel(page, live_url, services):
     expect(page.locator("#transcript .message-user .message-content")).to_have_text(XSS)
     assert page.title() != "pwned"
     expect(page.locator("h2")).to_contain_text("whatsapp:+1555•••9876")
+
+    # Take the conversation over, reply by hand, see the reply reach WhatsApp, hand back.
+    page.click("#take-over")
+    expect(page.locator("#takeover")).to_contain_text("Taken over by ops")
+    page.fill("#operator-reply textarea", "A person here: how can I help?")
+    page.click("#send-reply")
+    expect(page.locator(".alert-success")).to_contain_text("Reply queued for sending.")
+    run_jobs()
+    assert [sent["Body"] for sent in fake_twilio.sent] == ["A person here: how can I help?"]
+    page.reload()
+    expect(page.locator("#transcript .operator-marker")).to_have_text("written by ops")
+    page.click("#hand-back")
+    expect(page.locator("#take-over")).to_be_visible()
+
+    # Try the configuration in the playground: the AI answers there, nothing more goes to WhatsApp.
+    page.goto(f"{live_url}/admin/playground/")
+    page.select_option("#configuration", value=str(AIConfiguration.get(AIConfiguration.name == "claude").id))
+    page.fill("#playground-text", "Testing the new prompt")
+    page.click("#playground-send")
+    expect(page.locator("#transcript .message-assistant .message-content")).to_have_text(
+        "Answer to: Testing the new prompt")
+    assert fake_openrouter.completions[-1].body["model"] == "anthropic/claude-3.5-sonnet"
+    assert len(fake_twilio.sent) == 1
 
     # Log out: the panel is closed again.
     page.click("#logout")

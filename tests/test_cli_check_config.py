@@ -240,7 +240,8 @@ def test_test_whatsapp_sends_a_real_message(cli, fake_twilio):
     result = cli("test-whatsapp", "--to", ADA, "--message", "Hello from the operator")
 
     assert result.exit_code == 0, result.output
-    assert fake_twilio.sent == [{"To": ADA, "From": BOT_NUMBER, "Body": "Hello from the operator"}]
+    assert fake_twilio.sent == [{"To": ADA, "From": BOT_NUMBER, "Body": "Hello from the operator",
+                                 "StatusCallback": "https://bot.example.com/whatsapp/status"}]
     assert "✓ Sent to whatsapp:+1555•••1111" in result.output
 
 

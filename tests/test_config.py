@@ -100,6 +100,22 @@ def test_retention_and_attempt_settings_defaults_and_values():
 
 
 @pytest.mark.parametrize("raw, problem", [
+    ("-1", "TAKEOVER_TIMEOUT must be at least 0, got -1"),
+    ("10081", "TAKEOVER_TIMEOUT must be at most 10080, got 10081"),
+    ("30m", "TAKEOVER_TIMEOUT must be a whole number, got '30m'"),
+])
+def test_takeover_timeout_out_of_range_is_named(raw, problem):
+    with pytest.raises(ConfigError) as error:
+        Config.from_mapping({**MINIMAL, "TAKEOVER_TIMEOUT": raw})
+    assert error.value.problems == [problem]
+
+
+def test_takeover_timeout_defaults_to_never_and_reads_minutes():
+    assert Config.from_mapping(MINIMAL).takeover_timeout == 0
+    assert Config.from_mapping({**MINIMAL, "TAKEOVER_TIMEOUT": "30"}).takeover_timeout == 30
+
+
+@pytest.mark.parametrize("raw, problem", [
     ("0", "MAX_REPLY_PARTS must be at least 1, got 0"),
     ("51", "MAX_REPLY_PARTS must be at most 50, got 51"),
     ("ten", "MAX_REPLY_PARTS must be a whole number, got 'ten'"),
@@ -183,3 +199,19 @@ def test_only_the_web_process_needs_public_base_url():
 def test_forwarded_headers_are_trusted_only_when_proxies_are_declared():
     assert Config.from_mapping(MINIMAL).trusted_proxies == 0
     assert Config.from_mapping({**MINIMAL, "TRUSTED_PROXIES": "1"}).trusted_proxies == 1
+
+
+def test_user_commands_take_the_words_given_and_keep_the_rest():
+    config = Config.from_mapping({**MINIMAL, "USER_COMMANDS": " stop=ARRET , start=DEMARRER"})
+    assert config.user_commands["stop"] == "ARRET" and config.user_commands["start"] == "DEMARRER"
+    assert config.user_commands["reset"] == "/reset"
+
+
+@pytest.mark.parametrize("value, problem", [
+    ("shout=HEY", "'shout=HEY' is not command=word"),
+    ("stop=", "'stop=' is not command=word"),
+    ("stop=/help", "two commands share a word"),
+])
+def test_bad_user_commands_are_named(value, problem):
+    with pytest.raises(ConfigError, match=re.escape(problem)):
+        Config.from_mapping({**MINIMAL, "USER_COMMANDS": value})

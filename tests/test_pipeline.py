@@ -22,7 +22,8 @@ def test_message_is_answered_in_the_same_chat(post_webhook, run_jobs, fake_twili
     post_webhook.message("What is the capital of France?", sender=ADA)
     run_jobs()
     assert fake_twilio.sent == [
-        {"To": ADA, "From": BOT_NUMBER, "Body": "Answer to: What is the capital of France?"}
+        {"To": ADA, "From": BOT_NUMBER, "Body": "Answer to: What is the capital of France?",
+         "StatusCallback": "https://bot.example.com/whatsapp/status"}
     ]
 
 

@@ -80,6 +80,11 @@ def test_enqueue_leaves_the_redis_state_of_rqs_own_enqueue(two_redis_databases, 
             ours.script_flush()  # as after a Redis restart
         tasks.enqueue_processing(Queue(QUEUE_NAME, connection=ours), message_id, sender)
         rq_enqueue_call(Queue(QUEUE_NAME, connection=theirs), message_id, sender)
+    # One difference, ours: RQ's per-sender rate-limit settings expire instead of staying forever.
+    config_keys = [key for key in ours.keys("rq:rl:*") if key.count(b":") == 3]
+    assert len(config_keys) == 2 and all(0 < ours.ttl(key) <= tasks.RATE_LIMIT_CONFIG_TTL for key in config_keys)
+    for key in config_keys:
+        ours.persist(key)
     assert redis_state(ours) == redis_state(theirs) != {}
     assert Queue(QUEUE_NAME, connection=ours).job_ids == [tasks.job_id_for(1), tasks.job_id_for(3)]
     assert Job.fetch(tasks.job_id_for(2), connection=ours).get_status() == JobStatus.RATE_LIMITED

@@ -60,6 +60,16 @@ def test_send_posts_to_from_and_body_and_returns_the_sid(whatsapp, fake_twilio):
     assert sids == ["SM0123456789abcdef0123456789abcdef"]
 
 
+def test_send_asks_twilio_to_report_delivery_to_the_status_callback(fake_twilio, sleep):
+    whatsapp = WhatsAppClient(ACCOUNT_SID, AUTH_TOKEN, BOT_NUMBER, api_base_url=fake_twilio.url, sleep=sleep,
+                              status_callback="https://bot.example.com/whatsapp/status")
+
+    whatsapp.send(ADA, "Hello Ada")
+
+    assert fake_twilio.sent == [{"To": ADA, "From": BOT_NUMBER, "Body": "Hello Ada",
+                                 "StatusCallback": "https://bot.example.com/whatsapp/status"}]
+
+
 def test_send_authenticates_with_the_account_sid_and_token(whatsapp, fake_twilio):
     whatsapp.send(ADA, "Hello Ada")
 
