@@ -1,8 +1,10 @@
 """Settings: the only reader of the environment and `.env`."""
 from __future__ import annotations
 
+import math
 import os
 import re
+import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import urlparse
@@ -12,6 +14,8 @@ from dotenv import dotenv_values
 
 PROJECT_DIR = Path(__file__).resolve().parent
 DEFAULT_DATABASE_URL = f"sqlite:///{PROJECT_DIR / 'instance' / 'chatbot.sqlite3'}"
+# Where every process of one machine (gunicorn's workers, worker.py) writes its metrics for /metrics to add up.
+DEFAULT_METRICS_DIR = str(Path(tempfile.gettempdir()) / "chatbot-metrics")
 DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful assistant answering on WhatsApp. Keep answers short and clear, "
     "use plain text, and answer in the language the user writes in."
@@ -29,6 +33,22 @@ MAX_RETENTION_DAYS = 36500
 MAX_TAKEOVER_TIMEOUT = 7 * 24 * 60
 # Each part of a reply arrives as its own WhatsApp message: past this many a reply is a flood.
 MAX_REPLY_PARTS_CEILING = 50
+# Who may talk to the bot: everyone, only the listed numbers, or everyone but the listed numbers.
+ACCESS_MODES = ("open", "allowlist", "blocklist")
+DEFAULT_ACCESS_NOTICE = "Sorry, this assistant isn't available to you."
+E164_SHAPE = re.compile(r"^\+[1-9][0-9]{6,14}$")
+# Written between a number's digits by people and phone books; never part of the number.
+PHONE_PUNCTUATION = re.compile(r"[-.()/]")
+
+
+def e164(number: str) -> str | None:
+    """Return `+15551234567` for `+15551234567`, `whatsapp:+1-555-123-4567` and the like; None when
+    it is not an E.164 number."""
+    text = number.strip()
+    if text.lower().startswith("whatsapp:"):
+        text = text[len("whatsapp:"):]
+    text = PHONE_PUNCTUATION.sub("", text)
+    return text if E164_SHAPE.match(text) else None
 
 
 class ConfigError(Exception):
@@ -42,6 +62,21 @@ class ConfigError(Exception):
 # What a WhatsApp user writes (the whole message, any case) for each command the bot answers itself.
 DEFAULT_USER_COMMANDS = {"reset": "/reset", "help": "/help", "stop": "STOP", "start": "START",
                          "forget": "/forget", "confirm": "YES"}
+
+
+# An OpenRouter model slug, `vendor/model` (with an optional `:variant`). The one home of the rule:
+# settings here and AI configurations (chatbot/models.py) both use it.
+MODEL_SLUG_SHAPE = re.compile(r"^[a-z0-9][a-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._:+-]*$")
+
+
+def fallback_models_problem(value: str) -> str | None:
+    """Say what is wrong with a comma-separated list of fallback model slugs, or None."""
+    slugs = [slug.strip() for slug in (value or "").split(",") if slug.strip()]
+    unknown = [slug for slug in slugs if not MODEL_SLUG_SHAPE.match(slug)]
+    if unknown:
+        return (f"Fallback models must be OpenRouter slugs separated by commas, such as "
+                f"anthropic/claude-3.5-sonnet,openai/gpt-4o-mini (not {unknown[0]!r}).")
+    return None
 
 
 @dataclass(frozen=True)
@@ -60,6 +95,8 @@ class Config:
     openrouter_api_key: str = field(default="", repr=False)
     openrouter_base_url: str = "https://openrouter.ai/api/v1"
     ai_model: str = "openai/gpt-4o-mini"
+    # Tried in order when the model fails (OpenRouter's `models` list); used when no configuration is active.
+    ai_fallback_models: tuple[str, ...] = ()
     ai_max_tokens: int = 500
     ai_temperature: float = 0.7
     ai_system_prompt: str = DEFAULT_SYSTEM_PROMPT
@@ -84,17 +121,30 @@ class Config:
     webhook_log_retention_days: int = 14
     # Minutes of silence after which a taken-over conversation goes back to the bot; 0 never does.
     takeover_timeout: int = 0
+    access_mode: str = "open"
+    # E.164 numbers (`+15551234567`), merged with the ones the admin keeps for the mode in force.
+    access_list: tuple[str, ...] = ()
+    # The one notice a day a sender who is not allowed gets; empty keeps the bot silent.
+    access_notice: str = DEFAULT_ACCESS_NOTICE
+    # USD caps on what answers may cost (None: no cap); the operator can override them in the admin.
+    budget_per_sender_daily: float | None = None
+    budget_monthly: float | None = None
     user_commands: dict = field(default_factory=lambda: dict(DEFAULT_USER_COMMANDS))
+    # Empty turns /metrics off (404).
+    metrics_token: str = field(default="", repr=False)
+    metrics_dir: str = DEFAULT_METRICS_DIR
 
     @classmethod
     def from_env(cls, environ: dict | None = None, dotenv_path: str | Path | None = None,
                  serving_web: bool = False) -> "Config":
         """Read `.env` and the environment (which wins), validate, and return typed settings."""
-        if environ is None:
-            path = Path(dotenv_path) if dotenv_path else PROJECT_DIR / ".env"
-            file_values = {k: v for k, v in dotenv_values(path).items() if v is not None}
-            environ = {**file_values, **os.environ}
-        return cls.from_mapping(environ, serving_web=serving_web)
+        return cls.from_mapping(_environment(dotenv_path) if environ is None else environ, serving_web=serving_web)
+
+    @classmethod
+    def metrics_dir_from_env(cls) -> str:
+        """Return PROMETHEUS_MULTIPROC_DIR alone: gunicorn's settings need it before the app (and
+        its other settings) load."""
+        return _Reader(_environment()).text("PROMETHEUS_MULTIPROC_DIR", default=cls.metrics_dir)
 
     @classmethod
     def from_mapping(cls, values: dict, serving_web: bool = False) -> "Config":
@@ -122,6 +172,7 @@ class Config:
                 "OPENROUTER_BASE_URL", ("http", "https"), cls.openrouter_base_url
             ).rstrip("/"),
             "ai_model": reader.text("AI_MODEL", default=cls.ai_model),
+            "ai_fallback_models": reader.model_slugs("AI_FALLBACK_MODELS"),
             "ai_max_tokens": reader.integer("AI_MAX_TOKENS", cls.ai_max_tokens, minimum=1),
             "ai_temperature": reader.number("AI_TEMPERATURE", cls.ai_temperature, 0.0, 2.0),
             "ai_system_prompt": reader.text("AI_SYSTEM_PROMPT", default=cls.ai_system_prompt),
@@ -154,6 +205,13 @@ class Config:
                                                          minimum=0, maximum=MAX_RETENTION_DAYS),
             "takeover_timeout": reader.integer("TAKEOVER_TIMEOUT", cls.takeover_timeout, minimum=0,
                                                maximum=MAX_TAKEOVER_TIMEOUT),
+            "access_mode": reader.choice("ACCESS_MODE", ACCESS_MODES, cls.access_mode),
+            "access_list": reader.phone_list("ACCESS_LIST"),
+            "access_notice": reader.text_or_blank("ACCESS_NOTICE", cls.access_notice),
+            "budget_per_sender_daily": reader.amount("BUDGET_PER_SENDER_DAILY"),
+            "budget_monthly": reader.amount("BUDGET_MONTHLY"),
+            "metrics_token": reader.text("METRICS_TOKEN"),
+            "metrics_dir": reader.text("PROMETHEUS_MULTIPROC_DIR", default=cls.metrics_dir),
         }
         # Without it the web process would check Twilio's signatures against the host the client names.
         if serving_web and not settings["public_base_url"]:
@@ -185,6 +243,24 @@ class Config:
         return [name for name, value in needed.items() if not value]
 
 
+def amount_problem(raw: str) -> str | None:
+    """Say what is wrong with `raw` as a cap in US dollars, or None when it is one (the admin's rule too)."""
+    try:
+        value = float(raw)
+    except ValueError:
+        return "must be an amount in US dollars such as 5 or 0.50"
+    if not math.isfinite(value) or value <= 0:
+        return "must be more than 0 US dollars (leave it empty for no cap)"
+    return None
+
+
+def _environment(dotenv_path: str | Path | None = None) -> dict:
+    """`.env` and the environment, which wins."""
+    path = Path(dotenv_path) if dotenv_path else PROJECT_DIR / ".env"
+    file_values = {k: v for k, v in dotenv_values(path).items() if v is not None}
+    return {**file_values, **os.environ}
+
+
 class _Reader:
     """Collects every problem instead of stopping at the first."""
 
@@ -201,6 +277,30 @@ class _Reader:
             self.problems.append(f"{name} is required but not set")
         return value or default
 
+    def text_or_blank(self, name: str, default: str) -> str:
+        """Like `text`, but a variable set to nothing stays empty: blank is a choice, unset is not."""
+        return self._raw(name) if name in self.values else default
+
+    def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
+        value = self._raw(name).lower()
+        if not value:
+            return default
+        if value not in choices:
+            self.problems.append(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+            return default
+        return value
+
+    def phone_list(self, name: str) -> tuple[str, ...]:
+        """Read comma-separated numbers (`+15551234567` or `whatsapp:+15551234567`) as E.164, each once."""
+        numbers = []
+        for item in filter(None, (part.strip() for part in self._raw(name).split(","))):
+            number = e164(item)
+            if number is None:
+                self.problems.append(f"{name}: {item!r} is not a phone number in E.164 form, e.g. +15551234567")
+            elif number not in numbers:
+                numbers.append(number)
+        return tuple(numbers)
+
     def user_commands(self, name: str) -> dict:
         """Read `reset=/reset,help=/help,...`: the word a user writes for each command, any of them left
         at its default when not named."""
@@ -215,6 +315,14 @@ class _Reader:
         if len({word.casefold() for word in words.values()}) < len(words):
             self.problems.append(f"{name}: two commands share a word ({', '.join(words.values())})")
         return words
+
+    def model_slugs(self, name: str) -> tuple[str, ...]:
+        """Read `vendor/model,vendor/model`: OpenRouter slugs in the order they are tried."""
+        raw = self._raw(name)
+        problem = fallback_models_problem(raw)
+        if problem:
+            self.problems.append(f"{name}: {problem}")
+        return tuple(filter(None, (slug.strip() for slug in raw.split(","))))
 
     def integer(self, name: str, default: int, minimum: int, maximum: int | None = None) -> int:
         raw = self._raw(name)
@@ -254,6 +362,17 @@ class _Reader:
         if not low <= value <= high:
             self.problems.append(f"{name} must be between {low:g} and {high:g}, got {raw}")
         return value
+
+    def amount(self, name: str) -> float | None:
+        """Read an optional amount of US dollars: empty is None (no cap)."""
+        raw = self._raw(name)
+        if not raw:
+            return None
+        problem = amount_problem(raw)
+        if problem:
+            self.problems.append(f"{name} {problem}, got {raw!r}")
+            return None
+        return float(raw)
 
     def pattern(self, name: str, shape: re.Pattern, description: str) -> str:
         value = self._raw(name)

@@ -1,9 +1,12 @@
 """gunicorn settings for the web process (read automatically from the working directory).
 
 Process-level variables read here (the app's own settings are read by config.py):
-PORT, WEB_CONCURRENCY, GUNICORN_THREADS, FORWARDED_ALLOW_IPS.
+PORT, WEB_CONCURRENCY, GUNICORN_THREADS, FORWARDED_ALLOW_IPS (and PROMETHEUS_MULTIPROC_DIR, through config.py).
 """
 import os
+
+from chatbot import metrics
+from config import Config
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 # Heroku sets WEB_CONCURRENCY from the dyno size; elsewhere set it to about 2 per CPU core.
@@ -35,3 +38,15 @@ accesslog = "-"
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms "%(a)s"'
 # The runtime control socket lives at one path per user: two servers on one machine would collide.
 control_socket_disable = True
+
+
+def on_starting(server):
+    """Before any worker starts (they inherit it): each counts into its own files in PROMETHEUS_MULTIPROC_DIR,
+    and /metrics, served by any of them, adds them up. The files of an earlier run's processes go; a
+    running worker.py keeps its own."""
+    metrics.share_between_processes(Config.metrics_dir_from_env(), remove_stale=True)
+
+
+def child_exit(server, worker):
+    """A gunicorn worker ended: its counts stay in the sum, its live gauges go."""
+    metrics.forget_process(worker.pid)

@@ -5,7 +5,7 @@ import logging
 
 from rq.worker import BaseWorker
 
-from chatbot import tasks
+from chatbot import metrics, tasks
 from chatbot.concurrent_worker import ThreadPoolWorker
 from chatbot.logs import RoutineWorkerLines, configure_logging
 from chatbot.services import build_services
@@ -47,7 +47,10 @@ def main() -> None:
     configure_logging()
     # The minute sweep runs all day; it speaks (as a warning) only when it finds work.
     logging.getLogger("rq.worker").addFilter(RoutineWorkerLines((tasks.SWEEP_JOB, "sweep_pending_messages()")))
-    worker = build_worker(build_services(Config.from_env()))
+    config = Config.from_env()
+    # Counted into the folder the web's /metrics reads, when they share a machine.
+    metrics.share_between_processes(config.metrics_dir)
+    worker = build_worker(build_services(config))
     # The scheduler process moves jobs waiting for a retry interval back onto the queue.
     worker.work(with_scheduler=True)
 

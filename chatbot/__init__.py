@@ -11,7 +11,7 @@ def create_app(config: Config | None = None, services=None) -> Flask:
 
     Pass `services` (already built, e.g. aimed at test fakes) to use them and their settings.
     """
-    from chatbot import admin, cli, db, security, status_callbacks, webhook
+    from chatbot import admin, cli, db, metrics, security, status_callbacks, webhook
     from chatbot.logs import configure_logging
     from chatbot.services import build_services
 
@@ -31,6 +31,7 @@ def create_app(config: Config | None = None, services=None) -> Flask:
     db.init_app(app)
     app.register_blueprint(webhook.bp)
     app.register_blueprint(status_callbacks.bp)
+    app.register_blueprint(metrics.bp)
     admin.build_admin(app)
     cli.init_app(app)
     configure_logging()

@@ -21,22 +21,28 @@ from wtforms.fields.choices import SelectChoice
 from wtforms.validators import InputRequired, Length, ValidationError
 
 from chatbot import auth, playground, tasks
+from chatbot.access import MODE_KEY, NOTICE_KEY, parse_numbers
+from chatbot.ai import split_slugs
+from chatbot.budgets import MONTHLY_SETTING, OVERRIDES_TTL, SENDER_DAILY_SETTING, day_start, month_start
 from chatbot.crypto import SecretDecryptionError
 from chatbot.dashboard import compute_stats
 from chatbot.errors import AIError, SenderBusy
 from chatbot.models import (
+    AccessEntry,
     AdminUser,
     AIConfiguration,
     Conversation,
     Message,
     OptOut,
     ReplyPart,
+    Setting,
     Status,
     WebhookLog,
     utcnow,
 )
 from chatbot.redact import mask_phone, mask_phones_in
 from chatbot.status_callbacks import delivery_fixes
+from config import ACCESS_MODES, amount_problem
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +207,8 @@ class AIConfigurationView(PanelModelView):
     column_details_exclude_list = ("api_key_encrypted",)
     column_searchable_list = ("name", "model_name")
     search_hint = "Name or model"
-    form_columns = ("name", "provider", "model_name", "max_tokens", "temperature", "system_prompt", "is_active")
+    form_columns = ("name", "provider", "model_name", "fallback_models", "max_tokens", "temperature", "system_prompt",
+                    "is_active")
     form_overrides = {"provider": SelectField}
     form_args = {
         "provider": {"choices": [SelectChoice("openrouter", "OpenRouter")]},
@@ -209,6 +216,11 @@ class AIConfigurationView(PanelModelView):
             "label": "Model",
             "description": "OpenRouter slug, e.g. openai/gpt-4o-mini or anthropic/claude-3.5-sonnet",
             "validators": [InputRequired(), ModelRule()],
+        },
+        "fallback_models": {
+            "label": "Fallback models",
+            "description": "Optional OpenRouter slugs, comma-separated, tried in order when the model fails",
+            "validators": [ModelRule()],
         },
         "max_tokens": {"validators": [InputRequired(), ModelRule()]},
         "temperature": {"validators": [InputRequired(), ModelRule()]},
@@ -236,6 +248,25 @@ class AIConfigurationView(PanelModelView):
     def after_model_change(self, form, model, is_created):
         if model.is_active:
             model.activate()
+        # Read back: the form's api_key field has shadowed the model's api_key() on this instance.
+        self.warn_of_unlisted_models(AIConfiguration.get_by_id(model.id))
+
+    @staticmethod
+    def warn_of_unlisted_models(ai_config: AIConfiguration) -> None:
+        """Warn (the configuration is saved all the same) of a model OpenRouter does not list: a typo
+        would otherwise surface only when that model is needed."""
+        factory = services().ai_factory
+        try:
+            # Short: the admin waits on this page for the answer.
+            adapter = factory.adapter(factory.settings_for(ai_config), attempts=1, timeout=(5.0, 10.0))
+            offered = adapter.list_models()
+        except AIError as error:
+            flash(f"Saved, but the models could not be checked with OpenRouter: {error}", "warning")
+            return
+        unlisted = [slug for slug in (ai_config.model_name, *split_slugs(ai_config.fallback_models))
+                    if slug not in offered]
+        if unlisted:
+            flash(f"Saved, but OpenRouter does not list {', '.join(unlisted)}: check the spelling.", "warning")
 
     @action("activate", "Activate", "Make the selected configuration the only active one?")
     def action_activate(self, ids):
@@ -510,6 +541,110 @@ class PlaygroundView(LoginRequired, BaseView):
         return redirect(self.get_url(".index", configuration=request.form.get("configuration", "")))
 
 
+class AccessView(LoginRequired, BaseView):
+    """Who may talk to the bot: the mode, the notice, and the admin's lists (ACCESS_LIST shown, not editable)."""
+
+    @expose("/")
+    def index(self):
+        policy = services().access
+        return self.render(
+            "chatbot_admin/access.html",
+            rules=policy.rules(),
+            modes=ACCESS_MODES,
+            environment_mode=policy.mode,
+            environment_numbers=sorted(policy.listed),
+            lists={kind: list(AccessEntry.of_kind(kind)) for kind in ("allow", "block")},
+            phone=lambda number: number if session.get(REVEAL_PHONES) else mask_phone(number),
+            revealed=session.get(REVEAL_PHONES, False),
+        )
+
+    @expose("/mode/", methods=("POST",))
+    def mode_view(self):
+        mode = request.form.get("mode", "")
+        if not SecureForm(request.form).validate():
+            flash("The request expired; please try again.", "error")
+        elif mode == "environment":
+            Setting.forget(MODE_KEY)
+            flash(f"Access follows ACCESS_MODE again ({services().access.mode}).", "success")
+        elif mode in ACCESS_MODES:
+            Setting.put(MODE_KEY, mode)
+            flash(f"Access is now {mode}, from the next message on.", "success")
+        else:
+            flash(f"Choose one of {', '.join(ACCESS_MODES)}.", "error")
+        return redirect(self.get_url(".index"))
+
+    @expose("/notice/", methods=("POST",))
+    def notice_view(self):
+        notice = (request.form.get("notice") or "").strip()
+        if not SecureForm(request.form).validate():
+            flash("The request expired; please try again.", "error")
+        elif request.form.get("action") == "environment":
+            Setting.forget(NOTICE_KEY)
+            flash("The notice is ACCESS_NOTICE's again.", "success")
+        else:
+            Setting.put(NOTICE_KEY, notice)
+            flash("Notice saved." if notice else "No notice: a sender who is kept out gets no answer at all.",
+                  "success")
+        return redirect(self.get_url(".index"))
+
+    @expose("/add/", methods=("POST",))
+    def add_numbers_view(self):
+        kind = request.form.get("kind", "")
+        if not SecureForm(request.form).validate():
+            flash("The request expired; please try again.", "error")
+        elif kind not in ("allow", "block"):
+            flash("Choose the allowlist or the blocklist.", "error")
+        else:
+            numbers, invalid = parse_numbers(request.form.get("numbers", ""))
+            added = AccessEntry.add_many(numbers, kind)
+            listed = len(numbers) - len(added)
+            flash(f"Added {len(added)} number(s) to the {kind}list"
+                  + (f"; {listed} already on it." if listed else "."), "success")
+            if invalid:
+                flash(f"Skipped {len(invalid)} that are not phone numbers in E.164 form (+ and 7–15 digits, e.g. "
+                      f"+15551234567): {masked(', '.join(invalid))}", "error")
+        return redirect(self.get_url(".index"))
+
+    @expose("/delete/<int:entry_id>/", methods=("POST",))
+    def delete_view(self, entry_id):
+        if SecureForm(request.form).validate():
+            AccessEntry.delete().where(AccessEntry.id == entry_id).execute()
+            flash("Number removed.", "success")
+        return redirect(self.get_url(".index"))
+
+
+class SpendingView(LoginRequired, BaseView):
+    """What answers cost against each spending cap, and the operator's overrides of the caps."""
+
+    CAPS = {SENDER_DAILY_SETTING: "Daily budget per sender", MONTHLY_SETTING: "Monthly budget"}
+
+    @expose("/")
+    def index(self):
+        budgets, now = services().budgets, utcnow()
+        costliest = Message.top_spenders(day_start(now), 1)
+        return self.render("chatbot_admin/spending.html", caps=budgets.caps(fresh=True),
+                           environment=budgets.environment, month=Message.spend(month_start(now)),
+                           costliest_today=costliest[0] if costliest else None,
+                           sender_daily_setting=SENDER_DAILY_SETTING, monthly_setting=MONTHLY_SETTING)
+
+    @expose("/set/", methods=("POST",))
+    def set_view(self):
+        key, amount = request.form.get("key", ""), (request.form.get("value") or "").strip()
+        label = self.CAPS.get(key)
+        if not SecureForm(request.form).validate() or label is None:
+            flash("The request expired; please try again.", "error")
+        elif "clear" in request.form:
+            services().budgets.override(key, None)
+            flash(f"{label}: override cleared, the environment's setting applies.", "success")
+        elif amount_problem(amount):
+            flash(f"{label} {amount_problem(amount)}.", "error")
+        else:
+            services().budgets.override(key, float(amount))
+            flash(f"{label} set to ${float(amount):g}; workers apply it within {OVERRIDES_TTL:g} seconds.",
+                  "success")
+        return redirect(self.get_url(".index"))
+
+
 def build_admin(app) -> Admin:
     """Attach the admin panel at /admin (built per app: a module-level Admin breaks a second app)."""
     admin = Admin(
@@ -528,6 +663,8 @@ def build_admin(app) -> Admin:
     admin.add_view(MessageView(Message, name="Messages", endpoint="message"))
     admin.add_view(PlaygroundView(name="Playground", endpoint="playground", url="/admin/playground"))
     admin.add_view(OptOutView(OptOut, name="Opted out", endpoint="optout"))
+    admin.add_view(SpendingView(name="Spending", endpoint="spending", url="/admin/spending"))
+    admin.add_view(AccessView(name="Access", endpoint="access", url="/admin/access"))
     admin.add_view(WebhookLogView(WebhookLog, name="Webhook log", endpoint="webhooklog"))
     return admin
 

@@ -37,6 +37,8 @@ class AISettings:
     temperature: float
     system_prompt: str
     source: str
+    # Tried in order when `model` fails; the reply's `model` says which one answered.
+    fallback_models: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,9 @@ class OpenRouterAdapter(AIAdapter):
             "max_tokens": self.settings.max_tokens,
             "temperature": self.settings.temperature,
         }
+        if self.settings.fallback_models:
+            # OpenRouter routes to the next model of the list when one fails (down, rate limited, refusing).
+            payload["models"] = [self.settings.model, *self.settings.fallback_models]
         body = self._request("POST", "/chat/completions", seconds_left=seconds_left, json=payload)
         if body.get("error"):
             raise _error_from_body(body["error"], status=200)
@@ -211,6 +216,11 @@ class OpenRouterAdapter(AIAdapter):
         return b"".join(chunks)
 
 
+def split_slugs(text: str | None) -> tuple[str, ...]:
+    """Return the model slugs of a comma-separated list, in order."""
+    return tuple(filter(None, (slug.strip() for slug in (text or "").split(","))))
+
+
 def _error_from_body(error: dict | None, status: int, retry_after: float | None = None) -> AIError:
     error = error if isinstance(error, dict) else {}
     code = error.get("code")
@@ -259,6 +269,7 @@ class AIAdapterFactory:
             temperature=configuration.temperature,
             system_prompt=configuration.system_prompt or self.config.ai_system_prompt,
             source=f"db:{configuration.name}",
+            fallback_models=split_slugs(configuration.fallback_models),
         )
 
     def environment_settings(self) -> AISettings:
@@ -270,6 +281,7 @@ class AIAdapterFactory:
             temperature=self.config.ai_temperature,
             system_prompt=self.config.ai_system_prompt,
             source="env",
+            fallback_models=self.config.ai_fallback_models,
         )
 
     def current(self) -> AIAdapter:

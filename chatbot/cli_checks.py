@@ -13,9 +13,8 @@ from redis.exceptions import RedisError
 from chatbot import db, migrations
 from chatbot.ai import AIAdapterFactory, AISettings
 from chatbot.errors import AIError, WhatsAppError
-from chatbot.models import MODEL_SLUG_SHAPE
 from chatbot.redact import mask_phone, mask_secret
-from config import Config, ConfigError
+from config import MODEL_SLUG_SHAPE, Config, ConfigError
 
 WEBHOOK_PATH = "/whatsapp/webhook"
 # A check should answer in seconds, not wait out the adapter's 60 s completion timeout.

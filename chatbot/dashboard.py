@@ -4,12 +4,31 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from peewee import fn
+from peewee import Value, fn
 
 from chatbot.models import Conversation, Message, Origin, ReplyPart, Role, Status, utcnow
 
 # The admin's playground is an operator trying the bot, not traffic: it counts nowhere here.
 NOT_PLAYGROUND = Message.origin != Origin.PLAYGROUND.value
+
+
+# How many senders the dashboard lists by what their answers cost.
+TOP_SPENDERS = 10
+
+
+@dataclass(frozen=True)
+class Spend:
+    """What the AI's answers of a period cost in USD, and how many of them came without a cost."""
+
+    usd: float
+    unknown: int
+
+
+@dataclass(frozen=True)
+class ModelSpend:
+    model: str
+    usd: float
+    unknown: int
 
 
 @dataclass(frozen=True)
@@ -24,6 +43,16 @@ class DashboardStats:
     # many it reported failed or undelivered.
     delivery_rate: float | None
     failed_parts_week: int
+    # Spend since UTC midnight, over the last 7 days and since the 1st of the month (UTC); by model
+    # and the costliest senders, both this month.
+    spend_today: Spend
+    spend_week: Spend
+    spend_month: Spend
+    spend_by_model: list[ModelSpend]
+    top_spenders: list[tuple[str, float]]
+    # This week's AI answers that record the model asked for, and those a fallback model wrote.
+    ai_answers_week: int
+    fallback_answers_week: int
 
 
 def compute_stats(now: datetime | None = None) -> DashboardStats:
@@ -31,6 +60,7 @@ def compute_stats(now: datetime | None = None) -> DashboardStats:
     now = now or utcnow()
     today = now.replace(hour=0, minute=0, second=0, microsecond=0)
     week = now - timedelta(days=7)
+    month = today.replace(day=1)
     messages = Message.select().where(NOT_PLAYGROUND)
     questions = messages.where(Message.role == Role.USER.value, Message.created_at >= week)
     asked = questions.count()
@@ -52,7 +82,28 @@ def compute_stats(now: datetime | None = None) -> DashboardStats:
         ),
         delivery_rate=(delivered / parts) if parts else None,
         failed_parts_week=undelivered,
+        spend_today=Spend(*Message.spend(today)),
+        spend_week=Spend(*Message.spend(week)),
+        spend_month=Spend(*Message.spend(month)),
+        spend_by_model=[ModelSpend(*row) for row in Message.spend_by_model(month)],
+        top_spenders=Message.top_spenders(month, TOP_SPENDERS),
+        **_fallback_use(week),
     )
+
+
+def _fallback_use(since: datetime) -> dict[str, int]:
+    answers = Message.select().where(
+        Message.role == Role.ASSISTANT.value,
+        Message.created_at >= since,
+        Message.model.is_null(False),
+        NOT_PLAYGROUND,
+        # metadata is JSON with sorted keys and ": " separators; `**` is a case-insensitive LIKE on
+        # SQLite and Postgres alike (a `_` in a slug matches any one character: close enough here).
+        Message.metadata ** Value('%"requested_model": "%', converter=False),
+    )
+    asked_for = Value('%"requested_model": "', converter=False).concat(Message.model).concat('"%')
+    return {"ai_answers_week": answers.count(),
+            "fallback_answers_week": answers.where(~(Message.metadata ** asked_for)).count()}
 
 
 def _median_latency(since: datetime) -> float | None:

@@ -29,6 +29,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 from chatbot.crypto import FieldCipher, SecretDecryptionError
 from chatbot.db import database
 from chatbot.redact import mask_secret
+from config import MODEL_SLUG_SHAPE, fallback_models_problem
 
 
 def utcnow() -> datetime:
@@ -402,6 +403,86 @@ class Message(BaseModel):
                 ).execute()
         return failed
 
+    @classmethod
+    def counted_in_spend(cls):
+        """Match the answers spend is counted over: the operator's playground trials are left out, as
+        from every other figure, and no cap holds them back."""
+        return cls.origin != Origin.PLAYGROUND.value
+
+    @classmethod
+    def spend(cls, since: datetime, sender: str | None = None) -> tuple[float, int]:
+        """Return what the AI's answers since `since` cost in USD (only `sender`'s when given) and how
+        many of those answers came without a reported cost (counted apart, never as 0)."""
+        query = (
+            cls.select(fn.COALESCE(fn.SUM(cls.cost), 0), fn.COUNT(cls.id) - fn.COUNT(cls.cost))
+            .where(cls.model.is_null(False), cls.created_at >= since, cls.counted_in_spend())
+        )
+        if sender is not None:
+            query = query.join(Conversation).where(Conversation.user_phone == sender)
+        total, unknown = query.tuples().first()
+        return float(total or 0), int(unknown or 0)
+
+    @classmethod
+    def spend_by_model(cls, since: datetime) -> list[tuple[str, float, int]]:
+        """Return (model, USD, answers without a cost) for answers since `since`, costliest first."""
+        return [
+            (model, float(total or 0), int(unknown or 0))
+            for model, total, unknown in (
+                cls.select(cls.model, fn.COALESCE(fn.SUM(cls.cost), 0), fn.COUNT(cls.id) - fn.COUNT(cls.cost))
+                .where(cls.model.is_null(False), cls.created_at >= since, cls.counted_in_spend())
+                .group_by(cls.model)
+                .order_by(fn.COALESCE(fn.SUM(cls.cost), 0).desc(), cls.model)
+                .tuples()
+            )
+        ]
+
+    @classmethod
+    def top_spenders(cls, since: datetime, limit: int) -> list[tuple[str, float]]:
+        """Return the `limit` senders whose answers since `since` cost the most, with that cost in USD."""
+        total = fn.SUM(cls.cost)
+        return [
+            (sender, float(spent))
+            for sender, spent in (
+                cls.select(Conversation.user_phone, total)
+                .join(Conversation)
+                .where(cls.cost.is_null(False), cls.created_at >= since, cls.counted_in_spend())
+                .group_by(Conversation.user_phone)
+                .order_by(total.desc(), Conversation.user_phone)
+                .limit(limit)
+                .tuples()
+            )
+        ]
+
+    @classmethod
+    def spend_of_conversations(cls, conversation_ids) -> dict:
+        """Return, by conversation id, what its answers cost in USD so far (conversations with none left out)."""
+        return {
+            conversation_id: float(spent)
+            for conversation_id, spent in (
+                cls.select(cls.conversation, fn.SUM(cls.cost))
+                .where(cls.conversation.in_(conversation_ids), cls.cost.is_null(False), cls.counted_in_spend())
+                .group_by(cls.conversation)
+                .tuples()
+            )
+        }
+
+    @classmethod
+    def spent_for_budgets(cls, sender: str, day_start: datetime, month_start: datetime | None) -> tuple[float, float]:
+        """Return in one query what `sender`'s answers cost since `day_start` and, when `month_start`
+        is given, what everyone's cost since then (else 0): the budgets' check before each AI call."""
+        of_sender_today = (Conversation.user_phone == sender) & (cls.created_at >= day_start)
+        query = cls.select(
+            fn.COALESCE(fn.SUM(Case(None, [(of_sender_today, cls.cost)], 0)), 0),
+            fn.COALESCE(fn.SUM(cls.cost), 0),
+        ).join(Conversation).where(cls.cost.is_null(False), cls.counted_in_spend())
+        if month_start is None:
+            # No monthly cap: only this sender's rows of today are read (conversation.user_phone is indexed).
+            query = query.where(of_sender_today)
+        else:
+            query = query.where(cls.created_at >= month_start)
+        sender_today, everyone = query.tuples().first()
+        return float(sender_today or 0), float(everyone or 0) if month_start is not None else 0.0
+
     def current_answer(self) -> "Message | None":
         """Return the assistant's current answer to this user message, if any."""
         return (
@@ -527,6 +608,28 @@ class AccessEntry(BaseModel):
         table_name = "access_entry"
         indexes = ((("user_phone", "kind"), True),)
 
+    @classmethod
+    def is_listed(cls, user_phone: str, kind: str) -> bool:
+        """Say whether `user_phone` (E.164) is on the admin's `kind` list (one lookup in the unique index)."""
+        return cls.select().where(cls.user_phone == user_phone, cls.kind == kind).exists()
+
+    @classmethod
+    def of_kind(cls, kind: str):
+        """Select the admin's `kind` list, newest first."""
+        return cls.select().where(cls.kind == kind).order_by(cls.created_at.desc(), cls.id.desc())
+
+    @classmethod
+    def add_many(cls, numbers: list[str], kind: str) -> list[str]:
+        """Put E.164 `numbers` on the `kind` list; return those that were not on it already."""
+        if not numbers:
+            return []
+        listed = {row.user_phone for row in cls.select(cls.user_phone).where(
+            cls.user_phone.in_(numbers), cls.kind == kind)}
+        added = [number for number in dict.fromkeys(numbers) if number not in listed]
+        if added:
+            cls.insert_many([{"user_phone": number, "kind": kind} for number in added]).on_conflict_ignore().execute()
+        return added
+
 
 class Setting(BaseModel):
     """A setting the operator changed at run time in the admin; it wins over the environment's."""
@@ -537,6 +640,23 @@ class Setting(BaseModel):
 
     class Meta:
         table_name = "setting"
+
+    @classmethod
+    def values(cls, *keys: str) -> dict[str, str]:
+        """Return the operator's value for each of `keys` they set (one query); unset keys are absent."""
+        return {row.key: row.value for row in cls.select(cls.key, cls.value).where(cls.key.in_(keys))}
+
+    @classmethod
+    def put(cls, key: str, value: str) -> None:
+        """Set `key` to `value`, replacing the operator's earlier choice."""
+        (cls.insert(key=key, value=value, updated_at=utcnow())
+         .on_conflict(conflict_target=[cls.key], update={cls.value: value, cls.updated_at: utcnow()})
+         .execute())
+
+    @classmethod
+    def forget(cls, *keys: str) -> None:
+        """Drop the operator's values for `keys`: the environment's apply again."""
+        cls.delete().where(cls.key.in_(keys)).execute()
 
 
 class OptOut(BaseModel):
@@ -549,7 +669,6 @@ class OptOut(BaseModel):
         table_name = "opt_out"
 
 
-MODEL_SLUG_SHAPE = re.compile(r"^[a-z0-9][a-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._:+-]*$")
 PROVIDERS = ("openrouter",)
 
 
@@ -587,6 +706,8 @@ class AIConfiguration(BaseModel):
             return "Provider must be OpenRouter."
         if name == "model_name" and not MODEL_SLUG_SHAPE.match(value or ""):
             return "Model must be an OpenRouter slug such as openai/gpt-4o-mini."
+        if name == "fallback_models":
+            return fallback_models_problem(value)
         if name == "max_tokens" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             return "Max tokens must be a whole number of at least 1."
         if name == "temperature" and (isinstance(value, bool) or not isinstance(value, (int, float))

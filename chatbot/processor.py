@@ -6,7 +6,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from chatbot import metrics
+from chatbot.access import AccessPolicy, Refusal
 from chatbot.ai import AIAdapterFactory
+from chatbot.budgets import Budgets
 from chatbot.commands import UserCommands
 from chatbot.context import ConversationManager
 from chatbot.db import connection_released, database
@@ -47,6 +50,8 @@ class MessageProcessor:
         clock: Callable[[], float] = time.monotonic,
         max_inbound_chars: int = 4096,
         commands: UserCommands | None = None,
+        budgets: Budgets | None = None,
+        access: AccessPolicy | None = None,
     ):
         self.ai_factory = ai_factory
         self.whatsapp = whatsapp
@@ -55,6 +60,8 @@ class MessageProcessor:
         self.errors = errors
         self.max_inbound_chars = max_inbound_chars
         self.commands = commands
+        self.budgets = budgets
+        self.access = access
 
     def process(self, message_id: int, final_attempt: bool = True, until: float | None = None) -> Outcome:
         """Answer and deliver every outstanding message of this sender up to `message_id`, in order.
@@ -83,6 +90,24 @@ class MessageProcessor:
                 # An operator has taken the conversation over: the message waits for them, not the AI.
                 Message.update(status=Status.WAITING.value).where(Message.id == question.id).execute()
                 continue
+            if answer is None and self.access is not None:
+                barred = self.access.refusal(conversation.user_phone)
+                if barred is not None:
+                    metrics.count_refusal("access")
+                    answer = self._keep_out(conversation, question, barred)
+                    if answer is None:
+                        continue
+            if answer is None and self.budgets is not None:
+                refusal = self.budgets.check(conversation.user_phone)
+                if refusal is not None and refusal.notice is None:
+                    # Told once today already: held back in silence, as a STOPped sender's message is.
+                    metrics.count_refusal("budget")
+                    Message.update(status=Status.OVER_BUDGET.value).where(Message.id == question.id).execute()
+                    continue
+                if refusal is not None:
+                    metrics.count_refusal("budget")
+                    answer = self._store_canned(conversation, question, refusal.notice, f"budget_{refusal.cap.value}",
+                                                status=Status.OVER_BUDGET)
             if answer is None:
                 if until is not None and self.clock() >= until - MIN_AI_SECONDS:
                     raise JobDeadlineReached(f"message_id={question.id} left for the next run of the job")
@@ -155,6 +180,7 @@ class MessageProcessor:
             with connection_released():
                 reply = adapter.send_message(prompt, until=until)
         except AIError as error:
+            metrics.count_ai_failure(error)
             if error.retryable and not final_attempt:
                 raise
             self.errors.handle(Category.AI, error,
@@ -162,6 +188,7 @@ class MessageProcessor:
             outcome.failed += 1
             return self._apologise(conversation, question, str(error), Category.AI)
         latency_ms = (self.clock() - started) * 1000
+        metrics.record_ai_reply(reply, latency_ms / 1000)
         usage = reply.usage
         text = clean_text(reply.text).text
         if question.metadata.get("trimmed"):
@@ -178,7 +205,9 @@ class MessageProcessor:
                 completion_tokens=usage.get("completion_tokens"),
                 total_tokens=usage.get("total_tokens"),
                 latency_ms=latency_ms,
-                metadata={"ai_source": adapter.settings.source, "cost": usage.get("cost")},
+                # None when the provider reported no cost: an unknown cost is not a zero one.
+                cost=usage.get("cost"),
+                metadata={"ai_source": adapter.settings.source, "requested_model": adapter.settings.model},
             )
             question.status = Status.ANSWERED.value
             question.save()
@@ -188,13 +217,24 @@ class MessageProcessor:
                  question.id, reply.model, usage.get("total_tokens"), latency_ms)
         return answer
 
-    def _store_canned(self, conversation: Conversation, question: Message, text: str, kind: str) -> Message:
-        """Store a reply the AI did not write (a command's answer) as the question's unsent answer."""
+    def _store_canned(self, conversation: Conversation, question: Message, text: str, kind: str,
+                      status: Status = Status.ANSWERED) -> Message:
+        """Store a reply the AI did not write (a command's answer, a budget notice) as the question's
+        unsent answer, the question marked `status`."""
         with database.atomic():
-            question.status = Status.ANSWERED.value
+            question.status = status.value
             question.save()
             return Message.create(conversation=conversation, role=Role.ASSISTANT.value, content=text,
                                   status=Status.UNSENT.value, reply_to=question, metadata={"canned": kind})
+
+    def _keep_out(self, conversation: Conversation, question: Message, refusal: Refusal) -> Message | None:
+        """Mark `question` not allowed, with why; store the refusal's notice (if any) as its unsent answer."""
+        question.metadata = {**question.metadata, "access": refusal.reason}
+        if refusal.notice:
+            return self._store_canned(conversation, question, refusal.notice, "access", status=Status.NOT_ALLOWED)
+        question.status = Status.NOT_ALLOWED.value
+        question.save()
+        return None
 
     def _apologise(self, conversation: Conversation, question: Message, reason: str,
                    category: Category) -> Message:
@@ -229,6 +269,7 @@ class MessageProcessor:
 
         def record_part(number: int, sid: str) -> None:
             sent.append(sid)
+            metrics.count_send()
             with database.atomic():
                 Message.update(parts_sent=number, sending_part=None, sending_since=None).where(
                     Message.id == answer.id).execute()
@@ -240,6 +281,7 @@ class MessageProcessor:
             self.whatsapp.send(conversation.user_phone, answer.content, already_sent=answer.parts_sent,
                                on_part_sent=record_part, before_part=note_intent, unconfirmed_since=unconfirmed)
         except WhatsAppError as error:
+            metrics.count_send(error)
             if error.status is not None:
                 # Twilio answered with a refusal: the part was not taken, nothing to ask about later.
                 Message.update(sending_part=None, sending_since=None).where(Message.id == answer.id).execute()

@@ -8,7 +8,9 @@ from redis import Redis
 from requests.adapters import HTTPAdapter
 from rq import Queue
 
+from chatbot.access import AccessPolicy
 from chatbot.ai import AIAdapterFactory
+from chatbot.budgets import Budgets
 from chatbot.commands import UserCommands
 from chatbot.context import ConversationManager
 from chatbot.crypto import FieldCipher
@@ -34,8 +36,10 @@ class Services:
     ai_factory: AIAdapterFactory
     whatsapp: WhatsAppClient
     processor: MessageProcessor
+    access: AccessPolicy
     rate_limiter: RateLimiter
     errors: ErrorHandler
+    budgets: Budgets
 
 
 def http_pool_size(config: Config) -> int:
@@ -62,6 +66,8 @@ def build_services(config: Config, ai_options: dict | None = None,
     cipher = FieldCipher(config.field_encryption_key)
     context = ConversationManager(redis, config.max_context_messages, config.conversation_ttl)
     errors = ErrorHandler(redis, config.alert_webhook_url)
+    budgets = Budgets(redis, errors, config.budget_per_sender_daily, config.budget_monthly)
+    access = AccessPolicy(redis, config.access_mode, config.access_list, config.access_notice)
     ai_factory = AIAdapterFactory(config, cipher, pooled_session(http_pool_size(config)), **(ai_options or {}))
     whatsapp = WhatsAppClient(
         config.twilio_account_sid,
@@ -84,8 +90,12 @@ def build_services(config: Config, ai_options: dict | None = None,
         processor=MessageProcessor(
             ai_factory, whatsapp, context, errors, max_inbound_chars=config.max_inbound_chars,
             commands=UserCommands(redis, context, whatsapp, config.user_commands, config.site_name),
+            budgets=budgets,
+            access=access,
         ),
+        access=access,
         rate_limiter=RateLimiter(redis, config.rate_limit_messages, config.rate_limit_global,
                                  config.rate_limit_window),
         errors=errors,
+        budgets=budgets,
     )

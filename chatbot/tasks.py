@@ -14,6 +14,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.rate_limit import RateLimitRegistry
 
+from chatbot import metrics
 from chatbot.db import connection_scope, database
 from chatbot.errors import SenderBusy, WhatsAppError
 from chatbot.models import Conversation, Message, Role, Status, WebhookLog, utcnow
@@ -119,12 +120,14 @@ def process_message(message_id: int) -> dict:
             else:
                 final_attempt = job is None or not job.retries_left or attempt == limit
                 outcome = services.processor.process(message_id, final_attempt=final_attempt, until=until)
+    metrics.count_job(outcome, gave_up=attempt > limit)
     return asdict(outcome)
 
 
 def apologise_when_failed_for_good(job: Job, connection, error_type, error, traceback) -> None:
     """RQ's failure callback: when a message's job fails with no retry left (it raised, timed out or
     its worker died), the user gets an apology instead of silence."""
+    metrics.count_job_error(job.retries_left)
     if job.retries_left or (error_type is not None and issubclass(error_type, (SenderBusy, WhatsAppError))):
         # A retry is coming; or the job holding the conversation answers this message too; or
         # Twilio cannot take messages now, and the sweeper queues the message again when it can.

@@ -14,6 +14,7 @@ from peewee import IntegrityError, PeeweeException
 from redis.exceptions import RedisError
 from twilio.request_validator import RequestValidator
 
+from chatbot import metrics
 from chatbot.db import database
 from chatbot.errors import Category
 from chatbot.models import Conversation, Message, ReplyPart, Role, Status, WebhookLog
@@ -217,6 +218,7 @@ def record_refusal(status: int, verdict: str, reason: str) -> None:
     """Leave a compact audit row for a webhook request refused before it was read (too large, or
     plain http); other paths are not the webhook's to log."""
     if request.path == WEBHOOK_PATH:
+        metrics.count_webhook(verdict)
         _record_refused(_compact_audit(status, verdict, reason))
 
 
@@ -283,6 +285,7 @@ def _count_unstored(redis, minute: int, unstored: int, audit: dict) -> None:
 
 
 def _refuse(status: int, reason: str, started: float, signature_valid: bool | None, verdict: str) -> Response:
+    metrics.count_webhook(verdict)
     if signature_valid:
         log.warning("webhook refused status=%d reason=%s", status, reason)
         _record(_audit(status, started, signature_valid, error=reason, verdict=verdict))
@@ -324,6 +327,7 @@ def receive_message():
     unanswerable = _not_for_us(inbound, config.twilio_whatsapp_number)
     if unanswerable:
         log.warning("message_sid=%s %s: acknowledged, not answered", inbound.sid, unanswerable)
+        metrics.count_webhook(unanswerable)
         _record(_audit(200, started, signature_valid=True, message_sid=inbound.sid, verdict=unanswerable,
                        error=f"To {mask_phone(inbound.recipient)}, From {mask_phone(inbound.sender)}: not answered"))
         return Response(EMPTY_TWIML, status=200, mimetype="text/xml")
@@ -341,6 +345,7 @@ def receive_message():
         _log_unrecorded(_audit(503, started, signature_valid=True, message_sid=inbound.sid,
                                verdict="database_unavailable", error="database unavailable"), error)
         services.errors.handle(Category.SYSTEM, error, f"message_sid={inbound.sid} not stored")
+        metrics.count_webhook("database_unavailable")
         return Response("database unavailable\n", status=503, mimetype="text/plain")
     if message_id is None:
         log.info("message_sid=%s duplicate delivery ignored", inbound.sid)
@@ -355,6 +360,7 @@ def receive_message():
     else:
         log.info("message_sid=%s sender=%s rate limited, notice already sent this window",
                  inbound.sid, mask_phone(inbound.sender))
+    metrics.count_webhook("duplicate" if message_id is None else decision.allowance.value)
     return Response(EMPTY_TWIML, status=200, mimetype="text/xml")
 
 

@@ -147,6 +147,11 @@ class FakeOpenRouter(FakeServer):
         super().__init__()
         self.reply_for = lambda messages: f"Answer to: {messages[-1]['content']}"
         self.delay_for = lambda messages: 0.0
+        # The `usage.cost` (USD) of each default completion; None leaves it out, as some providers do.
+        self.cost: float | None = 0.00001
+        # Models that fail (503) as OpenRouter's upstreams do when down; a request's `models` list
+        # then routes to its next model, which the answer names in `model`.
+        self.failing_models: set[str] = set()
 
     @property
     def completions(self) -> list[Recorded]:
@@ -171,13 +176,26 @@ class FakeOpenRouter(FakeServer):
     def default_answer(self, request: Recorded) -> Scripted:
         if request.path.endswith("/chat/completions"):
             messages = request.body["messages"]
-            return Scripted(200, self.completion(self.reply_for(messages), request.body["model"]),
-                            delay=self.delay_for(messages))
+            model = self.answering_model(request.body)
+            if model is None:
+                return self.error(503, "every model of the request is down")
+            completion = self.completion(self.reply_for(messages), model)
+            if self.cost is None:
+                del completion["usage"]["cost"]
+            else:
+                completion["usage"]["cost"] = self.cost
+            return Scripted(200, completion, delay=self.delay_for(messages))
         if request.path.endswith("/key"):
             return Scripted(200, {"data": {"label": "sk-or-v1-abc...", "usage": 0.5, "limit": None}})
         if request.path.endswith("/models"):
             return Scripted(200, {"data": [{"id": "openai/gpt-4o-mini"}, {"id": "anthropic/claude-3.5-sonnet"}]})
         return super().default_answer(request)
+
+
+    def answering_model(self, body: dict) -> str | None:
+        """The first model of the request that is not failing: `model`, then `models` in order."""
+        candidates = [body["model"], *body.get("models", [])]
+        return next((model for model in candidates if model not in self.failing_models), None)
 
 
 class FakeTwilio(FakeServer):

@@ -21,6 +21,9 @@ ADMIN_PAGES = [
     "/admin/conversation/",
     "/admin/message/",
     "/admin/optout/",
+    "/admin/access/",
+    "/admin/spending/",
+    "/admin/playground/",
     "/admin/webhooklog/",
 ]
 

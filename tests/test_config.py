@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from config import DEFAULT_DATABASE_URL, PROJECT_DIR, Config, ConfigError
+from config import DEFAULT_ACCESS_NOTICE, DEFAULT_DATABASE_URL, PROJECT_DIR, Config, ConfigError
 
 KEY = Fernet.generate_key().decode()
 MINIMAL = {"SECRET_KEY": "s", "FIELD_ENCRYPTION_KEY": KEY}
@@ -215,3 +215,54 @@ def test_user_commands_take_the_words_given_and_keep_the_rest():
 def test_bad_user_commands_are_named(value, problem):
     with pytest.raises(ConfigError, match=re.escape(problem)):
         Config.from_mapping({**MINIMAL, "USER_COMMANDS": value})
+
+
+def test_budgets_are_optional_amounts_in_dollars():
+    assert (Config.from_mapping(MINIMAL).budget_per_sender_daily, Config.from_mapping(MINIMAL).budget_monthly) == \
+        (None, None)
+    config = Config.from_mapping({**MINIMAL, "BUDGET_PER_SENDER_DAILY": "0.25", "BUDGET_MONTHLY": "50"})
+    assert (config.budget_per_sender_daily, config.budget_monthly) == (0.25, 50.0)
+
+
+@pytest.mark.parametrize("value", ["five", "0", "-1", "nan", "inf"])
+def test_a_budget_that_is_not_a_positive_amount_is_named(value):
+    with pytest.raises(ConfigError, match=r"BUDGET_MONTHLY must be"):
+        Config.from_mapping({**MINIMAL, "BUDGET_MONTHLY": value})
+
+
+def test_access_is_open_with_a_default_notice_unless_set():
+    config = Config.from_mapping(MINIMAL)
+    assert (config.access_mode, config.access_list) == ("open", ())
+    assert config.access_notice == DEFAULT_ACCESS_NOTICE
+    assert Config.from_mapping({**MINIMAL, "ACCESS_NOTICE": ""}).access_notice == ""  # blank: silence
+
+
+def test_access_list_numbers_are_read_as_e164_each_once():
+    config = Config.from_mapping({**MINIMAL, "ACCESS_MODE": "Allowlist",
+                                  "ACCESS_LIST": "whatsapp:+15551234567, +15557654321,,+1-555-123-4567"})
+    assert config.access_mode == "allowlist"
+    assert config.access_list == ("+15551234567", "+15557654321")
+
+
+@pytest.mark.parametrize("values, problem", [
+    ({"ACCESS_MODE": "friends"}, "ACCESS_MODE must be one of open, allowlist, blocklist, got 'friends'"),
+    ({"ACCESS_LIST": "+15551234567,5551234"}, "ACCESS_LIST: '5551234' is not a phone number in E.164 form"),
+])
+def test_bad_access_settings_are_named(values, problem):
+    with pytest.raises(ConfigError, match=re.escape(problem)):
+        Config.from_mapping({**MINIMAL, **values})
+
+
+def test_fallback_models_are_read_in_order_and_each_must_be_a_slug():
+    listed = " anthropic/claude-3.5-haiku , google/gemini-flash-1.5,"
+    config = Config.from_mapping({**MINIMAL, "AI_FALLBACK_MODELS": listed})
+    assert config.ai_fallback_models == ("anthropic/claude-3.5-haiku", "google/gemini-flash-1.5")
+    assert Config.from_mapping(MINIMAL).ai_fallback_models == ()
+    with pytest.raises(ConfigError, match="AI_FALLBACK_MODELS: Fallback models must be OpenRouter slugs"):
+        Config.from_mapping({**MINIMAL, "AI_FALLBACK_MODELS": "openai/gpt-4o-mini,gpt 4"})
+
+
+def test_metrics_are_off_without_a_token_and_the_token_is_never_shown():
+    assert Config.from_mapping(MINIMAL).metrics_token == ""
+    config = Config.from_mapping({**MINIMAL, "METRICS_TOKEN": "scrape-me-0123"})
+    assert config.metrics_token == "scrape-me-0123" and "scrape-me-0123" not in repr(config)

@@ -1,0 +1,106 @@
+"""Who may talk to the bot: everyone, an allowlist or everyone but a blocklist; what the operator
+sets in the admin wins over the environment."""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from redis import Redis
+
+from chatbot.models import AccessEntry, Setting
+from chatbot.redact import mask_phone, sender_key
+from config import ACCESS_MODES, e164
+
+log = logging.getLogger(__name__)
+
+# The Setting rows the admin writes; absent, the environment's value applies.
+MODE_KEY = "ACCESS_MODE"
+NOTICE_KEY = "ACCESS_NOTICE"
+# The admin's list each mode consults (AccessEntry.kind).
+KIND_OF_MODE = {"allowlist": "allow", "blocklist": "block"}
+NOTICE_PREFIX = "chatbot:access-notice:"
+# Kept a day past the day it stands for, so it is surely there while that day lasts.
+NOTICE_TTL = 2 * 86400
+# What an operator pastes: numbers separated by commas, semicolons, spaces or new lines.
+PASTE_SEPARATORS = re.compile(r"[,;\s]+")
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The access rules in force, and whether each came from the admin or the environment."""
+
+    mode: str
+    notice: str
+    mode_from_admin: bool
+    notice_from_admin: bool
+
+    @property
+    def kind(self) -> str | None:
+        """The admin list the mode consults; None when access is open."""
+        return KIND_OF_MODE.get(self.mode)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a sender is kept from the AI, and the notice to send them now ("" for none)."""
+
+    reason: str
+    notice: str
+
+
+class AccessPolicy:
+    """Decides per message whether its sender may reach the AI: a query for the admin's settings and,
+    unless access is open, one lookup in the admin's list; nothing is cached, so a change in the
+    admin applies to the next message."""
+
+    def __init__(self, redis: Redis, mode: str, listed: tuple[str, ...], notice: str):
+        self.redis = redis
+        self.mode = mode
+        self.listed = frozenset(listed)
+        self.notice = notice
+
+    def rules(self) -> Rules:
+        """Return the rules in force: the admin's values where set (and valid), else the environment's."""
+        chosen = Setting.values(MODE_KEY, NOTICE_KEY)
+        mode = chosen.get(MODE_KEY)
+        if mode is not None and mode not in ACCESS_MODES:
+            log.warning("access setting %s=%r is not a mode; the environment's %s applies", MODE_KEY, mode, self.mode)
+            mode = None
+        return Rules(mode=mode or self.mode, notice=chosen.get(NOTICE_KEY, self.notice),
+                     mode_from_admin=mode is not None, notice_from_admin=NOTICE_KEY in chosen)
+
+    def refusal(self, sender: str) -> Refusal | None:
+        """Return why `sender` (`whatsapp:+…`) may not reach the AI, or None when they may; the first
+        refusal of a sender's (UTC) day carries the notice."""
+        rules = self.rules()
+        if rules.kind is None:
+            return None
+        number = e164(sender) or sender
+        listed = number in self.listed or AccessEntry.is_listed(number, rules.kind)
+        if rules.mode == "allowlist" and not listed:
+            reason = "not on the allowlist"
+        elif rules.mode == "blocklist" and listed:
+            reason = "on the blocklist"
+        else:
+            return None
+        log.info("sender=%s kept out: %s", mask_phone(sender), reason)
+        return Refusal(reason=reason, notice=rules.notice if rules.notice and self._first_today(sender) else "")
+
+    def _first_today(self, sender: str) -> bool:
+        """Claim today's one notice for `sender`; False when it was claimed already."""
+        day = datetime.now(timezone.utc).date().isoformat()
+        return bool(self.redis.set(f"{NOTICE_PREFIX}{sender_key(sender)}:{day}", 1, nx=True, ex=NOTICE_TTL))
+
+
+def parse_numbers(pasted: str) -> tuple[list[str], list[str]]:
+    """Split what an operator pasted into E.164 numbers (each once, in order) and the items that are not."""
+    numbers, invalid = [], []
+    for item in filter(None, PASTE_SEPARATORS.split(pasted)):
+        number = e164(item)
+        if number is None:
+            invalid.append(item)
+        elif number not in numbers:
+            numbers.append(number)
+    return numbers, invalid

@@ -1,0 +1,159 @@
+"""Spending caps: whether a user message may still go to the AI, judged from the answers' stored costs."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from typing import Callable
+
+from redis import Redis
+from redis.exceptions import RedisError
+
+from chatbot.errors import ErrorHandler
+from chatbot.models import Message, Setting, utcnow
+from chatbot.redact import mask_phone, sender_key
+from config import amount_problem
+
+log = logging.getLogger(__name__)
+
+# The Setting rows through which the operator overrides the environment's caps in the admin.
+SENDER_DAILY_SETTING = "budget_per_sender_daily"
+MONTHLY_SETTING = "budget_monthly"
+# How long a process trusts the overrides it read: an admin change reaches every worker within this.
+OVERRIDES_TTL = 10.0
+NOTICE_PREFIX = "chatbot:budget:notice:"
+ALERT_PREFIX = "chatbot:budget:alerted:"
+# Past midnight UTC in every time zone: the day's notice marker never outlives its day by much.
+NOTICE_LIFETIME = 2 * 86400
+ALERT_LIFETIME = 32 * 86400
+
+SENDER_DAILY_NOTICE = ("You have reached today's usage limit for this assistant. "
+                       "It will answer again tomorrow.")
+MONTHLY_NOTICE = ("This assistant has reached its usage limit for now and cannot answer. "
+                  "Please try again later.")
+
+
+class Cap(str, Enum):
+    """Which spending cap held a message back."""
+
+    SENDER_DAILY = "sender_daily"
+    MONTHLY = "monthly"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A user message the caps keep from the AI; `notice` is what to tell the sender, or None when
+    they were told already today."""
+
+    cap: Cap
+    notice: str | None
+
+
+@dataclass(frozen=True)
+class Caps:
+    """The caps in force, in USD (None: no cap), and whether each comes from the admin."""
+
+    sender_daily: float | None
+    monthly: float | None
+    sender_daily_overridden: bool = False
+    monthly_overridden: bool = False
+
+
+def day_start(now: datetime) -> datetime:
+    return now.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def month_start(now: datetime) -> datetime:
+    return day_start(now).replace(day=1)
+
+
+class Budgets:
+    """Checks the caps before each AI call against what answers already cost (Message.cost).
+
+    Answers are counted once stored, so jobs already past the check when a cap is reached still
+    finish: each sender's jobs run one at a time, so a sender overshoots their daily cap by at most
+    one answer; everyone together overshoots the monthly cap by at most one answer per job running
+    at that moment (WORKER_CONCURRENCY per worker process).
+    """
+
+    def __init__(self, redis: Redis, errors: ErrorHandler, sender_daily: float | None, monthly: float | None,
+                 now: Callable[[], datetime] = utcnow, clock: Callable[[], float] = time.monotonic):
+        self.redis = redis
+        self.errors = errors
+        self.environment = Caps(sender_daily, monthly)
+        self.now = now
+        self.clock = clock
+        self._overrides: tuple[float, Caps] | None = None
+
+    def caps(self, fresh: bool = False) -> Caps:
+        """Return the caps in force: the admin's overrides, else the environment's."""
+        if not fresh and self._overrides and self.clock() - self._overrides[0] < OVERRIDES_TTL:
+            return self._overrides[1]
+        stored = Setting.values(SENDER_DAILY_SETTING, MONTHLY_SETTING)
+        caps = Caps(
+            sender_daily=_stored_amount(stored, SENDER_DAILY_SETTING, self.environment.sender_daily),
+            monthly=_stored_amount(stored, MONTHLY_SETTING, self.environment.monthly),
+            sender_daily_overridden=SENDER_DAILY_SETTING in stored,
+            monthly_overridden=MONTHLY_SETTING in stored,
+        )
+        self._overrides = (self.clock(), caps)
+        return caps
+
+    def override(self, key: str, value: float | None) -> None:
+        """Set the admin's override for one cap (`key` is a setting name), or clear it with None."""
+        if value is None:
+            Setting.forget(key)
+        else:
+            Setting.put(key, repr(value))
+        self._overrides = None
+
+    def check(self, sender: str) -> Refusal | None:
+        """Return why `sender`'s next message may not go to the AI, or None when it may."""
+        caps = self.caps()
+        if caps.sender_daily is None and caps.monthly is None:
+            return None
+        now = self.now()
+        sender_today, everyone = Message.spent_for_budgets(
+            sender, day_start(now), month_start(now) if caps.monthly is not None else None)
+        if caps.monthly is not None and everyone >= caps.monthly:
+            self._alert_monthly(caps.monthly, everyone, now)
+            cap, notice = Cap.MONTHLY, MONTHLY_NOTICE
+        elif caps.sender_daily is not None and sender_today >= caps.sender_daily:
+            cap, notice = Cap.SENDER_DAILY, SENDER_DAILY_NOTICE
+        else:
+            return None
+        log.info("budget reached cap=%s sender=%s", cap.value, mask_phone(sender))
+        return Refusal(cap, notice if self._first_notice_today(sender, now) else None)
+
+    def _first_notice_today(self, sender: str, now: datetime) -> bool:
+        key = f"{NOTICE_PREFIX}{sender_key(sender)}:{now:%Y-%m-%d}"
+        try:
+            return bool(self.redis.set(key, 1, nx=True, ex=NOTICE_LIFETIME))
+        except RedisError as error:
+            # Better no notice than one per message: the message is still held back from the AI.
+            log.warning("budget notice not claimed sender=%s: %s", mask_phone(sender), error)
+            return False
+
+    def _alert_monthly(self, cap: float, spent: float, now: datetime) -> None:
+        # Once per cap and month: the operator is told when it is reached, not on every message after.
+        key = f"{ALERT_PREFIX}{now:%Y-%m}:{cap!r}"
+        try:
+            first = self.redis.set(key, 1, nx=True, ex=ALERT_LIFETIME)
+        except RedisError:
+            first = True  # send_admin_alert still keeps it to one per hour
+        if first:
+            self.errors.send_admin_alert(
+                "budget:monthly",
+                f"monthly budget reached: ${spent:.4f} spent this month of a ${cap:g} cap; the bot answers "
+                "no one until the month ends or the cap is raised (admin → Spending)")
+
+
+def _stored_amount(stored: dict, key: str, default: float | None) -> float | None:
+    if key not in stored:
+        return default
+    if amount_problem(stored[key]):
+        log.error("setting %s=%r is not an amount; using the environment's cap", key, stored[key])
+        return default
+    return float(stored[key])

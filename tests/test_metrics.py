@@ -1,0 +1,126 @@
+"""GET /metrics: bearer-protected, Prometheus's format, counters that move by exactly what happened."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import PROJECT_DIR
+from tests.support import inbound_form
+
+TOKEN = "metrics-token-0123456789"
+MODEL = "openai/gpt-4o-mini"
+
+
+@pytest.fixture
+def env(env):
+    return {**env, "METRICS_TOKEN": TOKEN}
+
+
+def scrape(client) -> dict[tuple, float]:
+    response = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == 200 and response.mimetype == "text/plain"
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(response.get_data(as_text=True))
+            for sample in family.samples}
+
+
+def moved(before: dict, after: dict) -> dict[tuple, float]:
+    """The samples that changed between two scrapes, by how much (gauges and creation times left out)."""
+    return {key: round(value - before.get(key, 0.0), 9) for key, value in after.items()
+            if not key[0].startswith("chatbot_queue") and not key[0].endswith("_created")
+            and value != before.get(key, 0.0)}
+
+
+def test_counters_move_by_exactly_what_a_burst_of_webhooks_did(client, post_webhook, run_jobs, fake_twilio):
+    before = scrape(client)
+    forms = [post_webhook.message(f"Question {n}", sender=f"whatsapp:+1555000{n:04d}") for n in range(3)]
+    assert post_webhook(forms[0]).status_code == 200  # Twilio delivers one again
+    assert post_webhook(inbound_form("Forged"), signature="forged").status_code == 403
+    queued = scrape(client)
+    assert queued[("chatbot_queue_depth", ())] == 3
+    assert queued[("chatbot_queue_oldest_job_age_seconds", ())] >= 0
+    run_jobs()
+    after = scrape(client)
+    assert after[("chatbot_queue_depth", ())] == 0 and after[("chatbot_queue_reachable", ())] == 1
+    changes = moved(before, after)
+    cost = changes.pop(("chatbot_ai_cost_usd_total", (("model", MODEL),)))
+    assert cost == pytest.approx(3 * 0.00001)
+    latency = {key: value for key, value in changes.items() if key[0].startswith("chatbot_ai_latency_seconds")}
+    assert latency[("chatbot_ai_latency_seconds_count", (("model", MODEL),))] == 3
+    assert {key: value for key, value in changes.items() if key not in latency} == {
+        ("chatbot_webhook_requests_total", (("verdict", "allowed"),)): 3,
+        ("chatbot_webhook_requests_total", (("verdict", "duplicate"),)): 1,
+        ("chatbot_webhook_requests_total", (("verdict", "bad_signature"),)): 1,
+        ("chatbot_jobs_total", (("outcome", "answered"),)): 3,
+        ("chatbot_ai_calls_total", (("outcome", "answered"),)): 3,
+        ("chatbot_ai_tokens_total", (("kind", "prompt"), ("model", MODEL))): 36,
+        ("chatbot_ai_tokens_total", (("kind", "completion"), ("model", MODEL))): 21,
+        ("chatbot_whatsapp_sends_total", (("outcome", "sent"),)): 3,
+    }
+    assert len(fake_twilio.sent) == 3
+
+
+def test_failed_sends_are_counted_as_permanent(client, post_webhook, run_jobs, fake_twilio):
+    before = scrape(client)
+    fake_twilio.then(fake_twilio.error(400, 21211, "Invalid 'To' Phone Number"))
+    post_webhook.message("Hello")
+    run_jobs()
+    changes = moved(before, scrape(client))
+    assert changes[("chatbot_whatsapp_sends_total", (("outcome", "failed_permanent"),))] == 1
+    assert ("chatbot_whatsapp_sends_total", (("outcome", "sent"),)) not in changes
+
+
+def test_output_names_no_number_and_no_message_text(client, post_webhook, run_jobs):
+    post_webhook.message("My secret plan for Tuesday", sender="whatsapp:+15557654321")
+    run_jobs()
+    text = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).get_data(as_text=True)
+    assert "chatbot_webhook_requests_total" in text
+    assert "secret plan" not in text and "7654321" not in text and "whatsapp:" not in text
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong-token", TOKEN, f"Basic {TOKEN}"])
+def test_a_missing_or_wrong_token_is_refused(client, authorization):
+    headers = {"Authorization": authorization} if authorization else {}
+    response = client.get("/metrics", headers=headers)
+    assert response.status_code == 401 and response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert "chatbot_" not in response.get_data(as_text=True)
+
+
+def test_without_metrics_token_there_is_no_metrics_page(app_with):
+    client = app_with(metrics_token="").test_client()
+    assert client.get("/metrics", headers={"Authorization": "Bearer "}).status_code == 404
+
+
+COUNT_ONE_WEBHOOK = """
+import sys
+from chatbot import metrics
+metrics.share_between_processes(sys.argv[1])
+metrics.count_webhook("allowed")
+"""
+
+
+def test_processes_sharing_the_folder_are_added_up_and_a_new_run_starts_from_zero(tmp_path, config):
+    folder = str(tmp_path / "metrics")
+    for _ in range(2):
+        subprocess.run([sys.executable, "-c", COUNT_ONE_WEBHOOK, folder], cwd=PROJECT_DIR, check=True, timeout=60)
+    scrape_script = f"""
+import sys
+from chatbot import create_app, metrics
+from config import Config
+metrics.share_between_processes(sys.argv[1], remove_stale=sys.argv[2] == "new run")
+app = create_app(Config.from_mapping({{"SECRET_KEY": "s", "FIELD_ENCRYPTION_KEY": {config.field_encryption_key!r},
+                                      "REDIS_URL": {config.redis_url!r}, "METRICS_TOKEN": "t",
+                                      "DATABASE_URL": {"sqlite:///" + str(tmp_path / "db.sqlite3")!r}}}))
+print(app.test_client().get("/metrics", headers={{"Authorization": "Bearer t"}}).get_data(as_text=True))
+"""
+
+    def allowed(run: str) -> str:
+        output = subprocess.run([sys.executable, "-c", scrape_script, folder, run], cwd=PROJECT_DIR, check=True,
+                                capture_output=True, text=True, timeout=60).stdout
+        return [line for line in output.splitlines() if line.startswith("chatbot_webhook_requests_total{")]
+
+    assert allowed("same run") == ['chatbot_webhook_requests_total{verdict="allowed"} 2.0']
+    assert allowed("new run") == []
