@@ -17,8 +17,10 @@ DEFAULT_DATABASE_URL = f"sqlite:///{PROJECT_DIR / 'instance' / 'chatbot.sqlite3'
 # Where every process of one machine (gunicorn's workers, worker.py) writes its metrics for /metrics to add up.
 DEFAULT_METRICS_DIR = str(Path(tempfile.gettempdir()) / "chatbot-metrics")
 DEFAULT_SYSTEM_PROMPT = (
-    "You are a helpful assistant answering on WhatsApp. Keep answers short and clear, "
-    "use plain text, and answer in the language the user writes in."
+    "You are a helpful assistant answering on WhatsApp. Keep answers short and clear, in short "
+    "paragraphs, and answer in the language the user writes in. Use WhatsApp formatting only: "
+    "*bold*, _italic_, ~strikethrough~, `code`, ``` for code blocks, and lists with \"- \" or "
+    "\"1. \". No tables, no headings, no Markdown links: write a link as its plain address."
 )
 
 ACCOUNT_SID_SHAPE = re.compile(r"^AC[0-9a-fA-F]{32}$")
@@ -107,6 +109,10 @@ class Config:
     rate_limit_window: int = 60
     rate_limit_global: int = 1000
     max_inbound_chars: int = 4096
+    # WhatsApp's own limit on a media file; a larger one is refused before it is read to the end.
+    max_media_bytes: int = 16 * 1024 * 1024
+    # OpenRouter's speech-to-text model for voice notes.
+    transcription_model: str = "openai/whisper-1"
     max_reply_parts: int = 10
     max_request_bytes: int = 64 * 1024
     force_https: bool = False
@@ -185,6 +191,8 @@ class Config:
             "rate_limit_window": reader.integer("RATE_LIMIT_WINDOW", cls.rate_limit_window, minimum=1),
             "rate_limit_global": reader.integer("RATE_LIMIT_GLOBAL", cls.rate_limit_global, minimum=1),
             "max_inbound_chars": reader.integer("MAX_INBOUND_CHARS", cls.max_inbound_chars, minimum=1),
+            "max_media_bytes": reader.integer("MAX_MEDIA_BYTES", cls.max_media_bytes, minimum=1024),
+            "transcription_model": reader.text("TRANSCRIPTION_MODEL", default=cls.transcription_model),
             "max_reply_parts": reader.integer("MAX_REPLY_PARTS", cls.max_reply_parts, minimum=1,
                                               maximum=MAX_REPLY_PARTS_CEILING),
             "max_request_bytes": reader.integer("MAX_REQUEST_BYTES", cls.max_request_bytes, minimum=1024),

@@ -1,9 +1,11 @@
 """AI adapters: a base with shared retry logic, the OpenRouter adapter, and the factory."""
 from __future__ import annotations
 
+import base64
 import email.utils
 import json
 import logging
+import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -25,6 +27,8 @@ DEFAULT_DEADLINE = 60.0
 DEADLINE_SLACK = 0.5
 MAX_ANSWER_BYTES = 4 * 1024 * 1024
 READ_CHUNK = 16 * 1024
+# Models' input modalities change rarely: ask OpenRouter's /models once an hour per process.
+MODEL_CATALOGUE_TTL = 3600.0
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,15 @@ class AISettings:
     source: str
     # Tried in order when `model` fails; the reply's `model` says which one answered.
     fallback_models: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """What a speech-to-text model heard, and what it cost (None when the provider did not say)."""
+
+    text: str
+    model: str
+    cost: float | None
 
 
 @dataclass(frozen=True)
@@ -150,6 +163,31 @@ class OpenRouterAdapter(AIAdapter):
             raise AIError("answer was empty", retryable=True, status=200)
         return Reply(text=text, model=body.get("model") or self.settings.model, usage=body.get("usage") or {})
 
+    def transcribe(self, audio: bytes, audio_format: str, model: str, until: float | None = None) -> Transcript:
+        """Return what `model` hears in `audio` (POST /audio/transcriptions), retrying what is transient."""
+        payload = {"model": model, "input_audio": {"data": base64.b64encode(audio).decode("ascii"),
+                                                   "format": audio_format}}
+
+        def attempt(seconds_left: float) -> Transcript:
+            body = self._request("POST", "/audio/transcriptions", seconds_left=seconds_left, json=payload)
+            text = str(body.get("text") or "").strip()
+            if not text:
+                raise AIError("transcript was empty", retryable=False, status=200)
+            cost = (body.get("usage") or {}).get("cost")
+            return Transcript(text=text, model=model, cost=cost if isinstance(cost, (int, float)) else None)
+
+        return self._with_retries(attempt, until)
+
+    def model_inputs(self) -> dict[str, frozenset[str]]:
+        """Return what each offered model takes as input (`architecture.input_modalities`, GET /models)."""
+        models = self._request("GET", "/models").get("data")
+        if not isinstance(models, list):
+            raise AIError("model list was not a list", retryable=True, status=200)
+        return {
+            model["id"]: frozenset((model.get("architecture") or {}).get("input_modalities") or ("text",))
+            for model in models if isinstance(model, dict) and model.get("id")
+        }
+
     def validate_credentials(self) -> dict:
         """Describe the key (GET /key); spends no credits."""
         return self._request("GET", "/key").get("data", {})
@@ -242,6 +280,40 @@ def _retry_after(value: str | None) -> float | None:
             return None
 
 
+class ModelCatalogue:
+    """What each model takes as input, asked of OpenRouter at most once per `ttl` seconds per process."""
+
+    def __init__(self, ttl: float = MODEL_CATALOGUE_TTL, clock: Callable[[], float] = time.monotonic):
+        self.ttl = ttl
+        self.clock = clock
+        self._inputs: dict[str, frozenset[str]] = {}
+        self._fetched_at: float | None = None
+        self._lock = threading.Lock()
+
+    def inputs(self, adapter: OpenRouterAdapter) -> dict[str, frozenset[str]]:
+        """Return every model's input modalities, from the cache while it is fresh."""
+        with self._lock:
+            if self._fetched_at is None or self.clock() - self._fetched_at > self.ttl:
+                self._inputs = adapter.model_inputs()
+                self._fetched_at = self.clock()
+            return self._inputs
+
+    def takes(self, adapter: OpenRouterAdapter, model: str, modality: str) -> bool:
+        """Whether `model` accepts `modality` input; a model the catalogue does not list is given the
+        benefit of the doubt (its provider refuses what it cannot read)."""
+        try:
+            inputs = self.inputs(adapter)
+        except AIError as error:
+            # The model itself may still read it: an unanswered catalogue must not stop the message.
+            log.warning("model catalogue unavailable, assuming model=%s takes %s: %s", model, modality, error)
+            return True
+        return model not in inputs or modality in inputs[model]
+
+    def models_taking(self, adapter: OpenRouterAdapter, modality: str, limit: int = 3) -> list[str]:
+        """Return up to `limit` model slugs that accept `modality` input, for an operator's hint."""
+        return sorted(slug for slug, modalities in self.inputs(adapter).items() if modality in modalities)[:limit]
+
+
 class AIAdapterFactory:
     """Builds the adapter for the active AI configuration, else for the environment's settings."""
 
@@ -250,6 +322,7 @@ class AIAdapterFactory:
         self.cipher = cipher
         self.session = session
         self.adapter_options = adapter_options
+        self.catalogue = ModelCatalogue()
 
     def settings(self) -> AISettings:
         """Return the settings in force now (read on every message, so changes need no restart)."""

@@ -66,12 +66,18 @@ class ConversationManager:
         self.add_messages(conversation.id, entries)
 
 
+def remembered_text(question: Message) -> str:
+    """Return what later turns keep of a user message: its voice note's transcript, a short stand-in
+    for its photo or document (never the bytes), else its text."""
+    return question.metadata.get("transcript") or question.metadata.get("stand_in") or question.content
+
+
 def exchange_entries(question: Message | None, answer: Message) -> list[tuple[str, str, float, int]]:
     """Place an answer right after its question, even when later questions arrived meanwhile; an
     answer to no question goes where it was written."""
     if question is None:
         return [("assistant", answer.content, float(answer.id), answer.id)]
     return [
-        ("user", question.content, float(question.id), question.id),
+        ("user", remembered_text(question), float(question.id), question.id),
         ("assistant", answer.content, question.id + 0.5, answer.id),
     ]

@@ -1,6 +1,7 @@
 """MessageProcessor: answer a stored user message and deliver the answer, exactly once."""
 from __future__ import annotations
 
+import base64
 import logging
 import time
 from dataclasses import dataclass
@@ -8,21 +9,33 @@ from typing import Callable
 
 from chatbot import metrics
 from chatbot.access import AccessPolicy, Refusal
-from chatbot.ai import AIAdapterFactory
+from chatbot.ai import AIAdapterFactory, OpenRouterAdapter
 from chatbot.budgets import Budgets
 from chatbot.commands import UserCommands
-from chatbot.context import ConversationManager
+from chatbot.context import ConversationManager, remembered_text
 from chatbot.db import connection_released, database
 from chatbot.errors import AIError, Category, ErrorHandler, JobDeadlineReached, WhatsAppError
+from chatbot.media import AUDIO_FORMATS, MediaError, MediaFetcher, MediaKind, media_kind, media_type
 from chatbot.models import Conversation, Message, ReplyPart, Role, Status, utcnow
 from chatbot.redact import mask_phone
 from chatbot.sanitizer import TRIMMED_NOTE, clean_text
 from chatbot.whatsapp import WhatsAppClient
+from chatbot.whatsapp_format import to_whatsapp
 
 log = logging.getLogger(__name__)
 
 # A model call that would have less time than this before the job's deadline waits for the next run.
 MIN_AI_SECONDS = 5.0
+
+# What the user is told when an attachment cannot be understood: one kind sentence, never silence.
+VOICE_UNHEARD = "I couldn't hear that voice note — could you type it?"
+PHOTOS_UNSEEN = "I can't look at photos with the current setup — could you describe it in words?"
+MEDIA_UNREADABLE = "I couldn't open that file — could you send it again, or type your question?"
+MEDIA_UNSUPPORTED = ("I can read text, voice notes, photos and PDF documents, but not this kind of file — "
+                     "could you type your question instead?")
+LOCATION_UNSUPPORTED = "I can't see shared locations — could you type the place or address instead?"
+# Named to the operator when the model cannot see photos.
+VISION_MODEL_HINTS = 3
 
 
 class GaveUp(Exception):
@@ -36,6 +49,15 @@ class Outcome:
     answered: int = 0
     failed: int = 0
     parts_sent: int = 0
+
+
+@dataclass
+class UserTurn:
+    """What the model reads for a user message, and what reading its attachments cost."""
+
+    content: str | list[dict]
+    # USD spent turning the attachments into text (a transcription); None when a provider did not say.
+    media_cost: float | None = 0.0
 
 
 class MessageProcessor:
@@ -52,6 +74,8 @@ class MessageProcessor:
         commands: UserCommands | None = None,
         budgets: Budgets | None = None,
         access: AccessPolicy | None = None,
+        media: MediaFetcher | None = None,
+        transcription_model: str = "openai/whisper-1",
     ):
         self.ai_factory = ai_factory
         self.whatsapp = whatsapp
@@ -62,6 +86,8 @@ class MessageProcessor:
         self.commands = commands
         self.budgets = budgets
         self.access = access
+        self.media = media
+        self.transcription_model = transcription_model
 
     def process(self, message_id: int, final_attempt: bool = True, until: float | None = None) -> Outcome:
         """Answer and deliver every outstanding message of this sender up to `message_id`, in order.
@@ -161,7 +187,7 @@ class MessageProcessor:
         for unsent in unsent_replies:
             answered = Message.select().where(Message.id.in_(unsent.metadata.get("answers", [])))
             self.context.add_messages(conversation.id, [
-                ("user", question.content, float(question.id), question.id) for question in answered])
+                ("user", remembered_text(question), float(question.id), question.id) for question in answered])
             # _deliver adds the reply itself, right after the last message it answers.
             outcome.parts_sent += self._deliver(conversation, unsent.reply_to, unsent, final_attempt)
         return outcome
@@ -171,10 +197,13 @@ class MessageProcessor:
         started = self.clock()
         try:
             adapter = self.ai_factory.current()
+            turn = self._read_attachments(conversation, question, adapter, final_attempt, until)
+            if isinstance(turn, Message):
+                return turn
             prompt = (
                 [{"role": "system", "content": adapter.settings.system_prompt}]
                 + self.context.get_history(conversation, before_message_id=question.id)
-                + [{"role": "user", "content": prompt_text(question)}]
+                + [{"role": "user", "content": turn.content}]
             )
             # Waiting on the model can take many seconds: hold no database connection meanwhile.
             with connection_released():
@@ -190,7 +219,7 @@ class MessageProcessor:
         latency_ms = (self.clock() - started) * 1000
         metrics.record_ai_reply(reply, latency_ms / 1000)
         usage = reply.usage
-        text = clean_text(reply.text).text
+        text = to_whatsapp(clean_text(reply.text).text)
         if question.metadata.get("trimmed"):
             text = TRIMMED_NOTE.format(limit=self.max_inbound_chars) + "\n\n" + text
         with database.atomic():
@@ -205,8 +234,8 @@ class MessageProcessor:
                 completion_tokens=usage.get("completion_tokens"),
                 total_tokens=usage.get("total_tokens"),
                 latency_ms=latency_ms,
-                # None when the provider reported no cost: an unknown cost is not a zero one.
-                cost=usage.get("cost"),
+                # None when a provider reported no cost: an unknown cost is not a zero one.
+                cost=total_cost(usage.get("cost"), turn.media_cost),
                 metadata={"ai_source": adapter.settings.source, "requested_model": adapter.settings.model},
             )
             question.status = Status.ANSWERED.value
@@ -216,6 +245,66 @@ class MessageProcessor:
         log.info("message_id=%s answered model=%s tokens=%s latency_ms=%.0f",
                  question.id, reply.model, usage.get("total_tokens"), latency_ms)
         return answer
+
+    def _read_attachments(self, conversation: Conversation, question: Message, adapter: OpenRouterAdapter,
+                          final_attempt: bool, until: float | None) -> UserTurn | Message:
+        """Turn the question's attachments into what the model reads (a transcript, image or file
+        parts); when they cannot be read, store and return the kind canned answer instead."""
+        attachments = question.metadata.get("media", [])
+        if not attachments:
+            if question.metadata.get("Latitude") and not question.content.strip():
+                return self._store_canned(conversation, question, LOCATION_UNSUPPORTED, "location")
+            return UserTurn(prompt_text(question))
+        kinds = [media_kind(item.get("content_type", "")) for item in attachments]
+        if self.media is None or MediaKind.OTHER in kinds:
+            return self._store_canned(conversation, question, MEDIA_UNSUPPORTED, "media_unsupported")
+        context = f"message_id={question.id} sender={mask_phone(conversation.user_phone)}"
+        if MediaKind.IMAGE in kinds and not self.ai_factory.catalogue.takes(adapter, adapter.settings.model, "image"):
+            takers = ", ".join(self.ai_factory.catalogue.models_taking(adapter, "image", VISION_MODEL_HINTS))
+            self.errors.send_admin_alert(
+                f"media:no_image_input:{adapter.settings.model}",
+                f"model {adapter.settings.model} cannot read photos, so users sending one are asked to describe "
+                f"it; models that can: {takers or 'see openrouter.ai/models'}")
+            return self._store_canned(conversation, question, PHOTOS_UNSEEN, "photo_unsupported")
+        parts, transcripts, media_cost, stand_ins = [], [], 0.0, []
+        caption = question.content.strip()
+        for item, kind in zip(attachments, kinds):
+            try:
+                # Downloading can take seconds: hold no database connection meanwhile.
+                with connection_released():
+                    fetched = self.media.fetch(item["url"], item.get("content_type", ""))
+            except MediaError as error:
+                if error.retryable and not final_attempt:
+                    raise
+                self.errors.handle(Category.SYSTEM, error, context)
+                return self._store_canned(conversation, question, MEDIA_UNREADABLE, "media_unreadable")
+            data_url = f"data:{fetched.content_type};base64,{base64.b64encode(fetched.content).decode('ascii')}"
+            if kind is MediaKind.AUDIO:
+                try:
+                    with connection_released():
+                        transcript = adapter.transcribe(fetched.content,
+                                                        AUDIO_FORMATS[media_type(fetched.content_type)],
+                                                        self.transcription_model, until=until)
+                except AIError as error:
+                    if error.retryable and not final_attempt and not error.deadline_exceeded:
+                        raise
+                    self.errors.handle(Category.AI, error, context)
+                    return self._store_canned(conversation, question, VOICE_UNHEARD, "voice_unheard")
+                transcripts.append(transcript.text)
+                media_cost = total_cost(media_cost, transcript.cost)
+            elif kind is MediaKind.IMAGE:
+                parts.append({"type": "image_url", "image_url": {"url": data_url}})
+                stand_ins.append(f"[photo: {caption}]" if caption else "[photo]")
+            else:
+                parts.append({"type": "file", "file": {"filename": f"document-{question.id}.pdf",
+                                                       "file_data": data_url}})
+                stand_ins.append(f"[PDF document: {caption}]" if caption else "[PDF document]")
+        if transcripts:
+            question.metadata = {**question.metadata, "transcript": "\n".join(transcripts)}
+        if stand_ins:
+            question.metadata = {**question.metadata, "stand_in": " ".join(stand_ins)}
+        text = prompt_text(question)
+        return UserTurn([{"type": "text", "text": text}, *parts] if parts else text, media_cost)
 
     def _store_canned(self, conversation: Conversation, question: Message, text: str, kind: str,
                       status: Status = Status.ANSWERED) -> Message:
@@ -300,10 +389,18 @@ class MessageProcessor:
 
 
 def prompt_text(question: Message) -> str:
-    """Return what the model reads for a user message (attachments noted, not shown)."""
-    media_count = len(question.metadata.get("media", []))
-    if media_count and not question.content.strip():
-        return f"[The user sent {media_count} attachment(s) with no text. Attachments cannot be viewed.]"
-    if media_count:
-        return f"{question.content}\n[The user also sent {media_count} attachment(s), which cannot be viewed.]"
+    """Return the text the model reads for a user message: its voice note's transcript, else its
+    text (a photo's or document's caption, which the attachment itself accompanies)."""
+    transcript = question.metadata.get("transcript")
+    if transcript:
+        return transcript
+    if question.metadata.get("media") and not question.content.strip():
+        return "[The user sent the attached file with no text.]"
     return question.content
+
+
+def total_cost(*costs: float | None) -> float | None:
+    """Add up costs in USD; None when any is unknown (an unknown cost is not a zero one)."""
+    if any(cost is None for cost in costs):
+        return None
+    return sum(costs)

@@ -16,6 +16,7 @@ from chatbot.context import ConversationManager
 from chatbot.crypto import FieldCipher
 from chatbot.db import POOL_SIZE, open_database
 from chatbot.errors import ErrorHandler
+from chatbot.media import MediaFetcher
 from chatbot.processor import MessageProcessor
 from chatbot.rate_limiter import RateLimiter
 from chatbot.whatsapp import STATUS_CALLBACK_PATH, WhatsAppClient
@@ -92,6 +93,10 @@ def build_services(config: Config, ai_options: dict | None = None,
             commands=UserCommands(redis, context, whatsapp, config.user_commands, config.site_name),
             budgets=budgets,
             access=access,
+            media=MediaFetcher(pooled_session(http_pool_size(config)), config.twilio_account_sid,
+                               config.twilio_auth_token, config.twilio_api_base_url,
+                               max_bytes=config.max_media_bytes),
+            transcription_model=config.transcription_model,
         ),
         access=access,
         rate_limiter=RateLimiter(redis, config.rate_limit_messages, config.rate_limit_global,

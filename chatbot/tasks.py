@@ -112,6 +112,9 @@ def process_message(message_id: int) -> dict:
     limit = services.config.max_processing_attempts
     # A second guard behind RQ's rate limit: a job re-run after a worker died must not overlap.
     with conversation_lock(services.redis, message.conversation_id, message_id):
+        if message.twilio_sid and message.status == Status.PENDING.value:
+            # "typing…" under the user's message while the model thinks; best effort, short timeout.
+            services.whatsapp.show_typing(message.twilio_sid)
         with connection_scope():
             attempt = Message.count_attempt(message_id)
             if attempt > limit:

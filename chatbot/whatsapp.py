@@ -30,6 +30,8 @@ RECENT_MESSAGES = 20
 PERMANENT_CODES = {20003, 20404, 21211, 21408, 21610, 21614, 21617, 63003, 63016, 63024, 63032}
 # Where on this service Twilio reports how far each sent part got (its StatusCallback).
 STATUS_CALLBACK_PATH = "/whatsapp/status"
+# The typing indicator is a courtesy: it waits this long at most, and the answer never waits for it.
+TYPING_TIMEOUT = 2.0
 
 
 def utf16_length(text: str) -> int:
@@ -40,7 +42,13 @@ def utf16_length(text: str) -> int:
 _SENTENCE_END = re.compile(r"[.!?…。！？](?:[\"')\]»”’]*)\s+")
 _SPACES = re.compile(r"\s*")
 _SPACE = re.compile(r"\s")
+_NEWLINES = re.compile(r"\n*")
 SHORTENED_NOTE = "… (answer shortened)"
+# A code block cut in two is closed at the end of one part and reopened at the start of the next,
+# so each part shows its half in monospace.
+_FENCE_LINE = re.compile(r"^[ \t]*```[^`\n]*$", re.MULTILINE)
+FENCE_CLOSE = "\n```"
+FENCE_REOPEN = "```\n"
 
 
 def _fitting_prefix(text: str, limit: int) -> int:
@@ -82,27 +90,55 @@ def _cut_point(text: str, limit: int) -> int:
     return grapheme_cut(text, window_end) or max(window_end, 1)
 
 
+def _ends_in_code(part: str, starts_in_code: bool) -> bool:
+    """True when `part` ends inside a fenced code block."""
+    return starts_in_code != (len(_FENCE_LINE.findall(part)) % 2 == 1)
+
+
+def _code_aware_cut(text: str, limit: int, in_code: bool) -> tuple[int, bool]:
+    """Choose where the first part ends, rather before a code block than inside it; return the cut
+    and whether the part ends inside code (and so needs FENCE_CLOSE, which `limit` leaves room for)."""
+    cut = _cut_point(text, limit)
+    if not _ends_in_code(text[:cut], in_code):
+        return cut, False
+    fences = [match.start() for match in _FENCE_LINE.finditer(text, 0, cut)]
+    # The part ends inside code, so its last fence (if any) opens a block: cut before it, unless
+    # that leaves the part too short (the floor _cut_point uses too).
+    if fences and fences[-1] > cut // 3:
+        return fences[-1], False
+    cut = _cut_point(text, limit - utf16_length(FENCE_CLOSE))
+    return cut, _ends_in_code(text[:cut], in_code)
+
+
 def split_message(text: str, limit: int = WHATSAPP_LIMIT, max_parts: int | None = None) -> list[str]:
-    """Split `text` into parts of at most `limit` UTF-16 units, at natural boundaries; beyond
-    `max_parts` parts the text is shortened and the last part ends with SHORTENED_NOTE."""
+    """Split `text` into parts of at most `limit` UTF-16 units, at natural boundaries and never
+    leaving a code fence open; beyond `max_parts` parts the text is shortened and the last part
+    ends with SHORTENED_NOTE."""
     note_room = limit - utf16_length(" " + SHORTENED_NOTE)
-    if max_parts is not None and (max_parts < 1 or note_room < 1):
+    if max_parts is not None and (max_parts < 1 or note_room - utf16_length(FENCE_REOPEN + FENCE_CLOSE) < 1):
         raise ValueError(f"cannot shorten to {max_parts} parts of {limit} units with a note")
     text = text.strip()
     parts: list[str] = []
     start = 0
+    in_code = False
     while start < len(text):
+        reopen = FENCE_REOPEN if in_code else ""
+        room = limit - utf16_length(reopen)
         # Each cut is chosen within two parts' worth of text, so a part costs the same however long the text.
         ahead = text[start:start + 2 * limit + 2]
-        if _fitting_prefix(ahead, limit) == len(text) - start:
-            parts.append(ahead)
+        if _fitting_prefix(ahead, room) == len(text) - start:
+            parts.append(reopen + ahead)
             break
         if len(parts) + 1 == max_parts:
-            parts.append(f"{ahead[:_cut_point(ahead, note_room)].rstrip()} {SHORTENED_NOTE}")
+            cut, open_code = _code_aware_cut(ahead, note_room - utf16_length(reopen), in_code)
+            close = FENCE_CLOSE + "\n" if open_code else " "
+            parts.append(f"{reopen}{ahead[:cut].rstrip()}{close}{SHORTENED_NOTE}")
             break
-        cut = _cut_point(ahead, limit)
-        parts.append(ahead[:cut].rstrip())
-        start = _SPACES.match(text, start + cut).end()
+        cut, open_code = _code_aware_cut(ahead, room, in_code)
+        parts.append(reopen + ahead[:cut].rstrip() + (FENCE_CLOSE if open_code else ""))
+        in_code = open_code
+        # Inside code, the next line's indentation is part of the code.
+        start = (_NEWLINES if in_code else _SPACES).match(text, start + cut).end()
     return parts
 
 
@@ -122,6 +158,7 @@ class WhatsAppClient:
         pool_size: int = 10,
         max_parts: int | None = None,
         status_callback: str = "",
+        typing_timeout: float = TYPING_TIMEOUT,
     ):
         self.from_number = from_number
         # Where Twilio reports each part's delivery; empty (no public URL, e.g. `flask chat`): no reports.
@@ -131,6 +168,7 @@ class WhatsAppClient:
         self.backoff = backoff
         self.sleep = sleep
         self._client = None
+        self._typing_client = None
         if account_sid and auth_token:
             http_client = TwilioHttpClient(timeout=timeout)
             # One kept-alive connection per concurrent job, instead of reconnecting past the default ten.
@@ -138,8 +176,13 @@ class WhatsAppClient:
             http_client.session.mount("https://", adapter)
             http_client.session.mount("http://", adapter)
             self._client = Client(account_sid, auth_token, http_client=http_client)
+            # The typing indicator's own client: the same connections, a much shorter timeout.
+            typing_http_client = TwilioHttpClient(timeout=typing_timeout)
+            typing_http_client.session = http_client.session
+            self._typing_client = Client(account_sid, auth_token, http_client=typing_http_client)
             if api_base_url:
                 self._client.api.base_url = api_base_url
+                self._typing_client.messaging.base_url = api_base_url
 
     def send(
         self,
@@ -222,6 +265,19 @@ class WhatsAppClient:
                 log.info("twilio already took message_sid=%s; not sending it again", message.sid)
                 return message.sid
         return None
+
+    def show_typing(self, message_sid: str) -> None:
+        """Show the user "typing…" under their message `message_sid`, best effort: a failure is logged
+        and the answer goes on without it."""
+        if self._typing_client is None:
+            return
+        try:
+            self._typing_client.messaging.v2.typing_indicator.create(channel="whatsapp", message_id=message_sid)
+        # ValueError: an answer that is not JSON. Upstream text is left out of the log: it may hold a number.
+        except (TwilioException, requests.RequestException, ValueError) as exc:
+            error = _as_whatsapp_error(exc)
+            log.warning("typing indicator not shown message_sid=%s error=%s status=%s code=%s",
+                        message_sid, exc.__class__.__name__, error.status, error.code)
 
     def account_status(self) -> str:
         """Fetch the Twilio account (checks the credentials, sends nothing); return its status."""

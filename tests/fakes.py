@@ -1,6 +1,7 @@
 """Loopback HTTP servers that speak OpenRouter's and Twilio's wire formats."""
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -13,7 +14,7 @@ from urllib.parse import parse_qs, urlparse
 
 import requests
 
-from tests.support import AUTH_TOKEN, sign
+from tests.support import ACCOUNT_SID, AUTH_TOKEN, sign
 
 
 @dataclass
@@ -43,7 +44,28 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 512
 
 
-class FakeServer:
+class _Loopback:
+    """A threaded HTTP server on 127.0.0.1:0 for a handler class; started and stopped by the tests."""
+
+    def _serve(self, handler) -> None:
+        self.server = _Server(("127.0.0.1", 0), handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02},
+                                       daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class FakeServer(_Loopback):
     """A threaded HTTP server on 127.0.0.1:0 that records requests and plays scripted answers."""
 
     def __init__(self):
@@ -102,21 +124,7 @@ class FakeServer:
 
             do_GET = do_POST = _handle
 
-        self.server = _Server(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02},
-                                       daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def start(self) -> "FakeServer":
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._serve(Handler)
 
     def then(self, *answers: Scripted) -> None:
         """Queue answers for the next requests, in order; afterwards the default answer applies."""
@@ -152,6 +160,19 @@ class FakeOpenRouter(FakeServer):
         # Models that fail (503) as OpenRouter's upstreams do when down; a request's `models` list
         # then routes to its next model, which the answer names in `model`.
         self.failing_models: set[str] = set()
+        # What GET /models says each model takes as input (architecture.input_modalities).
+        self.input_modalities: dict[str, list[str]] = {
+            "openai/gpt-4o-mini": ["text", "image", "file"],
+            "anthropic/claude-3.5-sonnet": ["text", "image", "file"],
+        }
+        # What POST /audio/transcriptions hears and costs; `transcription_error` answers instead when set.
+        self.transcript = "What is the weather like in Lisbon?"
+        self.transcription_cost: float | None = 0.0002
+        self.transcription_error: Scripted | None = None
+
+    @property
+    def transcriptions(self) -> list[Recorded]:
+        return [r for r in self.requests if r.path.endswith("/audio/transcriptions")]
 
     @property
     def completions(self) -> list[Recorded]:
@@ -188,7 +209,14 @@ class FakeOpenRouter(FakeServer):
         if request.path.endswith("/key"):
             return Scripted(200, {"data": {"label": "sk-or-v1-abc...", "usage": 0.5, "limit": None}})
         if request.path.endswith("/models"):
-            return Scripted(200, {"data": [{"id": "openai/gpt-4o-mini"}, {"id": "anthropic/claude-3.5-sonnet"}]})
+            return Scripted(200, {"data": [{"id": slug, "architecture": {"input_modalities": modalities}}
+                                           for slug, modalities in self.input_modalities.items()]})
+        if request.path.endswith("/audio/transcriptions"):
+            if self.transcription_error is not None:
+                return self.transcription_error
+            usage = {"seconds": 3} if self.transcription_cost is None else {"seconds": 3,
+                                                                            "cost": self.transcription_cost}
+            return Scripted(200, {"text": self.transcript, "usage": usage})
         return super().default_answer(request)
 
 
@@ -196,6 +224,10 @@ class FakeOpenRouter(FakeServer):
         """The first model of the request that is not failing: `model`, then `models` in order."""
         candidates = [body["model"], *body.get("models", [])]
         return next((model for model in candidates if model not in self.failing_models), None)
+
+
+# Twilio's messaging host (messaging.twilio.com), served by the same fake as the API host.
+TYPING_PATH = "/v2/Indicators/Typing.json"
 
 
 class FakeTwilio(FakeServer):
@@ -215,6 +247,29 @@ class FakeTwilio(FakeServer):
         self.auth_token = AUTH_TOKEN
         # Each report posted: {"url", "form", "status" (the answer's HTTP status, None when unreachable)}.
         self.callbacks: list[dict] = []
+        # Answers for the next typing indicators, before the default `{"success": true}` applies.
+        self.typing_answers: deque[Scripted] = deque()
+        # Twilio's media storage: another host, where a media URL redirects.
+        self.storage = FakeMediaStorage()
+
+    def start(self) -> "FakeTwilio":
+        self.storage.start()
+        return super().start()
+
+    def stop(self) -> None:
+        super().stop()
+        self.storage.stop()
+
+    def add_media(self, content: bytes, content_type: str, served_type: str | None = None,
+                  declared_length: int | None = None) -> str:
+        """Keep a file in the fake's media storage; return its MediaUrl (which redirects there)."""
+        media_sid = "ME" + uuid.uuid4().hex
+        self.storage.files[media_sid] = (content, served_type or content_type, declared_length)
+        return f"{self.url}/2010-04-01/Accounts/{ACCOUNT_SID}/Messages/MM{uuid.uuid4().hex}/Media/{media_sid}"
+
+    @property
+    def media_fetches(self) -> list[Recorded]:
+        return [r for r in self.requests if "/Media/" in r.path]
 
     @property
     def sent(self) -> list[dict]:
@@ -223,8 +278,10 @@ class FakeTwilio(FakeServer):
 
     def scripts_answer(self, request: Recorded) -> bool:
         """Scripted answers (then(...)) go to every request but the message-list lookups, which get
-        theirs from `lookup_answers`: a test scripting failed sends means the sends."""
-        return not (request.method == "GET" and urlparse(request.path).path.endswith("/Messages.json"))
+        theirs from `lookup_answers`, and the typing indicators, from `typing_answers`: a test
+        scripting failed sends means the sends."""
+        path = urlparse(request.path).path
+        return not ((request.method == "GET" and path.endswith("/Messages.json")) or path == TYPING_PATH)
 
     @property
     def lookups(self) -> list[dict]:
@@ -259,6 +316,8 @@ class FakeTwilio(FakeServer):
     def default_answer(self, request: Recorded) -> Scripted:
         url = urlparse(request.path)
         parts = url.path.split("/")
+        if request.method == "POST" and url.path == TYPING_PATH:
+            return self._typing_answer()
         if request.method == "POST" and url.path.endswith("/Messages.json"):
             account = parts[3]
             sid = "SM" + uuid.uuid4().hex
@@ -287,8 +346,82 @@ class FakeTwilio(FakeServer):
             return Scripted(200, {"messages": matching[:size], "page": 0, "page_size": size, "start": 0,
                                   "end": max(len(matching[:size]) - 1, 0), "uri": url.path,
                                   "first_page_uri": url.path, "next_page_uri": None, "previous_page_uri": None})
+        if request.method == "GET" and "/Media/ME" in url.path:
+            if request.headers.get("Authorization") != basic_auth(ACCOUNT_SID, self.auth_token):
+                return self.error(401, 20003, "Authenticate")
+            return Scripted(307, "", {"Location": f"{self.storage.url}/media-storage/{parts[-1]}"})
         if request.method == "GET" and len(parts) == 4 and parts[3].endswith(".json"):
             account = parts[3][:-5]
             return Scripted(200, {"sid": account, "friendly_name": "Test account", "status": "active",
                                   "type": "Full", "uri": f"/2010-04-01/Accounts/{account}.json"})
         return super().default_answer(request)
+
+    @property
+    def typing_indicators(self) -> list[dict]:
+        """The form of every typing indicator posted (channel, messageId), in arrival order."""
+        return [r.body for r in self.requests if r.method == "POST" and urlparse(r.path).path == TYPING_PATH]
+
+    def _typing_answer(self) -> Scripted:
+        with self.lock:
+            if self.typing_answers:
+                return self.typing_answers.popleft()
+        return Scripted(200, {"success": True})
+
+
+def basic_auth(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+class FakeMediaStorage(_Loopback):
+    """Twilio's media storage: serves a file without auth, refuses any request that carries some, and
+    streams a file's declared length (past its bytes) so a test can see a client stop reading."""
+
+    CHUNK = 64 * 1024
+
+    def __init__(self):
+        # media sid → (bytes, Content-Type, Content-Length to declare and stream up to, or None).
+        self.files: dict[str, tuple[bytes, str, int | None]] = {}
+        self.requests: list[dict] = []
+        # media sid → bytes written before the client went away or the file ended.
+        self.bytes_sent: dict[str, int] = {}
+        # Media sids served without a Content-Length, so only the bytes themselves tell the size.
+        self.unannounced: set[str] = set()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                media_sid = self.path.rsplit("/", 1)[-1]
+                fake.requests.append({"path": self.path, "headers": dict(self.headers)})
+                if self.headers.get("Authorization") or media_sid not in fake.files:
+                    self.send_response(403 if self.headers.get("Authorization") else 404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                content, content_type, declared = fake.files[media_sid]
+                length = declared if declared is not None else len(content)
+                self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                if media_sid in fake.unannounced:
+                    # No Content-Length: the body ends when the connection closes.
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
+                else:
+                    self.send_header("Content-Length", str(length))
+                self.end_headers()
+                sent = 0
+                try:
+                    while sent < length:
+                        chunk = content[sent:sent + fake.CHUNK] or b"\0" * min(fake.CHUNK, length - sent)
+                        self.wfile.write(chunk)
+                        sent += len(chunk)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                fake.bytes_sent[media_sid] = sent
+
+        self._serve(Handler)
+

@@ -7,7 +7,7 @@ import pytest
 import requests
 from cryptography.fernet import Fernet
 
-from chatbot.ai import AISettings, OpenRouterAdapter
+from chatbot.ai import AISettings, ModelCatalogue, OpenRouterAdapter
 from chatbot.crypto import FieldCipher
 from chatbot.errors import AIError
 from chatbot.models import AIConfiguration
@@ -428,3 +428,41 @@ def test_key_encrypted_under_another_fernet_key_is_a_permanent_error(services, f
     assert caught.value.retryable is False
     assert "claude" in str(caught.value)
     assert fake_openrouter.requests == []
+
+
+def test_transcription_posts_the_audio_as_base64_json(make_adapter, fake_openrouter):
+    transcript = make_adapter().transcribe(b"OggS-voice", "ogg", "openai/whisper-1")
+    assert transcript.text == fake_openrouter.transcript
+    assert transcript.cost == pytest.approx(0.0002)
+    request = fake_openrouter.transcriptions[-1]
+    assert lower_keys(request.headers)["authorization"] == f"Bearer {API_KEY}"
+    assert request.body == {"model": "openai/whisper-1", "input_audio": {"data": "T2dnUy12b2ljZQ==", "format": "ogg"}}
+
+
+def test_transcription_without_a_reported_cost_has_an_unknown_cost(make_adapter, fake_openrouter):
+    fake_openrouter.transcription_cost = None
+    assert make_adapter().transcribe(b"audio", "mp3", "openai/whisper-1").cost is None
+
+
+def test_empty_transcript_is_a_permanent_error(make_adapter, fake_openrouter):
+    fake_openrouter.transcript = ""
+    with pytest.raises(AIError, match="transcript was empty"):
+        make_adapter().transcribe(b"audio", "ogg", "openai/whisper-1")
+
+
+def test_model_inputs_come_from_the_catalogue(make_adapter, fake_openrouter):
+    fake_openrouter.input_modalities["meta-llama/llama-3-8b-instruct"] = ["text"]
+    inputs = make_adapter().model_inputs()
+    assert inputs["openai/gpt-4o-mini"] == {"text", "image", "file"}
+    assert inputs["meta-llama/llama-3-8b-instruct"] == {"text"}
+
+
+def test_model_catalogue_is_asked_once_per_ttl(make_adapter, fake_openrouter):
+    now = [0.0]
+    catalogue, adapter = ModelCatalogue(ttl=3600, clock=lambda: now[0]), make_adapter()
+    assert catalogue.takes(adapter, "openai/gpt-4o-mini", "image")
+    fake_openrouter.input_modalities["openai/gpt-4o-mini"] = ["text"]
+    assert catalogue.takes(adapter, "openai/gpt-4o-mini", "image")
+    now[0] = 3601.0
+    assert not catalogue.takes(adapter, "openai/gpt-4o-mini", "image")
+    assert len([r for r in fake_openrouter.requests if r.path.endswith("/models")]) == 2

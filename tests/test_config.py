@@ -266,3 +266,17 @@ def test_metrics_are_off_without_a_token_and_the_token_is_never_shown():
     assert Config.from_mapping(MINIMAL).metrics_token == ""
     config = Config.from_mapping({**MINIMAL, "METRICS_TOKEN": "scrape-me-0123"})
     assert config.metrics_token == "scrape-me-0123" and "scrape-me-0123" not in repr(config)
+
+
+def test_media_settings_defaults_and_values():
+    config = Config.from_mapping(MINIMAL)
+    assert (config.max_media_bytes, config.transcription_model) == (16 * 1024 * 1024, "openai/whisper-1")
+    config = Config.from_mapping({**MINIMAL, "MAX_MEDIA_BYTES": "5000000",
+                                  "TRANSCRIPTION_MODEL": "openai/gpt-4o-transcribe"})
+    assert (config.max_media_bytes, config.transcription_model) == (5000000, "openai/gpt-4o-transcribe")
+
+
+def test_tiny_media_limit_is_named():
+    with pytest.raises(ConfigError) as error:
+        Config.from_mapping({**MINIMAL, "MAX_MEDIA_BYTES": "10"})
+    assert error.value.problems == ["MAX_MEDIA_BYTES must be at least 1024, got 10"]

@@ -193,10 +193,3 @@ def test_older_unanswered_message_is_answered_first(post_webhook, services, fake
     second = Message.get(Message.content == "second")
     services.processor.process(second.id)
     assert [s["Body"] for s in fake_twilio.sent] == ["Answer to: first", "Answer to: second"]
-
-
-def test_media_message_is_accepted_and_described_to_the_model(post_webhook, run_jobs, fake_openrouter):
-    post_webhook.message("", sender=ADA, NumMedia="1", MediaUrl0="https://api.twilio.com/media/ME1",
-                         MediaContentType0="image/jpeg")
-    run_jobs()
-    assert "1 attachment" in fake_openrouter.completions[0].body["messages"][-1]["content"]
