@@ -88,10 +88,10 @@ GOLDEN = {
         "• Snacks",
     ),
     "links": (
-        "See [the Python tutorial](https://docs.python.org/3/tutorial/) and <https://pypi.org>. "
+        "See [the Python tutorial](https://docs.python.org/3/tutorial/) and <https://example.org/guide>. "
         "The site [https://example.com](https://example.com) has more, "
         "and ![a diagram](https://example.com/flow.png \"Flow\") shows it.",
-        "See the Python tutorial (https://docs.python.org/3/tutorial/) and https://pypi.org. "
+        "See the Python tutorial (https://docs.python.org/3/tutorial/) and https://example.org/guide. "
         "The site https://example.com has more, and a diagram (https://example.com/flow.png) shows it.",
     ),
     "bold_inside_italics": (
