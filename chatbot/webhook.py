@@ -251,7 +251,7 @@ def _record_refused(audit: dict) -> None:
     """Store a refused request's compact row, unless a flood is under way: past
     REFUSED_ROWS_PER_MINUTE in a minute the rest are only counted, on one summary row per minute."""
     redis = current_app.extensions["chatbot"].redis
-    minute = int(time.time() // 60)
+    minute = current_minute()
     try:
         with redis.pipeline() as pipe:
             pipe.incr(f"{REFUSED_PREFIX}{minute}")
@@ -265,6 +265,11 @@ def _record_refused(audit: dict) -> None:
         _record(audit)
         return
     _count_unstored(redis, minute, refused - REFUSED_ROWS_PER_MINUTE, audit)
+
+
+def current_minute() -> int:
+    """The number of the minute now, since the epoch: the refused-row budget is per minute."""
+    return int(time.time() // 60)
 
 
 def _count_unstored(redis, minute: int, unstored: int, audit: dict) -> None:
