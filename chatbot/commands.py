@@ -9,7 +9,6 @@ from redis import Redis
 from rq.rate_limit import RateLimitRegistry
 
 from chatbot.context import ConversationManager
-from chatbot.db import database
 from chatbot.errors import WhatsAppError
 from chatbot.models import Conversation, Message, OptOut, Status
 from chatbot.rate_limiter import PREFIX as RATE_LIMIT_PREFIX
@@ -91,8 +90,7 @@ class UserCommands:
         counters; then say so, without storing the confirmation (nothing of theirs may remain)."""
         of_sender = Conversation.select(Conversation.id).where(Conversation.user_phone == sender)
         conversations = [row.id for row in of_sender]
-        with database.atomic():
-            messages, log_rows = Conversation.delete_with_history(conversations, self.context)
+        messages, log_rows = Conversation.delete_with_history(conversations, self.context)
         who = sender_key(sender)
         stale = [*self.redis.scan_iter(f"{RATE_LIMIT_PREFIX}{who}:*"), FORGET_PREFIX + who]
         queue_limit = RateLimitRegistry(who, self.redis)
