@@ -25,6 +25,10 @@ DEFAULT_SYSTEM_PROMPT = (
 
 ACCOUNT_SID_SHAPE = re.compile(r"^AC[0-9a-fA-F]{32}$")
 WHATSAPP_ADDRESS_SHAPE = re.compile(r"^whatsapp:\+[1-9][0-9]{6,14}$")
+# A Twilio Content API template's sid: what WhatsApp accepts outside the 24-hour window.
+CONTENT_SID_SHAPE = re.compile(r"^HX[0-9a-f]{32}$")
+# Past this many seconds of waiting for the rest of a burst, people notice the wait more than the answers.
+MAX_COALESCE_SECONDS = 30
 # One worker process's jobs share its CPU and its database connection pool; past this, add processes.
 MAX_WORKER_CONCURRENCY = 256
 # Below the job's own deadline (chatbot.tasks.JOB_DEADLINE), so a stuck model still leaves time to apologise.
@@ -127,6 +131,10 @@ class Config:
     webhook_log_retention_days: int = 14
     # Minutes of silence after which a taken-over conversation goes back to the bot; 0 never does.
     takeover_timeout: int = 0
+    # Seconds a sender's quick messages are gathered to be answered as one; 0 answers each at once.
+    coalesce_seconds: int = 0
+    # The approved template that carries the default number's replies past WhatsApp's 24-hour window.
+    window_template_sid: str = ""
     access_mode: str = "open"
     # E.164 numbers (`+15551234567`), merged with the ones the admin keeps for the mode in force.
     access_list: tuple[str, ...] = ()
@@ -213,6 +221,10 @@ class Config:
                                                          minimum=0, maximum=MAX_RETENTION_DAYS),
             "takeover_timeout": reader.integer("TAKEOVER_TIMEOUT", cls.takeover_timeout, minimum=0,
                                                maximum=MAX_TAKEOVER_TIMEOUT),
+            "coalesce_seconds": reader.integer("COALESCE_SECONDS", cls.coalesce_seconds, minimum=0,
+                                               maximum=MAX_COALESCE_SECONDS),
+            "window_template_sid": reader.pattern("WINDOW_TEMPLATE_SID", CONTENT_SID_SHAPE,
+                                                  "a Twilio Content SID: HX and 32 hex characters"),
             "access_mode": reader.choice("ACCESS_MODE", ACCESS_MODES, cls.access_mode),
             "access_list": reader.phone_list("ACCESS_LIST"),
             "access_notice": reader.text_or_blank("ACCESS_NOTICE", cls.access_notice),

@@ -357,9 +357,12 @@ class AIAdapterFactory:
             fallback_models=self.config.ai_fallback_models,
         )
 
-    def current(self) -> AIAdapter:
-        """Return an adapter for the settings in force now."""
-        return self.adapter(self.settings())
+    def current(self, configuration_id: int | None = None) -> AIAdapter:
+        """Return an adapter for the settings in force now: those of the configuration
+        `configuration_id` (a number's own) when given and still stored, else the active ones."""
+        configuration = AIConfiguration.get_or_none(AIConfiguration.id == configuration_id) \
+            if configuration_id is not None else None
+        return self.adapter(self.settings_for(configuration) if configuration is not None else self.settings())
 
     def adapter(self, settings: AISettings, **options) -> AIAdapter:
         """Return an adapter for `settings`; `options` override the adapter options (e.g. timeout)."""

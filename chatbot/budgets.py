@@ -40,6 +40,7 @@ class Cap(str, Enum):
 
     SENDER_DAILY = "sender_daily"
     MONTHLY = "monthly"
+    NUMBER_MONTHLY = "number_monthly"
 
 
 @dataclass(frozen=True)
@@ -109,26 +110,34 @@ class Budgets:
             Setting.put(key, repr(value))
         self._overrides = None
 
-    def check(self, sender: str) -> Refusal | None:
-        """Return why `sender`'s next message may not go to the AI, or None when it may."""
+    def check(self, sender: str, number: str = "", number_monthly: float | None = None) -> Refusal | None:
+        """Return why `sender`'s next message to `number` (a conversation key, "" for the default
+        number) may not go to the AI, or None when it may. The daily cap counts each sender's spend
+        per number; the monthly cap everyone's on all numbers, `number_monthly` everyone's on this one."""
         caps = self.caps()
-        if caps.sender_daily is None and caps.monthly is None:
+        if caps.sender_daily is None and caps.monthly is None and number_monthly is None:
             return None
         now = self.now()
-        sender_today, everyone = Message.spent_for_budgets(
-            sender, day_start(now), month_start(now) if caps.monthly is not None else None)
+        monthly_wanted = caps.monthly is not None or number_monthly is not None
+        sender_today, everyone, this_number = Message.spent_for_budgets(
+            sender, number, day_start(now), month_start(now) if monthly_wanted else None)
         if caps.monthly is not None and everyone >= caps.monthly:
             self._alert_monthly(caps.monthly, everyone, now)
             cap, notice = Cap.MONTHLY, MONTHLY_NOTICE
+        elif number_monthly is not None and this_number >= number_monthly:
+            self._alert_monthly(number_monthly, this_number, now, number)
+            cap, notice = Cap.NUMBER_MONTHLY, MONTHLY_NOTICE
         elif caps.sender_daily is not None and sender_today >= caps.sender_daily:
             cap, notice = Cap.SENDER_DAILY, SENDER_DAILY_NOTICE
         else:
             return None
-        log.info("budget reached cap=%s sender=%s", cap.value, mask_phone(sender))
-        return Refusal(cap, notice if self._first_notice_today(sender, now) else None)
+        log.info("budget reached cap=%s sender=%s number=%s", cap.value, mask_phone(sender),
+                 mask_phone(number) if number else "default")
+        return Refusal(cap, notice if self._first_notice_today(sender, number, now) else None)
 
-    def _first_notice_today(self, sender: str, now: datetime) -> bool:
-        key = f"{NOTICE_PREFIX}{sender_key(sender)}:{now:%Y-%m-%d}"
+    def _first_notice_today(self, sender: str, number: str, now: datetime) -> bool:
+        on_number = f":{sender_key(number)}" if number else ""
+        key = f"{NOTICE_PREFIX}{sender_key(sender)}{on_number}:{now:%Y-%m-%d}"
         try:
             return bool(self.redis.set(key, 1, nx=True, ex=NOTICE_LIFETIME))
         except RedisError as error:
@@ -136,18 +145,27 @@ class Budgets:
             log.warning("budget notice not claimed sender=%s: %s", mask_phone(sender), error)
             return False
 
-    def _alert_monthly(self, cap: float, spent: float, now: datetime) -> None:
+    def _alert_monthly(self, cap: float, spent: float, now: datetime, number: str | None = None) -> None:
         # Once per cap and month: the operator is told when it is reached, not on every message after.
-        key = f"{ALERT_PREFIX}{now:%Y-%m}:{cap!r}"
+        scope = "all" if number is None else (number or "default")
+        key = f"{ALERT_PREFIX}{now:%Y-%m}:{scope}:{cap!r}"
         try:
             first = self.redis.set(key, 1, nx=True, ex=ALERT_LIFETIME)
         except RedisError:
             first = True  # send_admin_alert still keeps it to one per hour
-        if first:
+        if not first:
+            return
+        if number is None:
             self.errors.send_admin_alert(
                 "budget:monthly",
                 f"monthly budget reached: ${spent:.4f} spent this month of a ${cap:g} cap; the bot answers "
                 "no one until the month ends or the cap is raised (admin → Spending)")
+        else:
+            self.errors.send_admin_alert(
+                f"budget:monthly:{scope}",
+                f"monthly budget of number {mask_phone(number) if number else 'default'} reached: ${spent:.4f} "
+                f"spent this month of its ${cap:g} cap; it answers no one until the month ends or its cap is "
+                "raised (admin → Numbers, or flask numbers update)")
 
 
 def _stored_amount(stored: dict, key: str, default: float | None) -> float | None:

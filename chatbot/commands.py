@@ -55,7 +55,7 @@ class UserCommands:
             return Handled(silenced=True)
         forget_key = FORGET_PREFIX + sender_key(sender)
         if command == "confirm" and self.redis.get(forget_key):
-            self._erase(sender)
+            self._erase(sender, conversation.number)
             return Handled(erased=True)
         if command not in (None, "confirm"):
             # Any other command drops a pending /forget: a YES later must not erase by surprise.
@@ -85,7 +85,7 @@ class UserCommands:
         return (f"Commands: {words['reset']} starts over, {words['help']} shows this, {words['stop']} stops my "
                 f"answers ({words['start']} resumes), {words['forget']} erases what I stored about you.")
 
-    def _erase(self, sender: str) -> None:
+    def _erase(self, sender: str, number: str) -> None:
         """Delete the sender's conversations, messages, context windows, webhook-log rows and rate-limit
         counters; then say so, without storing the confirmation (nothing of theirs may remain)."""
         of_sender = Conversation.select(Conversation.id).where(Conversation.user_phone == sender)
@@ -102,6 +102,7 @@ class UserCommands:
         log.info("user command=forget erased conversations=%d messages=%d webhook_log_rows=%d",
                  len(conversations), messages, log_rows)
         try:
-            self.whatsapp.send(sender, "Done: everything I stored about you is erased.")
+            # From the number they wrote to (a conversation's number key is its address, "" the default).
+            self.whatsapp.send(sender, "Done: everything I stored about you is erased.", from_number=number)
         except WhatsAppError as error:
             log.warning("user command=forget confirmation not sent: %s", error)

@@ -8,6 +8,7 @@ from playhouse.migrate import PostgresqlMigrator, SqliteMigrator, migrate
 
 from chatbot.db import database
 from chatbot.models import (
+    ONE_ACTIVE_INDEX,
     AccessEntry,
     AdminUser,
     AIConfiguration,
@@ -17,6 +18,7 @@ from chatbot.models import (
     ReplyPart,
     Setting,
     WebhookLog,
+    WhatsAppNumber,
 )
 
 log = logging.getLogger(__name__)
@@ -84,10 +86,22 @@ def _add_spend_and_access(migrator) -> None:
     database.create_tables([AccessEntry, Setting], safe=True)
 
 
+def _add_numbers(migrator) -> None:
+    # Every conversation stored so far was with the default number, which "" stands for.
+    if "number" not in {column.name for column in database.get_columns("conversation")}:
+        migrate(migrator.add_column("conversation", "number", Conversation.number))
+    # One active conversation per sender and number now, not per sender.
+    database.execute_sql("DROP INDEX IF EXISTS conversation_one_active_per_phone")
+    if ONE_ACTIVE_INDEX not in {index.name for index in database.get_indexes("conversation")}:
+        Conversation._schema.create_indexes(safe=True)
+    database.create_tables([WhatsAppNumber], safe=True)
+
+
 # Append a function for every schema change (playhouse.migrate operations on the migrator it
 # receives); never edit one that has shipped.
 MIGRATIONS = [_create_initial_tables, _create_admin_users, _add_webhook_verdict, _add_message_origin,
-              _add_attempts_and_send_intents, _add_operator_controls, _add_spend_and_access]
+              _add_attempts_and_send_intents, _add_operator_controls, _add_spend_and_access,
+              _add_numbers]
 
 
 def current_version() -> int:

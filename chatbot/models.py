@@ -29,7 +29,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 from chatbot.crypto import FieldCipher, SecretDecryptionError
 from chatbot.db import database
 from chatbot.redact import mask_secret
-from config import MODEL_SLUG_SHAPE, fallback_models_problem
+from config import CONTENT_SID_SHAPE, MODEL_SLUG_SHAPE, WHATSAPP_ADDRESS_SHAPE, fallback_models_problem
 
 
 def utcnow() -> datetime:
@@ -75,6 +75,9 @@ class Status(str, Enum):
     OPTED_OUT = "opted_out"  # a user message from a sender who wrote STOP: stored, never answered
     NOT_ALLOWED = "not_allowed"  # a user message from a sender the access list keeps out
     OVER_BUDGET = "over_budget"  # a user message not sent to the AI: a spending cap was reached
+    # A reply WhatsApp would refuse: the user's last message is more than 24 hours old and no
+    # approved template is configured for the number. Kept for the operator, never retried.
+    OUTSIDE_WINDOW = "outside_window"
 
 
 class Prepared:
@@ -130,10 +133,13 @@ DELETE_BATCH = 500
 
 
 class Conversation(BaseModel):
-    """One sender's thread with the assistant; at most one is active per sender."""
+    """One sender's thread with one of the assistant's numbers; at most one is active per sender and number."""
 
     id = UUIDField(primary_key=True, default=uuid.uuid4)
     user_phone = CharField(max_length=64, index=True)
+    # The `whatsapp:+E.164` address the sender wrote to; "" is the default number (TWILIO_WHATSAPP_NUMBER),
+    # so conversations stored before there were several numbers, and a changed default, need no rewrite.
+    number = CharField(max_length=64, default="")
     profile_name = CharField(max_length=255, default="")
     is_active = BooleanField(default=True, index=True)
     created_at = DateTimeField(default=utcnow)
@@ -146,21 +152,23 @@ class Conversation(BaseModel):
         table_name = "conversation"
 
     @classmethod
-    def resume_or_start_id(cls, user_phone: str, profile_name: str = "", ttl: int | None = None) -> uuid.UUID:
-        """Record activity on the sender's active conversation and return its id, starting a new
-        conversation when none is active or the active one has been idle longer than `ttl` seconds."""
+    def resume_or_start_id(cls, user_phone: str, profile_name: str = "", ttl: int | None = None,
+                           number: str = "") -> uuid.UUID:
+        """Record activity on the sender's active conversation with `number` (a conversation key:
+        "" for the default number) and return its id, starting a new conversation when none is
+        active or the active one has been idle longer than `ttl` seconds."""
         now = utcnow()
         cutoff = now - timedelta(seconds=ttl) if ttl else datetime.min
-        for (conversation_id,) in TOUCH_FRESH.execute(now, user_phone, True, cutoff):
+        for (conversation_id,) in TOUCH_FRESH.execute(now, user_phone, number, True, cutoff):
             return cls.id.python_value(conversation_id)
-        active = (cls.user_phone == user_phone) & (cls.is_active == True)  # noqa: E712
+        active = (cls.user_phone == user_phone) & (cls.number == number) & (cls.is_active == True)  # noqa: E712
         # Only a stale one: a conversation a concurrent webhook just started must stay active.
         cls.update(is_active=False).where(active & (cls.updated_at < cutoff)).execute()
         try:
             # A savepoint, so losing a race to a concurrent webhook keeps the outer transaction.
             with database.atomic():
                 new_id = uuid.uuid4()
-                cls.insert(id=new_id, user_phone=user_phone, profile_name=profile_name or "").execute()
+                cls.insert(id=new_id, user_phone=user_phone, number=number, profile_name=profile_name or "").execute()
                 return new_id
         except IntegrityError:
             return cls.select(cls.id).where(active).scalar()
@@ -258,18 +266,21 @@ class Conversation(BaseModel):
         Conversation.update(updated_at=self.updated_at).where(Conversation.id == self.id).execute()
 
     @classmethod
-    def touch_fresh(cls, now: datetime, user_phone: str, active: bool, cutoff: datetime):
-        """Stamp the sender's active conversation with `now` if it was active at `cutoff`; return its id."""
+    def touch_fresh(cls, now: datetime, user_phone: str, number: str, active: bool, cutoff: datetime):
+        """Stamp the sender's active conversation with `number` with `now` if it was active at `cutoff`;
+        return its id."""
         return (
             cls.update(updated_at=now)
-            .where((cls.user_phone == user_phone) & (cls.is_active == active) & (cls.updated_at >= cutoff))
+            .where((cls.user_phone == user_phone) & (cls.number == number) & (cls.is_active == active)
+                   & (cls.updated_at >= cutoff))
             .returning(cls.id)
         )
 
 
 # Every inbound message runs it.
 TOUCH_FRESH = Prepared(Conversation.touch_fresh, [Conversation.updated_at, Conversation.user_phone,
-                                                  Conversation.is_active, Conversation.updated_at])
+                                                  Conversation.number, Conversation.is_active,
+                                                  Conversation.updated_at])
 
 
 class Message(BaseModel):
@@ -467,21 +478,27 @@ class Message(BaseModel):
         }
 
     @classmethod
-    def spent_for_budgets(cls, sender: str, day_start: datetime, month_start: datetime | None) -> tuple[float, float]:
-        """Return in one query what `sender`'s answers cost since `day_start` and, when `month_start`
-        is given, what everyone's cost since then (else 0): the budgets' check before each AI call."""
-        of_sender_today = (Conversation.user_phone == sender) & (cls.created_at >= day_start)
+    def spent_for_budgets(cls, sender: str, number: str, day_start: datetime,
+                          month_start: datetime | None) -> tuple[float, float, float]:
+        """Return in one query what `sender`'s answers on `number` (a conversation key) cost since
+        `day_start` and, when `month_start` is given, what everyone's answers cost since then, on
+        every number and on `number` alone (else 0, 0): the budgets' check before each AI call."""
+        on_number = Conversation.number == number
+        of_sender_today = (Conversation.user_phone == sender) & on_number & (cls.created_at >= day_start)
         query = cls.select(
             fn.COALESCE(fn.SUM(Case(None, [(of_sender_today, cls.cost)], 0)), 0),
             fn.COALESCE(fn.SUM(cls.cost), 0),
+            fn.COALESCE(fn.SUM(Case(None, [(on_number, cls.cost)], 0)), 0),
         ).join(Conversation).where(cls.cost.is_null(False), cls.counted_in_spend())
         if month_start is None:
             # No monthly cap: only this sender's rows of today are read (conversation.user_phone is indexed).
             query = query.where(of_sender_today)
         else:
             query = query.where(cls.created_at >= month_start)
-        sender_today, everyone = query.tuples().first()
-        return float(sender_today or 0), float(everyone or 0) if month_start is not None else 0.0
+        sender_today, everyone, this_number = query.tuples().first()
+        if month_start is None:
+            return float(sender_today or 0), 0.0, 0.0
+        return float(sender_today or 0), float(everyone or 0), float(this_number or 0)
 
     def current_answer(self) -> "Message | None":
         """Return the assistant's current answer to this user message, if any."""
@@ -747,6 +764,60 @@ class AIConfiguration(BaseModel):
             self.save()
 
 
+# A greeting is sent as its own WhatsApp message, before the first answer.
+MAX_GREETING_CHARS = 1000
+
+
+class WhatsAppNumber(BaseModel):
+    """A WhatsApp number the assistant answers on, and how it answers there.
+
+    The default number (TWILIO_WHATSAPP_NUMBER) needs no row: one is added only to give it a label,
+    a greeting, its own AI configuration or template, or to switch it off.
+    """
+
+    address = CharField(max_length=64, unique=True)  # whatsapp:+E.164, as Twilio posts it in `To`
+    label = CharField(max_length=100)
+    # None: the active AI configuration (else the environment's settings), as on the default number.
+    ai_configuration = ForeignKeyField(AIConfiguration, null=True, on_delete="SET NULL", backref="numbers")
+    # Sent once, before the first answer a sender gets from this number ("" sends none).
+    greeting = TextField(default="")
+    # The approved template that carries a reply past WhatsApp's 24-hour window (None: such replies
+    # are marked outside_window for the operator instead).
+    template_sid = CharField(max_length=34, null=True)
+    # The most this number's answers may cost in a calendar month, in USD (None: no cap of its own).
+    monthly_budget = FloatField(null=True)
+    is_active = BooleanField(default=True)
+    created_at = DateTimeField(default=utcnow)
+    updated_at = DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "whatsapp_number"
+
+    @staticmethod
+    def field_problem(name: str, value) -> str | None:
+        """Say what is wrong with `value` for the field `name`, or None: the rules the admin and the CLI share."""
+        if name == "address" and not WHATSAPP_ADDRESS_SHAPE.match(value or ""):
+            return "Address must be whatsapp:+ followed by an E.164 number, e.g. whatsapp:+14155238886."
+        if name == "label" and not (value or "").strip():
+            return "Label is required."
+        if name == "label" and len(value) > 100:
+            return "Label must be at most 100 characters."
+        if name == "greeting" and len(value or "") > MAX_GREETING_CHARS:
+            return f"Greeting must be at most {MAX_GREETING_CHARS} characters."
+        if name == "template_sid" and value and not CONTENT_SID_SHAPE.match(value):
+            return "Template must be a Twilio Content SID: HX followed by 32 hex characters."
+        if name == "monthly_budget" and value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+            return "Monthly budget must be an amount in USD above 0, or empty for none."
+        return None
+
+    def validation_errors(self) -> dict[str, str]:
+        """Return a message per invalid field (empty when the number is valid)."""
+        problems = {name: self.field_problem(name, getattr(self, name))
+                    for name in ("address", "label", "greeting", "template_sid", "monthly_budget")}
+        return {name: problem for name, problem in problems.items() if problem}
+
+
 class WebhookLog(BaseModel):
     """An audit record of one webhook request (secrets redacted)."""
 
@@ -800,13 +871,15 @@ class AdminUser(BaseModel):
         return hashlib.sha256(self.password_hash.encode()).hexdigest()[:16]
 
 
-# At most one active conversation per sender, enforced by the database itself.
+# At most one active conversation per sender and number, enforced by the database itself.
+ONE_ACTIVE_INDEX = "conversation_one_active_per_phone_and_number"
 Conversation.add_index(
     Conversation.index(
         Conversation.user_phone,
+        Conversation.number,
         unique=True,
         where=(Conversation.is_active == True),  # noqa: E712
-        name="conversation_one_active_per_phone",
+        name=ONE_ACTIVE_INDEX,
     )
 )
 

@@ -17,6 +17,7 @@ from chatbot.db import connection_released, database
 from chatbot.errors import AIError, Category, ErrorHandler, JobDeadlineReached, WhatsAppError
 from chatbot.media import AUDIO_FORMATS, MediaError, MediaFetcher, MediaKind, media_kind, media_type
 from chatbot.models import Conversation, Message, ReplyPart, Role, Status, utcnow
+from chatbot.numbers import Assistant, NumberDirectory
 from chatbot.redact import mask_phone
 from chatbot.sanitizer import TRIMMED_NOTE, clean_text
 from chatbot.whatsapp import WhatsAppClient
@@ -34,6 +35,8 @@ MEDIA_UNREADABLE = "I couldn't open that file — could you send it again, or ty
 MEDIA_UNSUPPORTED = ("I can read text, voice notes, photos and PDF documents, but not this kind of file — "
                      "could you type your question instead?")
 LOCATION_UNSUPPORTED = "I can't see shared locations — could you type the place or address instead?"
+# Canned answers that never carry the number's greeting: a command's reply, a cap's or the access list's refusal.
+NOT_GREETED = ("command:", "budget_", "access")
 # Named to the operator when the model cannot see photos.
 VISION_MODEL_HINTS = 3
 
@@ -76,6 +79,7 @@ class MessageProcessor:
         access: AccessPolicy | None = None,
         media: MediaFetcher | None = None,
         transcription_model: str = "openai/whisper-1",
+        numbers: NumberDirectory | None = None,
     ):
         self.ai_factory = ai_factory
         self.whatsapp = whatsapp
@@ -88,6 +92,7 @@ class MessageProcessor:
         self.access = access
         self.media = media
         self.transcription_model = transcription_model
+        self.numbers = numbers
 
     def process(self, message_id: int, final_attempt: bool = True, until: float | None = None) -> Outcome:
         """Answer and deliver every outstanding message of this sender up to `message_id`, in order.
@@ -124,7 +129,8 @@ class MessageProcessor:
                     if answer is None:
                         continue
             if answer is None and self.budgets is not None:
-                refusal = self.budgets.check(conversation.user_phone)
+                refusal = self.budgets.check(conversation.user_phone, conversation.number,
+                                             self.assistant_of(conversation).monthly_budget)
                 if refusal is not None and refusal.notice is None:
                     # Told once today already: held back in silence, as a STOPped sender's message is.
                     metrics.count_refusal("budget")
@@ -196,7 +202,7 @@ class MessageProcessor:
                 outcome: Outcome, until: float | None = None) -> Message:
         started = self.clock()
         try:
-            adapter = self.ai_factory.current()
+            adapter = self.ai_factory.current(self.assistant_of(conversation).ai_configuration_id)
             turn = self._read_attachments(conversation, question, adapter, final_attempt, until)
             if isinstance(turn, Message):
                 return turn
@@ -222,6 +228,7 @@ class MessageProcessor:
         text = to_whatsapp(clean_text(reply.text).text)
         if question.metadata.get("trimmed"):
             text = TRIMMED_NOTE.format(limit=self.max_inbound_chars) + "\n\n" + text
+        text = self._greeted(conversation, question, text)
         with database.atomic():
             answer = Message.create(
                 conversation=conversation,
@@ -306,10 +313,32 @@ class MessageProcessor:
         text = prompt_text(question)
         return UserTurn([{"type": "text", "text": text}, *parts] if parts else text, media_cost)
 
+    def assistant_of(self, conversation: Conversation) -> Assistant:
+        """Return how the number the conversation is with answers (the defaults when no directory is given)."""
+        if self.numbers is None:
+            return Assistant(key=conversation.number, address=conversation.number, label=conversation.number)
+        return self.numbers.for_key(conversation.number)
+
+    def _greeted(self, conversation: Conversation, question: Message, text: str) -> str:
+        """Put the number's greeting before the answer to a sender's first message to it."""
+        greeting = self.assistant_of(conversation).greeting.strip()
+        if not greeting:
+            return text
+        earlier = (
+            Message.select(Message.id)
+            .join(Conversation)
+            .where(Conversation.user_phone == conversation.user_phone, Conversation.number == conversation.number,
+                   Message.role == Role.USER.value, Message.id < question.id)
+            .exists()
+        )
+        return text if earlier else f"{greeting}\n\n{text}"
+
     def _store_canned(self, conversation: Conversation, question: Message, text: str, kind: str,
                       status: Status = Status.ANSWERED) -> Message:
         """Store a reply the AI did not write (a command's answer, a budget notice) as the question's
         unsent answer, the question marked `status`."""
+        if not kind.startswith(NOT_GREETED):
+            text = self._greeted(conversation, question, text)
         with database.atomic():
             question.status = status.value
             question.save()
@@ -368,7 +397,8 @@ class MessageProcessor:
         unconfirmed = answer.sending_since if answer.sending_part == answer.parts_sent + 1 else None
         try:
             self.whatsapp.send(conversation.user_phone, answer.content, already_sent=answer.parts_sent,
-                               on_part_sent=record_part, before_part=note_intent, unconfirmed_since=unconfirmed)
+                               on_part_sent=record_part, before_part=note_intent, unconfirmed_since=unconfirmed,
+                               from_number=conversation.number)
         except WhatsAppError as error:
             metrics.count_send(error)
             if error.status is not None:

@@ -1,4 +1,4 @@
-"""Per-sender and global message limits in Redis (fixed windows)."""
+"""Per-sender and global message limits of each number in Redis (sliding windows)."""
 from __future__ import annotations
 
 import time
@@ -88,14 +88,17 @@ class RateLimiter:
         self.clock = clock
         self._check = redis.register_script(CHECK_SCRIPT)
 
-    def check(self, sender: str) -> Decision:
-        """Count one message from `sender` and say whether it may reach the AI."""
+    def check(self, sender: str, number: str = "") -> Decision:
+        """Count one message from `sender` to `number` (a conversation key, "" for the default number)
+        and say whether it may reach the AI: each number has its own limits."""
         now = self.clock()
         bucket = int(now // self.window)
         overlap = 1.0 - (now % self.window) / self.window
-        who = sender_key(sender)
+        on_number = f":{sender_key(number)}" if number else ""
+        who = sender_key(sender) + on_number
+        everyone = "global" + on_number
         keys = [f"{PREFIX}{who}:{bucket}", f"{PREFIX}{who}:{bucket - 1}",
-                f"{PREFIX}global:{bucket}", f"{PREFIX}global:{bucket - 1}",
+                f"{PREFIX}{everyone}:{bucket}", f"{PREFIX}{everyone}:{bucket - 1}",
                 f"{PREFIX}{who}:{bucket}:notified", f"{PREFIX}notices:{bucket}"]
         allowance, notify = self._check(keys=keys, args=[2 * self.window + 5, self.per_sender, self.global_limit,
                                                          repr(overlap), MAX_NOTICES_PER_WINDOW])

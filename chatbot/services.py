@@ -17,6 +17,7 @@ from chatbot.crypto import FieldCipher
 from chatbot.db import POOL_SIZE, open_database
 from chatbot.errors import ErrorHandler
 from chatbot.media import MediaFetcher
+from chatbot.numbers import NumberDirectory
 from chatbot.processor import MessageProcessor
 from chatbot.rate_limiter import RateLimiter
 from chatbot.whatsapp import STATUS_CALLBACK_PATH, WhatsAppClient
@@ -41,6 +42,7 @@ class Services:
     rate_limiter: RateLimiter
     errors: ErrorHandler
     budgets: Budgets
+    numbers: NumberDirectory
 
 
 def http_pool_size(config: Config) -> int:
@@ -69,6 +71,7 @@ def build_services(config: Config, ai_options: dict | None = None,
     errors = ErrorHandler(redis, config.alert_webhook_url)
     budgets = Budgets(redis, errors, config.budget_per_sender_daily, config.budget_monthly)
     access = AccessPolicy(redis, config.access_mode, config.access_list, config.access_notice)
+    numbers = NumberDirectory(config.twilio_whatsapp_number, config.window_template_sid)
     ai_factory = AIAdapterFactory(config, cipher, pooled_session(http_pool_size(config)), **(ai_options or {}))
     whatsapp = WhatsAppClient(
         config.twilio_account_sid,
@@ -97,10 +100,12 @@ def build_services(config: Config, ai_options: dict | None = None,
                                config.twilio_auth_token, config.twilio_api_base_url,
                                max_bytes=config.max_media_bytes),
             transcription_model=config.transcription_model,
+            numbers=numbers,
         ),
         access=access,
         rate_limiter=RateLimiter(redis, config.rate_limit_messages, config.rate_limit_global,
                                  config.rate_limit_window),
         errors=errors,
         budgets=budgets,
+        numbers=numbers,
     )

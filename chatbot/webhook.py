@@ -18,6 +18,7 @@ from chatbot import metrics
 from chatbot.db import database
 from chatbot.errors import Category
 from chatbot.models import Conversation, Message, ReplyPart, Role, Status, WebhookLog
+from chatbot.numbers import Assistant, NumberDirectory
 from chatbot.rate_limiter import LIMIT_NOTICES, Allowance, Decision, RateLimiter
 from chatbot.redact import mask_phone, redact_headers
 from chatbot.sanitizer import clean_text, is_whatsapp_address
@@ -148,15 +149,17 @@ def _validator(auth_token: str) -> RequestValidator:
 
 
 def store_inbound(inbound: InboundMessage, audit: dict, conversation_ttl: int,
-                  decision: Decision = ALLOWED) -> int | None:
-    """Record the message and its audit row in one transaction; return its id, or None if seen before.
+                  decision: Decision = ALLOWED, number: str = "") -> int | None:
+    """Record the message in the sender's conversation with `number` (a conversation key, "" for the
+    default number) and its audit row, in one transaction; return its id, or None if seen before.
 
     A rate-limited message is kept but never reaches the AI; the sender's first one in a window
     gets a canned notice, stored here as its reply.
     """
     try:
         with database.atomic():
-            conversation_id = Conversation.resume_or_start_id(inbound.sender, inbound.profile_name, conversation_ttl)
+            conversation_id = Conversation.resume_or_start_id(inbound.sender, inbound.profile_name, conversation_ttl,
+                                                              number)
             message_id = Message.insert_row(
                 conversation=conversation_id,
                 role=Role.USER.value,
@@ -299,14 +302,15 @@ def _refuse(status: int, reason: str, started: float, signature_valid: bool | No
     return Response(f"{reason}\n", status=status, mimetype="text/plain")
 
 
-def _not_for_us(inbound: InboundMessage, bot_number: str) -> str | None:
-    """Say why a signed message must not be answered: it went to a number that is not this bot's, or
-    it came from the bot's own number (answering would make it talk to itself)."""
-    if not bot_number:
-        return None
-    if inbound.recipient != bot_number:
+def _not_for_us(inbound: InboundMessage, assistant: Assistant | None, numbers: NumberDirectory) -> str | None:
+    """Say why a signed message must not be answered: it went to a number that is not one of ours
+    or is switched off, or it came from one of our own numbers (answering would make the bot talk
+    to itself)."""
+    if assistant is None:
         return "not_our_number"
-    if inbound.sender == bot_number:
+    if not assistant.answers:
+        return "number_inactive"
+    if inbound.sender == assistant.address or numbers.is_ours(inbound.sender):
         return "from_ourselves"
     return None
 
@@ -329,29 +333,28 @@ def receive_message():
         inbound = parse_inbound(fields, config.max_inbound_chars)
     except MalformedWebhook as exc:
         return _refuse(400, f"malformed webhook: {exc}", started, signature_valid=True, verdict="malformed")
-    unanswerable = _not_for_us(inbound, config.twilio_whatsapp_number)
+    try:
+        assistant = services.numbers.for_recipient(inbound.recipient)
+    except PeeweeException as error:
+        return _database_unavailable(services, inbound, started, error)
+    unanswerable = _not_for_us(inbound, assistant, services.numbers)
     if unanswerable:
         log.warning("message_sid=%s %s: acknowledged, not answered", inbound.sid, unanswerable)
         metrics.count_webhook(unanswerable)
         _record(_audit(200, started, signature_valid=True, message_sid=inbound.sid, verdict=unanswerable,
                        error=f"To {mask_phone(inbound.recipient)}, From {mask_phone(inbound.sender)}: not answered"))
         return Response(EMPTY_TWIML, status=200, mimetype="text/xml")
-    decision = _rate_limit(services.rate_limiter, inbound.sender)
+    decision = _rate_limit(services.rate_limiter, inbound.sender, assistant.key)
     try:
         message_id = store_inbound(
             inbound,
             _audit(200, started, signature_valid=True, message_sid=inbound.sid, verdict=decision.allowance.value),
             config.conversation_ttl,
             decision,
+            assistant.key,
         )
     except PeeweeException as error:
-        # Nothing was committed; a 503 makes Twilio deliver it again later. The audit row cannot be
-        # written either, so its fields go to the app log.
-        _log_unrecorded(_audit(503, started, signature_valid=True, message_sid=inbound.sid,
-                               verdict="database_unavailable", error="database unavailable"), error)
-        services.errors.handle(Category.SYSTEM, error, f"message_sid={inbound.sid} not stored")
-        metrics.count_webhook("database_unavailable")
-        return Response("database unavailable\n", status=503, mimetype="text/plain")
+        return _database_unavailable(services, inbound, started, error)
     if message_id is None:
         log.info("message_sid=%s duplicate delivery ignored", inbound.sid)
     elif decision.allowed or decision.notify:
@@ -367,6 +370,16 @@ def receive_message():
                  inbound.sid, mask_phone(inbound.sender))
     metrics.count_webhook("duplicate" if message_id is None else decision.allowance.value)
     return Response(EMPTY_TWIML, status=200, mimetype="text/xml")
+
+
+def _database_unavailable(services, inbound: InboundMessage, started: float, error: Exception) -> Response:
+    """Nothing was committed; a 503 makes Twilio deliver the message again later. The audit row
+    cannot be written either, so its fields go to the app log."""
+    _log_unrecorded(_audit(503, started, signature_valid=True, message_sid=inbound.sid,
+                           verdict="database_unavailable", error="database unavailable"), error)
+    services.errors.handle(Category.SYSTEM, error, f"message_sid={inbound.sid} not stored")
+    metrics.count_webhook("database_unavailable")
+    return Response("database unavailable\n", status=503, mimetype="text/plain")
 
 
 def acknowledge_status(fields: dict, started: float) -> Response:
@@ -404,9 +417,9 @@ def _fields():
     return {name: value if isinstance(value, str) else json.dumps(value) for name, value in payload.items()}
 
 
-def _rate_limit(rate_limiter: RateLimiter, sender: str) -> Decision:
+def _rate_limit(rate_limiter: RateLimiter, sender: str, number: str) -> Decision:
     try:
-        return rate_limiter.check(sender)
+        return rate_limiter.check(sender, number)
     except RedisError:
         # Fail open: the message is stored either way, and losing it would be worse than one extra answer.
         log.exception("rate limiter unavailable; letting the message through")

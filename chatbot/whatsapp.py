@@ -192,8 +192,10 @@ class WhatsAppClient:
         on_part_sent: Callable[[int, str], None] | None = None,
         before_part: Callable[[int], None] | None = None,
         unconfirmed_since: datetime | None = None,
+        from_number: str = "",
     ) -> list[str]:
-        """Send `body` (split when long) in order, skipping the first `already_sent` parts.
+        """Send `body` (split when long) in order, skipping the first `already_sent` parts, from
+        `from_number` (the number the user wrote to; empty: the default number).
 
         `before_part(n)` runs before part n goes to Twilio, `on_part_sent(n, sid)` once Twilio took
         it. `unconfirmed_since`: an earlier run handed the next part to Twilio at that time and never
@@ -205,19 +207,20 @@ class WhatsAppClient:
                 continue
             if before_part:
                 before_part(number)
-            sid = self.send_part(to, part, unconfirmed_since if number == already_sent + 1 else None)
+            sid = self.send_part(to, part, unconfirmed_since if number == already_sent + 1 else None, from_number)
             sids.append(sid)
             if on_part_sent:
                 on_part_sent(number, sid)
         return sids
 
-    def send_part(self, to: str, body: str, unconfirmed_since: datetime | None = None) -> str:
+    def send_part(self, to: str, body: str, unconfirmed_since: datetime | None = None, from_number: str = "") -> str:
         """Send one message of at most 1600 characters exactly once; return Twilio's MessageSid.
 
         When an attempt ends without Twilio's answer (a timeout, a dropped connection), Twilio may
         have taken the message: the next attempt first looks for it among the messages sent to `to`.
         """
-        if self._client is None or not self.from_number:
+        from_number = from_number or self.from_number
+        if self._client is None or not from_number:
             raise WhatsAppError(
                 "Twilio is not configured (TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, TWILIO_WHATSAPP_NUMBER)",
                 retryable=False,
@@ -228,11 +231,11 @@ class WhatsAppClient:
         def attempt() -> str:
             nonlocal unsure
             if unsure:
-                sid = self.find_sent(to, body, since)
+                sid = self.find_sent(to, body, since, from_number)
                 if sid:
                     return sid
             try:
-                return self._client.messages.create(to=to, from_=self.from_number, body=body,
+                return self._client.messages.create(to=to, from_=from_number, body=body,
                                                     status_callback=self.status_callback or values.unset).sid
             except (TwilioException, requests.RequestException) as exc:
                 error = _as_whatsapp_error(exc)
@@ -242,12 +245,12 @@ class WhatsAppClient:
         return with_retries(attempt, attempts=self.attempts, backoff=self.backoff, sleep=self.sleep,
                             label="twilio send")
 
-    def find_sent(self, to: str, body: str, since: datetime) -> str | None:
-        """Return the sid of a message with exactly this body that Twilio took for `to` since
-        `since` (less CLOCK_SKEW), or None."""
+    def find_sent(self, to: str, body: str, since: datetime, from_number: str = "") -> str | None:
+        """Return the sid of a message with exactly this body that Twilio took for `to` from
+        `from_number` (empty: the default number) since `since` (less CLOCK_SKEW), or None."""
         since = (since if since.tzinfo else since.replace(tzinfo=timezone.utc)) - CLOCK_SKEW
         try:
-            recent = self._client.messages.list(to=to, from_=self.from_number, limit=RECENT_MESSAGES)
+            recent = self._client.messages.list(to=to, from_=from_number or self.from_number, limit=RECENT_MESSAGES)
         except TwilioRestException as exc:
             raise _as_whatsapp_error(exc) from exc
         except TwilioException as exc:

@@ -96,7 +96,7 @@ def database_url(request, tmp_path):
     connection.cursor().execute(
         "DO $$ BEGIN IF to_regclass('message') IS NOT NULL THEN "
         "TRUNCATE message, conversation, webhook_log, ai_configuration, admin_user, reply_part, opt_out, "
-        "access_entry, setting RESTART IDENTITY CASCADE; "
+        "access_entry, setting, whatsapp_number RESTART IDENTITY CASCADE; "
         "END IF; END $$"
     )
     connection.close()

@@ -91,8 +91,8 @@ def test_enqueue_leaves_the_redis_state_of_rqs_own_enqueue(two_redis_databases, 
 
 
 def test_touching_a_conversation_binds_the_sql_peewee_writes(services):
-    TOUCH_FRESH.bind(utcnow(), BOB, True, datetime.min)  # the first use writes the SQL
-    values = (utcnow(), ADA, True, utcnow() - timedelta(hours=1))
+    TOUCH_FRESH.bind(utcnow(), BOB, "", True, datetime.min)  # the first use writes the SQL
+    values = (utcnow(), ADA, "whatsapp:+15550009999", True, utcnow() - timedelta(hours=1))
     assert TOUCH_FRESH.bind(*values) == Conversation.touch_fresh(*values).sql()
 
 
