@@ -8,7 +8,17 @@ from peewee import IntegrityError
 
 from chatbot import db, migrations
 from chatbot.crypto import FieldCipher
-from chatbot.models import AIConfiguration, Conversation, Message, Role, Status, WebhookLog, utcnow
+from chatbot.models import (
+    ONE_ACTIVE_INDEX,
+    AIConfiguration,
+    Conversation,
+    Message,
+    Role,
+    Status,
+    WebhookLog,
+    WhatsAppNumber,
+    utcnow,
+)
 from tests.conftest import throwaway_postgres_database
 from tests.support import conversation_for
 
@@ -190,3 +200,34 @@ def test_upgrade_adds_attempts_and_send_intents_to_an_older_database(empty_datab
         old = Message.get(Message.content == "old")
         assert (old.attempts, old.sending_part, old.sending_since) == (0, None, None)
         assert Message.count_attempt(old.id) == 1
+
+
+def test_upgrade_puts_every_stored_conversation_with_the_default_number(empty_database_url):
+    db.open_database(empty_database_url)
+    migrations.upgrade()
+    with db.database.connection_context():
+        # The schema as version 7 left it: no number, one active conversation per sender.
+        db.database.execute_sql(f"DROP INDEX {ONE_ACTIVE_INDEX}")
+        db.database.execute_sql("DROP TABLE whatsapp_number")
+        db.database.execute_sql("ALTER TABLE conversation DROP COLUMN number")
+        db.database.execute_sql("CREATE UNIQUE INDEX conversation_one_active_per_phone ON conversation (user_phone) "
+                                "WHERE is_active")
+        param = db.database.param
+        old_id = "0" * 31 + "1"
+        db.database.execute_sql(
+            f"INSERT INTO conversation (id, user_phone, profile_name, is_active, created_at, updated_at) "
+            f"VALUES ({param}, {param}, '', {param}, {param}, {param})",
+            (old_id if "sqlite" in empty_database_url else f"{old_id[:8]}-{old_id[8:12]}-{old_id[12:16]}-"
+             f"{old_id[16:20]}-{old_id[20:]}", "whatsapp:+15550001111", True, utcnow(), utcnow()))
+        migrations.SchemaVersion.delete().where(migrations.SchemaVersion.version >= 8).execute()
+    assert migrations.upgrade() == (7, len(migrations.MIGRATIONS))
+    with db.database.connection_context():
+        old = Conversation.get(Conversation.user_phone == "whatsapp:+15550001111")
+        assert old.number == "" and old.is_active
+        # The same sender may now have an active conversation with another number, never two with one.
+        assert conversation_for("whatsapp:+15550001111").id == old.id
+        Conversation.create(user_phone="whatsapp:+15550001111", number="whatsapp:+15557770001")
+        with pytest.raises(IntegrityError), db.database.atomic():
+            Conversation.create(user_phone="whatsapp:+15550001111", number="whatsapp:+15557770001")
+        WhatsAppNumber.create(address="whatsapp:+15557770001", label="Sales")
+        assert Message.select().where(Message.role == Role.USER.value).count() == 0
