@@ -47,6 +47,13 @@ E164_SHAPE = re.compile(r"^\+[1-9][0-9]{6,14}$")
 PHONE_PUNCTUATION = re.compile(r"[-.()/]")
 
 
+def whatsapp_address(text: str) -> str:
+    """Return `text` as the `whatsapp:+E.164` address Twilio uses when it is given as `+E.164`;
+    anything else is returned stripped, for the shape check to name what is wrong."""
+    address = text.strip()
+    return "whatsapp:" + address if address.startswith("+") else address
+
+
 def e164(number: str) -> str | None:
     """Return `+15551234567` for `+15551234567`, `whatsapp:+1-555-123-4567` and the like; None when
     it is not an E.164 number."""

@@ -10,6 +10,7 @@ from flask import abort, current_app, flash, g, redirect, request, session, url_
 from flask_admin import Admin, AdminIndexView, BaseView, expose
 from flask_admin.actions import action
 from flask_admin.contrib.peewee import ModelView
+from flask_admin.contrib.peewee.filters import FilterEqual
 from flask_admin.form import SecureForm
 from flask_admin.model.template import TemplateLinkRowAction
 from flask_admin.theme import Bootstrap4Theme
@@ -38,11 +39,12 @@ from chatbot.models import (
     Setting,
     Status,
     WebhookLog,
+    WhatsAppNumber,
     utcnow,
 )
 from chatbot.redact import mask_phone, mask_phones_in
 from chatbot.status_callbacks import delivery_fixes
-from config import ACCESS_MODES, amount_problem
+from config import ACCESS_MODES, amount_problem, whatsapp_address
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +95,10 @@ class PanelIndexView(LoginRequired, AdminIndexView):
 
     @expose("/")
     def index(self):
-        return self.render("chatbot_admin/dashboard.html", stats=compute_stats())
+        # ?number=<conversation key> shows one number's figures ("" is the default number's); none, all.
+        number = request.args.get("number")
+        return self.render("chatbot_admin/dashboard.html", stats=compute_stats(number=number),
+                           numbers=number_labels(), chosen=number)
 
     @expose("/login/", methods=("GET", "POST"))
     def login_view(self):
@@ -184,12 +189,52 @@ def _when(view, context, model, name):
 
 
 class ModelRule:
-    """A form field validated by AIConfiguration's own rule for it, with the same message."""
+    """A form field validated by its model's own rule for it (`field_problem`), with the same message."""
+
+    def __init__(self, model):
+        self.model = model
 
     def __call__(self, form, field):
-        problem = AIConfiguration.field_problem(field.name, field.data)
+        problem = self.model.field_problem(field.name, field.data)
         if problem:
             raise ValidationError(problem)
+
+
+# How filter URLs name the default number, whose conversations store "" as their number.
+DEFAULT_NUMBER_CHOICE = "default"
+
+
+def number_labels() -> dict[str, str]:
+    """Return each number's label by its conversation key, the default number ("") first."""
+    default_address = services().config.twilio_whatsapp_number
+    labels = {"": "default"}
+    for number in WhatsAppNumber.select().order_by(WhatsAppNumber.label, WhatsAppNumber.address):
+        if number.address == default_address:
+            labels[""] = f"{number.label} (default)"
+        else:
+            labels[number.address] = number.label
+    return labels
+
+
+class NumberChoices:
+    """The number filter's (value, label) pairs, read again each time a page lists them."""
+
+    def __iter__(self):
+        return iter([(key or DEFAULT_NUMBER_CHOICE, label) for key, label in number_labels().items()])
+
+
+class NumberFilter(FilterEqual):
+    """Conversations with one of the numbers, chosen by its label."""
+
+    def __init__(self):
+        super().__init__(Conversation.number, "Number")
+
+    def get_options(self, view):
+        # Flask-Admin asks once, when the panel is built: a number added since must show up all the same.
+        return NumberChoices()
+
+    def clean(self, value):
+        return "" if value == DEFAULT_NUMBER_CHOICE else value
 
 
 class AIConfigurationView(PanelModelView):
@@ -215,15 +260,15 @@ class AIConfigurationView(PanelModelView):
         "model_name": {
             "label": "Model",
             "description": "OpenRouter slug, e.g. openai/gpt-4o-mini or anthropic/claude-3.5-sonnet",
-            "validators": [InputRequired(), ModelRule()],
+            "validators": [InputRequired(), ModelRule(AIConfiguration)],
         },
         "fallback_models": {
             "label": "Fallback models",
             "description": "Optional OpenRouter slugs, comma-separated, tried in order when the model fails",
-            "validators": [ModelRule()],
+            "validators": [ModelRule(AIConfiguration)],
         },
-        "max_tokens": {"validators": [InputRequired(), ModelRule()]},
-        "temperature": {"validators": [InputRequired(), ModelRule()]},
+        "max_tokens": {"validators": [InputRequired(), ModelRule(AIConfiguration)]},
+        "temperature": {"validators": [InputRequired(), ModelRule(AIConfiguration)]},
         "is_active": {"label": "Active", "description": "Activating this one deactivates the others."},
     }
     form_extra_fields = {
@@ -303,14 +348,20 @@ class ConversationView(PanelModelView):
     can_edit = False
     can_delete = True
     can_view_details = True
-    column_list = ("user_phone", "profile_name", "is_active", "paused_by", "waiting", "created_at", "updated_at")
-    column_labels = {"user_phone": "Phone", "profile_name": "Name", "is_active": "Active",
+    column_list = ("user_phone", "profile_name", "number", "is_active", "paused_by", "waiting", "created_at",
+                   "updated_at")
+    column_labels = {"user_phone": "Phone", "profile_name": "Name", "number": "Number", "is_active": "Active",
                      "paused_by": "Taken over by", "waiting": "Waiting", "updated_at": "Last activity"}
     column_formatters = {"user_phone": _phone_with_delivery_flag, "created_at": _when, "updated_at": _when,
-                         "waiting": lambda view, context, model, name: model.waiting or ""}
+                         "waiting": lambda view, context, model, name: model.waiting or "",
+                         # A number removed since is shown by its address.
+                         "number": lambda view, context, model, name: context.get("number_labels", {}).get(
+                             model.number, model.number)}
     column_searchable_list = ("user_phone", "profile_name")
     search_hint = "Phone number or name"
-    column_filters = ("is_active", "created_at", "updated_at")
+    column_filters = ("is_active", NumberFilter(), "created_at", "updated_at")
+    # Filters named in the URL (flt0_number_equals=default), not numbered: a link survives a new filter.
+    named_filter_urls = True
 
     def get_query(self):
         """Conversations an operator has taken over first, then those with messages waiting for a
@@ -334,6 +385,7 @@ class ConversationView(PanelModelView):
             kwargs["delivery_fix"] = delivery_fixes([kwargs["model"].id]).get(kwargs["model"].id)
         if template == self.list_template and kwargs.get("data"):
             kwargs["delivery_fixes"] = delivery_fixes([conversation.id for conversation in kwargs["data"]])
+            kwargs["number_labels"] = number_labels()
         return super().render(template, **kwargs)
 
     @expose("/reveal/", methods=("POST",))
@@ -422,6 +474,85 @@ class ConversationView(PanelModelView):
             flash(f"Nothing was deleted: {error}", "error")
             return False
         return True
+
+
+def _whatsapp_address(text):
+    """Take +E.164 for whatsapp:+E.164, as the CLI does."""
+    return whatsapp_address(text or "")
+
+
+class NumbersView(PanelModelView):
+    """The WhatsApp numbers the assistant answers on, and how it answers on each."""
+
+    list_template = "chatbot_admin/whatsappnumber_list.html"
+    column_list = ("address", "label", "ai_configuration", "greeting", "template_sid", "monthly_budget", "is_active",
+                   "updated_at")
+    column_labels = {"ai_configuration": "AI configuration", "template_sid": "Template",
+                     "monthly_budget": "Monthly budget", "is_active": "Active", "updated_at": "Last changed"}
+    column_formatters = {
+        "ai_configuration": lambda view, context, model, name: (
+            model.ai_configuration.name if model.ai_configuration else "active configuration"),
+        "greeting": lambda view, context, model, name: (
+            model.greeting if len(model.greeting) <= 60 else model.greeting[:59] + "…"),
+        "monthly_budget": lambda view, context, model, name: (
+            f"${model.monthly_budget:g}" if model.monthly_budget is not None else ""),
+        "updated_at": _when,
+    }
+    column_searchable_list = ("address", "label")
+    search_hint = "Address or label"
+    column_default_sort = "address"
+    form_columns = ("address", "label", "ai_configuration", "greeting", "template_sid", "monthly_budget", "is_active")
+    form_args = {
+        "address": {
+            "description": "The number people write to, e.g. whatsapp:+14155238886 (+14155238886 will do)",
+            "filters": [_whatsapp_address],
+            "validators": [ModelRule(WhatsAppNumber)],
+        },
+        "label": {"description": "How the panel names it", "validators": [ModelRule(WhatsAppNumber)]},
+        "ai_configuration": {"label": "AI configuration", "get_label": "name",
+                             "blank_text": "The active configuration"},
+        "greeting": {"description": "Sent once, before a sender's first answer from this number (empty: none)",
+                     "validators": [ModelRule(WhatsAppNumber)]},
+        "template_sid": {
+            "label": "Template",
+            "description": "Content SID (HX…) of an approved template that carries replies past WhatsApp's "
+                           "24-hour window (empty: such replies are kept for you as outside_window)",
+            "filters": [lambda text: (text or "").strip()],
+            "validators": [ModelRule(WhatsAppNumber)],
+        },
+        "monthly_budget": {
+            "label": "Monthly budget (USD)",
+            "description": "The most this number's answers may cost a month (empty: no cap of its own; "
+                           "BUDGET_MONTHLY still holds over all numbers)",
+            "validators": [ModelRule(WhatsAppNumber)],
+        },
+        "is_active": {"label": "Active", "description": "Off: its messages are recorded, never answered."},
+    }
+
+    def render(self, template, **kwargs):
+        if template == self.list_template:
+            kwargs["default_address"] = services().config.twilio_whatsapp_number
+        return super().render(template, **kwargs)
+
+    def on_model_change(self, form, model, is_created):
+        taken = WhatsAppNumber.select().where(WhatsAppNumber.address == model.address)
+        if model.id is not None:
+            taken = taken.where(WhatsAppNumber.id != model.id)
+        if taken.exists():
+            raise ValidationError(f"{model.address} is one of the numbers already.")
+        model.updated_at = utcnow()
+        errors = model.validation_errors()
+        if errors:
+            raise ValidationError(" ".join(errors.values()))
+
+    def after_model_change(self, form, model, is_created):
+        # This process answers with the change at once; the others read the table again within seconds.
+        services().numbers.forget()
+
+    def after_model_delete(self, model):
+        services().numbers.forget()
+        if model.address == services().config.twilio_whatsapp_number:
+            flash("That was the default number's settings: it answers with the defaults again.", "success")
 
 
 class MessageView(PanelModelView):
@@ -660,6 +791,7 @@ def build_admin(app) -> Admin:
         lambda: {"current_admin": signed_in_admin() if request.path.startswith("/admin") else None})
     admin.add_view(AIConfigurationView(AIConfiguration, name="AI configurations", endpoint="aiconfiguration"))
     admin.add_view(ConversationView(Conversation, name="Conversations", endpoint="conversation"))
+    admin.add_view(NumbersView(WhatsAppNumber, name="Numbers", endpoint="whatsappnumber"))
     admin.add_view(MessageView(Message, name="Messages", endpoint="message"))
     admin.add_view(PlaygroundView(name="Playground", endpoint="playground", url="/admin/playground"))
     admin.add_view(OptOutView(OptOut, name="Opted out", endpoint="optout"))

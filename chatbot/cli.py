@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from chatbot import cli_ai_config, cli_conversations, cli_setup
+from chatbot import cli_ai_config, cli_conversations, cli_numbers, cli_setup
 from config import ConfigError
 
 COMMANDS = [
@@ -14,6 +14,7 @@ COMMANDS = [
     cli_setup.check_config_command,
     cli_setup.test_whatsapp_command,
     cli_ai_config.ai_config_group,
+    cli_numbers.numbers_group,
     cli_conversations.chat_command,
     cli_conversations.conversations_group,
     cli_conversations.cleanup_command,

@@ -14,7 +14,7 @@ from chatbot import cli_checks
 from chatbot.cli_checks import Check
 from chatbot.console_chat import CONSOLE_ADDRESS_SHAPE
 from chatbot.errors import UpstreamError
-from config import WHATSAPP_ADDRESS_SHAPE
+from config import WHATSAPP_ADDRESS_SHAPE, whatsapp_address
 
 
 def services():
@@ -53,9 +53,7 @@ class Address(click.ParamType):
         self.console = console
 
     def convert(self, value, param, ctx):
-        address = value.strip()
-        if address.startswith("+"):
-            address = "whatsapp:" + address
+        address = whatsapp_address(value)
         if WHATSAPP_ADDRESS_SHAPE.match(address) or (self.console and CONSOLE_ADDRESS_SHAPE.match(address)):
             return address
         self.fail(f"{value!r} is not whatsapp:+ and an E.164 number, e.g. whatsapp:+14155550123", param, ctx)

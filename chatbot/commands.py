@@ -43,10 +43,17 @@ class UserCommands:
         self.site_name = site_name
         self._by_word = {word.casefold(): command for command, word in words.items()}
 
+    def recognises(self, text: str) -> bool:
+        """Whether `text` is, as a whole message, one of the command words (whatever it would do now)."""
+        return self._command_in(text) is not None
+
+    def _command_in(self, text: str) -> str | None:
+        return self._by_word.get(text.strip().casefold())
+
     def handle(self, conversation: Conversation, question: Message) -> Handled:
         """Carry out `question` if it is a command; silence it if its sender opted out."""
         sender = conversation.user_phone
-        command = self._by_word.get(question.content.strip().casefold())
+        command = self._command_in(question.content)
         if command == "start":
             OptOut.delete().where(OptOut.user_phone == sender).execute()
             return self._did("start", f"Welcome back! I'll answer your messages again. {self._list()}")

@@ -24,7 +24,8 @@ class ConsoleWhatsApp:
 
     def send(self, to: str, body: str, already_sent: int = 0,
              on_part_sent: Callable[[int, str], None] | None = None,
-             before_part: Callable[[int], None] | None = None, unconfirmed_since=None) -> list[str]:
+             before_part: Callable[[int], None] | None = None, unconfirmed_since=None,
+             from_number: str = "") -> list[str]:
         """Print `body` split as WhatsApp would receive it, skipping the first `already_sent` parts.
 
         A console line cannot be half-delivered, so there is nothing to confirm and no intent to note."""

@@ -56,13 +56,18 @@ class ConversationManager:
         message, such as an operator's follow-up, alone)."""
         self.add_messages(conversation_id, exchange_entries(question, answer))
 
+    def add_questions(self, conversation_id, questions: list[Message]) -> None:
+        """Add user messages, each at its own place (the answer to them is added on its own)."""
+        self.add_messages(conversation_id, question_entries(questions))
+
     def clear_history(self, conversation_id) -> None:
         """Forget the window (the DB keeps the messages)."""
         self.redis.delete(self.key(conversation_id))
 
     def _rebuild(self, conversation: Conversation) -> None:
-        pairs = Message.answered_exchanges(conversation, limit=self.max_messages)
-        entries = [entry for question, answer in pairs for entry in exchange_entries(question, answer)]
+        entries = []
+        for questions, answer in Message.answered_exchanges(conversation, limit=self.max_messages):
+            entries += question_entries(questions[:-1]) + exchange_entries(questions[-1], answer)
         self.add_messages(conversation.id, entries)
 
 
@@ -72,12 +77,14 @@ def remembered_text(question: Message) -> str:
     return question.metadata.get("transcript") or question.metadata.get("stand_in") or question.content
 
 
+def question_entries(questions: list[Message]) -> list[tuple[str, str, float, int]]:
+    """Place each user message where it was written."""
+    return [("user", remembered_text(question), float(question.id), question.id) for question in questions]
+
+
 def exchange_entries(question: Message | None, answer: Message) -> list[tuple[str, str, float, int]]:
     """Place an answer right after its question, even when later questions arrived meanwhile; an
     answer to no question goes where it was written."""
     if question is None:
         return [("assistant", answer.content, float(answer.id), answer.id)]
-    return [
-        ("user", remembered_text(question), float(question.id), question.id),
-        ("assistant", answer.content, question.id + 0.5, answer.id),
-    ]
+    return [*question_entries([question]), ("assistant", answer.content, question.id + 0.5, answer.id)]

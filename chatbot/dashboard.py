@@ -1,10 +1,10 @@
-"""The admin dashboard's numbers, each computed by the database."""
+"""The admin dashboard's figures, over every WhatsApp number or one, each computed by the database."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from peewee import Value, fn
+from peewee import Expression, Value, fn
 
 from chatbot.models import Conversation, Message, Origin, ReplyPart, Role, Status, utcnow
 
@@ -55,48 +55,57 @@ class DashboardStats:
     fallback_answers_week: int
 
 
-def compute_stats(now: datetime | None = None) -> DashboardStats:
-    """Return the dashboard figures; the week is the last 7 days, today starts at UTC midnight."""
+def compute_stats(now: datetime | None = None, number: str | None = None) -> DashboardStats:
+    """Return the dashboard figures of `number`'s conversations (a conversation key: "" is the default
+    number; None: every number); the week is the last 7 days, today starts at UTC midnight."""
     now = now or utcnow()
     today = now.replace(hour=0, minute=0, second=0, microsecond=0)
     week = now - timedelta(days=7)
     month = today.replace(day=1)
-    messages = Message.select().where(NOT_PLAYGROUND)
+    counted = _counted(number)
+    messages = Message.select().where(counted)
     questions = messages.where(Message.role == Role.USER.value, Message.created_at >= week)
     asked = questions.count()
     failed = questions.where(Message.status == Status.FAILED.value).count()
-    parts, delivered, undelivered = ReplyPart.delivery_counts(week)
+    parts, delivered, undelivered = ReplyPart.delivery_counts(week, number)
+    conversations = Conversation.select().where(
+        Conversation.is_active == True,  # noqa: E712
+        Conversation.id.not_in(Message.select(Message.conversation).where(~NOT_PLAYGROUND)),
+    )
     return DashboardStats(
         messages_today=messages.where(Message.created_at >= today).count(),
         messages_week=messages.where(Message.created_at >= week).count(),
-        active_conversations=Conversation.select().where(
-            Conversation.is_active == True,  # noqa: E712
-            Conversation.id.not_in(Message.select(Message.conversation).where(~NOT_PLAYGROUND)),
-        ).count(),
+        active_conversations=(conversations if number is None
+                              else conversations.where(Conversation.number == number)).count(),
         error_rate=(failed / asked) if asked else None,
-        median_latency_ms=_median_latency(week),
+        median_latency_ms=_median_latency(week, counted),
         tokens_week=(
             Message.select(fn.COALESCE(fn.SUM(Message.total_tokens), 0))
-            .where(Message.role == Role.ASSISTANT.value, Message.created_at >= week, NOT_PLAYGROUND)
+            .where(Message.role == Role.ASSISTANT.value, Message.created_at >= week, counted)
             .scalar()
         ),
         delivery_rate=(delivered / parts) if parts else None,
         failed_parts_week=undelivered,
-        spend_today=Spend(*Message.spend(today)),
-        spend_week=Spend(*Message.spend(week)),
-        spend_month=Spend(*Message.spend(month)),
-        spend_by_model=[ModelSpend(*row) for row in Message.spend_by_model(month)],
-        top_spenders=Message.top_spenders(month, TOP_SPENDERS),
-        **_fallback_use(week),
+        spend_today=Spend(*Message.spend(today, number=number)),
+        spend_week=Spend(*Message.spend(week, number=number)),
+        spend_month=Spend(*Message.spend(month, number=number)),
+        spend_by_model=[ModelSpend(*row) for row in Message.spend_by_model(month, number)],
+        top_spenders=Message.top_spenders(month, TOP_SPENDERS, number),
+        **_fallback_use(week, counted),
     )
 
 
-def _fallback_use(since: datetime) -> dict[str, int]:
+def _counted(number: str | None) -> Expression:
+    """Match the messages the figures count: no playground trial, and only `number`'s when given."""
+    return NOT_PLAYGROUND & Message.on_number(number)
+
+
+def _fallback_use(since: datetime, counted: Expression) -> dict[str, int]:
     answers = Message.select().where(
         Message.role == Role.ASSISTANT.value,
         Message.created_at >= since,
         Message.model.is_null(False),
-        NOT_PLAYGROUND,
+        counted,
         # metadata is JSON with sorted keys and ": " separators; `**` is a case-insensitive LIKE on
         # SQLite and Postgres alike (a `_` in a slug matches any one character: close enough here).
         Message.metadata ** Value('%"requested_model": "%', converter=False),
@@ -106,12 +115,12 @@ def _fallback_use(since: datetime) -> dict[str, int]:
             "fallback_answers_week": answers.where(~(Message.metadata ** asked_for)).count()}
 
 
-def _median_latency(since: datetime) -> float | None:
+def _median_latency(since: datetime, counted: Expression) -> float | None:
     timed = Message.select(Message.latency_ms).where(
         Message.role == Role.ASSISTANT.value,
         Message.created_at >= since,
         Message.latency_ms.is_null(False),
-        NOT_PLAYGROUND,
+        counted,
     )
     count = timed.count()
     if not count:

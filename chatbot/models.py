@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from enum import Enum
 from functools import cache
 
 from peewee import (
     JOIN,
+    SQL,
     BooleanField,
     Case,
     CharField,
@@ -130,6 +133,25 @@ def _prepared_insert(model: type[BaseModel], names: tuple[str, ...]) -> Prepared
 
 # Rows deleted per transaction by the retention cleanup, so no lock is held for long.
 DELETE_BATCH = 500
+# WhatsApp takes free-form replies until this long after the user's last message; later, only an
+# approved template.
+SERVICE_WINDOW = timedelta(hours=24)
+
+
+@dataclass(frozen=True)
+class ServiceWindow:
+    """WhatsApp's 24-hour window for free-form replies to one sender on one number."""
+
+    # None: the sender never wrote through WhatsApp (a console or playground chat): no window applies.
+    last_user_message_at: datetime | None
+
+    @property
+    def closes_at(self) -> datetime | None:
+        return None if self.last_user_message_at is None else self.last_user_message_at + SERVICE_WINDOW
+
+    def is_closed(self) -> bool:
+        """True when the window has closed: a reply now needs an approved template."""
+        return self.closes_at is not None and self.closes_at <= utcnow()
 
 
 class Conversation(BaseModel):
@@ -260,6 +282,23 @@ class Conversation(BaseModel):
                 messages, logs = cls.delete_with_history(claimed, context) if claimed else (0, 0)
             yield len(claimed), messages, logs
 
+    def service_window(self) -> ServiceWindow:
+        """Return WhatsApp's 24-hour window for replies here, opened by the user's last WhatsApp message."""
+        # WhatsApp keeps one window per sender and business number: a message in an earlier or a
+        # later conversation with the same number opens it just as well.
+        last = (
+            Message.select(fn.MAX(Message.created_at))
+            .join(Conversation)
+            .where(
+                Conversation.user_phone == self.user_phone,
+                Conversation.number == self.number,
+                Message.role == Role.USER.value,
+                Message.from_whatsapp(),
+            )
+            .scalar()
+        )
+        return ServiceWindow(last)
+
     def touch(self) -> None:
         """Record activity now."""
         self.updated_at = utcnow()
@@ -319,9 +358,10 @@ class Message(BaseModel):
         table_name = "message"
 
     @classmethod
-    def answered_exchanges(cls, conversation: Conversation, limit: int) -> list[tuple["Message", "Message"]]:
-        """Return the last `limit` answered user messages with their answers, oldest first."""
-        questions = list(
+    def answered_exchanges(cls, conversation: Conversation, limit: int) -> list[tuple[list["Message"], "Message"]]:
+        """Return the last `limit` answered user messages grouped with their answers, oldest first: one
+        answer may answer several (a burst's, an operator's), listed in its `answers`, replying to the last."""
+        questions = list(reversed(
             cls.select()
             .where(
                 cls.conversation == conversation,
@@ -330,14 +370,18 @@ class Message(BaseModel):
             )
             .order_by(cls.id.desc())
             .limit(limit)
-        )
+        ))
         if not questions:
             return []
         answers = {
             answer.reply_to_id: answer
             for answer in cls.select().where(cls.reply_to.in_([q.id for q in questions])).order_by(cls.id)
         }
-        return [(q, answers[q.id]) for q in reversed(questions) if q.id in answers]
+        exchanges = []
+        for last_id, answer in sorted(answers.items()):
+            answered = {*answer.metadata.get("answers", []), last_id}
+            exchanges.append(([q for q in questions if q.id in answered], answer))
+        return exchanges
 
     @classmethod
     def outstanding(cls, conversation: Conversation, up_to_id: int):
@@ -354,6 +398,20 @@ class Message(BaseModel):
                 (cls.status == Status.PENDING.value) | cls.id.in_(unsent_answers),
             )
             .order_by(cls.id)
+        )
+
+    @classmethod
+    def newest_pending(cls, conversation: Conversation) -> "Message | None":
+        """Return the conversation's latest user message still waiting for an answer, if any."""
+        return (
+            cls.select(cls.id, cls.created_at)
+            .where(
+                cls.conversation == conversation,
+                cls.role == Role.USER.value,
+                cls.status == Status.PENDING.value,
+            )
+            .order_by(cls.id.desc())
+            .first()
         )
 
     @classmethod
@@ -421,12 +479,20 @@ class Message(BaseModel):
         return cls.origin != Origin.PLAYGROUND.value
 
     @classmethod
-    def spend(cls, since: datetime, sender: str | None = None) -> tuple[float, int]:
-        """Return what the AI's answers since `since` cost in USD (only `sender`'s when given) and how
-        many of those answers came without a reported cost (counted apart, never as 0)."""
+    def on_number(cls, number: str | None):
+        """Match messages of conversations with `number` (a conversation key, "" the default number);
+        None matches every number."""
+        if number is None:
+            return SQL("1 = 1")
+        return cls.conversation.in_(Conversation.select(Conversation.id).where(Conversation.number == number))
+
+    @classmethod
+    def spend(cls, since: datetime, sender: str | None = None, number: str | None = None) -> tuple[float, int]:
+        """Return what the AI's answers since `since` cost in USD (only `sender`'s, or `number`'s, when
+        given) and how many of those answers came without a reported cost (counted apart, never as 0)."""
         query = (
             cls.select(fn.COALESCE(fn.SUM(cls.cost), 0), fn.COUNT(cls.id) - fn.COUNT(cls.cost))
-            .where(cls.model.is_null(False), cls.created_at >= since, cls.counted_in_spend())
+            .where(cls.model.is_null(False), cls.created_at >= since, cls.counted_in_spend(), cls.on_number(number))
         )
         if sender is not None:
             query = query.join(Conversation).where(Conversation.user_phone == sender)
@@ -434,13 +500,15 @@ class Message(BaseModel):
         return float(total or 0), int(unknown or 0)
 
     @classmethod
-    def spend_by_model(cls, since: datetime) -> list[tuple[str, float, int]]:
-        """Return (model, USD, answers without a cost) for answers since `since`, costliest first."""
+    def spend_by_model(cls, since: datetime, number: str | None = None) -> list[tuple[str, float, int]]:
+        """Return (model, USD, answers without a cost) for answers since `since` (`number`'s only when
+        given), costliest first."""
         return [
             (model, float(total or 0), int(unknown or 0))
             for model, total, unknown in (
                 cls.select(cls.model, fn.COALESCE(fn.SUM(cls.cost), 0), fn.COUNT(cls.id) - fn.COUNT(cls.cost))
-                .where(cls.model.is_null(False), cls.created_at >= since, cls.counted_in_spend())
+                .where(cls.model.is_null(False), cls.created_at >= since, cls.counted_in_spend(),
+                       cls.on_number(number))
                 .group_by(cls.model)
                 .order_by(fn.COALESCE(fn.SUM(cls.cost), 0).desc(), cls.model)
                 .tuples()
@@ -448,15 +516,17 @@ class Message(BaseModel):
         ]
 
     @classmethod
-    def top_spenders(cls, since: datetime, limit: int) -> list[tuple[str, float]]:
-        """Return the `limit` senders whose answers since `since` cost the most, with that cost in USD."""
+    def top_spenders(cls, since: datetime, limit: int, number: str | None = None) -> list[tuple[str, float]]:
+        """Return the `limit` senders whose answers since `since` (`number`'s only when given) cost the
+        most, with that cost in USD."""
         total = fn.SUM(cls.cost)
         return [
             (sender, float(spent))
             for sender, spent in (
                 cls.select(Conversation.user_phone, total)
                 .join(Conversation)
-                .where(cls.cost.is_null(False), cls.created_at >= since, cls.counted_in_spend())
+                .where(cls.cost.is_null(False), cls.created_at >= since, cls.counted_in_spend(),
+                       cls.on_number(number))
                 .group_by(Conversation.user_phone)
                 .order_by(total.desc(), Conversation.user_phone)
                 .limit(limit)
@@ -590,8 +660,9 @@ class ReplyPart(BaseModel):
         return {part.message.conversation_id: part for part in latest}
 
     @classmethod
-    def delivery_counts(cls, since: datetime) -> tuple[int, int, int]:
-        """Count the parts of replies written since `since`: taken by Twilio, delivered (or read), failed."""
+    def delivery_counts(cls, since: datetime, number: str | None = None) -> tuple[int, int, int]:
+        """Count the parts of replies written since `since` (`number`'s only when given): taken by
+        Twilio, delivered (or read), failed."""
         counts = (
             cls.select(
                 fn.COUNT(cls.id),
@@ -599,7 +670,7 @@ class ReplyPart(BaseModel):
                 fn.COALESCE(fn.SUM(Case(None, [(cls.status.in_(DELIVERY_FAILURES), 1)], 0)), 0),
             )
             .join(Message)
-            .where(Message.created_at >= since)
+            .where(Message.created_at >= since, Message.on_number(number))
             .tuples()
             .first()
         )
@@ -807,7 +878,8 @@ class WhatsAppNumber(BaseModel):
         if name == "template_sid" and value and not CONTENT_SID_SHAPE.match(value):
             return "Template must be a Twilio Content SID: HX followed by 32 hex characters."
         if name == "monthly_budget" and value is not None and (
-                isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                or value <= 0):
             return "Monthly budget must be an amount in USD above 0, or empty for none."
         return None
 

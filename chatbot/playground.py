@@ -20,7 +20,8 @@ class ChosenConfiguration:
         self.factory = factory
         self.configuration = configuration
 
-    def current(self) -> AIAdapter:
+    def current(self, configuration_id: int | None = None) -> AIAdapter:
+        """The chosen configuration's adapter, whichever configuration the number would use."""
         if self.configuration is None:
             return self.factory.adapter(self.factory.environment_settings())
         return self.factory.adapter(self.factory.settings_for(self.configuration))

@@ -5,6 +5,7 @@ import base64
 import logging
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Callable
 
 from chatbot import metrics
@@ -12,21 +13,23 @@ from chatbot.access import AccessPolicy, Refusal
 from chatbot.ai import AIAdapterFactory, OpenRouterAdapter
 from chatbot.budgets import Budgets
 from chatbot.commands import UserCommands
-from chatbot.context import ConversationManager, remembered_text
+from chatbot.context import ConversationManager
 from chatbot.db import connection_released, database
 from chatbot.errors import AIError, Category, ErrorHandler, JobDeadlineReached, WhatsAppError
 from chatbot.media import AUDIO_FORMATS, MediaError, MediaFetcher, MediaKind, media_kind, media_type
-from chatbot.models import Conversation, Message, ReplyPart, Role, Status, utcnow
+from chatbot.models import Conversation, Message, ReplyPart, Role, ServiceWindow, Status, utcnow
 from chatbot.numbers import Assistant, NumberDirectory
-from chatbot.redact import mask_phone
+from chatbot.redact import mask_phone, mask_phones_in
 from chatbot.sanitizer import TRIMMED_NOTE, clean_text
-from chatbot.whatsapp import WhatsAppClient
+from chatbot.whatsapp import WINDOW_CLOSED_CODE, WhatsAppClient
 from chatbot.whatsapp_format import to_whatsapp
 
 log = logging.getLogger(__name__)
 
 # A model call that would have less time than this before the job's deadline waits for the next run.
 MIN_AI_SECONDS = 5.0
+# A sender who never pauses for COALESCE_SECONDS is answered after this many of them all the same.
+BURST_WAITS = 3
 
 # What the user is told when an attachment cannot be understood: one kind sentence, never silence.
 VOICE_UNHEARD = "I couldn't hear that voice note — could you type it?"
@@ -94,12 +97,15 @@ class MessageProcessor:
         self.transcription_model = transcription_model
         self.numbers = numbers
 
-    def process(self, message_id: int, final_attempt: bool = True, until: float | None = None) -> Outcome:
+    def process(self, message_id: int, final_attempt: bool = True, until: float | None = None,
+                coalesce_seconds: int = 0) -> Outcome:
         """Answer and deliver every outstanding message of this sender up to `message_id`, in order.
 
         Transient failures raise (so the job runs again) unless this is the final attempt, when the
         user gets the fallback reply instead of silence. `until` (a `clock()` time) is the job's
-        deadline: no AI call outlasts it, and no new one starts once it has passed.
+        deadline: no AI call outlasts it, and no new one starts once it has passed. With
+        `coalesce_seconds`, it first waits for the sender to pause that long, then answers each run
+        of plain messages (a burst, newer ones than `message_id` included) with one AI call and one reply.
         """
         outcome = Outcome()
         message = Message.get_or_none(Message.id == message_id)
@@ -107,7 +113,14 @@ class MessageProcessor:
             log.warning("message_id=%s not found; nothing to do", message_id)
             return outcome
         conversation = message.conversation
-        for question in Message.outstanding(conversation, message.id):
+        up_to = message.id
+        if coalesce_seconds:
+            up_to = self._wait_for_pause(conversation, message.id, coalesce_seconds, until)
+        outstanding = list(Message.outstanding(conversation, up_to))
+        answered_in_burst = set()
+        for position, question in enumerate(outstanding):
+            if question.id in answered_in_burst:
+                continue
             answer = question.current_answer()
             if answer is None and self.commands is not None:
                 handled = self.commands.handle(conversation, question)
@@ -143,9 +156,56 @@ class MessageProcessor:
             if answer is None:
                 if until is not None and self.clock() >= until - MIN_AI_SECONDS:
                     raise JobDeadlineReached(f"message_id={question.id} left for the next run of the job")
-                answer = self._answer(conversation, question, final_attempt, outcome, until)
+                burst = self._burst(outstanding[position:]) if coalesce_seconds else [question]
+                answered_in_burst.update(member.id for member in burst)
+                answer = self._answer(conversation, burst, final_attempt, outcome, until)
+                question = burst[-1]  # the one the answer replies to
+            self._remember_answered(conversation, answer)
             outcome.parts_sent += self._deliver(conversation, question, answer, final_attempt)
         return outcome
+
+    def _wait_for_pause(self, conversation: Conversation, message_id: int, quiet_seconds: int,
+                        until: float | None) -> int:
+        """Wait until the conversation's newest unanswered message is `quiet_seconds` old (at most
+        BURST_WAITS windows, and never into the time the answer needs); return the newest one's id."""
+        give_up_at = self.clock() + BURST_WAITS * quiet_seconds
+        if until is not None:
+            give_up_at = min(give_up_at, until - MIN_AI_SECONDS)
+        while True:
+            newest = Message.newest_pending(conversation)
+            if newest is None:
+                return message_id
+            left = min(quiet_seconds - (utcnow() - newest.created_at).total_seconds(), give_up_at - self.clock())
+            if left <= 0:
+                return max(message_id, newest.id)
+            # The conversation lock stays held (the sender's later jobs wait), the database connection not.
+            with connection_released():
+                time.sleep(left)
+
+    def _burst(self, questions: list[Message]) -> list[Message]:
+        """Return the first of `questions` with the plain ones right after it: what one answer answers.
+        A command, an attachment or a location ends a burst and is handled on its own."""
+        burst = questions[:1]
+        if self._plain(burst[0]):
+            for question in questions[1:]:
+                if question.status != Status.PENDING.value or not self._plain(question):
+                    break
+                burst.append(question)
+        return burst
+
+    def _plain(self, question: Message) -> bool:
+        """Whether `question` is only text the model reads as written (no command, attachment or location)."""
+        if question.metadata.get("media") or question.metadata.get("Latitude"):
+            return False
+        return self.commands is None or not self.commands.recognises(question.content)
+
+    def _remember_answered(self, conversation: Conversation, answer: Message) -> None:
+        """Put the user messages one reply answers (a burst's, an operator's) in the context window;
+        _deliver adds the reply itself, right after the last of them."""
+        answered = answer.metadata.get("answers", [])
+        if answered and answer.status == Status.UNSENT.value and not answer.metadata.get("canned"):
+            self.context.add_questions(conversation.id,
+                                       list(Message.select().where(Message.id.in_(answered)).order_by(Message.id)))
 
     def give_up(self, message_id: int, reason: str) -> Outcome:
         """Apologise for every unanswered message of this sender up to `message_id`: the job that
@@ -191,24 +251,29 @@ class MessageProcessor:
             .order_by(Message.id)
         )
         for unsent in unsent_replies:
-            answered = Message.select().where(Message.id.in_(unsent.metadata.get("answers", [])))
-            self.context.add_messages(conversation.id, [
-                ("user", remembered_text(question), float(question.id), question.id) for question in answered])
-            # _deliver adds the reply itself, right after the last message it answers.
+            self._remember_answered(conversation, unsent)
             outcome.parts_sent += self._deliver(conversation, unsent.reply_to, unsent, final_attempt)
         return outcome
 
-    def _answer(self, conversation: Conversation, question: Message, final_attempt: bool,
+    def _answer(self, conversation: Conversation, burst: list[Message], final_attempt: bool,
                 outcome: Outcome, until: float | None = None) -> Message:
+        """Answer the messages of `burst` (usually one) with one AI call; store the answer as the
+        reply to the last of them, every one marked answered with it."""
         started = self.clock()
+        first, question = burst[0], burst[-1]
+        context = f"message_id={question.id} sender={mask_phone(conversation.user_phone)}"
         try:
             adapter = self.ai_factory.current(self.assistant_of(conversation).ai_configuration_id)
-            turn = self._read_attachments(conversation, question, adapter, final_attempt, until)
+            if len(burst) > 1:
+                # Plain messages only (see _burst): one user turn, each message on its own line.
+                turn = UserTurn("\n".join(prompt_text(member) for member in burst))
+            else:
+                turn = self._read_attachments(conversation, question, adapter, final_attempt, until)
             if isinstance(turn, Message):
                 return turn
             prompt = (
                 [{"role": "system", "content": adapter.settings.system_prompt}]
-                + self.context.get_history(conversation, before_message_id=question.id)
+                + self.context.get_history(conversation, before_message_id=first.id)
                 + [{"role": "user", "content": turn.content}]
             )
             # Waiting on the model can take many seconds: hold no database connection meanwhile.
@@ -218,17 +283,23 @@ class MessageProcessor:
             metrics.count_ai_failure(error)
             if error.retryable and not final_attempt:
                 raise
-            self.errors.handle(Category.AI, error,
-                               f"message_id={question.id} sender={mask_phone(conversation.user_phone)}")
+            self.errors.handle(Category.AI, error, context)
             outcome.failed += 1
-            return self._apologise(conversation, question, str(error), Category.AI)
+            with database.atomic():
+                # One apology for the whole burst; `flask retry-failed` puts every message of it back.
+                Message.update(status=Status.FAILED.value, error=str(error)).where(
+                    Message.id.in_([member.id for member in burst[:-1]])).execute()
+                return self._apologise(conversation, question, str(error), Category.AI)
         latency_ms = (self.clock() - started) * 1000
         metrics.record_ai_reply(reply, latency_ms / 1000)
         usage = reply.usage
         text = to_whatsapp(clean_text(reply.text).text)
-        if question.metadata.get("trimmed"):
+        if any(member.metadata.get("trimmed") for member in burst):
             text = TRIMMED_NOTE.format(limit=self.max_inbound_chars) + "\n\n" + text
-        text = self._greeted(conversation, question, text)
+        text = self._greeted(conversation, first, text)
+        metadata = {"ai_source": adapter.settings.source, "requested_model": adapter.settings.model}
+        if len(burst) > 1:
+            metadata["answers"] = [member.id for member in burst]
         with database.atomic():
             answer = Message.create(
                 conversation=conversation,
@@ -243,14 +314,16 @@ class MessageProcessor:
                 latency_ms=latency_ms,
                 # None when a provider reported no cost: an unknown cost is not a zero one.
                 cost=total_cost(usage.get("cost"), turn.media_cost),
-                metadata={"ai_source": adapter.settings.source, "requested_model": adapter.settings.model},
+                metadata=metadata,
             )
-            question.status = Status.ANSWERED.value
-            question.save()
+            for member in burst:
+                # save(), not a status update: reading an attachment may have added a transcript.
+                member.status = Status.ANSWERED.value
+                member.save()
         conversation.touch()
-        outcome.answered += 1
-        log.info("message_id=%s answered model=%s tokens=%s latency_ms=%.0f",
-                 question.id, reply.model, usage.get("total_tokens"), latency_ms)
+        outcome.answered += len(burst)
+        log.info("message_id=%s answered model=%s tokens=%s latency_ms=%.0f burst=%d",
+                 question.id, reply.model, usage.get("total_tokens"), latency_ms, len(burst))
         return answer
 
     def _read_attachments(self, conversation: Conversation, question: Message, adapter: OpenRouterAdapter,
@@ -395,10 +468,17 @@ class MessageProcessor:
                 ReplyPart.record(answer.id, number, sid)
 
         unconfirmed = answer.sending_since if answer.sending_part == answer.parts_sent + 1 else None
+        window = conversation.service_window()
+        past_window = window.is_closed()
         try:
-            self.whatsapp.send(conversation.user_phone, answer.content, already_sent=answer.parts_sent,
-                               on_part_sent=record_part, before_part=note_intent, unconfirmed_since=unconfirmed,
-                               from_number=conversation.number)
+            if not past_window and not self._send_free_form(conversation, answer, unconfirmed, note_intent,
+                                                            record_part):
+                # Twilio refused a part outright for the window: it took nothing there is to ask about.
+                past_window, unconfirmed = True, None
+            if past_window and not self._send_past_window(conversation, answer, window,
+                                                          answer.parts_sent + len(sent), unconfirmed,
+                                                          note_intent, record_part):
+                return len(sent)
         except WhatsAppError as error:
             metrics.count_send(error)
             if error.status is not None:
@@ -416,6 +496,62 @@ class MessageProcessor:
             return len(sent)
         Message.update(status=Status.SENT.value).where(Message.id == answer.id).execute()
         return len(sent)
+
+    def _send_free_form(self, conversation: Conversation, answer: Message, unconfirmed: datetime | None,
+                        note_intent: Callable[[int], None], record_part: Callable[[int, str], None]) -> bool:
+        """Send what is left of `answer` as ordinary messages; return False when Twilio refused it for
+        WhatsApp's 24-hour window (its clock may close the window a little before ours)."""
+        try:
+            self.whatsapp.send(conversation.user_phone, answer.content, already_sent=answer.parts_sent,
+                               on_part_sent=record_part, before_part=note_intent, unconfirmed_since=unconfirmed,
+                               from_number=conversation.number)
+        except WhatsAppError as error:
+            if error.code != WINDOW_CLOSED_CODE:
+                raise
+            metrics.count_send(error)
+            Message.update(sending_part=None, sending_since=None).where(Message.id == answer.id).execute()
+            log.info("message_id=%s refused by Twilio: outside the 24-hour window", answer.id)
+            return False
+        return True
+
+    def _send_past_window(self, conversation: Conversation, answer: Message, window: ServiceWindow,
+                          already_sent: int, unconfirmed: datetime | None, note_intent: Callable[[int], None],
+                          record_part: Callable[[int, str], None]) -> bool:
+        """Send what is left of `answer` as the number's approved template, the one message WhatsApp
+        takes past the 24-hour window; with no template, mark it outside_window with the fix (it is
+        never retried). Return whether it went."""
+        assistant = self.assistant_of(conversation)
+        if not assistant.template_sid:
+            reason = outside_window_reason(window, assistant.address or self.whatsapp.from_number,
+                                           default_number=not assistant.key)
+            Message.update(status=Status.OUTSIDE_WINDOW.value, error=reason, sending_part=None,
+                           sending_since=None).where(Message.id == answer.id).execute()
+            log.warning("message_id=%s sender=%s not sent: outside the 24-hour window and no template",
+                        answer.id, mask_phone(conversation.user_phone))
+            self.errors.send_admin_alert(
+                f"whatsapp:outside_window:{assistant.key or 'default'}",
+                mask_phones_in(f"a reply on {assistant.label} is held (outside_window): {reason}"))
+            return False
+        number = already_sent + 1
+        note_intent(number)
+        sid = self.whatsapp.send_template(conversation.user_phone, assistant.template_sid,
+                                          self.whatsapp.unsent_text(answer.content, already_sent),
+                                          unconfirmed_since=unconfirmed, from_number=conversation.number)
+        record_part(number, sid)
+        Message.update(metadata={**answer.metadata, "template": assistant.template_sid}).where(
+            Message.id == answer.id).execute()
+        log.info("message_id=%s sent past the 24-hour window as template %s", answer.id, assistant.template_sid)
+        return True
+
+
+def outside_window_reason(window: ServiceWindow, address: str, default_number: bool) -> str:
+    """Say, for the operator, why a reply was not sent past the 24-hour window and how to fix it."""
+    last = window.last_user_message_at
+    when = f"was at {last:%Y-%m-%d %H:%M} UTC" if last else "is not on record"
+    setting = "WINDOW_TEMPLATE_SID or " if default_number else ""
+    return (f"outside WhatsApp's 24-hour window: the user's last message {when}; configure an approved "
+            f"template ({setting}`flask numbers update {address} --template HX…`) or wait for the user "
+            "to write again")
 
 
 def prompt_text(question: Message) -> str:

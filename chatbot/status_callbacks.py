@@ -7,16 +7,15 @@ from flask import Blueprint, current_app, request
 
 from chatbot.models import ReplyPart
 from chatbot.webhook import MalformedWebhook, _fields, _refuse, acknowledge_status, signature_problem
-from chatbot.whatsapp import PERMANENT_CODES, STATUS_CALLBACK_PATH
+from chatbot.whatsapp import PERMANENT_CODES, STATUS_CALLBACK_PATH, WINDOW_CLOSED_CODE
 
 bp = Blueprint("status_callbacks", __name__)
-
-OUTSIDE_WINDOW = 63016
 # What the operator can do about a part that failed for good, by Twilio error code (as in
 # docs/troubleshooting.md); a permanent code not listed gets the generic advice.
 FIXES = {
-    OUTSIDE_WINDOW: ("Outside the 24-hour customer-service window. The user must write again before the bot "
-                     "can reply; messages outside the 24-hour window need approved templates."),
+    WINDOW_CLOSED_CODE: ("Outside the 24-hour customer-service window. The user must write again before the "
+                         "bot can reply freely; configure an approved template (WINDOW_TEMPLATE_SID, or per "
+                         "number with flask numbers update) to reach them meanwhile."),
     20003: "Twilio refused the credentials: TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN must belong together.",
     21211: "The user's number is not a valid WhatsApp address; check the webhook log for the From Twilio sent.",
     21408: "This Twilio account may not send to the user's region; enable it in Twilio's geo permissions.",

@@ -40,8 +40,10 @@ CLEANUP_JOB = "cleanup-expired-conversations"
 SWEEP_JOB = "sweep-pending-messages"
 # Far longer than any job of a sender waits or runs; renewed by each of their messages.
 RATE_LIMIT_CONFIG_TTL = 7 * 86400
-# Past Twilio's 24-hour session window a reply can no longer be sent as a normal message.
-RESEND_HORIZON = timedelta(hours=24)
+# How long the sweeper keeps trying to send an answer. Past WhatsApp's 24-hour window the processor
+# sends it as the number's approved template (or marks it outside_window); only an answer still
+# unsent after this long, with Twilio failing all the while, is given up.
+RESEND_HORIZON = timedelta(days=7)
 
 _services = None
 
@@ -100,7 +102,8 @@ def enqueue_processing(queue: Queue, message_id: int, sender: str) -> Job:
 
 
 def process_message(message_id: int) -> dict:
-    """Answer and deliver a stored user message (and any older one of the same sender)."""
+    """Answer and deliver a stored user message (and any older one of the same sender; with
+    COALESCE_SECONDS, the newer ones that arrive before the sender pauses too)."""
     services = current_services()
     until = time.monotonic() + JOB_DEADLINE
     job = get_current_job()
@@ -122,7 +125,8 @@ def process_message(message_id: int) -> dict:
                 outcome = services.processor.give_up(message_id, f"gave up after {limit} attempts")
             else:
                 final_attempt = job is None or not job.retries_left or attempt == limit
-                outcome = services.processor.process(message_id, final_attempt=final_attempt, until=until)
+                outcome = services.processor.process(message_id, final_attempt=final_attempt, until=until,
+                                                     coalesce_seconds=services.config.coalesce_seconds)
     metrics.count_job(outcome, gave_up=attempt > limit)
     return asdict(outcome)
 

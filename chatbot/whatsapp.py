@@ -1,6 +1,7 @@
 """WhatsAppClient: split long replies and send them in order through the twilio SDK."""
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -28,6 +29,15 @@ RECENT_MESSAGES = 20
 # Twilio error codes that no retry can fix: bad credentials, bad or non-WhatsApp recipient,
 # the 24-hour session window closed, body too long, blocked or unsubscribed recipient.
 PERMANENT_CODES = {20003, 20404, 21211, 21408, 21610, 21614, 21617, 63003, 63016, 63024, 63032}
+# Twilio's refusal of a free-form message once the user's last one is more than 24 hours old.
+WINDOW_CLOSED_CODE = 63016
+# WhatsApp caps a template's body at 1,024 characters, its own words included, and Twilio caps a
+# variable at its field's maximum: this leaves the template 124 characters of its own.
+TEMPLATE_VARIABLE_LIMIT = 900
+TEMPLATE_CUT_NOTE = "…"
+# What WhatsApp refuses in a template variable (Twilio error 21656): a newline, a tab, or more than
+# four spaces in a row. Each such run of whitespace becomes one space.
+_VARIABLE_BREAKS = re.compile(r"\s*[^\S ]\s*| {5,}")
 # Where on this service Twilio reports how far each sent part got (its StatusCallback).
 STATUS_CALLBACK_PATH = "/whatsapp/status"
 # The typing indicator is a courtesy: it waits this long at most, and the answer never waits for it.
@@ -108,6 +118,15 @@ def _code_aware_cut(text: str, limit: int, in_code: bool) -> tuple[int, bool]:
         return fences[-1], False
     cut = _cut_point(text, limit - utf16_length(FENCE_CLOSE))
     return cut, _ends_in_code(text[:cut], in_code)
+
+
+def template_variable(text: str, limit: int = TEMPLATE_VARIABLE_LIMIT) -> str:
+    """Make `text` acceptable as a WhatsApp template variable: one line, no run of more than four
+    spaces, at most `limit` UTF-16 units (cut where a part would be cut, marked with "…")."""
+    flat = _VARIABLE_BREAKS.sub(" ", text).strip()
+    if utf16_length(flat) <= limit:
+        return flat
+    return flat[:_cut_point(flat, limit - utf16_length(TEMPLATE_CUT_NOTE))].rstrip() + TEMPLATE_CUT_NOTE
 
 
 def split_message(text: str, limit: int = WHATSAPP_LIMIT, max_parts: int | None = None) -> list[str]:
@@ -219,6 +238,29 @@ class WhatsAppClient:
         When an attempt ends without Twilio's answer (a timeout, a dropped connection), Twilio may
         have taken the message: the next attempt first looks for it among the messages sent to `to`.
         """
+        return self._create_once(to, body, unconfirmed_since, from_number, body=body)
+
+    def send_template(self, to: str, template_sid: str, text: str, unconfirmed_since: datetime | None = None,
+                      from_number: str = "") -> str:
+        """Send `text` as the one variable ({{1}}) of the approved template `template_sid`, the only kind
+        of message WhatsApp takes past the 24-hour window, exactly once as send_part does; return
+        Twilio's MessageSid. The text is made fit for a variable first (see template_variable)."""
+        variable = template_variable(text)
+        return self._create_once(to, variable, unconfirmed_since, from_number, in_template=True,
+                                 content_sid=template_sid,
+                                 content_variables=json.dumps({"1": variable}, ensure_ascii=False))
+
+    def unsent_text(self, body: str, already_sent: int) -> str:
+        """Return what of `body` is left once its first `already_sent` parts have gone out."""
+        if not already_sent:
+            return body
+        return "\n\n".join(split_message(body, max_parts=self.max_parts)[already_sent:])
+
+    def _create_once(self, to: str, text: str, unconfirmed_since: datetime | None, from_number: str,
+                     in_template: bool = False, **content) -> str:
+        """Have Twilio take one message of `content` (body, or a template and its variables) for `to`,
+        retrying what is transient and asking Twilio, after an attempt without an answer, whether it
+        took the message (found by `text`) before trying again; return its MessageSid."""
         from_number = from_number or self.from_number
         if self._client is None or not from_number:
             raise WhatsAppError(
@@ -231,11 +273,11 @@ class WhatsAppClient:
         def attempt() -> str:
             nonlocal unsure
             if unsure:
-                sid = self.find_sent(to, body, since, from_number)
+                sid = self.find_sent(to, text, since, from_number, in_template=in_template)
                 if sid:
                     return sid
             try:
-                return self._client.messages.create(to=to, from_=from_number, body=body,
+                return self._client.messages.create(to=to, from_=from_number, **content,
                                                     status_callback=self.status_callback or values.unset).sid
             except (TwilioException, requests.RequestException) as exc:
                 error = _as_whatsapp_error(exc)
@@ -245,9 +287,12 @@ class WhatsAppClient:
         return with_retries(attempt, attempts=self.attempts, backoff=self.backoff, sleep=self.sleep,
                             label="twilio send")
 
-    def find_sent(self, to: str, body: str, since: datetime, from_number: str = "") -> str | None:
+    def find_sent(self, to: str, body: str, since: datetime, from_number: str = "",
+                  in_template: bool = False) -> str | None:
         """Return the sid of a message with exactly this body that Twilio took for `to` from
-        `from_number` (empty: the default number) since `since` (less CLOCK_SKEW), or None."""
+        `from_number` (empty: the default number) since `since` (less CLOCK_SKEW), or None.
+        `in_template`: `body` went as a template's variable, so Twilio's copy holds it among the
+        template's own words."""
         since = (since if since.tzinfo else since.replace(tzinfo=timezone.utc)) - CLOCK_SKEW
         try:
             recent = self._client.messages.list(to=to, from_=from_number or self.from_number, limit=RECENT_MESSAGES)
@@ -264,7 +309,7 @@ class WhatsAppClient:
         for message in recent:  # newest first
             if message.date_created is not None and message.date_created < since:
                 break
-            if message.body == body:
+            if (body in (message.body or "")) if in_template else message.body == body:
                 log.info("twilio already took message_sid=%s; not sending it again", message.sid)
                 return message.sid
         return None

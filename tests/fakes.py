@@ -228,6 +228,8 @@ class FakeOpenRouter(FakeServer):
 
 # Twilio's messaging host (messaging.twilio.com), served by the same fake as the API host.
 TYPING_PATH = "/v2/Indicators/Typing.json"
+# The approved template's own words, as Twilio renders a template message's body with its variable.
+TEMPLATE_TEXT = "Sorry for the wait — here is the answer to your earlier message: {{1}}"
 
 
 class FakeTwilio(FakeServer):
@@ -251,6 +253,9 @@ class FakeTwilio(FakeServer):
         self.typing_answers: deque[Scripted] = deque()
         # Twilio's media storage: another host, where a media URL redirects.
         self.storage = FakeMediaStorage()
+        # Recipients whose 24-hour window Twilio considers closed: a free-form message to one of them
+        # is refused with 63016, a template message is taken.
+        self.closed_windows: set[str] = set()
 
     def start(self) -> "FakeTwilio":
         self.storage.start()
@@ -322,11 +327,16 @@ class FakeTwilio(FakeServer):
             account = parts[3]
             sid = "SM" + uuid.uuid4().hex
             form = request.body
+            if form.get("To") in self.closed_windows and not form.get("ContentSid"):
+                return self.error(400, 63016, "Failed to send freeform message because you are outside the "
+                                              "allowed window. If you want to send messages outside the window, "
+                                              "please use a Template.")
             message = {
                 "sid": sid, "account_sid": account, "to": form.get("To"), "from": form.get("From"),
-                "body": form.get("Body"), "status": "queued", "num_segments": "1", "direction": "outbound-api",
-                "api_version": "2010-04-01", "date_created": formatdate(usegmt=True),
+                "body": self.rendered_body(form), "status": "queued", "num_segments": "1",
+                "direction": "outbound-api", "api_version": "2010-04-01", "date_created": formatdate(usegmt=True),
                 "uri": f"/2010-04-01/Accounts/{account}/Messages/{sid}.json",
+                "content_sid": form.get("ContentSid"), "content_variables": form.get("ContentVariables"),
             }
             with self.lock:
                 self.accepted.append(message)
@@ -355,6 +365,13 @@ class FakeTwilio(FakeServer):
             return Scripted(200, {"sid": account, "friendly_name": "Test account", "status": "active",
                                   "type": "Full", "uri": f"/2010-04-01/Accounts/{account}.json"})
         return super().default_answer(request)
+
+    @staticmethod
+    def rendered_body(form: dict) -> str | None:
+        """The body Twilio reports for a message: its Body, or a template's text with its variable in."""
+        if not form.get("ContentSid"):
+            return form.get("Body")
+        return TEMPLATE_TEXT.replace("{{1}}", json.loads(form["ContentVariables"])["1"])
 
     @property
     def typing_indicators(self) -> list[dict]:
