@@ -4,10 +4,12 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import urlparse
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cryptography.fernet import Fernet
 from dotenv import dotenv_values
@@ -154,12 +156,23 @@ class Config:
     # Empty turns /metrics off (404).
     metrics_token: str = field(default="", repr=False)
     metrics_dir: str = DEFAULT_METRICS_DIR
+    # The IANA zone the admin dashboard counts hours and days in, and names beside its times.
+    admin_timezone: str = "UTC"
 
     @classmethod
     def from_env(cls, environ: dict | None = None, dotenv_path: str | Path | None = None,
                  serving_web: bool = False) -> "Config":
         """Read `.env` and the environment (which wins), validate, and return typed settings."""
         return cls.from_mapping(_environment(dotenv_path) if environ is None else environ, serving_web=serving_web)
+
+    @classmethod
+    def from_env_or_exit(cls, serving_web: bool = False) -> "Config":
+        """Read the settings as a process starts; invalid ones end it with their list, one line each
+        (exit status 1), not a traceback that would bury what to fix."""
+        try:
+            return cls.from_env(serving_web=serving_web)
+        except ConfigError as error:
+            sys.exit(str(error))
 
     @classmethod
     def metrics_dir_from_env(cls) -> str:
@@ -239,6 +252,7 @@ class Config:
             "budget_monthly": reader.amount("BUDGET_MONTHLY"),
             "metrics_token": reader.text("METRICS_TOKEN"),
             "metrics_dir": reader.text("PROMETHEUS_MULTIPROC_DIR", default=cls.metrics_dir),
+            "admin_timezone": reader.time_zone("ADMIN_TIMEZONE", cls.admin_timezone),
         }
         # Without it the web process would check Twilio's signatures against the host the client names.
         if serving_web and not settings["public_base_url"]:
@@ -400,6 +414,19 @@ class _Reader:
             self.problems.append(f"{name} {problem}, got {raw!r}")
             return None
         return float(raw)
+
+    def time_zone(self, name: str, default: str) -> str:
+        """Read an IANA time zone name such as Europe/Berlin, one Python's zoneinfo knows."""
+        value = self._raw(name)
+        if not value:
+            return default
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            self.problems.append(f"{name} must be an IANA time zone name such as UTC, Europe/Berlin or "
+                                 f"America/New_York, got {value!r}")
+            return default
+        return value
 
     def pattern(self, name: str, shape: re.Pattern, description: str) -> str:
         value = self._raw(name)

@@ -41,9 +41,11 @@ control_socket_disable = True
 
 
 def on_starting(server):
-    """Before any worker starts (they inherit it): each counts into its own files in PROMETHEUS_MULTIPROC_DIR,
-    and /metrics, served by any of them, adds them up. The files of an earlier run's processes go; a
-    running worker.py keeps its own."""
+    """Before any worker starts: refuse to start on invalid settings, listing them (every worker
+    would otherwise fail on them with a traceback). Then, for the workers to inherit: each counts into
+    its own files in PROMETHEUS_MULTIPROC_DIR, and /metrics, served by any of them, adds them up. The
+    files of an earlier run's processes go; a running worker.py keeps its own."""
+    Config.from_env_or_exit(serving_web=True)
     metrics.share_between_processes(Config.metrics_dir_from_env(), remove_stale=True)
 
 

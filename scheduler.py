@@ -64,7 +64,7 @@ class SelfHealingScheduler(Scheduler):
 
 def main() -> None:
     configure_logging()
-    services = build_services(Config.from_env())
+    services = build_services(Config.from_env_or_exit())
     while True:
         try:
             # A new instance (a new name) each time: the last one's registration may still be in Redis.

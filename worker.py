@@ -47,7 +47,7 @@ def main() -> None:
     configure_logging()
     # The minute sweep runs all day; it speaks (as a warning) only when it finds work.
     logging.getLogger("rq.worker").addFilter(RoutineWorkerLines((tasks.SWEEP_JOB, "sweep_pending_messages()")))
-    config = Config.from_env()
+    config = Config.from_env_or_exit()
     # Counted into the folder the web's /metrics reads, when they share a machine.
     metrics.share_between_processes(config.metrics_dir)
     worker = build_worker(build_services(config))

@@ -32,6 +32,8 @@ def create_app(config: Config | None = None, services=None) -> Flask:
     app.register_blueprint(webhook.bp)
     app.register_blueprint(status_callbacks.bp)
     app.register_blueprint(metrics.bp)
+    # Browsers ask for /favicon.ico whatever a page links to.
+    app.add_url_rule("/favicon.ico", "favicon", lambda: app.send_static_file("favicon.svg"))
     admin.build_admin(app)
     cli.init_app(app)
     configure_logging()
@@ -48,6 +50,7 @@ def create_config_error_app(error: ConfigError) -> Flask:
 
     @app.before_request
     def refuse():
-        return Response("The settings are invalid; run `flask check-config`.\n", status=503, mimetype="text/plain")
+        return Response("The settings are invalid; run `.venv/bin/flask check-config`.\n", status=503,
+                        mimetype="text/plain")
 
     return app

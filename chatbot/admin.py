@@ -5,30 +5,51 @@ import json
 import logging
 import math
 import uuid
+from datetime import timedelta
+from urllib.parse import parse_qsl
 
-from flask import abort, current_app, flash, g, redirect, request, session, url_for
+from flask import (
+    abort,
+    current_app,
+    flash,
+    g,
+    get_template_attribute,
+    make_response,
+    redirect,
+    request,
+    session,
+    url_for,
+)
 from flask_admin import Admin, AdminIndexView, BaseView, expose
 from flask_admin.actions import action
 from flask_admin.contrib.peewee import ModelView
-from flask_admin.contrib.peewee.filters import FilterEqual
+from flask_admin.contrib.peewee.filters import FilterEqual, IntEqualFilter
 from flask_admin.form import SecureForm
 from flask_admin.model.template import TemplateLinkRowAction
 from flask_admin.theme import Bootstrap4Theme
 from markupsafe import Markup
-from peewee import SQL, PeeweeException, fn
+from peewee import SQL, PeeweeException
 from redis.exceptions import RedisError
 from wtforms import PasswordField, SelectField
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import InputRequired, Length, ValidationError
 
-from chatbot import auth, playground, tasks
+from chatbot import auth, cli_checks, playground, tasks
 from chatbot.access import MODE_KEY, NOTICE_KEY, parse_numbers
 from chatbot.ai import split_slugs
 from chatbot.budgets import MONTHLY_SETTING, OVERRIDES_TTL, SENDER_DAILY_SETTING, day_start, month_start
 from chatbot.crypto import SecretDecryptionError
-from chatbot.dashboard import compute_stats
+from chatbot.dashboard import DEFAULT_PERIOD, PERIODS, chart_data, compute_stats, links, queue_health
+from chatbot.error_explanations import (
+    NOT_ANSWERED,
+    OUTSIDE_WINDOW_CODE,
+    Explanation,
+    explain_stored_error,
+    twilio_error,
+)
 from chatbot.errors import AIError, SenderBusy
 from chatbot.models import (
+    DELIVERY_FAILURES,
     AccessEntry,
     AdminUser,
     AIConfiguration,
@@ -36,6 +57,7 @@ from chatbot.models import (
     Message,
     OptOut,
     ReplyPart,
+    Role,
     Setting,
     Status,
     WebhookLog,
@@ -43,7 +65,9 @@ from chatbot.models import (
     utcnow,
 )
 from chatbot.redact import mask_phone, mask_phones_in
+from chatbot.security import DASHBOARD_CSP
 from chatbot.status_callbacks import delivery_fixes
+from chatbot.webhook import CHECKED_AGAINST
 from config import ACCESS_MODES, amount_problem, whatsapp_address
 
 log = logging.getLogger(__name__)
@@ -97,8 +121,22 @@ class PanelIndexView(LoginRequired, AdminIndexView):
     def index(self):
         # ?number=<conversation key> shows one number's figures ("" is the default number's); none, all.
         number = request.args.get("number")
-        return self.render("chatbot_admin/dashboard.html", stats=compute_stats(number=number),
+        period = request.args.get("period") if request.args.get("period") in PERIODS else DEFAULT_PERIOD
+        stats = compute_stats(number=number, period=period, zone=services().config.admin_timezone)
+        try:
+            queue = queue_health(services().queue)
+        except RedisError as failure:
+            log.error("dashboard queue figures unavailable: %s", failure)
+            queue = None
+        figure_links = links(stats, number)
+        page = self.render("chatbot_admin/dashboard.html", stats=stats, queue=queue, links=figure_links,
+                           charts=chart_data(stats, figure_links), periods=PERIODS, period=period,
+                           default_period=DEFAULT_PERIOD,
                            numbers=number_labels(), chosen=number)
+        response = make_response(page)
+        # This page runs only our own script files; Flask-Admin's list and form pages need inline ones.
+        response.headers["Content-Security-Policy"] = DASHBOARD_CSP
+        return response
 
     @expose("/login/", methods=("GET", "POST"))
     def login_view(self):
@@ -188,6 +226,40 @@ def _when(view, context, model, name):
     return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
 
 
+def status_badge(status: str) -> Markup:
+    """The status as its coloured badge: the one macro every page uses."""
+    return get_template_attribute("chatbot_admin/badges.html", "status_badge")(status)
+
+
+def _status_badge(view, context, model, name):
+    return status_badge(getattr(model, name))
+
+
+def shortened(text: str | None, limit: int = 80) -> str:
+    """`text` on one line, phone numbers masked, cut to `limit` characters."""
+    line = " ".join(masked(text).split())
+    return line if len(line) <= limit else line[:limit - 1] + "…"
+
+
+def explanation_of(message: Message, failed_parts=()) -> Explanation | None:
+    """Say in plain words what went wrong with `message` and the fix, or None when nothing is known."""
+    if message.status == Status.OUTSIDE_WINDOW.value:
+        return twilio_error(OUTSIDE_WINDOW_CODE)
+    if failed_parts:
+        return twilio_error(failed_parts[0].error_code)
+    return explain_stored_error(message.error)
+
+
+def failed_parts_of(message_ids) -> dict[int, list[ReplyPart]]:
+    """Return the failed or undelivered parts of these messages by message id, in sending order."""
+    parts: dict[int, list[ReplyPart]] = {}
+    for part in (ReplyPart.select()
+                 .where(ReplyPart.message.in_(list(message_ids)), ReplyPart.status.in_(DELIVERY_FAILURES))
+                 .order_by(ReplyPart.message, ReplyPart.number)):
+        parts.setdefault(part.message_id, []).append(part)
+    return parts
+
+
 class ModelRule:
     """A form field validated by its model's own rule for it (`field_problem`), with the same message."""
 
@@ -226,8 +298,8 @@ class NumberChoices:
 class NumberFilter(FilterEqual):
     """Conversations with one of the numbers, chosen by its label."""
 
-    def __init__(self):
-        super().__init__(Conversation.number, "Number")
+    def __init__(self, column=Conversation.number):
+        super().__init__(column, "Number")
 
     def get_options(self, view):
         # Flask-Admin asks once, when the panel is built: a number added since must show up all the same.
@@ -235,6 +307,16 @@ class NumberFilter(FilterEqual):
 
     def clean(self, value):
         return "" if value == DEFAULT_NUMBER_CHOICE else value
+
+
+class MessageNumberFilter(NumberFilter):
+    """Messages of conversations with one of the numbers (as the conversations' Number filter)."""
+
+    def __init__(self):
+        super().__init__(Message.conversation)
+
+    def apply(self, query, value):
+        return query.where(Message.on_number(value))
 
 
 class AIConfigurationView(PanelModelView):
@@ -277,6 +359,8 @@ class AIConfigurationView(PanelModelView):
             description="Write-only. Leave blank to keep the stored key.",
         )
     }
+    # A system prompt runs to paragraphs: show a dozen lines of it at once.
+    form_widget_args = {"system_prompt": {"rows": 12}}
 
     @staticmethod
     def masked_key(model: AIConfiguration) -> str:
@@ -329,14 +413,61 @@ class AIConfigurationView(PanelModelView):
         if not form.validate() or ai_config is None:
             flash("The request expired; please try again.", "error")
             return redirect(self.get_url(".index_view"))
+        factory = services().ai_factory
         try:
-            factory = services().ai_factory
-            details = factory.adapter(factory.settings_for(ai_config), attempts=1).validate_credentials()
-            label = details.get("label") or "key"
-            flash(f"Connection OK for {ai_config.name}: {label} accepted by OpenRouter.", "success")
+            settings = factory.settings_for(ai_config)
         except (AIError, SecretDecryptionError) as error:
-            flash(f"Connection failed for {ai_config.name}: {error}", "error")
+            flash(f"Connection failed for {ai_config.name}: {error}; enter the API key again (Edit).", "error")
+            return redirect(self.get_url(".index_view"))
+        # The checks of `flask ai-config test`: the key, then the model slug against OpenRouter's list.
+        checks = cli_checks.openrouter_checks(factory, settings=settings)
+        found = "; ".join(f"{check.label}: {check.detail}" for check in checks)
+        if any(check.failed for check in checks):
+            flash(f"Connection failed for {ai_config.name}: {found}. Correct the API key or the model (Edit).",
+                  "error")
+        else:
+            flash(f"Connection OK for {ai_config.name}: {found}.", "success")
         return redirect(self.get_url(".index_view"))
+
+
+def is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
+def failure_badge(failures: int) -> Markup | str:
+    if not failures:
+        return ""
+    return Markup('<span class="badge badge-danger failure-badge">{} failed</span>').format(failures)
+
+
+def reply_time(answer: Message, question: Message | None) -> str:
+    """How long the user waited for `answer`: from their question stored to its last part taken by Twilio."""
+    if question is None or answer.sent_at is None:
+        return "—"
+    return f"{(answer.sent_at - question.created_at).total_seconds():.1f} s"
+
+
+def transcript_of(conversation: Conversation) -> dict:
+    """Return the transcript's messages with, by message id, the questions each answer answers, its
+    end-to-end reply time, its reply parts and what went wrong with it in plain words."""
+    transcript = list(Message.select().where(Message.conversation == conversation).order_by(Message.id))
+    by_id = {message.id: message for message in transcript}
+    parts = ReplyPart.of_conversation(conversation)
+    questions, reply_times, explanations = {}, {}, {}
+    for message in transcript:
+        failed = [part for part in parts.get(message.id, []) if part.status in DELIVERY_FAILURES]
+        explanations[message.id] = explanation_of(message, failed)
+        if message.role == Role.ASSISTANT.value and message.reply_to_id is not None:
+            # A burst's answer replies to its last question and lists every one it answers.
+            answered = message.metadata.get("answers") or [message.reply_to_id]
+            questions[message.id] = [by_id[question_id] for question_id in answered if question_id in by_id]
+            reply_times[message.id] = reply_time(message, by_id.get(message.reply_to_id))
+    return {"transcript": transcript, "parts": parts, "questions": questions, "reply_times": reply_times,
+            "explanations": explanations}
 
 
 class ConversationView(PanelModelView):
@@ -348,12 +479,15 @@ class ConversationView(PanelModelView):
     can_edit = False
     can_delete = True
     can_view_details = True
-    column_list = ("user_phone", "profile_name", "number", "is_active", "paused_by", "waiting", "created_at",
-                   "updated_at")
-    column_labels = {"user_phone": "Phone", "profile_name": "Name", "number": "Number", "is_active": "Active",
+    column_list = ("user_phone", "profile_name", "number", "message_count", "last_message", "failures", "is_active",
+                   "paused_by", "waiting", "updated_at")
+    column_labels = {"user_phone": "Phone", "profile_name": "Name", "number": "Number", "message_count": "Messages",
+                     "last_message": "Last message", "failures": "Failures", "is_active": "Active",
                      "paused_by": "Taken over by", "waiting": "Waiting", "updated_at": "Last activity"}
     column_formatters = {"user_phone": _phone_with_delivery_flag, "created_at": _when, "updated_at": _when,
                          "waiting": lambda view, context, model, name: model.waiting or "",
+                         "last_message": lambda view, context, model, name: shortened(model.last_message),
+                         "failures": lambda view, context, model, name: failure_badge(model.failures),
                          # A number removed since is shown by its address.
                          "number": lambda view, context, model, name: context.get("number_labels", {}).get(
                              model.number, model.number)}
@@ -366,22 +500,18 @@ class ConversationView(PanelModelView):
     def get_query(self):
         """Conversations an operator has taken over first, then those with messages waiting for a
         person, then the most recently active (a column the operator sorts by replaces this order)."""
-        waiting = (
-            Message.select(fn.COUNT(Message.id))
-            .where(Message.conversation == Conversation.id, Message.status == Status.WAITING.value)
-        )
-        return (
-            Conversation.select(Conversation, waiting.alias("waiting"))
-            .order_by(Conversation.paused_at.is_null(), SQL("waiting").desc(), Conversation.updated_at.desc())
-        )
+        return Conversation.listed().order_by(Conversation.paused_at.is_null(), SQL("waiting").desc(),
+                                              Conversation.updated_at.desc())
+
+    def get_list_row_actions(self):
+        # Words, not bare icons; deleting asks on a page of its own rather than in a pop-up.
+        return [TemplateLinkRowAction("chatbot_row_actions.transcript", "Transcript"),
+                TemplateLinkRowAction("chatbot_row_actions.confirm_delete", "Delete")]
 
     def render(self, template, **kwargs):
         if template == self.details_template and kwargs.get("model") is not None:
-            kwargs["transcript"] = (
-                Message.select().where(Message.conversation == kwargs["model"]).order_by(Message.id)
-            )
+            kwargs.update(transcript_of(kwargs["model"]))
             kwargs["phone"] = _phone(self, None, kwargs["model"], "user_phone")
-            kwargs["parts"] = ReplyPart.of_conversation(kwargs["model"])
             kwargs["delivery_fix"] = delivery_fixes([kwargs["model"].id]).get(kwargs["model"].id)
         if template == self.list_template and kwargs.get("data"):
             kwargs["delivery_fixes"] = delivery_fixes([conversation.id for conversation in kwargs["data"]])
@@ -431,17 +561,46 @@ class ConversationView(PanelModelView):
                       "sends it once Redis is back.", "error")
         return self._back_to(conversation_id)
 
+    @expose("/reset/<conversation_id>/", methods=("POST",))
+    def reset_context_view(self, conversation_id):
+        if SecureForm(request.form).validate():
+            self.action_reset_context([conversation_id])
+        return self._back_to(conversation_id)
+
+    @expose("/deactivate/<conversation_id>/", methods=("POST",))
+    def deactivate_view(self, conversation_id):
+        if SecureForm(request.form).validate():
+            self.action_deactivate([conversation_id])
+        return self._back_to(conversation_id)
+
+    @expose("/delete/confirm/")
+    def confirm_delete_view(self):
+        ids = [conversation_id for conversation_id in request.args.getlist("id") if is_uuid(conversation_id)]
+        conversations = list(Conversation.listed().where(Conversation.id.in_(ids)).order_by(Conversation.updated_at))
+        if not conversations:
+            flash("Those conversations are gone already.", "error")
+            return redirect(self.get_url(".index_view"))
+        return self.render("chatbot_admin/conversation_delete.html", conversations=conversations,
+                           phone=lambda conversation: _phone(self, None, conversation, "user_phone"),
+                           return_url=auth.safe_next(request.args.get("url"), self.get_url(".index_view")))
+
+    @expose("/delete/confirmed/", methods=("POST",))
+    def delete_confirmed_view(self):
+        ids = [conversation_id for conversation_id in request.form.getlist("id") if is_uuid(conversation_id)]
+        if not SecureForm(request.form).validate():
+            flash("The request expired; please try again.", "error")
+        elif ids and self._delete_with_history(ids):
+            flash(f"Deleted {len(ids)} conversation(s) with their messages and webhook log entries.", "success")
+        return redirect(auth.safe_next(request.form.get("url"), self.get_url(".index_view")))
+
     def _back_to(self, conversation_id):
         return redirect(self.get_url(".details_view", id=conversation_id))
 
     def _handle_view(self, name, **kwargs):
         refused = super()._handle_view(name, **kwargs)
-        if refused is None and kwargs.get("conversation_id") is not None:
+        if refused is None and kwargs.get("conversation_id") is not None and not is_uuid(kwargs["conversation_id"]):
             # A malformed id in a takeover URL is a 404, not a database error.
-            try:
-                uuid.UUID(kwargs["conversation_id"])
-            except ValueError:
-                abort(404)
+            abort(404)
         return refused
 
     @action("reset_context", "Reset context", "Forget the AI context of the selected conversations?")
@@ -459,10 +618,9 @@ class ConversationView(PanelModelView):
         """Delete one conversation as `flask conversations delete` does (the delete button)."""
         return self._delete_with_history([model.id])
 
-    @action("delete", "Delete", "Delete the selected conversations, their messages and webhook log entries?")
+    @action("delete", "Delete")
     def action_delete(self, ids):
-        if self._delete_with_history(ids):
-            flash(f"Deleted {len(ids)} conversation(s) with their messages and webhook log entries.", "success")
+        return redirect(self.get_url(".confirm_delete_view", id=ids, url=request.form.get("url")))
 
     def _delete_with_history(self, ids) -> bool:
         # Flask-Admin's own delete would leave the context window and the webhook log entries,
@@ -571,6 +729,7 @@ class MessageView(PanelModelView):
         "content": lambda view, context, model, name: (
             model.content if len(model.content) <= 120 else model.content[:117] + "…"
         ),
+        "status": _status_badge,
         "latency_ms": lambda view, context, model, name: f"{model.latency_ms:.0f}" if model.latency_ms else "",
         "error": _masked_field,
         "metadata": _masked_field,
@@ -578,8 +737,21 @@ class MessageView(PanelModelView):
     column_details_exclude_list = ("twilio_sid",)
     column_searchable_list = ("content",)
     search_hint = "Message text"
-    column_filters = ("role", "status", "created_at", "model")
+    # Linked to by the dashboard and the Problems view as flt0_status_equals=failed,
+    # flt1_created_at_greater_than=2025-01-31 00:00:00 and flt2_number_equals=default.
+    column_filters = (
+        FilterEqual(Message.status, "Status", options=[(status.value, status.value) for status in Status]),
+        "created_at",
+        MessageNumberFilter(),
+        FilterEqual(Message.role, "Role", options=[(role.value, role.value) for role in Role]),
+        "model",
+    )
+    named_filter_urls = True
     column_default_sort = ("id", True)
+
+    def get_query(self):
+        # Each row shows its sender: read with the page, not one query a row.
+        return Message.select(Message, Conversation).join(Conversation)
 
 
 class OptOutView(PanelModelView):
@@ -594,6 +766,85 @@ class OptOutView(PanelModelView):
     column_default_sort = ("created_at", True)
 
 
+class LoggedValues:
+    """A webhook log column's distinct values as drop-down (value, label) pairs, read again each time
+    a page lists them: the log gains verdicts and statuses as requests arrive."""
+
+    def __init__(self, column):
+        self.column = column
+
+    def __iter__(self):
+        values = (
+            WebhookLog.select(self.column)
+            .where(self.column.is_null(False))
+            .distinct()
+            .order_by(self.column)
+            .tuples()
+        )
+        return iter([(str(value), str(value)) for (value,) in values])
+
+
+class LoggedValueFilter:
+    """A filter whose drop-down offers the values the log holds (Flask-Admin asks for options once)."""
+
+    def get_options(self, view):
+        return LoggedValues(self.column)
+
+
+class VerdictFilter(LoggedValueFilter, FilterEqual):
+    def __init__(self):
+        super().__init__(WebhookLog.verdict, "Verdict")
+
+
+class ResponseStatusFilter(LoggedValueFilter, IntEqualFilter):
+    def __init__(self):
+        super().__init__(WebhookLog.response_status, "Status")
+
+
+# A verdict's badge colour: green answered or acknowledged, amber held back, red refused or broken.
+VERDICT_BADGES = {
+    "allowed": "success", "status_callback": "success",
+    "sender_limited": "warning", "global_limited": "warning", "not_our_number": "warning",
+    "number_inactive": "warning", "from_ourselves": "warning",
+    "duplicate": "secondary", "redirected_to_https": "secondary",
+}
+
+
+def _verdict_badge(view, context, model, name):
+    if not model.verdict:
+        return ""
+    return Markup('<span class="badge badge-{}">{}</span>').format(
+        VERDICT_BADGES.get(model.verdict, "danger"), model.verdict)
+
+
+def webhook_fields(entry: WebhookLog) -> list[tuple[str, str]] | None:
+    """The fields of a logged request's body (Twilio's form, or its JSON variant), or None when the
+    body is neither."""
+    content_type = next((value for name, value in (entry.headers or {}).items()
+                         if name.lower() == "content-type"), "")
+    if "application/x-www-form-urlencoded" in content_type:
+        return parse_qsl(entry.body, keep_blank_values=True)
+    if "json" in content_type:
+        try:
+            payload = json.loads(entry.body)
+        except ValueError:
+            return None
+        if isinstance(payload, dict):
+            return [(name, value if isinstance(value, str) else json.dumps(value)) for name, value in payload.items()]
+    return None
+
+
+def _sender(view, context, model, name):
+    sender = dict(webhook_fields(model) or ()).get("From", "")
+    return sender if session.get(REVEAL_PHONES) else mask_phone(sender) if sender else ""
+
+
+def checked_url(entry: WebhookLog) -> str | None:
+    """The URL a refused signature was checked against, as the webhook recorded it in the error."""
+    _, found, rest = (entry.error or "").partition(CHECKED_AGAINST)
+    return rest.split()[0] if found and rest.split() else None
+
+
 class WebhookLogView(PanelModelView):
     """The webhook audit log (secrets redacted when stored); read-only."""
 
@@ -602,25 +853,29 @@ class WebhookLogView(PanelModelView):
     can_edit = False
     can_delete = False
     can_view_details = True
-    column_list = ("received_at", "method", "path", "response_status", "signature_valid", "processing_ms",
+    column_list = ("received_at", "sender", "verdict", "response_status", "signature_valid", "processing_ms",
                    "message_sid", "error")
     column_labels = {"response_status": "Status", "signature_valid": "Signature valid",
-                     "processing_ms": "Processing (ms)"}
+                     "processing_ms": "Processing (ms)", "remote_addr": "Remote address"}
     column_formatters = {
         "received_at": _when,
+        "sender": _sender,
+        "verdict": _verdict_badge,
         "processing_ms": lambda view, context, model, name: f"{model.processing_ms:.1f}",
         "error": _masked_field,
-        "body": _masked_field,
-        "headers": _masked_field,
     }
-    column_filters = ("response_status", "signature_valid", "received_at")
-    # Filters named in the URL (flt0_status_equals=403), not numbered: a link survives a new filter.
+    # Headers and body are shown once each, below the table, as tables of their own.
+    column_details_list = ("received_at", "verdict", "response_status", "signature_valid", "processing_ms",
+                           "message_sid", "error", "method", "path", "remote_addr")
+    column_filters = (VerdictFilter(), ResponseStatusFilter(), "signature_valid", "received_at")
+    # Filters named in the URL (flt0_verdict_equals=duplicate), not numbered: a link survives a new filter.
     named_filter_urls = True
     column_default_sort = ("id", True)
 
     def render(self, template, **kwargs):
-        if template == self.details_template and kwargs.get("model") is not None:
-            kwargs["headers_text"] = json.dumps(kwargs["model"].headers, indent=2, ensure_ascii=False)
+        entry = kwargs.get("model")
+        if template == self.details_template and entry is not None:
+            kwargs.update(fields=webhook_fields(entry), checked_url=checked_url(entry))
         return super().render(template, **kwargs)
 
 
@@ -776,6 +1031,102 @@ class SpendingView(LoginRequired, BaseView):
         return redirect(self.get_url(".index"))
 
 
+# A user message still unanswered this long after it was stored is stuck, not slow.
+STUCK_AFTER = timedelta(minutes=5)
+# The Problems view lists this many, newest first.
+PROBLEMS_SHOWN = 200
+
+
+def retry_blocker(message: Message, failed_parts) -> str | None:
+    """Say why retrying `message` cannot help (sending it again fails the same way), or None when it can."""
+    if message.role == Role.USER.value:
+        return None
+    explanation = explanation_of(message, failed_parts)
+    if explanation == twilio_error(OUTSIDE_WINDOW_CODE):
+        conversation = message.conversation
+        template = services().numbers.for_key(conversation.number).template_sid
+        if conversation.service_window().is_closed() and not template:
+            return ("The user last wrote more than 24 hours ago and this number has no approved template: "
+                    "retry once the user writes again, or after configuring a template.")
+        return None
+    if explanation is not None and not explanation.retry_helps:
+        return f"{explanation.meaning} {explanation.fix}"
+    if message.operator is None and message.reply_to_id is None:
+        return "This reply answers no stored message, so no job can send it again."
+    return None
+
+
+def retry_problem(message: Message) -> str:
+    """Put a problem message back in line as `flask retry-failed` and the sweeper do; say what was done.
+
+    Raises RedisError when the job could not be queued (the message is back in line all the same).
+    """
+    queue, phone = services().queue, message.conversation.user_phone
+    if message.role == Role.USER.value and message.status == Status.FAILED.value:
+        Message.put_back_in_line([message.id])
+        tasks.enqueue_processing(queue, message.id, phone)
+        return "Queued for another answer."
+    if message.role == Role.USER.value:
+        if tasks.job_is_active(services().redis, tasks.job_id_for(message.id)):
+            return "Already in line: its job is waiting for a worker. Check the dashboard's workers."
+        tasks.enqueue_processing(queue, message.id, phone)
+        return "Queued for an answer."
+    Message.put_back_unsent(message)
+    if message.operator is not None:
+        tasks.enqueue_operator_reply(queue, message.id)
+    else:
+        tasks.enqueue_processing(queue, message.reply_to_id, phone)
+    return "Queued for sending again."
+
+
+def problem_kind(message: Message) -> str:
+    if message.role == Role.ASSISTANT.value:
+        return "not delivered"
+    return "not answered" if message.status == Status.PENDING.value else "AI failed"
+
+
+class ProblemsView(LoginRequired, BaseView):
+    """What needs the operator: failed answers, undelivered replies, messages stuck unanswered; each
+    explained in plain words, with a one-click retry where a retry can help."""
+
+    @expose("/")
+    def index(self):
+        problems = list(Message.problems(utcnow() - STUCK_AFTER, PROBLEMS_SHOWN))
+        failed_parts = failed_parts_of(message.id for message in problems)
+        rows = [
+            {
+                "message": message,
+                "phone": _phone(self, None, message.conversation, "user_phone"),
+                "kind": problem_kind(message),
+                "explanation": (NOT_ANSWERED if message.status == Status.PENDING.value
+                                else explanation_of(message, failed_parts.get(message.id, []))),
+                "blocker": retry_blocker(message, failed_parts.get(message.id, [])),
+            }
+            for message in problems
+        ]
+        return self.render("chatbot_admin/problems.html", rows=rows, shown=PROBLEMS_SHOWN,
+                           stuck_minutes=int(STUCK_AFTER.total_seconds() // 60))
+
+    @expose("/retry/<int:message_id>/", methods=("POST",))
+    def retry_view(self, message_id):
+        # Only a problem is retried: a delivered reply is never sent twice by a stale page.
+        message = Message.problems(utcnow() - STUCK_AFTER, 1).where(Message.id == message_id).first()
+        if not SecureForm(request.form).validate() or message is None:
+            flash("The request expired, or the problem is solved already; please look again.", "error")
+            return redirect(self.get_url(".index"))
+        blocker = retry_blocker(message, failed_parts_of([message.id]).get(message.id, []))
+        if blocker:
+            flash(f"Not retried: {blocker}", "error")
+            return redirect(self.get_url(".index"))
+        try:
+            flash(f"Message {message.id}: {retry_problem(message)}", "success")
+        except RedisError as error:
+            log.error("message_id=%s retry not queued: %s", message.id, error)
+            flash("Put back in line but not queued (Redis is unreachable); the sweeper queues it once Redis "
+                  "is back.", "error")
+        return redirect(self.get_url(".index"))
+
+
 def build_admin(app) -> Admin:
     """Attach the admin panel at /admin (built per app: a module-level Admin breaks a second app)."""
     admin = Admin(
@@ -793,6 +1144,7 @@ def build_admin(app) -> Admin:
     admin.add_view(ConversationView(Conversation, name="Conversations", endpoint="conversation"))
     admin.add_view(NumbersView(WhatsAppNumber, name="Numbers", endpoint="whatsappnumber"))
     admin.add_view(MessageView(Message, name="Messages", endpoint="message"))
+    admin.add_view(ProblemsView(name="Problems", endpoint="problems", url="/admin/problems"))
     admin.add_view(PlaygroundView(name="Playground", endpoint="playground", url="/admin/playground"))
     admin.add_view(OptOutView(OptOut, name="Opted out", endpoint="optout"))
     admin.add_view(SpendingView(name="Spending", endpoint="spending", url="/admin/spending"))

@@ -165,7 +165,7 @@ class Budgets:
                 f"budget:monthly:{scope}",
                 f"monthly budget of number {mask_phone(number) if number else 'default'} reached: ${spent:.4f} "
                 f"spent this month of its ${cap:g} cap; it answers no one until the month ends or its cap is "
-                "raised (admin → Numbers, or flask numbers update)")
+                "raised (admin → Numbers, or .venv/bin/flask numbers update)")
 
 
 def _stored_amount(stored: dict, key: str, default: float | None) -> float | None:

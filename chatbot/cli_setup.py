@@ -101,6 +101,9 @@ def create_admin_command(username, from_stdin):
     The password is prompted for (hidden, twice) or read from standard input, never taken as an
     argument, where `ps` and shell history would show it. A reset ends the user's open sessions.
     """
+    # Asked before the password is: typed for nothing otherwise.
+    if migrations.current_version() == 0:
+        raise click.ClickException("The database has no schema yet: run `.venv/bin/flask init-db` first.")
     if from_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:

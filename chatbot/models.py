@@ -211,6 +211,36 @@ class Conversation(BaseModel):
         )
 
     @classmethod
+    def listed(cls):
+        """Select conversations each with `message_count`, `last_message` (its first 200 characters),
+        `waiting` (messages held for a person) and `failures` (user messages the AI failed and replies
+        not delivered, superseded ones left out): the admin's list in one query."""
+        def of_this(*conditions):
+            return Message.select(fn.COUNT(Message.id)).where(Message.conversation == cls.id, *conditions)
+
+        last_message = (
+            Message.select(fn.SUBSTR(Message.content, 1, 200))
+            .where(Message.conversation == cls.id)
+            .order_by(Message.id.desc())
+            .limit(1)
+        )
+        failed_parts = (
+            ReplyPart.select(fn.COUNT(ReplyPart.id))
+            .join(Message)
+            .where(Message.conversation == cls.id, ReplyPart.status.in_(DELIVERY_FAILURES),
+                   Message.status != Status.SUPERSEDED.value)
+        )
+        return cls.select(
+            cls,
+            of_this().alias("message_count"),
+            last_message.alias("last_message"),
+            of_this(Message.status == Status.WAITING.value).alias("waiting"),
+            # Each count wrapped: `+` between two bare queries would be their UNION.
+            (fn.COALESCE(of_this(Message.status.in_(FAILURE_STATUSES)), 0) + fn.COALESCE(failed_parts, 0))
+            .alias("failures"),
+        )
+
+    @classmethod
     def recent(cls, include_ended: bool, limit: int):
         """Select conversations, most recently active first, each with its `message_count`."""
         query = (
@@ -353,6 +383,9 @@ class Message(BaseModel):
     operator = CharField(max_length=64, null=True)
     # What producing this answer cost in USD, as the provider reported it (None: not reported).
     cost = FloatField(null=True)
+    # When Twilio took the last part of this answer: minus its question's created_at, the wait the
+    # user had from asking to the answer leaving (None until then, and for answers never sent).
+    sent_at = DateTimeField(null=True)
 
     class Meta:
         table_name = "message"
@@ -462,15 +495,57 @@ class Message(BaseModel):
             cls.select().where(cls.role == Role.USER.value, cls.status == Status.FAILED.value,
                                cls.created_at >= since, cls.from_whatsapp()).order_by(cls.id)
         )
-        ids = [message.id for message in failed]
-        if ids:
-            with database.atomic():
-                # A fresh count of attempts: the operator's retry is a new start, not one more lap.
-                cls.update(status=Status.PENDING.value, error=None, attempts=0).where(cls.id.in_(ids)).execute()
-                cls.update(status=Status.SUPERSEDED.value).where(
-                    cls.reply_to.in_(ids), cls.status != Status.UNSENT.value
-                ).execute()
+        cls.put_back_in_line([message.id for message in failed])
         return failed
+
+    @classmethod
+    def put_back_in_line(cls, question_ids) -> None:
+        """Make these failed user messages pending again, their apologies superseded by the next answer."""
+        if not question_ids:
+            return
+        with database.atomic():
+            # A fresh count of attempts: the operator's retry is a new start, not one more lap.
+            cls.update(status=Status.PENDING.value, error=None, attempts=0).where(cls.id.in_(question_ids)).execute()
+            cls.update(status=Status.SUPERSEDED.value).where(
+                cls.reply_to.in_(question_ids), cls.status != Status.UNSENT.value
+            ).execute()
+
+    @classmethod
+    def put_back_unsent(cls, answer: "Message") -> None:
+        """Make an undelivered reply unsent again from its first failed part on (the parts after it go
+        again too, to keep the order), so the next job sends the rest."""
+        first_failed = (
+            ReplyPart.select(fn.MIN(ReplyPart.number))
+            .where(ReplyPart.message == answer.id, ReplyPart.status.in_(DELIVERY_FAILURES))
+            .scalar()
+        )
+        parts_sent = answer.parts_sent if first_failed is None else min(answer.parts_sent, first_failed - 1)
+        with database.atomic():
+            ReplyPart.delete().where(ReplyPart.message == answer.id, ReplyPart.number > parts_sent).execute()
+            cls.update(status=Status.UNSENT.value, error=None, parts_sent=parts_sent, sending_part=None,
+                       sending_since=None).where(cls.id == answer.id).execute()
+            if answer.reply_to_id is not None:
+                cls.update(attempts=0).where(cls.id == answer.reply_to_id).execute()
+
+    @classmethod
+    def problems(cls, stuck_before: datetime, limit: int):
+        """Select, newest first with their conversations, what needs the operator: user messages the AI
+        failed, replies not delivered, and user messages unanswered since before `stuck_before`."""
+        undelivered_parts = ReplyPart.select(ReplyPart.message).where(ReplyPart.status.in_(DELIVERY_FAILURES))
+        question, answer = cls.role == Role.USER.value, cls.role == Role.ASSISTANT.value
+        return (
+            cls.select(cls, Conversation)
+            .join(Conversation)
+            .where(
+                cls.from_whatsapp(),
+                (question & (cls.status == Status.FAILED.value))
+                | (answer & cls.status.in_(UNDELIVERED_STATUSES))
+                | (answer & (cls.status != Status.SUPERSEDED.value) & cls.id.in_(undelivered_parts))
+                | (question & (cls.status == Status.PENDING.value) & (cls.created_at < stuck_before)),
+            )
+            .order_by(cls.id.desc())
+            .limit(limit)
+        )
 
     @classmethod
     def counted_in_spend(cls):
@@ -659,23 +734,6 @@ class ReplyPart(BaseModel):
         )
         return {part.message.conversation_id: part for part in latest}
 
-    @classmethod
-    def delivery_counts(cls, since: datetime, number: str | None = None) -> tuple[int, int, int]:
-        """Count the parts of replies written since `since` (`number`'s only when given): taken by
-        Twilio, delivered (or read), failed."""
-        counts = (
-            cls.select(
-                fn.COUNT(cls.id),
-                fn.COALESCE(fn.SUM(Case(None, [(cls.status.in_(("delivered", "read")), 1)], 0)), 0),
-                fn.COALESCE(fn.SUM(Case(None, [(cls.status.in_(DELIVERY_FAILURES), 1)], 0)), 0),
-            )
-            .join(Message)
-            .where(Message.created_at >= since, Message.on_number(number))
-            .tuples()
-            .first()
-        )
-        return tuple(int(count or 0) for count in counts)
-
 
 TWILIO_MESSAGE_SID = re.compile(r"^(SM|MM)[0-9a-f]{32}$")
 # How far a part's delivery can get, in order, and the two ways it can end without arriving.
@@ -683,6 +741,9 @@ DELIVERY_PROGRESS = ("queued", "sent", "delivered", "read")
 DELIVERY_FAILURES = ("failed", "undelivered")
 # Statuses that say how the part ended: it reached the phone, or it never will.
 DELIVERY_SETTLED = ("delivered", "read", *DELIVERY_FAILURES)
+# A reply that never reached the user, and every message status that tells of a failure.
+UNDELIVERED_STATUSES = (Status.SEND_FAILED.value, Status.OUTSIDE_WINDOW.value)
+FAILURE_STATUSES = (Status.FAILED.value, *UNDELIVERED_STATUSES)
 
 
 class AccessEntry(BaseModel):

@@ -494,7 +494,7 @@ class MessageProcessor:
             if error.retryable:
                 raise
             return len(sent)
-        Message.update(status=Status.SENT.value).where(Message.id == answer.id).execute()
+        Message.update(status=Status.SENT.value, sent_at=utcnow()).where(Message.id == answer.id).execute()
         return len(sent)
 
     def _send_free_form(self, conversation: Conversation, answer: Message, unconfirmed: datetime | None,
@@ -550,7 +550,7 @@ def outside_window_reason(window: ServiceWindow, address: str, default_number: b
     when = f"was at {last:%Y-%m-%d %H:%M} UTC" if last else "is not on record"
     setting = "WINDOW_TEMPLATE_SID or " if default_number else ""
     return (f"outside WhatsApp's 24-hour window: the user's last message {when}; configure an approved "
-            f"template ({setting}`flask numbers update {address} --template HX…`) or wait for the user "
+            f"template ({setting}`.venv/bin/flask numbers update {address} --template HX…`) or wait for the user "
             "to write again")
 
 

@@ -10,6 +10,11 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 HSTS = "max-age=31536000; includeSubDomains"
 # Platform probes call /health over plain http inside the platform's network.
 HTTPS_EXEMPT = ("/health",)
+# The admin dashboard's policy: scripts, styles, images and fetches from this origin only (no CDN, no
+# inline script; its figures travel in a JSON island, which is data, not script). Inline style
+# attributes stay allowed: Bootstrap's markup and Chart.js's canvas sizing use them.
+DASHBOARD_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+                 "object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'")
 
 
 def init_app(app, config, on_refused: Callable[[int, str, str], None] | None = None) -> None:

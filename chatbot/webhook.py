@@ -20,7 +20,7 @@ from chatbot.errors import Category
 from chatbot.models import Conversation, Message, ReplyPart, Role, Status, WebhookLog
 from chatbot.numbers import Assistant, NumberDirectory
 from chatbot.rate_limiter import LIMIT_NOTICES, Allowance, Decision, RateLimiter
-from chatbot.redact import mask_phone, redact_headers
+from chatbot.redact import mask_phone, mask_phones_in, redact_headers
 from chatbot.sanitizer import clean_text, is_whatsapp_address
 from chatbot.tasks import enqueue_processing
 
@@ -39,6 +39,8 @@ MAX_LOGGED_HEADER_CHARS = 512
 MAX_REFUSED_HEADER_CHARS = 2048
 REFUSED_ROWS_PER_MINUTE = 60
 REFUSED_PREFIX = "chatbot:webhook:refused:"
+# How a refused signature's audit row names the URL it was checked against (the admin's detail page reads it).
+CHECKED_AGAINST = "; checked against "
 SID_SHAPE = re.compile(r"^[A-Za-z]{2}[0-9a-fA-F]{32}$")
 MAX_MEDIA = 10
 ALLOWED = Decision(Allowance.ALLOWED)
@@ -298,8 +300,18 @@ def _refuse(status: int, reason: str, started: float, signature_valid: bool | No
         log.warning("webhook refused status=%d reason=%s", status, reason)
         _record(_audit(status, started, signature_valid, error=reason, verdict=verdict))
     else:
-        _record_refused(_compact_audit(status, verdict, reason, started, signature_valid))
+        _record_refused(_compact_audit(status, verdict, _with_checked_url(reason, verdict), started, signature_valid))
     return Response(f"{reason}\n", status=status, mimetype="text/plain")
+
+
+def _with_checked_url(reason: str, verdict: str) -> str:
+    """A refused signature's reason for the audit row, with the URL it was checked against: a URL
+    other than the one Twilio signed (PUBLIC_BASE_URL, a proxy) is the usual cause. The client is
+    told the reason only."""
+    if verdict != "bad_signature":
+        return reason
+    url = signed_url(current_app.extensions["chatbot"].config.public_base_url)
+    return f"{reason}{CHECKED_AGAINST}{mask_phones_in(url)[:MAX_LOGGED_HEADER_CHARS]}"
 
 
 def _not_for_us(inbound: InboundMessage, assistant: Assistant | None, numbers: NumberDirectory) -> str | None:

@@ -119,7 +119,7 @@ def main() -> int:
         config = Config.from_env(dotenv_path=ENV_FILE)
     except ConfigError as error:
         print(error, file=sys.stderr)
-        print("Fix them in .env (see .env.example), or check with: flask check-config", file=sys.stderr)
+        print("Fix them in .env (see .env.example), or check with: .venv/bin/flask check-config", file=sys.stderr)
         return 2
     # The processes get the .env file's values through their environment, wherever the file is.
     env = {**env_file_values(), **os.environ}
@@ -159,10 +159,10 @@ def main() -> int:
         for name in missing:
             say(f"warning: {name} is not set; real WhatsApp traffic needs it (see .env.example)")
         if missing:
-            say("check the settings with: flask --app wsgi check-config")
+            say("check the settings with: .venv/bin/flask check-config")
         say(f"webhook URL: http://127.0.0.1:{port}/whatsapp/webhook (give Twilio your public https URL)")
         say(f"health: http://127.0.0.1:{port}/health")
-        say(f"admin: http://127.0.0.1:{port}/admin (make a login with: flask --app wsgi create-admin --username NAME)")
+        say(f"admin: http://127.0.0.1:{port}/admin (make a login with: .venv/bin/flask create-admin --username NAME)")
         say("press Ctrl-C to stop")
         return wait_for_exit(processes, stop)
     except KeyboardInterrupt:

@@ -95,8 +95,8 @@ def test_reply_past_the_window_without_a_template_is_held_with_the_fix_and_never
     assert answer.status == Status.OUTSIDE_WINDOW.value
     assert answer.error == (
         f"outside WhatsApp's 24-hour window: the user's last message was at {last_message_at:%Y-%m-%d %H:%M} UTC; "
-        f"configure an approved template (WINDOW_TEMPLATE_SID or `flask numbers update {BOT_NUMBER} --template HX…`)"
-        " or wait for the user to write again")
+        "configure an approved template (WINDOW_TEMPLATE_SID or "
+        f"`.venv/bin/flask numbers update {BOT_NUMBER} --template HX…`) or wait for the user to write again")
 
     tasks.sweep_pending_messages()
     run_jobs()
