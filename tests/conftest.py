@@ -102,6 +102,16 @@ def database_url(request, tmp_path):
     connection.close()
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def empty_database_url(request, tmp_path):
+    """A database with nothing in it yet (no schema), once SQLite and once Postgres: for migrations."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.sqlite3'}"
+        return
+    with throwaway_postgres_database("chatbot_empty") as url:
+        yield url
+
+
 @pytest.fixture
 def sqlite_url(tmp_path):
     return f"sqlite:///{tmp_path / 'chatbot.sqlite3'}"

@@ -14,7 +14,6 @@ from chatbot import auth, db, migrations, tasks
 from chatbot.dashboard import PERIODS, bucket_labels, bucket_starts, compute_stats
 from chatbot.models import Conversation, Message, ReplyPart, utcnow
 from chatbot.security import DASHBOARD_CSP
-from tests.conftest import throwaway_postgres_database
 from tests.test_admin import PASSWORD, log_in
 
 SALES = "whatsapp:+15557770001"
@@ -227,17 +226,8 @@ def test_answers_sent_record_when_twilio_took_them(services, post_webhook, run_j
     assert answer.status == "sent" and before <= answer.sent_at <= utcnow()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def older_database_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'older.sqlite3'}"
-        return
-    with throwaway_postgres_database("chatbot_older") as url:
-        yield url
-
-
-def test_upgrade_adds_sent_at_to_an_older_database(older_database_url):
-    db.open_database(older_database_url)
+def test_upgrade_adds_sent_at_to_an_older_database(empty_database_url):
+    db.open_database(empty_database_url)
     migrations.upgrade()
     with db.database.connection_context():
         db.database.execute_sql("ALTER TABLE message DROP COLUMN sent_at")

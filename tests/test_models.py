@@ -19,7 +19,6 @@ from chatbot.models import (
     WhatsAppNumber,
     utcnow,
 )
-from tests.conftest import throwaway_postgres_database
 from tests.support import conversation_for
 
 
@@ -32,15 +31,6 @@ def test_init_db_is_idempotent(app, services):
     assert migrations.current_version() == len(migrations.MIGRATIONS)
     for model in (Conversation, Message, AIConfiguration, WebhookLog):
         assert model.table_exists()
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def empty_database_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'empty.sqlite3'}"
-        return
-    with throwaway_postgres_database("chatbot_empty") as url:
-        yield url
 
 
 def test_init_db_creates_the_schema_on_an_empty_database(empty_database_url):

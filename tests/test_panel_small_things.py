@@ -12,7 +12,7 @@ import pytest
 
 from chatbot import auth
 from chatbot.models import AdminUser, AIConfiguration
-from tests.conftest import PROJECT_DIR, throwaway_postgres_database
+from tests.conftest import PROJECT_DIR
 from tests.support import free_port
 from tests.test_admin import PASSWORD, csrf_token, log_in
 
@@ -93,17 +93,8 @@ def test_the_panels_test_checks_the_model_slug_too(operator, services, fake_open
 
 # --- (c) create-admin on an unmigrated database --------------------------------------------------------
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def unmigrated_database_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'unmigrated.sqlite3'}"
-        return
-    with throwaway_postgres_database("chatbot_unmigrated") as url:
-        yield url
-
-
-def test_create_admin_on_an_unmigrated_database_says_to_run_init_db(env, redis, unmigrated_database_url):
-    result = fresh_shell({**env, "DATABASE_URL": unmigrated_database_url},
+def test_create_admin_on_an_unmigrated_database_says_to_run_init_db(env, redis, empty_database_url):
+    result = fresh_shell({**env, "DATABASE_URL": empty_database_url},
                          ".venv/bin/flask", "create-admin", "--username", "ops", "--password-stdin",
                          stdin=f"{PASSWORD}\n")
 
