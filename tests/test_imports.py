@@ -14,8 +14,9 @@ ENTRY_POINTS = ("config.py", "worker.py", "scheduler.py", "wsgi.py")
 
 def project_modules() -> dict[str, Path]:
     modules = {path.stem: PROJECT_DIR / path for path in map(Path, ENTRY_POINTS)}
-    for path in (PROJECT_DIR / "chatbot").glob("*.py"):
-        modules["chatbot" if path.stem == "__init__" else f"chatbot.{path.stem}"] = path
+    for path in (PROJECT_DIR / "chatbot").rglob("*.py"):
+        package = path.parent.relative_to(PROJECT_DIR).parts
+        modules[".".join(package if path.stem == "__init__" else (*package, path.stem))] = path
     return modules
 
 

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from chatbot import auth
-from chatbot.admin import webhook_fields
+from chatbot.admin.webhook_log import webhook_fields
 from chatbot.models import WebhookLog
 from tests.conftest import inbound_form
 from tests.test_admin import PASSWORD, csrf_token, log_in

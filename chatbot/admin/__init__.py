@@ -1,0 +1,45 @@
+"""The operator's admin panel (Flask-Admin on the Peewee models), behind a login."""
+from __future__ import annotations
+
+from flask import request
+from flask_admin import Admin
+from flask_admin.form import SecureForm
+from flask_admin.theme import Bootstrap4Theme
+
+from chatbot.admin.access import AccessView
+from chatbot.admin.ai_configurations import AIConfigurationView
+from chatbot.admin.conversations import ConversationView, MessageView, OptOutView
+from chatbot.admin.numbers import NumbersView
+from chatbot.admin.panel import PanelIndexView, masked, signed_in_admin
+from chatbot.admin.playground import PlaygroundView
+from chatbot.admin.problems import ProblemsView
+from chatbot.admin.spending import SpendingView
+from chatbot.admin.webhook_log import WebhookLogView
+from chatbot.models import AIConfiguration, Conversation, Message, OptOut, WebhookLog, WhatsAppNumber
+
+
+def build_admin(app) -> Admin:
+    """Attach the admin panel at /admin (built per app: a module-level Admin breaks a second app)."""
+    admin = Admin(
+        app,
+        name="WhatsApp AI Assistant",
+        url="/admin",
+        index_view=PanelIndexView(name="Dashboard", url="/admin", endpoint="admin"),
+        theme=Bootstrap4Theme(base_template="chatbot_admin/base.html", fluid=True),
+    )
+    app.jinja_env.globals["admin_secure_form"] = SecureForm
+    app.jinja_env.filters["masked"] = masked
+    app.context_processor(
+        lambda: {"current_admin": signed_in_admin() if request.path.startswith("/admin") else None})
+    admin.add_view(AIConfigurationView(AIConfiguration, name="AI configurations", endpoint="aiconfiguration"))
+    admin.add_view(ConversationView(Conversation, name="Conversations", endpoint="conversation"))
+    admin.add_view(NumbersView(WhatsAppNumber, name="Numbers", endpoint="whatsappnumber"))
+    admin.add_view(MessageView(Message, name="Messages", endpoint="message"))
+    admin.add_view(ProblemsView(name="Problems", endpoint="problems", url="/admin/problems"))
+    admin.add_view(PlaygroundView(name="Playground", endpoint="playground", url="/admin/playground"))
+    admin.add_view(OptOutView(OptOut, name="Opted out", endpoint="optout"))
+    admin.add_view(SpendingView(name="Spending", endpoint="spending", url="/admin/spending"))
+    admin.add_view(AccessView(name="Access", endpoint="access", url="/admin/access"))
+    admin.add_view(WebhookLogView(WebhookLog, name="Webhook log", endpoint="webhooklog"))
+    return admin
+

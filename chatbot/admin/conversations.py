@@ -1,0 +1,310 @@
+"""Conversations with their transcripts and takeover, every message, and who opted out."""
+from __future__ import annotations
+
+import logging
+import uuid
+
+from flask import abort, flash, redirect, request, session
+from flask_admin import expose
+from flask_admin.actions import action
+from flask_admin.contrib.peewee.filters import FilterEqual
+from flask_admin.form import SecureForm
+from flask_admin.model.template import TemplateLinkRowAction
+from markupsafe import Markup
+from peewee import SQL, PeeweeException
+from redis.exceptions import RedisError
+
+from chatbot import auth, tasks
+from chatbot.admin.panel import (
+    REVEAL_PHONES,
+    MessageNumberFilter,
+    NumberFilter,
+    PanelModelView,
+    explanation_of,
+    masked,
+    masked_column,
+    number_labels,
+    phone_column,
+    services,
+    signed_in_admin,
+    status_badge_column,
+    when_column,
+)
+from chatbot.models import DELIVERY_FAILURES, Conversation, Message, ReplyPart, Role, Status
+from chatbot.status_callbacks import delivery_fixes
+
+log = logging.getLogger(__name__)
+
+
+def _phone_with_delivery_flag(view, context, model, name):
+    """The phone, marked when the latest reply to it failed for good; the fix is in the tooltip."""
+    phone = phone_column(view, context, model, name)
+    fix = context.get("delivery_fixes", {}).get(model.id)
+    if not fix:
+        return phone
+    return Markup('{} <span class="badge badge-danger delivery-flag" title="{}">not delivered</span>').format(
+        phone, fix)
+
+
+def shortened(text: str | None, limit: int = 80) -> str:
+    """`text` on one line, phone numbers masked, cut to `limit` characters."""
+    line = " ".join(masked(text).split())
+    return line if len(line) <= limit else line[:limit - 1] + "…"
+
+
+def is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
+def failure_badge(failures: int) -> Markup | str:
+    if not failures:
+        return ""
+    return Markup('<span class="badge badge-danger failure-badge">{} failed</span>').format(failures)
+
+
+def reply_time(answer: Message, question: Message | None) -> str:
+    """How long the user waited for `answer`: from their question stored to its last part taken by Twilio."""
+    if question is None or answer.sent_at is None:
+        return "—"
+    return f"{(answer.sent_at - question.created_at).total_seconds():.1f} s"
+
+
+def transcript_of(conversation: Conversation) -> dict:
+    """Return the transcript's messages with, by message id, the questions each answer answers, its
+    end-to-end reply time, its reply parts and what went wrong with it in plain words."""
+    transcript = list(Message.select().where(Message.conversation == conversation).order_by(Message.id))
+    by_id = {message.id: message for message in transcript}
+    parts = ReplyPart.of_conversation(conversation)
+    questions, reply_times, explanations = {}, {}, {}
+    for message in transcript:
+        failed = [part for part in parts.get(message.id, []) if part.status in DELIVERY_FAILURES]
+        explanations[message.id] = explanation_of(message, failed)
+        if message.role == Role.ASSISTANT.value and message.reply_to_id is not None:
+            # A burst's answer replies to its last question and lists every one it answers.
+            answered = message.metadata.get("answers") or [message.reply_to_id]
+            questions[message.id] = [by_id[question_id] for question_id in answered if question_id in by_id]
+            reply_times[message.id] = reply_time(message, by_id.get(message.reply_to_id))
+    return {"transcript": transcript, "parts": parts, "questions": questions, "reply_times": reply_times,
+            "explanations": explanations}
+
+
+class ConversationView(PanelModelView):
+    """Conversations, searchable by phone; a conversation's page is its transcript."""
+
+    list_template = "chatbot_admin/conversation_list.html"
+    details_template = "chatbot_admin/conversation_details.html"
+    can_create = False
+    can_edit = False
+    can_delete = True
+    can_view_details = True
+    column_list = ("user_phone", "profile_name", "number", "message_count", "last_message", "failures", "is_active",
+                   "paused_by", "waiting", "updated_at")
+    column_labels = {"user_phone": "Phone", "profile_name": "Name", "number": "Number", "message_count": "Messages",
+                     "last_message": "Last message", "failures": "Failures", "is_active": "Active",
+                     "paused_by": "Taken over by", "waiting": "Waiting", "updated_at": "Last activity"}
+    column_formatters = {"user_phone": _phone_with_delivery_flag, "created_at": when_column, "updated_at": when_column,
+                         "waiting": lambda view, context, model, name: model.waiting or "",
+                         "last_message": lambda view, context, model, name: shortened(model.last_message),
+                         "failures": lambda view, context, model, name: failure_badge(model.failures),
+                         # A number removed since is shown by its address.
+                         "number": lambda view, context, model, name: context.get("number_labels", {}).get(
+                             model.number, model.number)}
+    column_searchable_list = ("user_phone", "profile_name")
+    search_hint = "Phone number or name"
+    column_filters = ("is_active", NumberFilter(), "created_at", "updated_at")
+    # Filters named in the URL (flt0_number_equals=default), not numbered: a link survives a new filter.
+    named_filter_urls = True
+
+    def get_query(self):
+        """Conversations an operator has taken over first, then those with messages waiting for a
+        person, then the most recently active (a column the operator sorts by replaces this order)."""
+        return Conversation.listed().order_by(Conversation.paused_at.is_null(), SQL("waiting").desc(),
+                                              Conversation.updated_at.desc())
+
+    def get_list_row_actions(self):
+        # Words, not bare icons; deleting asks on a page of its own rather than in a pop-up.
+        return [TemplateLinkRowAction("chatbot_row_actions.transcript", "Transcript"),
+                TemplateLinkRowAction("chatbot_row_actions.confirm_delete", "Delete")]
+
+    def render(self, template, **kwargs):
+        if template == self.details_template and kwargs.get("model") is not None:
+            kwargs.update(transcript_of(kwargs["model"]))
+            kwargs["phone"] = phone_column(self, None, kwargs["model"], "user_phone")
+            kwargs["delivery_fix"] = delivery_fixes([kwargs["model"].id]).get(kwargs["model"].id)
+        if template == self.list_template and kwargs.get("data"):
+            kwargs["delivery_fixes"] = delivery_fixes([conversation.id for conversation in kwargs["data"]])
+            kwargs["number_labels"] = number_labels()
+        return super().render(template, **kwargs)
+
+    @expose("/reveal/", methods=("POST",))
+    def reveal_view(self):
+        if SecureForm(request.form).validate():
+            session[REVEAL_PHONES] = not session.get(REVEAL_PHONES)
+        return redirect(auth.safe_next(request.form.get("next"), self.get_url(".index_view")))
+
+    @expose("/takeover/<conversation_id>/", methods=("POST",))
+    def take_over_view(self, conversation_id):
+        if SecureForm(request.form).validate():
+            if tasks.take_over(conversation_id, signed_in_admin().username):
+                flash("You have taken this conversation over: the bot answers nothing until you hand it back.",
+                      "success")
+            else:
+                flash("Not taken over: the conversation has ended or someone already took it over.", "error")
+        return self._back_to(conversation_id)
+
+    @expose("/handback/<conversation_id>/", methods=("POST",))
+    def hand_back_view(self, conversation_id):
+        if SecureForm(request.form).validate() and tasks.hand_back(Conversation.id == conversation_id):
+            flash("Handed back: the bot answers the next message.", "success")
+        return self._back_to(conversation_id)
+
+    @expose("/reply/<conversation_id>/", methods=("POST",))
+    def reply_view(self, conversation_id):
+        text = (request.form.get("reply") or "").strip()
+        conversation = Conversation.get_or_none(Conversation.id == conversation_id)
+        if not SecureForm(request.form).validate() or conversation is None:
+            flash("The request expired; please try again.", "error")
+        elif conversation.paused_at is None:
+            flash("Take the conversation over before replying: the bot is answering it.", "error")
+        elif not text:
+            flash("Write a reply first.", "error")
+        else:
+            reply = tasks.store_operator_reply(conversation, text, signed_in_admin().username)
+            try:
+                tasks.enqueue_operator_reply(services().queue, reply.id)
+                flash("Reply queued for sending.", "success")
+            except RedisError as error:
+                log.error("message_id=%s operator reply not queued: %s", reply.id, error)
+                flash("The reply is stored but could not be queued (Redis is unreachable); the sweeper "
+                      "sends it once Redis is back.", "error")
+        return self._back_to(conversation_id)
+
+    @expose("/reset/<conversation_id>/", methods=("POST",))
+    def reset_context_view(self, conversation_id):
+        if SecureForm(request.form).validate():
+            self.action_reset_context([conversation_id])
+        return self._back_to(conversation_id)
+
+    @expose("/deactivate/<conversation_id>/", methods=("POST",))
+    def deactivate_view(self, conversation_id):
+        if SecureForm(request.form).validate():
+            self.action_deactivate([conversation_id])
+        return self._back_to(conversation_id)
+
+    @expose("/delete/confirm/")
+    def confirm_delete_view(self):
+        ids = [conversation_id for conversation_id in request.args.getlist("id") if is_uuid(conversation_id)]
+        conversations = list(Conversation.listed().where(Conversation.id.in_(ids)).order_by(Conversation.updated_at))
+        if not conversations:
+            flash("Those conversations are gone already.", "error")
+            return redirect(self.get_url(".index_view"))
+        return self.render("chatbot_admin/conversation_delete.html", conversations=conversations,
+                           phone=lambda conversation: phone_column(self, None, conversation, "user_phone"),
+                           return_url=auth.safe_next(request.args.get("url"), self.get_url(".index_view")))
+
+    @expose("/delete/confirmed/", methods=("POST",))
+    def delete_confirmed_view(self):
+        ids = [conversation_id for conversation_id in request.form.getlist("id") if is_uuid(conversation_id)]
+        if not SecureForm(request.form).validate():
+            flash("The request expired; please try again.", "error")
+        elif ids and self._delete_with_history(ids):
+            flash(f"Deleted {len(ids)} conversation(s) with their messages and webhook log entries.", "success")
+        return redirect(auth.safe_next(request.form.get("url"), self.get_url(".index_view")))
+
+    def _back_to(self, conversation_id):
+        return redirect(self.get_url(".details_view", id=conversation_id))
+
+    def _handle_view(self, name, **kwargs):
+        refused = super()._handle_view(name, **kwargs)
+        if refused is None and kwargs.get("conversation_id") is not None and not is_uuid(kwargs["conversation_id"]):
+            # A malformed id in a takeover URL is a 404, not a database error.
+            abort(404)
+        return refused
+
+    @action("reset_context", "Reset context", "Forget the AI context of the selected conversations?")
+    def action_reset_context(self, ids):
+        for conversation_id in ids:
+            services().context.clear_history(conversation_id)
+        flash(f"Context reset for {len(ids)} conversation(s); their messages are kept.", "success")
+
+    @action("deactivate", "Deactivate", "End the selected conversations? The next message starts a new one.")
+    def action_deactivate(self, ids):
+        count = Conversation.end(ids, services().context)
+        flash(f"Deactivated {count} conversation(s).", "success")
+
+    def delete_model(self, model) -> bool:
+        """Delete one conversation as `flask conversations delete` does (the delete button)."""
+        return self._delete_with_history([model.id])
+
+    @action("delete", "Delete")
+    def action_delete(self, ids):
+        return redirect(self.get_url(".confirm_delete_view", id=ids, url=request.form.get("url")))
+
+    def _delete_with_history(self, ids) -> bool:
+        # Flask-Admin's own delete would leave the context window and the webhook log entries,
+        # which hold the sender's number.
+        try:
+            Conversation.delete_with_history(ids, services().context)
+        except (PeeweeException, RedisError) as error:
+            log.error("conversation delete failed: %s", error)
+            flash(f"Nothing was deleted: {error}", "error")
+            return False
+        return True
+
+
+class MessageView(PanelModelView):
+    """Every stored message; read-only."""
+
+    can_create = False
+    can_edit = False
+    can_delete = False
+    can_view_details = True
+    column_list = ("created_at", "conversation", "role", "content", "status", "model", "total_tokens",
+                   "latency_ms")
+    column_labels = {"total_tokens": "Tokens", "latency_ms": "Latency (ms)", "conversation": "Phone"}
+    column_formatters = {
+        "created_at": when_column,
+        "conversation": lambda view, context, model, name: phone_column(view, context, model.conversation,
+                                                                        "user_phone"),
+        "content": lambda view, context, model, name: (
+            model.content if len(model.content) <= 120 else model.content[:117] + "…"
+        ),
+        "status": status_badge_column,
+        "latency_ms": lambda view, context, model, name: f"{model.latency_ms:.0f}" if model.latency_ms else "",
+        "error": masked_column,
+        "metadata": masked_column,
+    }
+    column_details_exclude_list = ("twilio_sid",)
+    column_searchable_list = ("content",)
+    search_hint = "Message text"
+    # Linked to by the dashboard and the Problems view as flt0_status_equals=failed,
+    # flt1_created_at_greater_than=2025-01-31 00:00:00 and flt2_number_equals=default.
+    column_filters = (
+        FilterEqual(Message.status, "Status", options=[(status.value, status.value) for status in Status]),
+        "created_at",
+        MessageNumberFilter(),
+        FilterEqual(Message.role, "Role", options=[(role.value, role.value) for role in Role]),
+        "model",
+    )
+    named_filter_urls = True
+    column_default_sort = ("id", True)
+
+    def get_query(self):
+        # Each row shows its sender: read with the page, not one query a row.
+        return Message.select(Message, Conversation).join(Conversation)
+
+
+class OptOutView(PanelModelView):
+    """Senders who wrote STOP; deleting one lets the bot answer them again (as their START would)."""
+
+    can_create = False
+    can_edit = False
+    can_delete = True
+    column_list = ("user_phone", "created_at")
+    column_labels = {"user_phone": "Phone", "created_at": "Opted out at"}
+    column_formatters = {"user_phone": phone_column, "created_at": when_column}
+    column_default_sort = ("created_at", True)

@@ -1,0 +1,244 @@
+"""What every admin view shares: the login, the dashboard, the base view, masking and formatting."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+from flask import current_app, g, get_template_attribute, make_response, redirect, request, session, url_for
+from flask_admin import AdminIndexView, expose
+from flask_admin.contrib.peewee import ModelView
+from flask_admin.contrib.peewee.filters import FilterEqual
+from flask_admin.form import SecureForm
+from markupsafe import Markup
+from redis.exceptions import RedisError
+from wtforms.validators import ValidationError
+
+from chatbot import auth
+from chatbot.dashboard import DEFAULT_PERIOD, PERIODS, chart_data, compute_stats, links, queue_health
+from chatbot.error_explanations import OUTSIDE_WINDOW_CODE, Explanation, explain_stored_error, twilio_error
+from chatbot.models import AdminUser, Conversation, Message, Status, WhatsAppNumber
+from chatbot.redact import mask_phone, mask_phones_in
+from chatbot.security import DASHBOARD_CSP
+
+log = logging.getLogger(__name__)
+
+REVEAL_PHONES = "reveal_phones"
+
+
+def services():
+    return current_app.extensions["chatbot"]
+
+
+SESSIONS_DOWN = ("Logging in is unavailable: Redis, which keeps the admin sessions, cannot be reached. "
+                 "Try again once it is back.")
+
+
+def admin_sessions() -> auth.AdminSessions:
+    return auth.AdminSessions(services().redis)
+
+
+def signed_in_admin() -> AdminUser | None:
+    """Return this request's logged-in admin, looked up once; None (fail closed) when Redis is down."""
+    if "admin_user" not in g:
+        g.sessions_down = False
+        try:
+            g.admin_user = auth.current_admin(admin_sessions())
+        except RedisError as error:
+            log.error("admin sessions unavailable: %s", error)
+            g.admin_user, g.sessions_down = None, True
+    return g.admin_user
+
+
+class LoginRequired:
+    """Every admin page needs a logged-in operator; others are sent to the login page."""
+
+    def is_accessible(self) -> bool:
+        return signed_in_admin() is not None
+
+    def inaccessible_callback(self, name, **kwargs):
+        return redirect(url_for("admin.login_view", next=request.full_path.rstrip("?")))
+
+
+class PanelIndexView(LoginRequired, AdminIndexView):
+    """The dashboard, plus the login and logout pages (the only pages open without a session)."""
+
+    def _handle_view(self, name, **kwargs):
+        if name in ("login_view", "logout_view"):
+            return None
+        return super()._handle_view(name, **kwargs)
+
+    @expose("/")
+    def index(self):
+        # ?number=<conversation key> shows one number's figures ("" is the default number's); none, all.
+        number = request.args.get("number")
+        period = request.args.get("period") if request.args.get("period") in PERIODS else DEFAULT_PERIOD
+        stats = compute_stats(number=number, period=period, zone=services().config.admin_timezone)
+        try:
+            queue = queue_health(services().queue)
+        except RedisError as failure:
+            log.error("dashboard queue figures unavailable: %s", failure)
+            queue = None
+        figure_links = links(stats, number)
+        page = self.render("chatbot_admin/dashboard.html", stats=stats, queue=queue, links=figure_links,
+                           charts=chart_data(stats, figure_links), periods=PERIODS, period=period,
+                           default_period=DEFAULT_PERIOD,
+                           numbers=number_labels(), chosen=number)
+        response = make_response(page)
+        # This page runs only our own script files; Flask-Admin's list and form pages need inline ones.
+        response.headers["Content-Security-Policy"] = DASHBOARD_CSP
+        return response
+
+    @expose("/login/", methods=("GET", "POST"))
+    def login_view(self):
+        form = auth.LoginForm(request.form)
+        error, status = None, 200
+        if request.method == "POST" and form.validate():
+            try:
+                error, status = self._try_login(form)
+            except RedisError as failure:
+                log.error("admin login unavailable: %s", failure)
+                error, status = SESSIONS_DOWN, 503
+            if error is None:
+                return redirect(auth.safe_next(request.args.get("next"), url_for("admin.index")))
+        elif request.method == "POST":
+            error, status = "The form expired or was incomplete; please try again.", 400
+        elif signed_in_admin() is None and g.sessions_down:
+            error, status = SESSIONS_DOWN, 503
+        return self.render("chatbot_admin/login.html", form=form, error=error), status
+
+    @staticmethod
+    def _try_login(form) -> tuple[str | None, int]:
+        """Check the credentials under the throttle; start a session and return (None, 302) on success."""
+        throttle = auth.LoginThrottle(services().redis)
+        address = request.remote_addr or "unknown"
+        wait = throttle.claim(form.username.data, address)
+        if wait:
+            return f"Too many failed attempts. Try again in {math.ceil(wait / 60)} minute(s).", 429
+        user = auth.authenticate(form.username.data, form.password.data)
+        if user is None:
+            log.warning("admin login failed addr=%s", address)
+            return "Wrong username or password.", 401
+        throttle.forgive(form.username.data, address)
+        auth.log_in(user, admin_sessions())
+        return None, 302
+
+    @expose("/logout/", methods=("POST",))
+    def logout_view(self):
+        form = SecureForm(request.form)
+        if form.validate():
+            try:
+                auth.log_out(admin_sessions())
+            except RedisError as error:
+                # The cookie is cleared already; the server-side session ends at its idle timeout.
+                log.error("admin logout could not end the session in Redis: %s", error)
+        return redirect(url_for("admin.login_view"))
+
+
+class PanelModelView(LoginRequired, ModelView):
+    form_base_class = SecureForm
+    page_size = 50
+    can_set_page_size = True
+    search_hint = "Search"
+
+    def search_placeholder(self) -> str:
+        return self.search_hint
+
+
+def phone_column(view, context, model, name):
+    phone = getattr(model, name)
+    return phone if session.get(REVEAL_PHONES) else mask_phone(phone)
+
+
+def masked(text) -> str:
+    """`text` with every phone number in it masked, unless this operator chose to reveal numbers:
+    stored errors, raw request bodies and metadata quote numbers too."""
+    text = "" if text is None else str(text)
+    return text if session.get(REVEAL_PHONES) else mask_phones_in(text)
+
+
+def masked_column(view, context, model, name):
+    value = getattr(model, name)
+    return masked(json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else value)
+
+
+def when_column(view, context, model, name):
+    value = getattr(model, name)
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
+
+
+def status_badge(status: str) -> Markup:
+    """The status as its coloured badge: the one macro every page uses."""
+    return get_template_attribute("chatbot_admin/badges.html", "status_badge")(status)
+
+
+def status_badge_column(view, context, model, name):
+    return status_badge(getattr(model, name))
+
+
+def explanation_of(message: Message, failed_parts=()) -> Explanation | None:
+    """Say in plain words what went wrong with `message` and the fix, or None when nothing is known."""
+    if message.status == Status.OUTSIDE_WINDOW.value:
+        return twilio_error(OUTSIDE_WINDOW_CODE)
+    if failed_parts:
+        return twilio_error(failed_parts[0].error_code)
+    return explain_stored_error(message.error)
+
+
+class ModelRule:
+    """A form field validated by its model's own rule for it (`field_problem`), with the same message."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, form, field):
+        problem = self.model.field_problem(field.name, field.data)
+        if problem:
+            raise ValidationError(problem)
+
+
+# How filter URLs name the default number, whose conversations store "" as their number.
+DEFAULT_NUMBER_CHOICE = "default"
+
+
+def number_labels() -> dict[str, str]:
+    """Return each number's label by its conversation key, the default number ("") first."""
+    default_address = services().config.twilio_whatsapp_number
+    labels = {"": "default"}
+    for number in WhatsAppNumber.select().order_by(WhatsAppNumber.label, WhatsAppNumber.address):
+        if number.address == default_address:
+            labels[""] = f"{number.label} (default)"
+        else:
+            labels[number.address] = number.label
+    return labels
+
+
+class NumberChoices:
+    """The number filter's (value, label) pairs, read again each time a page lists them."""
+
+    def __iter__(self):
+        return iter([(key or DEFAULT_NUMBER_CHOICE, label) for key, label in number_labels().items()])
+
+
+class NumberFilter(FilterEqual):
+    """Conversations with one of the numbers, chosen by its label."""
+
+    def __init__(self, column=Conversation.number):
+        super().__init__(column, "Number")
+
+    def get_options(self, view):
+        # Flask-Admin asks once, when the panel is built: a number added since must show up all the same.
+        return NumberChoices()
+
+    def clean(self, value):
+        return "" if value == DEFAULT_NUMBER_CHOICE else value
+
+
+class MessageNumberFilter(NumberFilter):
+    """Messages of conversations with one of the numbers (as the conversations' Number filter)."""
+
+    def __init__(self):
+        super().__init__(Message.conversation)
+
+    def apply(self, query, value):
+        return query.where(Message.on_number(value))

@@ -1,0 +1,123 @@
+"""The Problems page: failed answers, undelivered and stuck messages, explained, with a retry."""
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from flask import flash, redirect, request
+from flask_admin import BaseView, expose
+from flask_admin.form import SecureForm
+from redis.exceptions import RedisError
+
+from chatbot import tasks
+from chatbot.admin.panel import LoginRequired, explanation_of, phone_column, services
+from chatbot.error_explanations import NOT_ANSWERED, OUTSIDE_WINDOW_CODE, twilio_error
+from chatbot.models import DELIVERY_FAILURES, Message, ReplyPart, Role, Status, utcnow
+
+log = logging.getLogger(__name__)
+
+
+# A user message still unanswered this long after it was stored is stuck, not slow.
+STUCK_AFTER = timedelta(minutes=5)
+# The Problems view lists this many, newest first.
+PROBLEMS_SHOWN = 200
+
+
+def failed_parts_of(message_ids) -> dict[int, list[ReplyPart]]:
+    """Return the failed or undelivered parts of these messages by message id, in sending order."""
+    parts: dict[int, list[ReplyPart]] = {}
+    for part in (ReplyPart.select()
+                 .where(ReplyPart.message.in_(list(message_ids)), ReplyPart.status.in_(DELIVERY_FAILURES))
+                 .order_by(ReplyPart.message, ReplyPart.number)):
+        parts.setdefault(part.message_id, []).append(part)
+    return parts
+
+
+def retry_blocker(message: Message, failed_parts) -> str | None:
+    """Say why retrying `message` cannot help (sending it again fails the same way), or None when it can."""
+    if message.role == Role.USER.value:
+        return None
+    explanation = explanation_of(message, failed_parts)
+    if explanation == twilio_error(OUTSIDE_WINDOW_CODE):
+        conversation = message.conversation
+        template = services().numbers.for_key(conversation.number).template_sid
+        if conversation.service_window().is_closed() and not template:
+            return ("The user last wrote more than 24 hours ago and this number has no approved template: "
+                    "retry once the user writes again, or after configuring a template.")
+        return None
+    if explanation is not None and not explanation.retry_helps:
+        return f"{explanation.meaning} {explanation.fix}"
+    if message.operator is None and message.reply_to_id is None:
+        return "This reply answers no stored message, so no job can send it again."
+    return None
+
+
+def retry_problem(message: Message) -> str:
+    """Put a problem message back in line as `flask retry-failed` and the sweeper do; say what was done.
+
+    Raises RedisError when the job could not be queued (the message is back in line all the same).
+    """
+    queue, phone = services().queue, message.conversation.user_phone
+    if message.role == Role.USER.value and message.status == Status.FAILED.value:
+        Message.put_back_in_line([message.id])
+        tasks.enqueue_processing(queue, message.id, phone)
+        return "Queued for another answer."
+    if message.role == Role.USER.value:
+        if tasks.job_is_active(services().redis, tasks.job_id_for(message.id)):
+            return "Already in line: its job is waiting for a worker. Check the dashboard's workers."
+        tasks.enqueue_processing(queue, message.id, phone)
+        return "Queued for an answer."
+    Message.put_back_unsent(message)
+    if message.operator is not None:
+        tasks.enqueue_operator_reply(queue, message.id)
+    else:
+        tasks.enqueue_processing(queue, message.reply_to_id, phone)
+    return "Queued for sending again."
+
+
+def problem_kind(message: Message) -> str:
+    if message.role == Role.ASSISTANT.value:
+        return "not delivered"
+    return "not answered" if message.status == Status.PENDING.value else "AI failed"
+
+
+class ProblemsView(LoginRequired, BaseView):
+    """What needs the operator: failed answers, undelivered replies, messages stuck unanswered; each
+    explained in plain words, with a one-click retry where a retry can help."""
+
+    @expose("/")
+    def index(self):
+        problems = list(Message.problems(utcnow() - STUCK_AFTER, PROBLEMS_SHOWN))
+        failed_parts = failed_parts_of(message.id for message in problems)
+        rows = [
+            {
+                "message": message,
+                "phone": phone_column(self, None, message.conversation, "user_phone"),
+                "kind": problem_kind(message),
+                "explanation": (NOT_ANSWERED if message.status == Status.PENDING.value
+                                else explanation_of(message, failed_parts.get(message.id, []))),
+                "blocker": retry_blocker(message, failed_parts.get(message.id, [])),
+            }
+            for message in problems
+        ]
+        return self.render("chatbot_admin/problems.html", rows=rows, shown=PROBLEMS_SHOWN,
+                           stuck_minutes=int(STUCK_AFTER.total_seconds() // 60))
+
+    @expose("/retry/<int:message_id>/", methods=("POST",))
+    def retry_view(self, message_id):
+        # Only a problem is retried: a delivered reply is never sent twice by a stale page.
+        message = Message.problems(utcnow() - STUCK_AFTER, 1).where(Message.id == message_id).first()
+        if not SecureForm(request.form).validate() or message is None:
+            flash("The request expired, or the problem is solved already; please look again.", "error")
+            return redirect(self.get_url(".index"))
+        blocker = retry_blocker(message, failed_parts_of([message.id]).get(message.id, []))
+        if blocker:
+            flash(f"Not retried: {blocker}", "error")
+            return redirect(self.get_url(".index"))
+        try:
+            flash(f"Message {message.id}: {retry_problem(message)}", "success")
+        except RedisError as error:
+            log.error("message_id=%s retry not queued: %s", message.id, error)
+            flash("Put back in line but not queued (Redis is unreachable); the sweeper queues it once Redis "
+                  "is back.", "error")
+        return redirect(self.get_url(".index"))

@@ -1,0 +1,43 @@
+"""The Spending page: what answers cost against each cap, and the operator's overrides."""
+from __future__ import annotations
+
+from flask import flash, redirect, request
+from flask_admin import BaseView, expose
+from flask_admin.form import SecureForm
+
+from chatbot.admin.panel import LoginRequired, services
+from chatbot.budgets import MONTHLY_SETTING, OVERRIDES_TTL, SENDER_DAILY_SETTING, day_start, month_start
+from chatbot.models import Message, utcnow
+from config import amount_problem
+
+
+class SpendingView(LoginRequired, BaseView):
+    """What answers cost against each spending cap, and the operator's overrides of the caps."""
+
+    CAPS = {SENDER_DAILY_SETTING: "Daily budget per sender", MONTHLY_SETTING: "Monthly budget"}
+
+    @expose("/")
+    def index(self):
+        budgets, now = services().budgets, utcnow()
+        costliest = Message.top_spenders(day_start(now), 1)
+        return self.render("chatbot_admin/spending.html", caps=budgets.caps(fresh=True),
+                           environment=budgets.environment, month=Message.spend(month_start(now)),
+                           costliest_today=costliest[0] if costliest else None,
+                           sender_daily_setting=SENDER_DAILY_SETTING, monthly_setting=MONTHLY_SETTING)
+
+    @expose("/set/", methods=("POST",))
+    def set_view(self):
+        key, amount = request.form.get("key", ""), (request.form.get("value") or "").strip()
+        label = self.CAPS.get(key)
+        if not SecureForm(request.form).validate() or label is None:
+            flash("The request expired; please try again.", "error")
+        elif "clear" in request.form:
+            services().budgets.override(key, None)
+            flash(f"{label}: override cleared, the environment's setting applies.", "success")
+        elif amount_problem(amount):
+            flash(f"{label} {amount_problem(amount)}.", "error")
+        else:
+            services().budgets.override(key, float(amount))
+            flash(f"{label} set to ${float(amount):g}; workers apply it within {OVERRIDES_TTL:g} seconds.",
+                  "success")
+        return redirect(self.get_url(".index"))
