@@ -15,10 +15,8 @@ $(STAMP): requirements.txt requirements-dev.txt
 run: $(STAMP)
 	$(PYTHON) scripts/run_local.py
 
-# Four test processes, each taking whole files: most tests wait on real servers and worker
-# processes rather than on the CPU, so four share two cores well (11.5 minutes in one, under 4 in four).
 test: $(STAMP)
-	$(PYTHON) -m pytest -q -n 4 --dist loadfile
+	$(PYTHON) -m pytest -q
 
 lint: $(STAMP)
 	$(PYTHON) -m ruff check .

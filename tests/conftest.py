@@ -31,14 +31,9 @@ WEBHOOK_URL = PUBLIC_BASE_URL + "/whatsapp/webhook"
 FAST_RETRIES = {"backoff": 0.01}
 
 
-@pytest.hookimpl(tryfirst=True)
 def pytest_sessionstart(session):
-    """Install, or name, the programs the suite needs before any test runs (scripts/test_prerequisites.py).
-
-    Once: in the process that runs the session, and under pytest-xdist in the controller before it
-    starts its workers (tryfirst puts this ahead of xdist's own start), so two workers never run
-    apt-get at once."""
-    if session.config.option.collectonly or os.environ.get("PYTEST_XDIST_WORKER"):
+    """Install, or name, the programs the suite needs before any test runs (scripts/test_prerequisites.py)."""
+    if session.config.option.collectonly:
         return
     # Uncaptured, so an apt-get install shows its progress and a refusal its reasons.
     with session.config.pluginmanager.get_plugin("capturemanager").global_and_fixture_disabled():
