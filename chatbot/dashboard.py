@@ -80,13 +80,6 @@ class Spend:
 
 
 @dataclass(frozen=True)
-class ModelSpend:
-    model: str
-    usd: float
-    unknown: int
-
-
-@dataclass(frozen=True)
 class ModelUse:
     """One model's answers of the period: tokens in and out, and what they cost (unknown counted apart)."""
 
@@ -146,7 +139,7 @@ class DashboardStats:
     spend_today: Spend
     spend_week: Spend
     spend_month: Spend
-    spend_by_model: list[ModelSpend]
+    spend_by_model: list[ModelUse]
     top_spenders: list[tuple[str, float]]
     # This week's AI answers that record the model asked for, and those a fallback model wrote.
     ai_answers_week: int
@@ -211,7 +204,8 @@ def compute_stats(now: datetime | None = None, number: str | None = None, period
         spend_today=Spend(*Message.spend(today, number=number)),
         spend_week=Spend(*Message.spend(week, number=number)),
         spend_month=Spend(*Message.spend(month, number=number)),
-        spend_by_model=[ModelSpend(*row) for row in Message.spend_by_model(month, number)],
+        # The month's models, costliest first: the same figures as the period's, over the month.
+        spend_by_model=sorted(_model_use(month, counted), key=lambda use: (-use.usd, use.model)),
         top_spenders=Message.top_spenders(month, TOP_SPENDERS, number),
         **_fallback_use(week, counted),
     )

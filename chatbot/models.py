@@ -575,22 +575,6 @@ class Message(BaseModel):
         return float(total or 0), int(unknown or 0)
 
     @classmethod
-    def spend_by_model(cls, since: datetime, number: str | None = None) -> list[tuple[str, float, int]]:
-        """Return (model, USD, answers without a cost) for answers since `since` (`number`'s only when
-        given), costliest first."""
-        return [
-            (model, float(total or 0), int(unknown or 0))
-            for model, total, unknown in (
-                cls.select(cls.model, fn.COALESCE(fn.SUM(cls.cost), 0), fn.COUNT(cls.id) - fn.COUNT(cls.cost))
-                .where(cls.model.is_null(False), cls.created_at >= since, cls.counted_in_spend(),
-                       cls.on_number(number))
-                .group_by(cls.model)
-                .order_by(fn.COALESCE(fn.SUM(cls.cost), 0).desc(), cls.model)
-                .tuples()
-            )
-        ]
-
-    @classmethod
     def top_spenders(cls, since: datetime, limit: int, number: str | None = None) -> list[tuple[str, float]]:
         """Return the `limit` senders whose answers since `since` (`number`'s only when given) cost the
         most, with that cost in USD."""
