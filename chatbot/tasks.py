@@ -1,6 +1,7 @@
 """RQ jobs: thin, idempotent, and safe to run twice."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -12,7 +13,9 @@ from redis.exceptions import LockError, NoScriptError, RedisError
 from rq import Callback, Queue, RateLimit, Retry, get_current_job
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
-from rq.rate_limit import RateLimitRegistry
+from rq.rate_limit import ACQUIRE_AND_ENQUEUE_SCRIPT, RateLimitRegistry
+from rq.utils import current_timestamp, utcformat
+from rq.utils import now as rq_now
 
 from chatbot import metrics
 from chatbot.db import connection_scope, database
@@ -81,24 +84,62 @@ def enqueue_processing(queue: Queue, message_id: int, sender: str) -> Job:
         failure_ttl=7 * 86400,
         description=f"process message {message_id}",
     )
-    # queue.enqueue_call makes three round trips for a rate-limited job (the queue set, the job's
-    # writes, the promotion script); RQ's pipeline mode queues the same commands, in the same
-    # order, in one MULTI/EXEC. enqueue_job refuses a pipeline here only to stop a caller saving
-    # the job on it afterwards, which would undo the promotion: nothing here saves it again.
-    with queue.connection.pipeline() as pipe:
-        pipe.sadd(queue.redis_queues_keys, queue.key)
-        queue._enqueue_rate_limited_job(job, pipeline=pipe)
-        # RQ keeps each rate-limit key's settings forever: one hash per sender who ever wrote.
-        pipe.expire(RateLimitRegistry(job.rate_limit_key, queue.connection).config_key, RATE_LIMIT_CONFIG_TTL)
-        # redis-py would first ask Redis whether the promotion script is loaded, a round trip of
-        # its own. Unasked, a Redis that lost its scripts (restarted, flushed) runs the rest of the
-        # transaction and leaves the job waiting: promote it then, as RQ's own second step does.
-        pipe.scripts.clear()
-        try:
-            pipe.execute()
-        except NoScriptError:
-            RateLimitRegistry.from_job(job).acquire_and_enqueue(job.rate_limit_concurrency)
+    _enqueue_rate_limited(queue, job)
     return job
+
+
+# RQ's rate-limited enqueue as one script, one round trip: queue.enqueue_call makes three, and even
+# RQ's pipeline mode packs ten commands into a MULTI/EXEC. It writes what RQ writes (the job hash
+# from RQ's own to_dict, the registry keys RQ names) and promotes with RQ's own promotion script,
+# run inside it; tests/test_webhook_fast_path.py compares the Redis state with RQ's. One difference:
+# RQ keeps each rate-limit key's settings forever, one hash per sender who ever wrote; here they expire.
+# KEYS: the queues set, the rate-limit keys set, the key's settings, the job, allowed, rate_limited.
+# ARGV: queue key, rate-limit key, concurrency, settings' lifetime, timestamp, enqueued_at, queue
+# prefix, job prefix, job id, and the job hash's fields and values as one run of netstrings
+# ("<length>:<bytes>"): redis-py packs each argument in Python, and one argument is ~40 fewer.
+ENQUEUE_RATE_LIMITED_SCRIPT = f"""
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[2])
+redis.call('HSET', KEYS[3], 'concurrency', ARGV[3])
+local fields, blob, at = {{}}, ARGV[10], 1
+while at <= #blob do
+    local colon = string.find(blob, ':', at, true)
+    local size = tonumber(string.sub(blob, at, colon - 1))
+    fields[#fields + 1] = string.sub(blob, colon + 1, colon + size)
+    at = colon + size + 1
+end
+redis.call('HSET', KEYS[4], unpack(fields))
+redis.call('ZADD', KEYS[6], ARGV[5], ARGV[9])
+-- RQ's script reads KEYS and ARGV: as this function's parameters they shadow the script's own.
+local function acquire(KEYS, ARGV)
+{ACQUIRE_AND_ENQUEUE_SCRIPT}
+end
+local promoted = acquire({{KEYS[5], KEYS[6]}}, {{ARGV[3], ARGV[5], ARGV[6], ARGV[7], ARGV[8]}})
+redis.call('EXPIRE', KEYS[3], ARGV[4])
+return promoted
+"""
+ENQUEUE_RATE_LIMITED_SHA = hashlib.sha1(ENQUEUE_RATE_LIMITED_SCRIPT.encode()).hexdigest()
+
+
+def _enqueue_rate_limited(queue: Queue, job: Job) -> None:
+    job.origin = queue.name
+    job._status = JobStatus.RATE_LIMITED
+    registry = RateLimitRegistry.from_job(job)
+    keys = [queue.redis_queues_keys, registry.rl_keys_key, registry.config_key, job.key,
+            registry.allowed_key, registry.rate_limited_key]
+    args = [queue.key, registry.key, job.rate_limit_concurrency, RATE_LIMIT_CONFIG_TTL, current_timestamp(),
+            utcformat(rq_now()), Queue.redis_queue_namespace_prefix, Job.redis_job_namespace_prefix, job.id]
+    redis = queue.connection
+    encode = redis.get_encoder().encode
+    args.append(b"".join(b"%d:%s" % (len(part), part)
+                         for item in job.to_dict().items() for part in map(encode, item)))
+    try:
+        redis.evalsha(ENQUEUE_RATE_LIMITED_SHA, len(keys), *keys, *args)
+    except NoScriptError:
+        # Redis lost its scripts (restarted, flushed): load it and run it once more. Asking first
+        # would cost every enqueue a round trip.
+        redis.script_load(ENQUEUE_RATE_LIMITED_SCRIPT)
+        redis.evalsha(ENQUEUE_RATE_LIMITED_SHA, len(keys), *keys, *args)
 
 
 def process_message(message_id: int) -> dict:
