@@ -11,9 +11,10 @@ def create_app(config: Config | None = None, services=None) -> Flask:
 
     Pass `services` (already built, e.g. aimed at test fakes) to use them and their settings.
     """
-    from chatbot import admin, cli, db, metrics, security, status_callbacks, webhook
+    from chatbot import admin, auth, cli, db, metrics, security, status_callbacks, webhook
     from chatbot.logs import configure_logging
     from chatbot.services import build_services
+    from chatbot.whatsapp import STATUS_CALLBACK_PATH
 
     services = services or build_services(config or Config.from_env())
     config = services.config
@@ -29,6 +30,8 @@ def create_app(config: Config | None = None, services=None) -> Flask:
     security.init_app(app, config, on_refused=webhook.record_refusal)
     app.extensions["chatbot"] = services
     db.init_app(app)
+    app.session_interface = auth.SessionsForPeopleOnly(
+        (webhook.WEBHOOK_PATH, STATUS_CALLBACK_PATH, "/health", metrics.METRICS_PATH))
     app.register_blueprint(webhook.bp)
     app.register_blueprint(status_callbacks.bp)
     app.register_blueprint(metrics.bp)

@@ -7,6 +7,7 @@ import secrets
 from urllib.parse import urlparse
 
 from flask import session
+from flask.sessions import SecureCookieSessionInterface
 from flask_admin.form import SecureForm
 from redis import Redis
 from wtforms import PasswordField, StringField
@@ -18,6 +19,20 @@ from chatbot.models import AdminUser, utcnow
 SESSION_ID = "admin_session"
 # An admin session unused this long ends; every admin request restarts the clock.
 ADMIN_IDLE_SECONDS = 30 * 60
+
+
+class SessionsForPeopleOnly(SecureCookieSessionInterface):
+    """Flask's cookie session, opened only where a person may be logged in. Twilio's posts, health
+    probes and metrics scrapes never carry the cookie, and unsigning nothing still costs the webhook
+    a serializer per request; on those paths Flask gets its null session, which refuses writes."""
+
+    def __init__(self, sessionless_paths: tuple[str, ...]):
+        self.sessionless_paths = frozenset(sessionless_paths)
+
+    def open_session(self, app, request):
+        if request.path in self.sessionless_paths:
+            return None
+        return super().open_session(app, request)
 
 
 class LoginForm(SecureForm):

@@ -16,6 +16,7 @@ from flask import Blueprint, Response, abort, current_app, request
 from redis.exceptions import RedisError
 
 bp = Blueprint("metrics", __name__)
+METRICS_PATH = "/metrics"
 
 # prometheus_client decides, when first imported, whether values live in this folder's files.
 MULTIPROC_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
@@ -172,7 +173,7 @@ def _age(enqueued_at: datetime | None) -> float:
     return max(0.0, (datetime.now(timezone.utc) - enqueued_at).total_seconds())
 
 
-@bp.get("/metrics")
+@bp.get(METRICS_PATH)
 def scrape():
     """Every process's counts in Prometheus's text format, for a bearer of METRICS_TOKEN."""
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest

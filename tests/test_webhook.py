@@ -5,7 +5,8 @@ import dataclasses
 import threading
 
 import pytest
-from flask import Flask
+from flask import Flask, session
+from flask.sessions import NullSession
 from rq.job import Job
 
 from chatbot import create_app, tasks
@@ -45,6 +46,20 @@ def test_twilio_published_signature_vectors_are_accepted(public_base_url, signat
         headers={"X-Twilio-Signature": signature},
     ):
         assert signature_problem(VECTOR_TOKEN, public_base_url) is not None
+
+
+@pytest.mark.parametrize("path, sessionless", [
+    ("/whatsapp/webhook", True), ("/whatsapp/status", True), ("/health", True), ("/metrics", True),
+    ("/admin/", False), ("/admin/login/", False),
+])
+def test_only_pages_a_person_opens_get_a_cookie_session(app, path, sessionless):
+    with app.test_request_context(path, method="POST", headers={"Cookie": "session=whatever"}):
+        assert isinstance(session, NullSession) is sessionless
+
+
+def test_a_twilio_post_sets_no_cookie(post_webhook):
+    response = post_webhook(inbound_form("Hello"))
+    assert response.status_code == 200 and "Set-Cookie" not in response.headers
 
 
 def test_valid_webhook_is_stored_queued_and_answered_with_empty_twiml(post_webhook, services):
