@@ -1,0 +1,148 @@
+"""SQLite's writers wait their turn in a queue instead of SQLite's busy handler, across threads and processes.
+
+Each database here has a busy_timeout of 100 ms: past it SQLite itself says "database is locked",
+so a write that waits longer than that succeeds only through the queue.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from chatbot.db import SQLITE_PRAGMAS, QueuedWritersSqliteDatabase
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+HOLD_SECONDS = 1.0
+
+
+def queued_database(path: Path) -> QueuedWritersSqliteDatabase:
+    db = QueuedWritersSqliteDatabase(str(path), writers_lock=f"{path}.writers", lock_type="IMMEDIATE",
+                                     pragmas={**SQLITE_PRAGMAS, "busy_timeout": 100}, check_same_thread=False,
+                                     max_connections=16)
+    db.execute_sql("CREATE TABLE IF NOT EXISTS note (text TEXT NOT NULL)")
+    return db
+
+
+def notes(db) -> list[str]:
+    return sorted(text for (text,) in db.execute_sql("SELECT text FROM note").fetchall())
+
+
+@pytest.fixture
+def db(tmp_path):
+    database = queued_database(tmp_path / "queued.sqlite3")
+    yield database
+    database.close_all()
+
+
+def hold_a_write_transaction(db, begun: threading.Event) -> threading.Thread:
+    def holder():
+        with db.atomic():
+            db.execute_sql("INSERT INTO note VALUES ('held')")
+            begun.set()
+            time.sleep(HOLD_SECONDS)
+        db.close()
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    return thread
+
+
+def test_a_transaction_waits_for_a_long_one_past_sqlites_busy_timeout(db):
+    begun = threading.Event()
+    holder = hold_a_write_transaction(db, begun)
+    assert begun.wait(5)
+    started = time.monotonic()
+    with db.atomic():
+        db.execute_sql("INSERT INTO note VALUES ('waited')")
+    waited = time.monotonic() - started
+    holder.join()
+    assert waited > 0.5  # far past the 100 ms SQLite would have waited
+    assert notes(db) == ["held", "waited"]
+
+
+def test_a_single_statement_outside_a_transaction_waits_its_turn_too(db):
+    begun = threading.Event()
+    holder = hold_a_write_transaction(db, begun)
+    assert begun.wait(5)
+    db.execute_sql("INSERT INTO note VALUES ('autocommit')")
+    holder.join()
+    assert notes(db) == ["autocommit", "held"]
+
+
+def test_reads_do_not_wait_for_a_writer(db):
+    begun = threading.Event()
+    holder = hold_a_write_transaction(db, begun)
+    assert begun.wait(5)
+    started = time.monotonic()
+    assert notes(db) == []  # WAL: the reader sees the last commit and does not queue
+    assert time.monotonic() - started < HOLD_SECONDS / 2
+    holder.join()
+
+
+def test_many_writers_at_once_all_get_their_turn(db):
+    failures = []
+
+    def writer(number: int):
+        try:
+            for index in range(30):
+                with db.atomic():
+                    db.execute_sql("INSERT INTO note VALUES (?)", (f"{number}-{index}",))
+                db.execute_sql("INSERT INTO note VALUES (?)", (f"{number}-{index}-single",))
+        except Exception as error:  # noqa: BLE001 - reported below
+            failures.append(repr(error))
+        finally:
+            db.close()
+
+    threads = [threading.Thread(target=writer, args=(number,)) for number in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert len(notes(db)) == 8 * 30 * 2
+
+
+CHILD = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, {project!r})
+    from tests.test_sqlite_writers import queued_database
+    db = queued_database({path!r})
+    with db.atomic():
+        db.execute_sql("INSERT INTO note VALUES ('child')")
+        print("begun", flush=True)
+        time.sleep(float(sys.argv[1]))
+    print("committed", flush=True)
+""")
+
+
+def child_holding_a_transaction(path: Path, seconds: float) -> subprocess.Popen:
+    child = subprocess.Popen([sys.executable, "-c", CHILD.format(project=str(PROJECT_DIR), path=str(path)),
+                              str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "begun"
+    return child
+
+
+def test_a_writer_in_another_process_waits_its_turn(db, tmp_path):
+    child = child_holding_a_transaction(tmp_path / "queued.sqlite3", HOLD_SECONDS)
+    with db.atomic():
+        db.execute_sql("INSERT INTO note VALUES ('parent')")
+    assert child.wait(10) == 0 and child.stdout.read().strip() == "committed"
+    assert notes(db) == ["child", "parent"]
+
+
+def test_a_killed_process_gives_its_turn_up(db, tmp_path):
+    child = child_holding_a_transaction(tmp_path / "queued.sqlite3", 60)
+    threading.Timer(HOLD_SECONDS, os.kill, (child.pid, signal.SIGKILL)).start()
+    started = time.monotonic()
+    with db.atomic():
+        db.execute_sql("INSERT INTO note VALUES ('after the kill')")
+    assert time.monotonic() - started < 10
+    assert child.wait(10) == -signal.SIGKILL
+    assert notes(db) == ["after the kill"]  # the killed transaction never committed
