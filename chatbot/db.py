@@ -4,6 +4,7 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
@@ -69,6 +70,9 @@ class WriterQueue:
             return False
         if getattr(local, "fd", None) is None:
             local.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            # Closed when the thread ends and its locals go, or a process of many short threads
+            # would run out of descriptors.
+            local.closer = weakref.finalize(local.__dict__.setdefault("token", _Token()), os.close, local.fd)
         fcntl.flock(local.fd, fcntl.LOCK_EX)
         local.held = True
         return True
@@ -78,6 +82,10 @@ class WriterQueue:
         if getattr(local, "held", False):
             local.held = False
             fcntl.flock(local.fd, fcntl.LOCK_UN)
+
+
+class _Token:
+    """Lives exactly as long as one thread's locals."""
 
 
 class QueuedWritersSqliteDatabase(PooledSqliteDatabase):

@@ -146,3 +146,22 @@ def test_a_killed_process_gives_its_turn_up(db, tmp_path):
     assert time.monotonic() - started < 10
     assert child.wait(10) == -signal.SIGKILL
     assert notes(db) == ["after the kill"]  # the killed transaction never committed
+
+
+def test_threads_that_ended_leave_no_descriptor_open(db):
+    def open_descriptors() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    def write():
+        with db.atomic():
+            db.execute_sql("INSERT INTO note VALUES ('short-lived')")
+        db.close()
+
+    write()  # this thread's own descriptor (and the connection's) are open from here on
+    before = open_descriptors()
+    for _ in range(50):
+        thread = threading.Thread(target=write)
+        thread.start()
+        thread.join()
+    assert open_descriptors() <= before + 2  # the pool may keep a connection or two beside
+    assert len(notes(db)) == 51
