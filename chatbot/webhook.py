@@ -132,9 +132,8 @@ def signature_problem(auth_token: str, public_base_url: str) -> str | None:
     if not signature:
         return "X-Twilio-Signature header is missing"
     url = signed_url(public_base_url)
-    # Twilio's JSON variant signs the URL (which carries bodySHA256) and hashes the raw body. The
-    # validator finds bodySHA256 with parse_qs, which drops a blank one and then takes the body
-    # for form fields and crashes: ask the question the way it will.
+    # Twilio's JSON variant signs the URL (which carries bodySHA256) and hashes the raw body.
+    # parse_qs drops a blank bodySHA256, which would then pass for a form post: refuse it first.
     body_hash = parse_qs(urlparse(url).query).get("bodySHA256")
     if "bodySHA256" in request.args and not body_hash:
         return "bodySHA256 is blank"
