@@ -31,7 +31,7 @@ def create_app(config: Config | None = None, services=None) -> Flask:
     app.extensions["chatbot"] = services
     db.init_app(app)
     app.session_interface = auth.SessionsForPeopleOnly(
-        (webhook.WEBHOOK_PATH, STATUS_CALLBACK_PATH, "/health", metrics.METRICS_PATH))
+        (webhook.WEBHOOK_PATH, STATUS_CALLBACK_PATH, webhook.HEALTH_PATH, metrics.METRICS_PATH))
     app.register_blueprint(webhook.bp)
     app.register_blueprint(status_callbacks.bp)
     app.register_blueprint(metrics.bp)

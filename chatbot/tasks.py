@@ -1,7 +1,6 @@
 """RQ jobs: thin, idempotent, and safe to run twice."""
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -9,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import timedelta
 
-from redis.exceptions import LockError, NoScriptError, RedisError
+from redis.exceptions import LockError, RedisError
 from rq import Callback, Queue, RateLimit, Retry, get_current_job
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
@@ -118,7 +117,6 @@ local promoted = acquire({{KEYS[5], KEYS[6]}}, {{ARGV[3], ARGV[5], ARGV[6], ARGV
 redis.call('EXPIRE', KEYS[3], ARGV[4])
 return promoted
 """
-ENQUEUE_RATE_LIMITED_SHA = hashlib.sha1(ENQUEUE_RATE_LIMITED_SCRIPT.encode()).hexdigest()
 
 
 def _enqueue_rate_limited(queue: Queue, job: Job) -> None:
@@ -129,17 +127,11 @@ def _enqueue_rate_limited(queue: Queue, job: Job) -> None:
             registry.allowed_key, registry.rate_limited_key]
     args = [queue.key, registry.key, job.rate_limit_concurrency, RATE_LIMIT_CONFIG_TTL, current_timestamp(),
             utcformat(rq_now()), Queue.redis_queue_namespace_prefix, Job.redis_job_namespace_prefix, job.id]
-    redis = queue.connection
-    encode = redis.get_encoder().encode
+    encode = queue.connection.get_encoder().encode
     args.append(b"".join(b"%d:%s" % (len(part), part)
                          for item in job.to_dict().items() for part in map(encode, item)))
-    try:
-        redis.evalsha(ENQUEUE_RATE_LIMITED_SHA, len(keys), *keys, *args)
-    except NoScriptError:
-        # Redis lost its scripts (restarted, flushed): load it and run it once more. Asking first
-        # would cost every enqueue a round trip.
-        redis.script_load(ENQUEUE_RATE_LIMITED_SCRIPT)
-        redis.evalsha(ENQUEUE_RATE_LIMITED_SHA, len(keys), *keys, *args)
+    # redis-py runs it by its hash and loads it only when Redis has lost it (restarted, flushed).
+    queue.connection.register_script(ENQUEUE_RATE_LIMITED_SCRIPT)(keys=keys, args=args)
 
 
 def process_message(message_id: int) -> dict:

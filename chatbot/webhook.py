@@ -30,6 +30,7 @@ bp = Blueprint("whatsapp", __name__)
 
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 WEBHOOK_PATH = "/whatsapp/webhook"
+HEALTH_PATH = "/health"
 MAX_LOGGED_BODY = 8192
 # A refused request's headers are kept, but a hostile client must not fill a row with them.
 MAX_LOGGED_HEADERS = 50
@@ -137,9 +138,10 @@ def signature_problem(auth_token: str, public_base_url: str) -> str | None:
     body_hash = parse_qs(urlparse(url).query).get("bodySHA256")
     if "bodySHA256" in request.args and not body_hash:
         return "bodySHA256 is blank"
-    if not _signature_matches(_validator(auth_token), url, {} if body_hash else request.form, signature):
+    validator = _validator(auth_token)
+    if not _signature_matches(validator, url, {} if body_hash else request.form, signature):
         return "X-Twilio-Signature does not match (check PUBLIC_BASE_URL and the proxy setup)"
-    if body_hash and not compare(_validator(auth_token).compute_hash(request.get_data(as_text=True)), body_hash[0]):
+    if body_hash and not compare(validator.compute_hash(request.get_data(as_text=True)), body_hash[0]):
         return "the body does not match bodySHA256"
     return None
 
@@ -453,7 +455,7 @@ def webhook_check():
     return Response("WhatsApp webhook is up. Configure Twilio to POST here.\n", mimetype="text/plain")
 
 
-@bp.get("/health")
+@bp.get(HEALTH_PATH)
 def health():
     """Report whether the database and Redis are reachable."""
     services = current_app.extensions["chatbot"]
