@@ -15,14 +15,13 @@ import psycopg2
 import pytest
 from cryptography.fernet import Fernet
 from redis import Redis
-from rq import SimpleWorker
 
 from chatbot import create_app, db, migrations, tasks
 from chatbot.services import build_services
 from config import Config
 from tests import support
 from tests.fakes import FakeOpenRouter, FakeTwilio
-from tests.support import ACCOUNT_SID, AUTH_TOKEN, BOT_NUMBER, RedisServer, inbound_form, sign
+from tests.support import ACCOUNT_SID, AUTH_TOKEN, BOT_NUMBER, BurstWorker, RedisServer, inbound_form, sign
 from tests.support import free_port as free_port
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -236,7 +235,7 @@ def run_jobs(services):
     from worker import build_worker
 
     def run():
-        worker = build_worker(services, worker_class=SimpleWorker)
+        worker = build_worker(services, worker_class=BurstWorker)
         worker.work(burst=True, with_scheduler=False)
 
     return run

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psycopg2
 from redis import Redis
+from rq import SimpleWorker
 from twilio.request_validator import RequestValidator
 
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
@@ -28,6 +29,14 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+class BurstWorker(SimpleWorker):
+    """RQ's non-forking worker without its pub/sub listener: with rq 3.0 and redis-py 8.2 a worker's
+    unsubscribe() can join a listener blocked for 60 s in get_message (rq/rq#1613). Ours has none either."""
+
+    def subscribe(self):
+        """Listen to no stop or kill commands: a test's burst worker ends by itself."""
 
 
 # --- Redis -------------------------------------------------------------------------------------

@@ -8,13 +8,14 @@ import time
 from datetime import timedelta
 
 import pytest
-from rq import Retry, SimpleWorker
+from rq import Retry
 
 from chatbot import tasks
 from chatbot.errors import USER_MESSAGES, Category
 from chatbot.models import Message, Status
 from tests.conftest import WebhookPoster, wait_for
 from tests.fakes import FakeOpenRouter, Scripted
+from tests.support import BurstWorker
 from worker import build_worker
 
 ADA = "whatsapp:+15550001111"
@@ -166,7 +167,7 @@ def test_jobs_outlasting_the_shutdown_grace_are_handed_back_and_answered_once(
     assert [services.queue.fetch_job(tasks.job_id_for(i)).get_status() for i in ids] == ["scheduled"] * 2
     # The abandoned threads still finish their answers; the retries then find nothing left to do.
     assert wait_for(lambda: len(fake_twilio.sent) == 2, timeout=10)
-    assert wait_for(lambda: (build_worker(services, worker_class=SimpleWorker)
+    assert wait_for(lambda: (build_worker(services, worker_class=BurstWorker)
                              .work(burst=True, with_scheduler=True),
                              services.queue.finished_job_registry.count == 2)[1], timeout=20, interval=0.5)
     assert sorted(s["Body"] for s in fake_twilio.sent) == ["Answer to: Hello", "Answer to: Hi"]

@@ -8,14 +8,13 @@ from dataclasses import dataclass
 
 import pytest
 from flask import Flask
-from rq import SimpleWorker
 from werkzeug.serving import make_server
 
 from chatbot import auth, create_app, tasks
 from chatbot.models import Message, ReplyPart, Role, Status, WebhookLog
 from chatbot.services import Services, build_services
 from tests.conftest import FAST_RETRIES, PUBLIC_BASE_URL, WEBHOOK_URL, WebhookPoster, wait_for
-from tests.support import conversation_for, inbound_form, sign
+from tests.support import BurstWorker, conversation_for, inbound_form, sign
 from tests.test_admin import PASSWORD, log_in
 from worker import build_worker
 
@@ -37,7 +36,7 @@ class Live:
         assert response.status_code == 200, response.get_data(as_text=True)
 
     def run_jobs(self) -> None:
-        build_worker(self.services, worker_class=SimpleWorker).work(burst=True, with_scheduler=False)
+        build_worker(self.services, worker_class=BurstWorker).work(burst=True, with_scheduler=False)
 
 
 @pytest.fixture

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import pytest
-from rq import SimpleWorker
 
 from chatbot import auth, create_app, tasks
 from chatbot.dashboard import compute_stats
 from chatbot.models import AIConfiguration, Message
 from chatbot.services import build_services
 from tests.conftest import FAST_RETRIES, WebhookPoster
+from tests.support import BurstWorker
 from tests.test_admin import PASSWORD, create_configuration, log_in
 from worker import build_worker
 
@@ -66,7 +66,7 @@ def test_environment_fallbacks_serve_when_no_configuration_is_active(config, ser
     tasks.install(changed)
     try:
         WebhookPoster(create_app(services=changed).test_client()).message("Hello")
-        build_worker(changed, worker_class=SimpleWorker).work(burst=True, with_scheduler=False)
+        build_worker(changed, worker_class=BurstWorker).work(burst=True, with_scheduler=False)
     finally:
         tasks.install(services)
     assert fake_openrouter.completions[-1].body["models"] == [config.ai_model, PRIMARY, "google/gemini-flash-1.5"]

@@ -18,6 +18,7 @@ from chatbot.errors import USER_MESSAGES, Category, ErrorHandler, WhatsAppError
 from chatbot.models import Message, Status
 from tests.conftest import PROJECT_DIR, wait_for
 from tests.fakes import FakeOpenRouter, FakeTwilio
+from tests.support import BurstWorker
 
 ADA = "whatsapp:+15550001111"
 FALLBACK = USER_MESSAGES[Category.AI]
@@ -115,7 +116,7 @@ def test_redis_lost_mid_job_is_recovered_by_the_sweeper(config, env, post_webhoo
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 def test_database_connections_cut_mid_job_still_answer_once(post_webhook, services, fake_openrouter,
                                                             fake_twilio, config, monkeypatch):
-    from rq import Retry, SimpleWorker
+    from rq import Retry
 
     from worker import build_worker
 
@@ -132,13 +133,13 @@ def test_database_connections_cut_mid_job_still_answer_once(post_webhook, servic
 
     fake_openrouter.delay_for = cut_connections
     post_webhook.message("Hello", sender=ADA)
-    build_worker(services, worker_class=SimpleWorker).work(burst=True, with_scheduler=False)
+    build_worker(services, worker_class=BurstWorker).work(burst=True, with_scheduler=False)
     job = services.queue.fetch_job(tasks.job_id_for(Message.get().id))
     # The pool hands the job a fresh connection after the model call, or the job fails cleanly and
     # its retry is booked: never failed for good, never a second answer.
     assert job.get_status() in ("finished", "scheduled")
     fake_openrouter.delay_for = lambda messages: 0.0
-    assert wait_for(lambda: (build_worker(services, worker_class=SimpleWorker)
+    assert wait_for(lambda: (build_worker(services, worker_class=BurstWorker)
                              .work(burst=True, with_scheduler=True), bool(fake_twilio.sent))[1], timeout=20,
                     interval=0.3)
     assert [s["Body"] for s in fake_twilio.sent] == ["Answer to: Hello"]

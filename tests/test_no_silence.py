@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import timedelta
+from datetime import timedelta, timezone
+from email.utils import format_datetime
 
 import pytest
 from peewee import OperationalError
@@ -126,7 +127,8 @@ def test_a_refused_send_is_retried_without_a_lookup(fake_twilio):
 def test_an_earlier_message_with_the_same_text_is_not_taken_for_this_one(fake_twilio):
     client = WhatsAppClient(ACCOUNT_SID, AUTH_TOKEN, BOT_NUMBER, api_base_url=fake_twilio.url, backoff=0.01)
     client.send_part(ADA, "Yes")
-    fake_twilio.accepted[0]["date_created"] = "Wed, 25 Nov 2026 08:00:00 GMT"  # hours ago
+    hours_ago = utcnow().replace(tzinfo=timezone.utc) - timedelta(hours=5)
+    fake_twilio.accepted[0]["date_created"] = format_datetime(hours_ago, usegmt=True)
     assert client.find_sent(ADA, "Yes", since=utcnow()) is None
     assert client.find_sent(ADA, "Yes", since=utcnow() - timedelta(days=2)) == fake_twilio.accepted[0]["sid"]
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 import time
 
 import pytest
-from rq import Retry, SimpleWorker
+from rq import Retry
 
 from chatbot import tasks
 from chatbot.errors import USER_MESSAGES, Category, WhatsAppError
 from chatbot.models import Message, Status
 from tests.conftest import BOT_NUMBER
 from tests.fakes import FakeOpenRouter, FakeTwilio, Scripted
+from tests.support import BurstWorker
 from worker import build_worker
 
 ADA = "whatsapp:+15550001111"
@@ -126,7 +127,7 @@ def test_ai_outage_is_retried_by_rq_then_answered(post_webhook, services, fake_o
     # Three 503s exhaust the adapter's own retries on the first job run.
     fake_openrouter.then(*[FakeOpenRouter.error(503, "Provider overloaded")] * 3)
     post_webhook.message("Hello", sender=ADA)
-    worker = build_worker(services, worker_class=SimpleWorker)
+    worker = build_worker(services, worker_class=BurstWorker)
     worker.work(burst=True, with_scheduler=False)
     assert fake_twilio.sent == []
     job = services.queue.fetch_job(tasks.job_id_for(Message.get().id))
@@ -134,7 +135,7 @@ def test_ai_outage_is_retried_by_rq_then_answered(post_webhook, services, fake_o
     # A worker with the scheduler running picks the retry up when its interval has passed.
     deadline = time.monotonic() + 15
     while not fake_twilio.sent and time.monotonic() < deadline:
-        build_worker(services, worker_class=SimpleWorker).work(burst=True, with_scheduler=True)
+        build_worker(services, worker_class=BurstWorker).work(burst=True, with_scheduler=True)
         time.sleep(0.3)
     assert [s["Body"] for s in fake_twilio.sent] == ["Answer to: Hello"]
 
