@@ -33,7 +33,7 @@ CONTENT_SID_SHAPE = re.compile(r"^HX[0-9a-f]{32}$")
 MAX_COALESCE_SECONDS = 30
 # One worker process's jobs share its CPU and its database connection pool; past this, add processes.
 MAX_WORKER_CONCURRENCY = 256
-# Below the job's own deadline (chatbot.tasks.JOB_DEADLINE), so a stuck model still leaves time to apologise.
+# Below the job's own deadline (chatbot.jobs.tasks.JOB_DEADLINE), so a stuck model still leaves time to apologise.
 MAX_AI_DEADLINE = 120
 # A century: far past any retention promise, and it keeps the cleanup's cutoff date computable.
 MAX_RETENTION_DAYS = 36500
@@ -80,7 +80,7 @@ DEFAULT_USER_COMMANDS = {"reset": "/reset", "help": "/help", "stop": "STOP", "st
 
 
 # An OpenRouter model slug, `vendor/model` (with an optional `:variant`). The one home of the rule:
-# settings here and AI configurations (chatbot/models.py) both use it.
+# settings here and AI configurations (chatbot/models/settings.py) both use it.
 MODEL_SLUG_SHAPE = re.compile(r"^[a-z0-9][a-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._:+-]*$")
 
 

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from redis.exceptions import RedisError
 from rq_scheduler import Scheduler
 
-from chatbot import tasks
+from chatbot.jobs import queueing, tasks
 from chatbot.logs import configure_logging
 from chatbot.services import QUEUE_NAME, build_services
 from config import Config
@@ -31,12 +31,12 @@ warnings.filterwarnings("ignore", message=r"Version 0\.22\.0\+ of crontab", cate
 def register_jobs(scheduler: Scheduler) -> None:
     """Replace earlier registrations so a restart never doubles a periodic job."""
     for job in scheduler.get_jobs():
-        if job.id in (tasks.CLEANUP_JOB, tasks.SWEEP_JOB):
+        if job.id in (queueing.CLEANUP_JOB, queueing.SWEEP_JOB):
             scheduler.cancel(job)
     scheduler.cron(
         CLEANUP_CRON,
         func=tasks.cleanup_expired_conversations,
-        id=tasks.CLEANUP_JOB,
+        id=queueing.CLEANUP_JOB,
         queue_name=QUEUE_NAME,
         use_local_timezone=False,
         result_ttl=PERIODIC_RESULT_TTL,
@@ -46,7 +46,7 @@ def register_jobs(scheduler: Scheduler) -> None:
         func=tasks.sweep_pending_messages,
         interval=SWEEP_INTERVAL,
         repeat=None,
-        id=tasks.SWEEP_JOB,
+        id=queueing.SWEEP_JOB,
         queue_name=QUEUE_NAME,
         result_ttl=PERIODIC_RESULT_TTL,
     )
@@ -56,7 +56,7 @@ class SelfHealingScheduler(Scheduler):
     """Registers the periodic jobs again whenever Redis has lost them (it may keep nothing on disk)."""
 
     def enqueue_jobs(self):
-        if tasks.CLEANUP_JOB not in self or tasks.SWEEP_JOB not in self:
+        if queueing.CLEANUP_JOB not in self or queueing.SWEEP_JOB not in self:
             log.warning("periodic jobs missing from Redis (restarted or flushed?); registering them again")
             register_jobs(self)
         return super().enqueue_jobs()

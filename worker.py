@@ -5,8 +5,9 @@ import logging
 
 from rq.worker import BaseWorker
 
-from chatbot import metrics, tasks
-from chatbot.concurrent_worker import ThreadPoolWorker
+from chatbot import metrics
+from chatbot.jobs import queueing, tasks
+from chatbot.jobs.worker import ThreadPoolWorker
 from chatbot.logs import RoutineWorkerLines, configure_logging
 from chatbot.services import build_services
 from config import Config
@@ -46,7 +47,7 @@ def build_worker(services, worker_class: type[BaseWorker] = ChatbotWorker, **opt
 def main() -> None:
     configure_logging()
     # The minute sweep runs all day; it speaks (as a warning) only when it finds work.
-    logging.getLogger("rq.worker").addFilter(RoutineWorkerLines((tasks.SWEEP_JOB, "sweep_pending_messages()")))
+    logging.getLogger("rq.worker").addFilter(RoutineWorkerLines((queueing.SWEEP_JOB, "sweep_pending_messages()")))
     config = Config.from_env_or_exit()
     # Counted into the folder the web's /metrics reads, when they share a machine.
     metrics.share_between_processes(config.metrics_dir)

@@ -1,7 +1,7 @@
 """The throughput baseline: a bare Flask endpoint that answers like the webhook and does nothing else."""
 from flask import Flask, Response
 
-from chatbot.webhook import EMPTY_TWIML
+from chatbot.web import EMPTY_TWIML
 
 app = Flask(__name__)
 

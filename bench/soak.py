@@ -291,8 +291,8 @@ def database_counts(database_url: str) -> dict:
     """Count what the pipeline stored: messages by role and status, webhook log rows by verdict."""
     from peewee import fn
 
-    from chatbot.db import database, open_database
     from chatbot.models import Message, WebhookLog
+    from chatbot.models.db import database, open_database
 
     open_database(database_url)
     try:

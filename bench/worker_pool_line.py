@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rq.worker_pool import WorkerPool  # noqa: E402
 
-from chatbot import tasks  # noqa: E402
+from chatbot.jobs import tasks  # noqa: E402
 from chatbot.logs import configure_logging  # noqa: E402
 from chatbot.services import QUEUE_NAME, build_services  # noqa: E402
 from config import Config  # noqa: E402

@@ -11,9 +11,11 @@ def create_app(config: Config | None = None, services=None) -> Flask:
 
     Pass `services` (already built, e.g. aimed at test fakes) to use them and their settings.
     """
-    from chatbot import admin, auth, cli, db, metrics, security, status_callbacks, webhook
+    from chatbot import admin, auth, cli, metrics, web
     from chatbot.logs import configure_logging
+    from chatbot.models import db
     from chatbot.services import build_services
+    from chatbot.web import audit, health, security, status, webhook
     from chatbot.whatsapp import STATUS_CALLBACK_PATH
 
     services = services or build_services(config or Config.from_env())
@@ -27,13 +29,14 @@ def create_app(config: Config | None = None, services=None) -> Flask:
         SESSION_COOKIE_SECURE=config.public_base_url.startswith("https://"),
         PERMANENT_SESSION_LIFETIME=12 * 3600,
     )
-    security.init_app(app, config, on_refused=webhook.record_refusal)
+    security.init_app(app, config, on_refused=audit.record_refusal)
     app.extensions["chatbot"] = services
     db.init_app(app)
     app.session_interface = auth.SessionsForPeopleOnly(
-        (webhook.WEBHOOK_PATH, STATUS_CALLBACK_PATH, webhook.HEALTH_PATH, metrics.METRICS_PATH))
+        (web.WEBHOOK_PATH, STATUS_CALLBACK_PATH, web.HEALTH_PATH, metrics.METRICS_PATH))
     app.register_blueprint(webhook.bp)
-    app.register_blueprint(status_callbacks.bp)
+    app.register_blueprint(status.bp)
+    app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)
     # Browsers ask for /favicon.ico whatever a page links to.
     app.add_url_rule("/favicon.ico", "favicon", lambda: app.send_static_file("favicon.svg"))

@@ -11,7 +11,7 @@ from typing import Callable
 from redis import Redis
 from redis.exceptions import RedisError
 
-from chatbot.errors import ErrorHandler
+from chatbot.alerts import ErrorHandler
 from chatbot.models import Message, Setting, utcnow
 from chatbot.redact import mask_phone, sender_key
 from config import amount_problem

@@ -5,8 +5,8 @@ import re
 import sys
 from typing import Callable, Iterator
 
-from chatbot.db import database
 from chatbot.models import Conversation, Message, Origin, Role, Status
+from chatbot.models.db import database
 from chatbot.redact import mask_phone
 from chatbot.sanitizer import clean_text
 from chatbot.whatsapp import split_message

@@ -3,11 +3,11 @@ context window and AI adapter, with any stored AI configuration. Nothing goes to
 from __future__ import annotations
 
 from chatbot.ai import AIAdapter, AIAdapterFactory
-from chatbot.db import database
+from chatbot.jobs.locks import conversation_lock
 from chatbot.models import AIConfiguration, Conversation, Message, Origin, Role, Status
+from chatbot.models.db import database
 from chatbot.processor import MessageProcessor
 from chatbot.sanitizer import clean_text
-from chatbot.tasks import conversation_lock
 
 PLAYGROUND_PREFIX = "playground:"
 

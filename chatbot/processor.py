@@ -11,13 +11,14 @@ from typing import Callable
 from chatbot import metrics
 from chatbot.access import AccessPolicy, Refusal
 from chatbot.ai import AIAdapterFactory, OpenRouterAdapter
+from chatbot.alerts import ErrorHandler
 from chatbot.budgets import Budgets
 from chatbot.commands import UserCommands
 from chatbot.context import ConversationManager
-from chatbot.db import connection_released, database
-from chatbot.errors import AIError, Category, ErrorHandler, JobDeadlineReached, WhatsAppError
+from chatbot.errors import AIError, Category, JobDeadlineReached, WhatsAppError
 from chatbot.media import AUDIO_FORMATS, MediaError, MediaFetcher, MediaKind, media_kind, media_type
 from chatbot.models import Conversation, Message, ReplyPart, Role, ServiceWindow, Status, utcnow
+from chatbot.models.db import connection_released, database
 from chatbot.numbers import Assistant, NumberDirectory
 from chatbot.redact import mask_phone, mask_phones_in
 from chatbot.sanitizer import TRIMMED_NOTE, clean_text

@@ -10,13 +10,13 @@ from rq import Queue
 
 from chatbot.access import AccessPolicy
 from chatbot.ai import AIAdapterFactory
+from chatbot.alerts import ErrorHandler
 from chatbot.budgets import Budgets
 from chatbot.commands import UserCommands
 from chatbot.context import ConversationManager
 from chatbot.crypto import FieldCipher
-from chatbot.db import POOL_SIZE, open_database
-from chatbot.errors import ErrorHandler
 from chatbot.media import MediaFetcher
+from chatbot.models.db import POOL_SIZE, open_database
 from chatbot.numbers import NumberDirectory
 from chatbot.processor import MessageProcessor
 from chatbot.rate_limiter import RateLimiter

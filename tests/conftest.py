@@ -16,7 +16,9 @@ import pytest
 from cryptography.fernet import Fernet
 from redis import Redis
 
-from chatbot import create_app, db, migrations, tasks
+from chatbot import create_app
+from chatbot.jobs import tasks
+from chatbot.models import db, migrations
 from chatbot.services import build_services
 from config import Config
 from tests import support

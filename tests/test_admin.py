@@ -6,9 +6,9 @@ import re
 import pytest
 from cryptography.fernet import Fernet
 
-from chatbot import auth, db
+from chatbot import auth
 from chatbot.crypto import FieldCipher
-from chatbot.models import AdminUser, AIConfiguration, Conversation, Message, WebhookLog
+from chatbot.models import AdminUser, AIConfiguration, Conversation, Message, WebhookLog, db
 from tests.conftest import inbound_form
 from tests.fakes import FakeOpenRouter
 from tests.support import conversation_for

@@ -11,9 +11,9 @@ import psycopg2
 import pytest
 from redis import Redis
 
-from chatbot import create_app, migrations
-from chatbot.errors import ALERT_FLUSH_ON_EXIT, ErrorHandler
-from chatbot.models import Message, WebhookLog
+from chatbot import create_app
+from chatbot.alerts import ALERT_FLUSH_ON_EXIT, ErrorHandler
+from chatbot.models import Message, WebhookLog, migrations
 from chatbot.services import build_services
 from tests.conftest import PROJECT_DIR, WebhookPoster, postgres_admin_url, throwaway_postgres_database, wait_for
 from tests.fakes import FakeServer, Scripted
@@ -174,7 +174,7 @@ def test_a_full_alert_queue_drops_and_counts_without_blocking(redis, alert_recei
 
 def test_a_process_exits_promptly_with_an_alert_still_being_posted(redis_url, redis):
     receiver = SlowAlertReceiver(delay=30).start()
-    script = ("import sys\nfrom redis import Redis\nfrom chatbot.errors import ErrorHandler\n"
+    script = ("import sys\nfrom redis import Redis\nfrom chatbot.alerts import ErrorHandler\n"
               "ErrorHandler(Redis.from_url(sys.argv[1]), sys.argv[2]).send_admin_alert('system:Exit', 'bye')\n")
     try:
         started = time.perf_counter()

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from chatbot import create_config_error_app, migrations
-from chatbot.models import AIConfiguration
+from chatbot import create_config_error_app
+from chatbot.models import AIConfiguration, migrations
 from config import Config, ConfigError
 from tests.conftest import ACCOUNT_SID, AUTH_TOKEN, BOT_NUMBER, PROJECT_DIR, free_port, run_flask
 from tests.fakes import FakeOpenRouter, FakeTwilio

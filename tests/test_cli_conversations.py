@@ -11,7 +11,7 @@ from datetime import timedelta
 
 import pytest
 
-from chatbot import tasks
+from chatbot.jobs import tasks
 from chatbot.models import Conversation, Message, Role, Status, WebhookLog, utcnow
 from tests.conftest import PROJECT_DIR, free_port, run_flask
 from tests.fakes import FakeOpenRouter

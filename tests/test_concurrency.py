@@ -10,8 +10,8 @@ from datetime import timedelta
 import pytest
 from rq import Retry
 
-from chatbot import tasks
 from chatbot.errors import USER_MESSAGES, Category
+from chatbot.jobs import queueing, tasks
 from chatbot.models import Message, Status
 from tests.conftest import WebhookPoster, wait_for
 from tests.fakes import FakeOpenRouter, Scripted
@@ -164,7 +164,7 @@ def test_jobs_outlasting_the_shutdown_grace_are_handed_back_and_answered_once(
         signal.signal(signal.SIGINT, handlers[1])
     ids = [message.id for message in Message.select().where(Message.role == "user")]
     # Handed back: RQ booked a retry for each, at once rather than when their heartbeats expire.
-    assert [services.queue.fetch_job(tasks.job_id_for(i)).get_status() for i in ids] == ["scheduled"] * 2
+    assert [services.queue.fetch_job(queueing.job_id_for(i)).get_status() for i in ids] == ["scheduled"] * 2
     # The abandoned threads still finish their answers; the retries then find nothing left to do.
     assert wait_for(lambda: len(fake_twilio.sent) == 2, timeout=10)
     assert wait_for(lambda: (build_worker(services, worker_class=BurstWorker)

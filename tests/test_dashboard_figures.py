@@ -10,10 +10,11 @@ from zoneinfo import ZoneInfo
 import pytest
 from rq import Worker
 
-from chatbot import auth, db, migrations, tasks
-from chatbot.dashboard import PERIODS, bucket_labels, bucket_starts, compute_stats
-from chatbot.models import Conversation, Message, ReplyPart, utcnow
-from chatbot.security import DASHBOARD_CSP
+from chatbot import auth
+from chatbot.jobs import queueing
+from chatbot.models import Conversation, Message, ReplyPart, db, migrations, utcnow
+from chatbot.reports import PERIODS, bucket_labels, bucket_starts, compute_stats
+from chatbot.web.security import DASHBOARD_CSP
 from tests.test_admin import PASSWORD, log_in
 
 SALES = "whatsapp:+15557770001"
@@ -191,8 +192,8 @@ def test_hours_and_days_shift_with_the_zone():
 def test_live_queue_figures_come_from_rq(operator, services):
     ann = Conversation.create(user_phone="whatsapp:+15550000001")
     first, second = (asked(ann, utcnow(), "pending") for _ in range(2))
-    tasks.enqueue_processing(services.queue, first.id, ann.user_phone)
-    tasks.enqueue_processing(services.queue, second.id, ann.user_phone)  # held behind the first
+    queueing.enqueue_processing(services.queue, first.id, ann.user_phone)
+    queueing.enqueue_processing(services.queue, second.id, ann.user_phone)  # held behind the first
     worker = Worker([services.queue], connection=services.redis)
     worker.register_birth()
     try:

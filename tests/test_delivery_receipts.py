@@ -10,7 +10,8 @@ import pytest
 from flask import Flask
 from werkzeug.serving import make_server
 
-from chatbot import auth, create_app, tasks
+from chatbot import auth, create_app
+from chatbot.jobs import tasks
 from chatbot.models import Message, ReplyPart, Role, Status, WebhookLog
 from chatbot.services import Services, build_services
 from tests.conftest import FAST_RETRIES, PUBLIC_BASE_URL, WEBHOOK_URL, WebhookPoster, wait_for

@@ -155,7 +155,7 @@ def test_readme_points_to_every_doc_and_every_doc_link_resolves():
 
 
 def test_api_doc_lists_every_field_the_webhook_reads():
-    source = (PROJECT_DIR / "chatbot" / "webhook.py").read_text()
+    source = (PROJECT_DIR / "chatbot" / "web" / "inbound.py").read_text()
     parser = source.split("def parse_inbound", 1)[1].split("\ndef ", 1)[0]
     optional_fields = parser.split("for name in (", 1)[1].split(")", 1)[0]
     fields = set(re.findall(r'form\.get\("(\w+)"', parser)) | set(re.findall(r'"(\w+)"', optional_fields))
@@ -166,8 +166,8 @@ def test_api_doc_lists_every_field_the_webhook_reads():
 
 
 def test_api_doc_lists_every_status_the_webhook_answers():
-    source = (PROJECT_DIR / "chatbot" / "webhook.py").read_text()
-    statuses = set(re.findall(r"status=(\d{3})", source)) | set(re.findall(r"_refuse\((\d{3})", source))
+    source = (PROJECT_DIR / "chatbot" / "web" / "webhook.py").read_text()
+    statuses = set(re.findall(r"status=(\d{3})", source)) | set(re.findall(r"refuse\((\d{3})", source))
     api = (PROJECT_DIR / "docs" / "api.md").read_text()
     assert statuses == {"200", "400", "403", "503"}
     assert [status for status in statuses if f"| `{status}` |" not in api] == []

@@ -14,7 +14,7 @@ import psycopg2
 import pytest
 from cryptography.fernet import Fernet
 
-from chatbot.migrations import MIGRATIONS
+from chatbot.models.migrations import MIGRATIONS
 from tests.conftest import PROJECT_DIR, free_port, throwaway_postgres_database
 from tests.test_deploy import compose, dockerfile_instructions
 

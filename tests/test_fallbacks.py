@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from chatbot import auth, create_app, tasks
-from chatbot.dashboard import compute_stats
+from chatbot import auth, create_app
+from chatbot.jobs import tasks
 from chatbot.models import AIConfiguration, Message
+from chatbot.reports import compute_stats
 from chatbot.services import build_services
 from tests.conftest import FAST_RETRIES, WebhookPoster
 from tests.support import BurstWorker

@@ -13,8 +13,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import psycopg2
 import pytest
 
-from chatbot import tasks
-from chatbot.errors import USER_MESSAGES, Category, ErrorHandler, WhatsAppError
+from chatbot.alerts import ErrorHandler
+from chatbot.errors import USER_MESSAGES, Category, WhatsAppError
+from chatbot.jobs import queueing, tasks
 from chatbot.models import Message, Status
 from tests.conftest import PROJECT_DIR, wait_for
 from tests.fakes import FakeOpenRouter, FakeTwilio
@@ -134,7 +135,7 @@ def test_database_connections_cut_mid_job_still_answer_once(post_webhook, servic
     fake_openrouter.delay_for = cut_connections
     post_webhook.message("Hello", sender=ADA)
     build_worker(services, worker_class=BurstWorker).work(burst=True, with_scheduler=False)
-    job = services.queue.fetch_job(tasks.job_id_for(Message.get().id))
+    job = services.queue.fetch_job(queueing.job_id_for(Message.get().id))
     # The pool hands the job a fresh connection after the model call, or the job fails cleanly and
     # its retry is booked: never failed for good, never a second answer.
     assert job.get_status() in ("finished", "scheduled")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from chatbot import tasks
+from chatbot.jobs import tasks
 from tests.conftest import PROJECT_DIR
 
 ENTRY_POINTS = ("config.py", "worker.py", "scheduler.py", "wsgi.py")

@@ -6,7 +6,6 @@ from datetime import timedelta
 import pytest
 from peewee import IntegrityError
 
-from chatbot import db, migrations
 from chatbot.crypto import FieldCipher
 from chatbot.models import (
     ONE_ACTIVE_INDEX,
@@ -17,6 +16,8 @@ from chatbot.models import (
     Status,
     WebhookLog,
     WhatsAppNumber,
+    db,
+    migrations,
     utcnow,
 )
 from tests.support import conversation_for

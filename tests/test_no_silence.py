@@ -10,9 +10,10 @@ import pytest
 from peewee import OperationalError
 from rq import Retry
 
-from chatbot import auth, tasks
+from chatbot import auth
 from chatbot import processor as processor_module
 from chatbot.errors import USER_MESSAGES, Category
+from chatbot.jobs import queueing, tasks
 from chatbot.models import Message, Role, Status, utcnow
 from chatbot.whatsapp import WhatsAppClient
 from tests.conftest import ACCOUNT_SID, AUTH_TOKEN, BOT_NUMBER, wait_for
@@ -78,7 +79,7 @@ def test_a_poison_message_stops_after_the_attempt_cap_with_one_apology(
     monkeypatch.undo()
     revived = Message.retry_failed(utcnow() - timedelta(hours=1))
     assert [m.id for m in revived] == [question().id] and question().attempts == 0
-    tasks.enqueue_processing(services.queue, question().id, ADA)
+    queueing.enqueue_processing(services.queue, question().id, ADA)
     run_jobs()
     assert [sent["Body"] for sent in fake_twilio.sent] == [SORRY, "Answer to: Hello"]
 

@@ -3,16 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from chatbot import db
 from chatbot.budgets import MONTHLY_NOTICE, SENDER_DAILY_NOTICE, Caps
-from chatbot.models import (
-    AIConfiguration,
-    Conversation,
-    Message,
-    Status,
-    WebhookLog,
-    WhatsAppNumber,
-)
+from chatbot.models import AIConfiguration, Conversation, Message, Status, WebhookLog, WhatsAppNumber, db
 from chatbot.rate_limiter import LIMIT_NOTICES, Allowance
 from tests.conftest import BOT_NUMBER
 

@@ -6,8 +6,8 @@ import time
 import pytest
 from rq import Retry
 
-from chatbot import tasks
 from chatbot.errors import USER_MESSAGES, Category, WhatsAppError
+from chatbot.jobs import queueing, tasks
 from chatbot.models import Message, Status
 from tests.conftest import BOT_NUMBER
 from tests.fakes import FakeOpenRouter, FakeTwilio, Scripted
@@ -130,7 +130,7 @@ def test_ai_outage_is_retried_by_rq_then_answered(post_webhook, services, fake_o
     worker = build_worker(services, worker_class=BurstWorker)
     worker.work(burst=True, with_scheduler=False)
     assert fake_twilio.sent == []
-    job = services.queue.fetch_job(tasks.job_id_for(Message.get().id))
+    job = services.queue.fetch_job(queueing.job_id_for(Message.get().id))
     assert job.get_status() == "scheduled"
     # A worker with the scheduler running picks the retry up when its interval has passed.
     deadline = time.monotonic() + 15

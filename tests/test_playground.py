@@ -5,9 +5,10 @@ import re
 
 import pytest
 
-from chatbot import auth, tasks
-from chatbot.dashboard import compute_stats
+from chatbot import auth
+from chatbot.jobs import tasks
 from chatbot.models import AIConfiguration, Conversation, Message, Origin
+from chatbot.reports import compute_stats
 
 PASSWORD = "correct horse battery"
 

@@ -10,9 +10,9 @@ from datetime import timedelta
 import pytest
 from playhouse.db_url import connect
 
-from chatbot import tasks
-from chatbot.db import connection_scope
+from chatbot.jobs import tasks
 from chatbot.models import Conversation, Message, Role, Status, WebhookLog, utcnow
+from chatbot.models.db import connection_scope
 from tests.support import conversation_for
 
 ADA = "whatsapp:+15550001111"
@@ -162,15 +162,15 @@ def test_webhook_log_entries_are_deleted_in_batches(services, config):
 
 def test_an_idle_cleanup_stays_quiet_and_a_busy_one_logs_one_line_of_counts(services, stored, caplog):
     stored(ADA)
-    with caplog.at_level(logging.INFO, logger="chatbot.tasks"):
+    with caplog.at_level(logging.INFO, logger="chatbot.jobs.tasks"):
         tasks.cleanup_expired_conversations()
-    assert [record for record in caplog.records if record.name == "chatbot.tasks"] == []
+    assert [record for record in caplog.records if record.name == "chatbot.jobs.tasks"] == []
 
     stored(BOB, idle_days=100)
     log_entries(age_days=30, count=1)
-    with caplog.at_level(logging.INFO, logger="chatbot.tasks"):
+    with caplog.at_level(logging.INFO, logger="chatbot.jobs.tasks"):
         tasks.cleanup_expired_conversations()
-    lines = [record.getMessage() for record in caplog.records if record.name == "chatbot.tasks"]
+    lines = [record.getMessage() for record in caplog.records if record.name == "chatbot.jobs.tasks"]
     assert lines == ["cleanup conversations_ended=1 conversations_deleted=1 messages_deleted=4 "
                      "webhook_logs_deleted=3"]
 

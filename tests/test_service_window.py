@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from rq.job import Job
 
-from chatbot import tasks
+from chatbot.jobs import queueing, tasks
 from chatbot.models import Conversation, Message, ReplyPart, Role, Status, utcnow
 from chatbot.whatsapp import TEMPLATE_VARIABLE_LIMIT, utf16_length
 from tests.conftest import BOT_NUMBER
@@ -144,7 +144,7 @@ def test_sweeper_sends_an_answer_left_unsent_past_the_window_as_the_template_onc
     fake_twilio.script.clear()
     refused = len(fake_twilio.sent)
     # Thirty hours later Twilio is back and the job's retries are long spent.
-    Job.fetch(tasks.job_id_for(Message.get(Message.role == Role.USER.value).id), connection=redis).delete()
+    Job.fetch(queueing.job_id_for(Message.get(Message.role == Role.USER.value).id), connection=redis).delete()
     written_ago(30)
 
     assert tasks.sweep_pending_messages() == 1
@@ -164,7 +164,7 @@ def test_template_twilio_took_without_the_run_learning_it_is_found_not_sent_agai
     post_webhook.message("Hello", sender=ADA)
     run_jobs()
     fake_twilio.script.clear()
-    Job.fetch(tasks.job_id_for(Message.get(Message.role == Role.USER.value).id), connection=redis).delete()
+    Job.fetch(queueing.job_id_for(Message.get(Message.role == Role.USER.value).id), connection=redis).delete()
     written_ago(30)
     # A run handed the template to Twilio, which took it, and died before hearing back.
     answer = the_answer()
@@ -185,7 +185,7 @@ def test_answer_unsent_for_a_week_is_given_up(post_webhook, run_jobs, redis, fak
     post_webhook.message("Hello", sender=ADA)
     run_jobs()
     fake_twilio.script.clear()
-    Job.fetch(tasks.job_id_for(Message.get(Message.role == Role.USER.value).id), connection=redis).delete()
+    Job.fetch(queueing.job_id_for(Message.get(Message.role == Role.USER.value).id), connection=redis).delete()
     posts = len(fake_twilio.sent)
     written_ago(8 * 24)
 

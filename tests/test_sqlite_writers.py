@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from chatbot.db import SQLITE_PRAGMAS, QueuedWritersSqliteDatabase
+from chatbot.models.db import SQLITE_PRAGMAS, QueuedWritersSqliteDatabase
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 HOLD_SECONDS = 1.0

@@ -7,7 +7,8 @@ from datetime import timedelta
 
 import pytest
 
-from chatbot import auth, tasks
+from chatbot import auth, takeover
+from chatbot.jobs import tasks
 from chatbot.models import Conversation, Message, Role, Status, utcnow
 from chatbot.whatsapp import split_message
 from tests.conftest import wait_for
@@ -181,8 +182,8 @@ def backdate(conversation, minutes: int) -> None:
 def test_takeover_timeout_hands_back_after_silence_only(services):
     services.config = services.config.replace(takeover_timeout=30)
     silent, recent = conversation_for(USER), conversation_for("whatsapp:+15550002222")
-    tasks.take_over(silent.id, "ops")
-    tasks.take_over(recent.id, "ops")
+    takeover.take_over(silent.id, "ops")
+    takeover.take_over(recent.id, "ops")
     backdate(silent, 31)
     backdate(recent, 31)
     recent.touch()  # a user message or an operator reply just now
@@ -193,7 +194,7 @@ def test_takeover_timeout_hands_back_after_silence_only(services):
 
 def test_no_takeover_timeout_keeps_a_takeover_however_silent(services):
     conversation = conversation_for(USER)
-    tasks.take_over(conversation.id, "ops")
+    takeover.take_over(conversation.id, "ops")
     backdate(conversation, 60 * 24 * 30)
     tasks.sweep_pending_messages()
     assert refreshed(conversation).paused_by == "ops"
@@ -204,7 +205,7 @@ def test_list_shows_taken_over_then_waiting_conversations_first(operator):
     waiting = conversation_for("whatsapp:+15550004444", "Person-waiting")
     paused = conversation_for("whatsapp:+15550005555", "Person-paused")
     Message.create(conversation=waiting, role=Role.USER.value, content="hello?", status=Status.WAITING.value)
-    tasks.take_over(paused.id, "ops")
+    takeover.take_over(paused.id, "ops")
     # The most recently active last: the order is not by activity alone.
     for conversation, minutes in ((paused, 10), (waiting, 5)):
         Conversation.update(updated_at=utcnow() - timedelta(minutes=minutes)).where(

@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from urllib.parse import urlparse
 
-from chatbot import tasks
+from chatbot.jobs import tasks
 from chatbot.models import Message
 from chatbot.whatsapp import TYPING_TIMEOUT
 from tests.fakes import TYPING_PATH, FakeTwilio, Scripted

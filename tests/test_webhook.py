@@ -9,10 +9,11 @@ from flask import Flask, session
 from flask.sessions import NullSession
 from rq.job import Job
 
-from chatbot import create_app, tasks
+from chatbot import create_app
+from chatbot.jobs import queueing, tasks
 from chatbot.models import Message, Status, WebhookLog
 from chatbot.services import build_services
-from chatbot.webhook import signature_problem
+from chatbot.web.signature import signature_problem
 from tests.conftest import WEBHOOK_URL, inbound_form, sign
 
 # Twilio's published vectors (twilio-python's own tests).
@@ -72,9 +73,9 @@ def test_valid_webhook_is_stored_queued_and_answered_with_empty_twiml(post_webho
     assert (message.content, message.status, message.role) == ("Hello there", Status.PENDING.value, "user")
     assert message.conversation.user_phone == form["From"]
     assert message.metadata["profile_name"] == "Ada"
-    job = Job.fetch(tasks.job_id_for(message.id), connection=services.redis)
+    job = Job.fetch(queueing.job_id_for(message.id), connection=services.redis)
     assert job.args == (message.id,)
-    assert job.timeout == tasks.JOB_TIMEOUT and job.retries_left == tasks.JOB_RETRY.max
+    assert job.timeout == queueing.JOB_TIMEOUT and job.retries_left == queueing.JOB_RETRY.max
     log = WebhookLog.get(WebhookLog.message_sid == form["MessageSid"])
     assert (log.response_status, log.signature_valid) == (200, True)
     assert log.headers["X-Twilio-Signature"] == "[redacted]"
@@ -283,7 +284,7 @@ def test_redis_down_still_stores_and_the_sweeper_queues_later(config, services, 
     monkeypatch.setattr(tasks, "PENDING_GRACE", timedelta(0))
     assert tasks.sweep_pending_messages() == 1
     assert tasks.sweep_pending_messages() == 0  # the job now exists
-    assert services_on_private.queue.job_ids == [tasks.job_id_for(message.id)]
+    assert services_on_private.queue.job_ids == [queueing.job_id_for(message.id)]
 
 
 def test_status_callback_is_acknowledged_and_never_answered(post_webhook, services):

@@ -9,8 +9,8 @@ from redis import Redis
 from rq import Callback, Queue, RateLimit
 from rq.job import Job, JobStatus
 
-from chatbot import db, tasks
-from chatbot.models import TOUCH_FRESH, Conversation, Message, WebhookLog, utcnow
+from chatbot.jobs import queueing, tasks
+from chatbot.models import TOUCH_FRESH, Conversation, Message, WebhookLog, db, utcnow
 from chatbot.rate_limiter import Allowance, Decision, RateLimiter
 from chatbot.redact import sender_key
 from chatbot.services import QUEUE_NAME
@@ -27,9 +27,9 @@ def rq_enqueue_call(queue: Queue, message_id: int, sender: str) -> Job:
     return queue.enqueue_call(
         tasks.process_message,
         args=(message_id,),
-        job_id=tasks.job_id_for(message_id),
-        timeout=tasks.JOB_TIMEOUT,
-        retry=tasks.JOB_RETRY,
+        job_id=queueing.job_id_for(message_id),
+        timeout=queueing.JOB_TIMEOUT,
+        retry=queueing.JOB_RETRY,
         rate_limit=RateLimit(key=sender_key(sender), concurrency=1),
         on_failure=Callback(tasks.apologise_when_failed_for_good),
         result_ttl=86400,
@@ -78,16 +78,16 @@ def test_enqueue_leaves_the_redis_state_of_rqs_own_enqueue(two_redis_databases, 
     for message_id, sender in ((1, ADA), (2, ADA), (3, BOB)):
         if scripts_lost:
             ours.script_flush()  # as after a Redis restart
-        tasks.enqueue_processing(Queue(QUEUE_NAME, connection=ours), message_id, sender)
+        queueing.enqueue_processing(Queue(QUEUE_NAME, connection=ours), message_id, sender)
         rq_enqueue_call(Queue(QUEUE_NAME, connection=theirs), message_id, sender)
     # One difference, ours: RQ's per-sender rate-limit settings expire instead of staying forever.
     config_keys = [key for key in ours.keys("rq:rl:*") if key.count(b":") == 3]
-    assert len(config_keys) == 2 and all(0 < ours.ttl(key) <= tasks.RATE_LIMIT_CONFIG_TTL for key in config_keys)
+    assert len(config_keys) == 2 and all(0 < ours.ttl(key) <= queueing.RATE_LIMIT_CONFIG_TTL for key in config_keys)
     for key in config_keys:
         ours.persist(key)
     assert redis_state(ours) == redis_state(theirs) != {}
-    assert Queue(QUEUE_NAME, connection=ours).job_ids == [tasks.job_id_for(1), tasks.job_id_for(3)]
-    assert Job.fetch(tasks.job_id_for(2), connection=ours).get_status() == JobStatus.RATE_LIMITED
+    assert Queue(QUEUE_NAME, connection=ours).job_ids == [queueing.job_id_for(1), queueing.job_id_for(3)]
+    assert Job.fetch(queueing.job_id_for(2), connection=ours).get_status() == JobStatus.RATE_LIMITED
 
 
 def test_touching_a_conversation_binds_the_sql_peewee_writes(services):

@@ -14,7 +14,7 @@ from rq import Retry
 from rq_scheduler import Scheduler
 
 import scheduler as scheduler_module
-from chatbot import tasks
+from chatbot.jobs import queueing, tasks
 from chatbot.models import Conversation, utcnow
 from chatbot.services import QUEUE_NAME
 from tests.conftest import PROJECT_DIR
@@ -161,8 +161,8 @@ def test_an_idle_scheduler_and_worker_stay_quiet(env, config, services, private_
     probe = Redis.from_url(private_redis.url)
     try:
         # The sweep runs at once and then every minute; the worker's maintenance every 5 s.
-        assert wait_for(lambda: probe.exists(f"rq:job:{tasks.SWEEP_JOB}")
-                        and Job.fetch(tasks.SWEEP_JOB, connection=probe).get_status() == "finished", timeout=20), \
+        assert wait_for(lambda: probe.exists(f"rq:job:{queueing.SWEEP_JOB}")
+                        and Job.fetch(queueing.SWEEP_JOB, connection=probe).get_status() == "finished", timeout=20), \
             logs["scheduler"].read_text() + logs["worker"].read_text()
         time.sleep(6)
     finally:
@@ -175,4 +175,4 @@ def test_an_idle_scheduler_and_worker_stay_quiet(env, config, services, private_
     for noise in ("cleaning registries", "sweep", "never expire", "Job OK"):
         assert noise not in worker_log, worker_log
     assert "Listening on chatbot" in worker_log  # the worker does log; the routine lines are what is gone
-    assert 0 < probe.ttl(f"rq:job:{tasks.SWEEP_JOB}") <= scheduler_module.PERIODIC_RESULT_TTL
+    assert 0 < probe.ttl(f"rq:job:{queueing.SWEEP_JOB}") <= scheduler_module.PERIODIC_RESULT_TTL

@@ -10,9 +10,9 @@ from wtforms import PasswordField, SelectField
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import InputRequired, Length, ValidationError
 
-from chatbot import cli_checks
 from chatbot.admin.panel import ModelRule, PanelModelView, services, when_column
 from chatbot.ai import split_slugs
+from chatbot.checks import openrouter_checks
 from chatbot.crypto import SecretDecryptionError
 from chatbot.errors import AIError
 from chatbot.models import AIConfiguration, utcnow
@@ -119,7 +119,7 @@ class AIConfigurationView(PanelModelView):
             flash(f"Connection failed for {ai_config.name}: {error}; enter the API key again (Edit).", "error")
             return redirect(self.get_url(".index_view"))
         # The checks of `flask ai-config test`: the key, then the model slug against OpenRouter's list.
-        checks = cli_checks.openrouter_checks(factory, settings=settings)
+        checks = openrouter_checks(factory, settings=settings)
         found = "; ".join(f"{check.label}: {check.detail}" for check in checks)
         if any(check.failed for check in checks):
             flash(f"Connection failed for {ai_config.name}: {found}. Correct the API key or the model (Edit).",

@@ -14,7 +14,7 @@ from markupsafe import Markup
 from peewee import SQL, PeeweeException
 from redis.exceptions import RedisError
 
-from chatbot import auth, tasks
+from chatbot import auth, takeover
 from chatbot.admin.panel import (
     REVEAL_PHONES,
     MessageNumberFilter,
@@ -30,8 +30,9 @@ from chatbot.admin.panel import (
     status_badge_column,
     when_column,
 )
+from chatbot.jobs import queueing
 from chatbot.models import DELIVERY_FAILURES, Conversation, Message, ReplyPart, Role, Status
-from chatbot.status_callbacks import delivery_fixes
+from chatbot.web.status import delivery_fixes
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ class ConversationView(PanelModelView):
     @expose("/takeover/<conversation_id>/", methods=("POST",))
     def take_over_view(self, conversation_id):
         if SecureForm(request.form).validate():
-            if tasks.take_over(conversation_id, signed_in_admin().username):
+            if takeover.take_over(conversation_id, signed_in_admin().username):
                 flash("You have taken this conversation over: the bot answers nothing until you hand it back.",
                       "success")
             else:
@@ -158,7 +159,7 @@ class ConversationView(PanelModelView):
 
     @expose("/handback/<conversation_id>/", methods=("POST",))
     def hand_back_view(self, conversation_id):
-        if SecureForm(request.form).validate() and tasks.hand_back(Conversation.id == conversation_id):
+        if SecureForm(request.form).validate() and takeover.hand_back(Conversation.id == conversation_id):
             flash("Handed back: the bot answers the next message.", "success")
         return self._back_to(conversation_id)
 
@@ -173,9 +174,9 @@ class ConversationView(PanelModelView):
         elif not text:
             flash("Write a reply first.", "error")
         else:
-            reply = tasks.store_operator_reply(conversation, text, signed_in_admin().username)
+            reply = takeover.store_operator_reply(conversation, text, signed_in_admin().username)
             try:
-                tasks.enqueue_operator_reply(services().queue, reply.id)
+                queueing.enqueue_operator_reply(services().queue, reply.id)
                 flash("Reply queued for sending.", "success")
             except RedisError as error:
                 log.error("message_id=%s operator reply not queued: %s", reply.id, error)

@@ -9,9 +9,9 @@ from flask_admin import BaseView, expose
 from flask_admin.form import SecureForm
 from redis.exceptions import RedisError
 
-from chatbot import tasks
 from chatbot.admin.panel import LoginRequired, explanation_of, phone_column, services
 from chatbot.error_explanations import NOT_ANSWERED, OUTSIDE_WINDOW_CODE, twilio_error
+from chatbot.jobs import queueing
 from chatbot.models import DELIVERY_FAILURES, Message, ReplyPart, Role, Status, utcnow
 
 log = logging.getLogger(__name__)
@@ -60,18 +60,18 @@ def retry_problem(message: Message) -> str:
     queue, phone = services().queue, message.conversation.user_phone
     if message.role == Role.USER.value and message.status == Status.FAILED.value:
         Message.put_back_in_line([message.id])
-        tasks.enqueue_processing(queue, message.id, phone)
+        queueing.enqueue_processing(queue, message.id, phone)
         return "Queued for another answer."
     if message.role == Role.USER.value:
-        if tasks.job_is_active(services().redis, tasks.job_id_for(message.id)):
+        if queueing.job_is_active(services().redis, queueing.job_id_for(message.id)):
             return "Already in line: its job is waiting for a worker. Check the dashboard's workers."
-        tasks.enqueue_processing(queue, message.id, phone)
+        queueing.enqueue_processing(queue, message.id, phone)
         return "Queued for an answer."
     Message.put_back_unsent(message)
     if message.operator is not None:
-        tasks.enqueue_operator_reply(queue, message.id)
+        queueing.enqueue_operator_reply(queue, message.id)
     else:
-        tasks.enqueue_processing(queue, message.reply_to_id, phone)
+        queueing.enqueue_processing(queue, message.reply_to_id, phone)
     return "Queued for sending again."
 
 

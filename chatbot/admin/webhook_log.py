@@ -11,7 +11,7 @@ from markupsafe import Markup
 from chatbot.admin.panel import REVEAL_PHONES, PanelModelView, masked_column, when_column
 from chatbot.models import WebhookLog
 from chatbot.redact import mask_phone
-from chatbot.webhook import CHECKED_AGAINST
+from chatbot.web.audit import CHECKED_AGAINST
 
 
 class LoggedValues:

@@ -10,8 +10,7 @@ from flask import current_app
 from peewee import PeeweeException
 from redis.exceptions import RedisError
 
-from chatbot import cli_checks
-from chatbot.cli_checks import Check
+from chatbot.checks import Check, first_line
 from chatbot.console_chat import CONSOLE_ADDRESS_SHAPE
 from chatbot.errors import UpstreamError
 from config import WHATSAPP_ADDRESS_SHAPE, whatsapp_address
@@ -31,12 +30,12 @@ def operator_errors(command: Callable) -> Callable:
             return command(*args, **kwargs)
         except PeeweeException as error:
             raise click.ClickException(
-                f"database: {cli_checks.first_line(error)}\n"
+                f"database: {first_line(error)}\n"
                 "fix: check that the database is up and DATABASE_URL is right, then run `flask init-db`"
             ) from error
         except RedisError as error:
             raise click.ClickException(
-                f"Redis: {cli_checks.first_line(error)}\nfix: start Redis, or correct REDIS_URL"
+                f"Redis: {first_line(error)}\nfix: start Redis, or correct REDIS_URL"
             ) from error
         except UpstreamError as error:
             raise click.ClickException(f"{error}\nfix: run flask check-config") from error

@@ -24,17 +24,8 @@ from peewee import SQL, Case, Expression, PostgresqlDatabase, Select, Value, fn
 from rq import Queue, Worker
 from rq.rate_limit import RateLimitRegistry
 
-from chatbot.db import database
-from chatbot.models import (
-    DELIVERY_FAILURES,
-    Conversation,
-    Message,
-    Origin,
-    ReplyPart,
-    Role,
-    Status,
-    utcnow,
-)
+from chatbot.models import DELIVERY_FAILURES, Conversation, Message, Origin, ReplyPart, Role, Status, utcnow
+from chatbot.models.db import database
 
 # The admin's playground is an operator trying the bot, not traffic: it counts nowhere here.
 NOT_PLAYGROUND = Message.origin != Origin.PLAYGROUND.value

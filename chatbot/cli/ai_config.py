@@ -8,11 +8,11 @@ import click
 from flask.cli import with_appcontext
 from peewee import IntegrityError
 
-from chatbot import cli_checks
-from chatbot.cli_shared import conclude, echo_checks, operator_errors, services
-from chatbot.db import database
+from chatbot.checks import fail, openrouter_checks
+from chatbot.cli.shared import conclude, echo_checks, operator_errors, services
 from chatbot.errors import AIError
 from chatbot.models import PROVIDERS, AIConfiguration, utcnow
+from chatbot.models.db import database
 
 OPTION_FOR_FIELD = {"name": "--name", "provider": "--provider", "model_name": "--model",
                     "max_tokens": "--max-tokens", "temperature": "--temperature"}
@@ -216,12 +216,12 @@ def ai_config_test(name):
         try:
             settings = factory.settings_for(configuration)
         except AIError as error:
-            checks = [cli_checks.fail("OpenRouter key", str(error),
+            checks = [fail("OpenRouter key", str(error),
                                       f"enter it again: flask ai-config update {name} --api-key-prompt")]
             echo_checks(f"AI configuration {name!r}", checks)
             conclude(checks)
             return
-    checks = cli_checks.openrouter_checks(factory, settings=settings)
+    checks = openrouter_checks(factory, settings=settings)
     echo_checks(f"AI configuration {name!r}" if name else "AI settings in force", checks)
     conclude(checks)
 

@@ -1,15 +1,10 @@
-"""Peewee models and their queries."""
+"""Conversations, their messages and the parts each reply was sent in."""
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from enum import Enum
-from functools import cache
+from datetime import datetime, timedelta
 
 from peewee import (
     JOIN,
@@ -22,117 +17,15 @@ from peewee import (
     ForeignKeyField,
     IntegerField,
     IntegrityError,
-    Model,
     TextField,
     UUIDField,
     fn,
 )
-from werkzeug.security import check_password_hash, generate_password_hash
 
-from chatbot.crypto import FieldCipher, SecretDecryptionError
-from chatbot.db import database
-from chatbot.redact import mask_secret
-from config import CONTENT_SID_SHAPE, MODEL_SLUG_SHAPE, WHATSAPP_ADDRESS_SHAPE, fallback_models_problem
+from chatbot.models.audit import WebhookLog
+from chatbot.models.base import DELETE_BATCH, BaseModel, JSONField, Origin, Prepared, Role, Status, utcnow
+from chatbot.models.db import database
 
-
-def utcnow() -> datetime:
-    """Return the current UTC time without tzinfo (stored the same on SQLite and Postgres)."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
-
-
-class JSONField(TextField):
-    """JSON stored as text, portable across SQLite and Postgres."""
-
-    def db_value(self, value):
-        return None if value is None else json.dumps(value, ensure_ascii=False, sort_keys=True)
-
-    def python_value(self, value):
-        return None if value is None else json.loads(value)
-
-
-class Origin(str, Enum):
-    """Where a user message came from: only WhatsApp messages are ever answered through Twilio."""
-
-    WHATSAPP = "whatsapp"
-    CONSOLE = "console"
-    PLAYGROUND = "playground"  # an operator trying the bot in the admin; never sent, never counted
-
-
-class Role(str, Enum):
-    USER = "user"
-    ASSISTANT = "assistant"
-
-
-class Status(str, Enum):
-    """Where a message is in its life: inbound ones get answered, outbound ones get sent."""
-
-    PENDING = "pending"
-    ANSWERED = "answered"
-    FAILED = "failed"
-    RATE_LIMITED = "rate_limited"
-    UNSENT = "unsent"
-    SENT = "sent"
-    SEND_FAILED = "send_failed"
-    SUPERSEDED = "superseded"  # a fallback reply replaced by a real answer after `flask retry-failed`
-    WAITING = "waiting"  # a user message held for a person: an operator has taken the conversation over
-    OPTED_OUT = "opted_out"  # a user message from a sender who wrote STOP: stored, never answered
-    NOT_ALLOWED = "not_allowed"  # a user message from a sender the access list keeps out
-    OVER_BUDGET = "over_budget"  # a user message not sent to the AI: a spending cap was reached
-    # A reply WhatsApp would refuse: the user's last message is more than 24 hours old and no
-    # approved template is configured for the number. Kept for the operator, never retried.
-    OUTSIDE_WINDOW = "outside_window"
-
-
-class Prepared:
-    """A statement whose SQL peewee writes once per kind of database; each run only binds values.
-
-    For the webhook's path, where peewee took longer to write each statement than SQLite took to
-    run it. `build(*values)` returns the peewee query, and `fields[i].db_value` converts
-    `values[i]`: one value per query parameter, in the order they appear in its SQL.
-    """
-
-    def __init__(self, build, fields):
-        self.build = build
-        self.fields = tuple(fields)
-        self._sql = {}
-
-    def bind(self, *values) -> tuple[str, list]:
-        """Return the SQL and parameters that `build(*values).sql()` would."""
-        kind = type(database.obj)
-        sql = self._sql.get(kind)
-        if sql is None:
-            sql = self._sql[kind] = self.build(*values).sql()[0]
-        return sql, [field.db_value(value) for field, value in zip(self.fields, values)]
-
-    def execute(self, *values):
-        """Run the statement and return the database cursor."""
-        return database.execute_sql(*self.bind(*values))
-
-
-class BaseModel(Model):
-    class Meta:
-        database = database
-
-    @classmethod
-    def insert_row(cls, **values) -> int:
-        """Do what `insert(**values).execute()` does, defaults included, without rewriting the SQL."""
-        row = {field.name: default() if callable(default) else default
-               for field, default in cls._meta.defaults.items() if field.name not in values}
-        row.update(values)
-        names = tuple(name for name in cls._meta.sorted_field_names if name in row)
-        cursor = _prepared_insert(cls, names).execute(*(row[name] for name in names))
-        return cursor.fetchone()[0] if database.returning_clause else cursor.lastrowid
-
-
-@cache
-def _prepared_insert(model: type[BaseModel], names: tuple[str, ...]) -> Prepared:
-    # Peewee orders an INSERT's columns as the model declares them, which `names` already follows.
-    return Prepared(lambda *values: model.insert(**dict(zip(names, values))),
-                    [model._meta.fields[name] for name in names])
-
-
-# Rows deleted per transaction by the retention cleanup, so no lock is held for long.
-DELETE_BATCH = 500
 # WhatsApp takes free-form replies until this long after the user's last message; later, only an
 # approved template.
 SERVICE_WINDOW = timedelta(hours=24)
@@ -344,8 +237,6 @@ class Conversation(BaseModel):
                    & (cls.updated_at >= cutoff))
             .returning(cls.id)
         )
-
-
 # Every inbound message runs it.
 TOUCH_FRESH = Prepared(Conversation.touch_fresh, [Conversation.updated_at, Conversation.user_phone,
                                                   Conversation.number, Conversation.is_active,
@@ -717,8 +608,6 @@ class ReplyPart(BaseModel):
             .where(cls.id.in_(settled), cls.status.in_(DELIVERY_FAILURES))
         )
         return {part.message.conversation_id: part for part in latest}
-
-
 TWILIO_MESSAGE_SID = re.compile(r"^(SM|MM)[0-9a-f]{32}$")
 # How far a part's delivery can get, in order, and the two ways it can end without arriving.
 DELIVERY_PROGRESS = ("queued", "sent", "delivered", "read")
@@ -728,268 +617,10 @@ DELIVERY_SETTLED = ("delivered", "read", *DELIVERY_FAILURES)
 # A reply that never reached the user, and every message status that tells of a failure.
 UNDELIVERED_STATUSES = (Status.SEND_FAILED.value, Status.OUTSIDE_WINDOW.value)
 FAILURE_STATUSES = (Status.FAILED.value, *UNDELIVERED_STATUSES)
-
-
-class AccessEntry(BaseModel):
-    """A number on the admin-kept allowlist or blocklist (ACCESS_MODE says which one applies)."""
-
-    user_phone = CharField(max_length=64)
-    kind = CharField(max_length=8)  # "allow" or "block"
-    created_at = DateTimeField(default=utcnow)
-
-    class Meta:
-        table_name = "access_entry"
-        indexes = ((("user_phone", "kind"), True),)
-
-    @classmethod
-    def is_listed(cls, user_phone: str, kind: str) -> bool:
-        """Say whether `user_phone` (E.164) is on the admin's `kind` list (one lookup in the unique index)."""
-        return cls.select().where(cls.user_phone == user_phone, cls.kind == kind).exists()
-
-    @classmethod
-    def of_kind(cls, kind: str):
-        """Select the admin's `kind` list, newest first."""
-        return cls.select().where(cls.kind == kind).order_by(cls.created_at.desc(), cls.id.desc())
-
-    @classmethod
-    def add_many(cls, numbers: list[str], kind: str) -> list[str]:
-        """Put E.164 `numbers` on the `kind` list; return those that were not on it already."""
-        if not numbers:
-            return []
-        listed = {row.user_phone for row in cls.select(cls.user_phone).where(
-            cls.user_phone.in_(numbers), cls.kind == kind)}
-        added = [number for number in dict.fromkeys(numbers) if number not in listed]
-        if added:
-            cls.insert_many([{"user_phone": number, "kind": kind} for number in added]).on_conflict_ignore().execute()
-        return added
-
-
-class Setting(BaseModel):
-    """A setting the operator changed at run time in the admin; it wins over the environment's."""
-
-    key = CharField(max_length=64, unique=True)
-    value = TextField()
-    updated_at = DateTimeField(default=utcnow)
-
-    class Meta:
-        table_name = "setting"
-
-    @classmethod
-    def values(cls, *keys: str) -> dict[str, str]:
-        """Return the operator's value for each of `keys` they set (one query); unset keys are absent."""
-        return {row.key: row.value for row in cls.select(cls.key, cls.value).where(cls.key.in_(keys))}
-
-    @classmethod
-    def put(cls, key: str, value: str) -> None:
-        """Set `key` to `value`, replacing the operator's earlier choice."""
-        (cls.insert(key=key, value=value, updated_at=utcnow())
-         .on_conflict(conflict_target=[cls.key], update={cls.value: value, cls.updated_at: utcnow()})
-         .execute())
-
-    @classmethod
-    def forget(cls, *keys: str) -> None:
-        """Drop the operator's values for `keys`: the environment's apply again."""
-        cls.delete().where(cls.key.in_(keys)).execute()
-
-
-class OptOut(BaseModel):
-    """A sender who wrote STOP: the bot answers nothing until they write START."""
-
-    user_phone = CharField(max_length=64, unique=True)
-    created_at = DateTimeField(default=utcnow)
-
-    class Meta:
-        table_name = "opt_out"
-
-
-PROVIDERS = ("openrouter",)
-
-
-class AIConfiguration(BaseModel):
-    """An AI provider setup; the active one answers messages (else the environment's)."""
-
-    name = CharField(max_length=100, unique=True)
-    provider = CharField(max_length=32, default="openrouter")
-    model_name = CharField(max_length=200)
-    max_tokens = IntegerField(default=500)
-    temperature = FloatField(default=0.7)
-    system_prompt = TextField(default="")
-    # Comma-separated OpenRouter slugs tried, in order, when the model above cannot answer.
-    fallback_models = TextField(default="")
-    is_active = BooleanField(default=False, index=True)
-    api_key_encrypted = TextField(null=True)
-    created_at = DateTimeField(default=utcnow)
-    updated_at = DateTimeField(default=utcnow)
-
-    class Meta:
-        table_name = "ai_configuration"
-
-    @classmethod
-    def active(cls) -> "AIConfiguration | None":
-        """Return the active configuration, if one is active."""
-        return cls.select().where(cls.is_active == True).order_by(cls.updated_at.desc()).first()  # noqa: E712
-
-    @staticmethod
-    def field_problem(name: str, value) -> str | None:
-        """Say what is wrong with `value` for the field `name`, or None when it is valid: the one set
-        of rules that the admin form, the CLI and saving all apply."""
-        if name == "name" and not (value or "").strip():
-            return "Name is required."
-        if name == "provider" and value not in PROVIDERS:
-            return "Provider must be OpenRouter."
-        if name == "model_name" and not MODEL_SLUG_SHAPE.match(value or ""):
-            return "Model must be an OpenRouter slug such as openai/gpt-4o-mini."
-        if name == "fallback_models":
-            return fallback_models_problem(value)
-        if name == "max_tokens" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            return "Max tokens must be a whole number of at least 1."
-        if name == "temperature" and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                      or not 0 <= value <= 2):
-            return "Temperature must be a number from 0 to 2."
-        return None
-
-    def validation_errors(self) -> dict[str, str]:
-        """Return a message per invalid field (empty when the configuration is valid)."""
-        problems = {name: self.field_problem(name, getattr(self, name))
-                    for name in ("name", "provider", "model_name", "max_tokens", "temperature")}
-        return {name: problem for name, problem in problems.items() if problem}
-
-    def set_api_key(self, plaintext: str, cipher: FieldCipher) -> None:
-        """Store the API key encrypted; the plaintext never reaches the database."""
-        self.api_key_encrypted = cipher.encrypt(plaintext) if plaintext else None
-
-    def api_key(self, cipher: FieldCipher) -> str:
-        """Return the decrypted API key ('' when none is stored)."""
-        return cipher.decrypt(self.api_key_encrypted) if self.api_key_encrypted else ""
-
-    def masked_key(self, cipher: FieldCipher) -> str:
-        """Describe the stored key for display: at most `sk-or-…a1b2`, never the key."""
-        if not self.api_key_encrypted:
-            return "not set (uses OPENROUTER_API_KEY)"
-        try:
-            return mask_secret(self.api_key(cipher))
-        except SecretDecryptionError:
-            return "cannot decrypt (check FIELD_ENCRYPTION_KEY)"
-
-    def activate(self) -> None:
-        """Make this the only active configuration."""
-        with database.atomic():
-            AIConfiguration.update(is_active=False).where(AIConfiguration.id != self.id).execute()
-            self.is_active = True
-            self.updated_at = utcnow()
-            self.save()
-
-
-# A greeting is sent as its own WhatsApp message, before the first answer.
-MAX_GREETING_CHARS = 1000
-
-
-class WhatsAppNumber(BaseModel):
-    """A WhatsApp number the assistant answers on, and how it answers there.
-
-    The default number (TWILIO_WHATSAPP_NUMBER) needs no row: one is added only to give it a label,
-    a greeting, its own AI configuration or template, or to switch it off.
-    """
-
-    address = CharField(max_length=64, unique=True)  # whatsapp:+E.164, as Twilio posts it in `To`
-    label = CharField(max_length=100)
-    # None: the active AI configuration (else the environment's settings), as on the default number.
-    ai_configuration = ForeignKeyField(AIConfiguration, null=True, on_delete="SET NULL", backref="numbers")
-    # Sent once, before the first answer a sender gets from this number ("" sends none).
-    greeting = TextField(default="")
-    # The approved template that carries a reply past WhatsApp's 24-hour window (None: such replies
-    # are marked outside_window for the operator instead).
-    template_sid = CharField(max_length=34, null=True)
-    # The most this number's answers may cost in a calendar month, in USD (None: no cap of its own).
-    monthly_budget = FloatField(null=True)
-    is_active = BooleanField(default=True)
-    created_at = DateTimeField(default=utcnow)
-    updated_at = DateTimeField(default=utcnow)
-
-    class Meta:
-        table_name = "whatsapp_number"
-
-    @staticmethod
-    def field_problem(name: str, value) -> str | None:
-        """Say what is wrong with `value` for the field `name`, or None: the rules the admin and the CLI share."""
-        if name == "address" and not WHATSAPP_ADDRESS_SHAPE.match(value or ""):
-            return "Address must be whatsapp:+ followed by an E.164 number, e.g. whatsapp:+14155238886."
-        if name == "label" and not (value or "").strip():
-            return "Label is required."
-        if name == "label" and len(value) > 100:
-            return "Label must be at most 100 characters."
-        if name == "greeting" and len(value or "") > MAX_GREETING_CHARS:
-            return f"Greeting must be at most {MAX_GREETING_CHARS} characters."
-        if name == "template_sid" and value and not CONTENT_SID_SHAPE.match(value):
-            return "Template must be a Twilio Content SID: HX followed by 32 hex characters."
-        if name == "monthly_budget" and value is not None and (
-                isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-                or value <= 0):
-            return "Monthly budget must be an amount in USD above 0, or empty for none."
-        return None
-
-    def validation_errors(self) -> dict[str, str]:
-        """Return a message per invalid field (empty when the number is valid)."""
-        problems = {name: self.field_problem(name, getattr(self, name))
-                    for name in ("address", "label", "greeting", "template_sid", "monthly_budget")}
-        return {name: problem for name, problem in problems.items() if problem}
-
-
-class WebhookLog(BaseModel):
-    """An audit record of one webhook request (secrets redacted)."""
-
-    received_at = DateTimeField(default=utcnow, index=True)
-    method = CharField(max_length=8)
-    path = CharField(max_length=255)
-    remote_addr = CharField(max_length=64, default="")
-    headers = JSONField(default=dict)
-    body = TextField(default="")
-    response_status = IntegerField(index=True)
-    processing_ms = FloatField(default=0.0)
-    signature_valid = BooleanField(null=True, index=True)
-    message_sid = CharField(max_length=64, null=True, index=True)
-    verdict = CharField(max_length=32, null=True, index=True)
-    error = TextField(null=True)
-
-    class Meta:
-        table_name = "webhook_log"
-
-    @classmethod
-    def delete_received_before(cls, cutoff: datetime, batch_size: int = DELETE_BATCH):
-        """Delete entries received before `cutoff`, at most `batch_size` per statement; yield each batch's count."""
-        while True:
-            oldest = cls.select(cls.id).where(cls.received_at < cutoff).order_by(cls.id).limit(batch_size)
-            deleted = cls.delete().where(cls.id.in_(oldest)).execute()
-            if not deleted:
-                return
-            yield deleted
-
-
-class AdminUser(BaseModel):
-    """An operator who may log in to the admin panel."""
-
-    username = CharField(max_length=80, unique=True)
-    password_hash = CharField(max_length=255)
-    created_at = DateTimeField(default=utcnow)
-    last_login_at = DateTimeField(null=True)
-
-    class Meta:
-        table_name = "admin_user"
-
-    def set_password(self, password: str) -> None:
-        """Store a salted hash of `password` (werkzeug's scrypt)."""
-        self.password_hash = generate_password_hash(password)
-
-    def check_password(self, password: str) -> bool:
-        return check_password_hash(self.password_hash, password)
-
-    def session_stamp(self) -> str:
-        """A value that changes with the password, so a reset ends existing sessions."""
-        return hashlib.sha256(self.password_hash.encode()).hexdigest()[:16]
-
-
 # At most one active conversation per sender and number, enforced by the database itself.
 ONE_ACTIVE_INDEX = "conversation_one_active_per_phone_and_number"
+
+
 Conversation.add_index(
     Conversation.index(
         Conversation.user_phone,
@@ -999,5 +630,4 @@ Conversation.add_index(
         name=ONE_ACTIVE_INDEX,
     )
 )
-
 

@@ -7,9 +7,9 @@ import click
 from flask.cli import with_appcontext
 from peewee import IntegrityError
 
-from chatbot.cli_shared import operator_errors, services
-from chatbot.db import database
+from chatbot.cli.shared import operator_errors, services
 from chatbot.models import AIConfiguration, Conversation, WhatsAppNumber, utcnow
+from chatbot.models.db import database
 from config import amount_problem, whatsapp_address
 
 OPTION_FOR_FIELD = {"label": "--label", "greeting": "--greeting", "template_sid": "--template",

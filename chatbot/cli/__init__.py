@@ -6,21 +6,21 @@ from __future__ import annotations
 
 import click
 
-from chatbot import cli_ai_config, cli_conversations, cli_numbers, cli_setup
+from chatbot.cli import ai_config, conversations, numbers, setup
 from config import ConfigError
 
 COMMANDS = [
-    cli_setup.init_db_command,
-    cli_setup.check_config_command,
-    cli_setup.test_whatsapp_command,
-    cli_ai_config.ai_config_group,
-    cli_numbers.numbers_group,
-    cli_conversations.chat_command,
-    cli_conversations.conversations_group,
-    cli_conversations.cleanup_command,
-    cli_setup.create_admin_command,
-    cli_setup.rotate_key_command,
-    cli_conversations.retry_failed_command,
+    setup.init_db_command,
+    setup.check_config_command,
+    setup.test_whatsapp_command,
+    ai_config.ai_config_group,
+    numbers.numbers_group,
+    conversations.chat_command,
+    conversations.conversations_group,
+    conversations.cleanup_command,
+    setup.create_admin_command,
+    setup.rotate_key_command,
+    conversations.retry_failed_command,
 ]
 
 
@@ -32,9 +32,9 @@ def init_app(app) -> None:
 
 def init_config_error_app(app, error: ConfigError) -> None:
     """Register check-config to report `error`, and in place of every other command one that names it."""
-    app.extensions[cli_setup.CONFIG_ERROR] = error
+    app.extensions[setup.CONFIG_ERROR] = error
     for command in COMMANDS:
-        app.cli.add_command(command if command is cli_setup.check_config_command else _refusing(command, error))
+        app.cli.add_command(command if command is setup.check_config_command else _refusing(command, error))
 
 
 def _refusing(command: click.Command, error: ConfigError) -> click.Command:

@@ -7,11 +7,20 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
-from chatbot import auth, cli_checks, migrations
-from chatbot.cli_shared import Address, conclude, echo_checks, operator_errors, services
+from chatbot import auth
+from chatbot.checks import (
+    problem_checks,
+    service_checks,
+    settings_checks,
+    twilio_account_check,
+    twilio_send_fix,
+    twilio_settings_checks,
+    webhook_url,
+)
+from chatbot.cli.shared import Address, conclude, echo_checks, operator_errors, services
 from chatbot.crypto import SecretDecryptionError
 from chatbot.errors import WhatsAppError
-from chatbot.models import AIConfiguration
+from chatbot.models import AIConfiguration, migrations
 from chatbot.redact import mask_phone
 
 # Where the config-error app keeps the problem that stopped the settings from loading.
@@ -43,22 +52,22 @@ def check_config_command(offline):
     """
     error = current_app.extensions.get(CONFIG_ERROR)
     if error is not None:
-        checks = cli_checks.problem_checks(error)
+        checks = problem_checks(error)
         echo_checks("Settings", checks)
         click.echo("\nThe settings do not load, so no service was checked: fix them and run this again.")
         conclude(checks)
         return
     built = services()
-    checks = cli_checks.settings_checks(built.config)
+    checks = settings_checks(built.config)
     echo_checks("Settings", checks)
     if offline:
         click.echo("Services\n  - skipped (--offline)")
     else:
-        service_checks = cli_checks.service_checks(built)
-        echo_checks("Services", service_checks)
-        checks += service_checks
+        services_checked = service_checks(built)
+        echo_checks("Services", services_checked)
+        checks += services_checked
     click.echo(f"Webhook\n  Give Twilio this URL for incoming messages (method POST): "
-               f"{cli_checks.webhook_url(built.config)}")
+               f"{webhook_url(built.config)}")
     conclude(checks)
 
 
@@ -73,7 +82,7 @@ def test_whatsapp_command(recipient, message, check_only):
     """Send a real WhatsApp test message through Twilio."""
     built = services()
     if check_only:
-        checks = cli_checks.twilio_settings_checks(built.config) + [cli_checks.twilio_account_check(built)]
+        checks = twilio_settings_checks(built.config) + [twilio_account_check(built)]
         echo_checks("Twilio", checks)
         conclude(checks)
         return
@@ -84,7 +93,7 @@ def test_whatsapp_command(recipient, message, check_only):
         sids = built.whatsapp.send(recipient, body)
     except WhatsAppError as error:
         click.echo(f"✗ Not sent to {mask_phone(recipient)}: {error}")
-        click.echo(f"    fix: {cli_checks.twilio_send_fix(error)}")
+        click.echo(f"    fix: {twilio_send_fix(error)}")
         sys.exit(1)
     click.echo(f"✓ Sent to {mask_phone(recipient)} in {len(sids)} message(s): {', '.join(sids)}")
 

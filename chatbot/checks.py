@@ -10,9 +10,9 @@ from urllib.parse import urlsplit, urlunsplit
 from peewee import PeeweeException
 from redis.exceptions import RedisError
 
-from chatbot import db, migrations
 from chatbot.ai import AIAdapterFactory, AISettings
 from chatbot.errors import AIError, WhatsAppError
+from chatbot.models import db, migrations
 from chatbot.redact import mask_phone, mask_secret
 from config import MODEL_SLUG_SHAPE, Config, ConfigError
 

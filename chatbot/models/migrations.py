@@ -6,7 +6,6 @@ import logging
 from peewee import IntegerField, Model, PostgresqlDatabase
 from playhouse.migrate import PostgresqlMigrator, SqliteMigrator, migrate
 
-from chatbot.db import database
 from chatbot.models import (
     ONE_ACTIVE_INDEX,
     AccessEntry,
@@ -20,6 +19,7 @@ from chatbot.models import (
     WebhookLog,
     WhatsAppNumber,
 )
+from chatbot.models.db import database
 
 log = logging.getLogger(__name__)
 

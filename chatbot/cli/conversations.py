@@ -8,8 +8,7 @@ from datetime import timedelta
 import click
 from flask.cli import with_appcontext
 
-from chatbot import tasks
-from chatbot.cli_shared import Address, operator_errors, services
+from chatbot.cli.shared import Address, operator_errors, services
 from chatbot.console_chat import (
     CONSOLE_PHONE,
     ConsoleWhatsApp,
@@ -18,6 +17,7 @@ from chatbot.console_chat import (
     store_console_message,
     typed_lines,
 )
+from chatbot.jobs import queueing, tasks
 from chatbot.models import Conversation, Message, utcnow
 from chatbot.processor import MessageProcessor
 from chatbot.redact import mask_phone
@@ -211,5 +211,5 @@ def retry_failed_command(hours):
     built = services()
     retried = Message.retry_failed(utcnow() - timedelta(hours=hours))
     for message in retried:
-        tasks.enqueue_processing(built.queue, message.id, message.conversation.user_phone)
+        queueing.enqueue_processing(built.queue, message.id, message.conversation.user_phone)
     click.echo(f"Queued {len(retried)} failed message(s) for another answer.")

@@ -1,0 +1,1 @@
+"""Working: the RQ jobs, the adapter that queues them, locks, the thread-pool worker and retention."""

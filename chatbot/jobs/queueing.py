@@ -1,0 +1,126 @@
+"""The RQ adapter: every job the assistant queues, its id, retries and rate limit, and every RQ key it touches."""
+from __future__ import annotations
+
+import logging
+
+from rq import Callback, Queue, RateLimit, Retry
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.rate_limit import ACQUIRE_AND_ENQUEUE_SCRIPT, RateLimitRegistry
+from rq.utils import current_timestamp, utcformat
+from rq.utils import now as rq_now
+
+from chatbot.redact import sender_key
+
+log = logging.getLogger(__name__)
+
+# The job functions by dotted path, the name RQ stores with each job: the worker imports them, and
+# naming them here keeps this module below the jobs it queues.
+PROCESS_MESSAGE = "chatbot.jobs.tasks.process_message"
+APOLOGISE_WHEN_FAILED = "chatbot.jobs.tasks.apologise_when_failed_for_good"
+SEND_OPERATOR_REPLY = "chatbot.jobs.tasks.send_operator_reply"
+JOB_TIMEOUT = 180
+# Transient upstream trouble is retried over about four minutes before the user gets the fallback.
+JOB_RETRY = Retry(max=4, interval=[10, 30, 60, 120])
+# The periodic jobs' ids, registered by scheduler.py.
+CLEANUP_JOB = "cleanup-expired-conversations"
+SWEEP_JOB = "sweep-pending-messages"
+# Far longer than any job of a sender waits or runs; renewed by each of their messages.
+RATE_LIMIT_CONFIG_TTL = 7 * 86400
+
+
+def job_id_for(message_id: int) -> str:
+    # Zero-padded: RQ's rate limiter breaks timestamp ties by id, so ids must sort like numbers.
+    return f"message-{message_id:012d}"
+
+
+def enqueue_processing(queue: Queue, message_id: int, sender: str) -> Job:
+    """Queue the answer to a stored message; one sender's jobs run one at a time, oldest first."""
+    job = queue.create_job(
+        PROCESS_MESSAGE,
+        args=(message_id,),
+        job_id=job_id_for(message_id),
+        timeout=JOB_TIMEOUT,
+        retry=JOB_RETRY,
+        rate_limit=RateLimit(key=sender_key(sender), concurrency=1),
+        on_failure=Callback(APOLOGISE_WHEN_FAILED),
+        result_ttl=86400,
+        failure_ttl=7 * 86400,
+        description=f"process message {message_id}",
+    )
+    _enqueue_rate_limited(queue, job)
+    return job
+
+
+# RQ's rate-limited enqueue as one script, one round trip: queue.enqueue_call makes three, and even
+# RQ's pipeline mode packs ten commands into a MULTI/EXEC. It writes what RQ writes (the job hash
+# from RQ's own to_dict, the registry keys RQ names) and promotes with RQ's own promotion script,
+# run inside it; tests/test_webhook_fast_path.py compares the Redis state with RQ's. One difference:
+# RQ keeps each rate-limit key's settings forever, one hash per sender who ever wrote; here they expire.
+# KEYS: the queues set, the rate-limit keys set, the key's settings, the job, allowed, rate_limited.
+# ARGV: queue key, rate-limit key, concurrency, settings' lifetime, timestamp, enqueued_at, queue
+# prefix, job prefix, job id, and the job hash's fields and values as one run of netstrings
+# ("<length>:<bytes>"): redis-py packs each argument in Python, and one argument is ~40 fewer.
+ENQUEUE_RATE_LIMITED_SCRIPT = f"""
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[2])
+redis.call('HSET', KEYS[3], 'concurrency', ARGV[3])
+local fields, blob, at = {{}}, ARGV[10], 1
+while at <= #blob do
+    local colon = string.find(blob, ':', at, true)
+    local size = tonumber(string.sub(blob, at, colon - 1))
+    fields[#fields + 1] = string.sub(blob, colon + 1, colon + size)
+    at = colon + size + 1
+end
+redis.call('HSET', KEYS[4], unpack(fields))
+redis.call('ZADD', KEYS[6], ARGV[5], ARGV[9])
+-- RQ's script reads KEYS and ARGV: as this function's parameters they shadow the script's own.
+local function acquire(KEYS, ARGV)
+{ACQUIRE_AND_ENQUEUE_SCRIPT}
+end
+local promoted = acquire({{KEYS[5], KEYS[6]}}, {{ARGV[3], ARGV[5], ARGV[6], ARGV[7], ARGV[8]}})
+redis.call('EXPIRE', KEYS[3], ARGV[4])
+return promoted
+"""
+
+
+def _enqueue_rate_limited(queue: Queue, job: Job) -> None:
+    job.origin = queue.name
+    job._status = JobStatus.RATE_LIMITED
+    registry = RateLimitRegistry.from_job(job)
+    keys = [queue.redis_queues_keys, registry.rl_keys_key, registry.config_key, job.key,
+            registry.allowed_key, registry.rate_limited_key]
+    args = [queue.key, registry.key, job.rate_limit_concurrency, RATE_LIMIT_CONFIG_TTL, current_timestamp(),
+            utcformat(rq_now()), Queue.redis_queue_namespace_prefix, Job.redis_job_namespace_prefix, job.id]
+    encode = queue.connection.get_encoder().encode
+    args.append(b"".join(b"%d:%s" % (len(part), part)
+                         for item in job.to_dict().items() for part in map(encode, item)))
+    # redis-py runs it by its hash and loads it only when Redis has lost it (restarted, flushed).
+    queue.connection.register_script(ENQUEUE_RATE_LIMITED_SCRIPT)(keys=keys, args=args)
+
+
+ACTIVE_STATES = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED,
+                 JobStatus.RATE_LIMITED}
+
+
+def job_is_active(redis, job_id: str) -> bool:
+    """True when RQ still has the job waiting or running (not finished, failed or gone)."""
+    try:
+        return Job.fetch(job_id, connection=redis).get_status() in ACTIVE_STATES
+    except NoSuchJobError:
+        return False
+
+
+def enqueue_operator_reply(queue: Queue, reply_id: int) -> Job:
+    """Queue the sending of a reply an operator wrote (the conversation lock keeps it in order)."""
+    return queue.enqueue_call(
+        SEND_OPERATOR_REPLY,
+        args=(reply_id,),
+        job_id=f"operator-reply-{reply_id:012d}",
+        timeout=JOB_TIMEOUT,
+        retry=JOB_RETRY,
+        result_ttl=86400,
+        failure_ttl=7 * 86400,
+        description=f"send operator reply {reply_id}",
+    )
+

@@ -1,0 +1,173 @@
+"""RQ jobs: thin, idempotent, and safe to run twice."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict
+from datetime import timedelta
+
+from rq import get_current_job
+from rq.job import Job
+
+from chatbot import metrics
+from chatbot.errors import SenderBusy, WhatsAppError
+from chatbot.jobs.locks import conversation_lock
+from chatbot.jobs.queueing import enqueue_processing, job_id_for, job_is_active
+from chatbot.jobs.retention import delete_past_retention
+from chatbot.models import Conversation, Message, Status, utcnow
+from chatbot.models.db import connection_scope
+from chatbot.takeover import hand_back
+
+log = logging.getLogger(__name__)
+
+# The job's own deadline, below JOB_TIMEOUT: it ends itself (with an apology where one is due)
+# rather than being cut off, and a worker that cannot kill a thread never has to.
+JOB_DEADLINE = 150
+# How long the failure callback waits for a conversation another job is still working on.
+GIVE_UP_LOCK_WAIT = 5
+PENDING_GRACE = timedelta(seconds=60)
+# How long the sweeper keeps trying to send an answer. Past WhatsApp's 24-hour window the processor
+# sends it as the number's approved template (or marks it outside_window); only an answer still
+# unsent after this long, with Twilio failing all the while, is given up.
+RESEND_HORIZON = timedelta(days=7)
+
+_services = None
+
+
+def install(services) -> None:
+    """Use these built services for the jobs of this process (worker.py and tests)."""
+    global _services
+    _services = services
+
+
+def current_services():
+    """Return the services this process installed; a job run without them is a wiring mistake."""
+    if _services is None:
+        raise RuntimeError("no services installed for RQ jobs in this process: "
+                           "call chatbot.jobs.tasks.install(build_services(config)) before running jobs")
+    return _services
+
+
+def process_message(message_id: int) -> dict:
+    """Answer and deliver a stored user message (and any older one of the same sender; with
+    COALESCE_SECONDS, the newer ones that arrive before the sender pauses too)."""
+    services = current_services()
+    until = time.monotonic() + JOB_DEADLINE
+    job = get_current_job()
+    with connection_scope():
+        message = Message.get_or_none(Message.id == message_id)
+    if message is None:
+        log.warning("message_id=%s not found", message_id)
+        return {"missing": True}
+    limit = services.config.max_processing_attempts
+    # A second guard behind RQ's rate limit: a job re-run after a worker died must not overlap.
+    with conversation_lock(services.redis, message.conversation_id, message_id):
+        if message.twilio_sid and message.status == Status.PENDING.value:
+            # "typing…" under the user's message while the model thinks; best effort, short timeout.
+            services.whatsapp.show_typing(message.twilio_sid)
+        with connection_scope():
+            attempt = Message.count_attempt(message_id)
+            if attempt > limit:
+                # Every earlier run failed without an answer (or died): stop the laps, apologise once.
+                outcome = services.processor.give_up(message_id, f"gave up after {limit} attempts")
+            else:
+                final_attempt = job is None or not job.retries_left or attempt == limit
+                outcome = services.processor.process(message_id, final_attempt=final_attempt, until=until,
+                                                     coalesce_seconds=services.config.coalesce_seconds)
+    metrics.count_job(outcome, gave_up=attempt > limit)
+    return asdict(outcome)
+
+
+def apologise_when_failed_for_good(job: Job, connection, error_type, error, traceback) -> None:
+    """RQ's failure callback: when a message's job fails with no retry left (it raised, timed out or
+    its worker died), the user gets an apology instead of silence."""
+    metrics.count_job_error(job.retries_left)
+    if job.retries_left or (error_type is not None and issubclass(error_type, (SenderBusy, WhatsAppError))):
+        # A retry is coming; or the job holding the conversation answers this message too; or
+        # Twilio cannot take messages now, and the sweeper queues the message again when it can.
+        return
+    message_id = job.args[0]
+    services = current_services()
+    reason = f"job failed for good: {error_type.__name__ if error_type else 'unknown error'}"
+    log.error("message_id=%s %s; apologising", message_id, reason)
+    with connection_scope():
+        message = Message.get_or_none(Message.id == message_id)
+        if message is None:
+            return
+    try:
+        with conversation_lock(services.redis, message.conversation_id, message_id, wait=GIVE_UP_LOCK_WAIT):
+            with connection_scope():
+                services.processor.give_up(message_id, reason)
+    except SenderBusy:
+        log.warning("message_id=%s conversation busy; the job holding it answers this message", message_id)
+
+
+def cleanup_expired_conversations() -> dict[str, int]:
+    """End conversations idle longer than CONVERSATION_TTL (dropping their context), delete what is
+    past its retention, and return how many of each went."""
+    services = current_services()
+    now = utcnow()
+    with connection_scope():
+        expired = [
+            conversation.id
+            for conversation in Conversation.idle_since(now - timedelta(seconds=services.config.conversation_ttl))
+        ]
+        Conversation.end(expired, services.context)
+        counts = {"conversations_ended": len(expired), **delete_past_retention(services.config, services.context, now)}
+    # An idle cleanup stays quiet: four zeros every 6 hours would only bury the lines that matter.
+    if any(counts.values()):
+        log.info("cleanup %s", " ".join(f"{name}={count}" for name, count in counts.items()))
+    return counts
+
+
+def sweep_pending_messages() -> int:
+    """Queue stored messages that no job is working on: unanswered ones whose job never reached
+    Redis (or was lost with it), and answers still waiting to be sent (e.g. Twilio was down)."""
+    services = current_services()
+    queued = 0
+    hand_back_idle_takeovers()
+    with connection_scope():
+        for message in Message.needing_work(PENDING_GRACE, RESEND_HORIZON):
+            if job_is_active(services.redis, job_id_for(message.id)):
+                continue
+            enqueue_processing(services.queue, message.id, message.conversation.user_phone)
+            queued += 1
+        expired = Message.give_up_unsent(RESEND_HORIZON)
+    if queued:
+        log.warning("queued %d stored messages that had no job", queued)
+    if expired:
+        log.error("gave up sending %d replies older than %s", expired, RESEND_HORIZON)
+    return queued
+
+
+def send_operator_reply(reply_id: int) -> dict:
+    """Send a reply an operator wrote (and any older one of the conversation still unsent), in order."""
+    services = current_services()
+    job = get_current_job()
+    with connection_scope():
+        reply = Message.get_or_none(Message.id == reply_id)
+    if reply is None:
+        log.warning("message_id=%s not found", reply_id)
+        return {"missing": True}
+    # The lock the answering jobs take: two operators' replies, or a reply and an answer, never interleave.
+    with conversation_lock(services.redis, reply.conversation_id, reply_id):
+        with connection_scope():
+            final_attempt = job is None or not job.retries_left
+            outcome = services.processor.deliver_operator_reply(reply_id, final_attempt=final_attempt)
+    return asdict(outcome)
+
+
+def hand_back_idle_takeovers() -> int:
+    """Hand back conversations taken over longer than TAKEOVER_TIMEOUT minutes ago with no message
+    from the user or the operator since; 0 minutes never does."""
+    minutes = current_services().config.takeover_timeout
+    if not minutes:
+        return 0
+    cutoff = utcnow() - timedelta(minutes=minutes)
+    with connection_scope():
+        # updated_at moves with every user message and every operator reply.
+        handed_back = hand_back(Conversation.paused_at < cutoff, Conversation.updated_at < cutoff)
+    if handed_back:
+        log.info("handed back %d idle taken-over conversations after %d minutes", handed_back, minutes)
+    return handed_back
+

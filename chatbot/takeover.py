@@ -1,0 +1,57 @@
+"""Takeover: an operator pauses the bot for a conversation, answers in person, and hands it back."""
+from __future__ import annotations
+
+import logging
+
+from chatbot.models import Conversation, Message, Role, Status, utcnow
+from chatbot.models.db import database
+
+log = logging.getLogger(__name__)
+
+
+def take_over(conversation_id, operator: str) -> bool:
+    """Pause the bot for an active conversation nobody has taken over; return whether it was paused."""
+    return bool(
+        Conversation.update(paused_at=utcnow(), paused_by=operator)
+        .where(Conversation.id == conversation_id, Conversation.paused_at.is_null(),
+               Conversation.is_active == True)  # noqa: E712
+        .execute()
+    )
+
+
+def store_operator_reply(conversation: Conversation, text: str, operator: str) -> Message:
+    """Store an operator's reply, unsent, as the answer to the user messages waiting for a person."""
+    with database.atomic():
+        # Claimed by one UPDATE: of two operators replying at once, only one answers each message.
+        answered = sorted(
+            message_id
+            for (message_id,) in (
+                Message.update(status=Status.ANSWERED.value)
+                .where(Message.conversation == conversation, Message.role == Role.USER.value,
+                       Message.status == Status.WAITING.value)
+                .returning(Message.id)
+                .tuples()
+            )
+        )
+        reply = Message.create(
+            conversation=conversation,
+            role=Role.ASSISTANT.value,
+            content=text,
+            status=Status.UNSENT.value,
+            reply_to=answered[-1] if answered else None,
+            operator=operator,
+            metadata={"answers": answered},
+        )
+    # A reply counts as activity: TAKEOVER_TIMEOUT runs from here.
+    conversation.touch()
+    return reply
+
+
+def hand_back(*conditions) -> int:
+    """Give the taken-over conversations matching `conditions` back to the bot; return how many."""
+    return (
+        Conversation.update(paused_at=None, paused_by=None)
+        .where(Conversation.paused_at.is_null(False), *conditions)
+        .execute()
+    )
+
