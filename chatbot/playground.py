@@ -3,6 +3,7 @@ context window and AI adapter, with any stored AI configuration. Nothing goes to
 from __future__ import annotations
 
 from chatbot.ai import AIAdapter, AIAdapterFactory
+from chatbot.channels import operator_channel
 from chatbot.jobs.locks import conversation_lock
 from chatbot.models import AIConfiguration, Conversation, Message, Origin, Role, Status
 from chatbot.models.db import database
@@ -62,15 +63,13 @@ def ask(services, username: str, text: str, configuration: AIConfiguration | Non
             metadata={"trimmed": True} if body.trimmed else {},
             origin=Origin.PLAYGROUND.value,
         ).execute()
-    processor = MessageProcessor(ChosenConfiguration(services.ai_factory, configuration), NothingSent(),
-                                 services.context, services.errors, max_inbound_chars=config.max_inbound_chars)
+    processor = MessageProcessor(ChosenConfiguration(services.ai_factory, configuration),
+                                 operator_channel(Origin.PLAYGROUND, NothingSent()), services.context, services.errors,
+                                 max_inbound_chars=config.max_inbound_chars)
     # The same lock as the jobs: two tabs of one operator must not answer the same message twice.
     with conversation_lock(services.redis, conversation_id, message_id):
         # No job deadline here: the adapter's own (AI_DEADLINE) ends the model call, retries included.
         processor.process(message_id, final_attempt=True)
-    # The processor stores answers as WhatsApp's; these are the playground's, kept out of every figure.
-    Message.update(origin=Origin.PLAYGROUND.value).where(
-        Message.conversation == conversation_id, Message.origin != Origin.PLAYGROUND.value).execute()
 
 
 def reset(username: str, context) -> None:

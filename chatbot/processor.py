@@ -9,26 +9,24 @@ from datetime import datetime
 from typing import Callable
 
 from chatbot import metrics
-from chatbot.access import AccessPolicy, Refusal
 from chatbot.ai import AIAdapterFactory, OpenRouterAdapter
 from chatbot.alerts import ErrorHandler
-from chatbot.budgets import Budgets
-from chatbot.commands import UserCommands
+from chatbot.channels import Channel
 from chatbot.context import ConversationManager
 from chatbot.errors import AIError, Category, JobDeadlineReached, WhatsAppError
-from chatbot.media import AUDIO_FORMATS, MediaError, MediaFetcher, MediaKind, media_kind, media_type
+from chatbot.media import AUDIO_FORMATS, MediaError, MediaKind, media_kind, media_type
 from chatbot.models import Conversation, Message, ReplyPart, Role, ServiceWindow, Status, utcnow
 from chatbot.models.db import connection_released, database
-from chatbot.numbers import Assistant, NumberDirectory
+from chatbot.numbers import Assistant
 from chatbot.redact import mask_phone, mask_phones_in
 from chatbot.sanitizer import TRIMMED_NOTE, clean_text
-from chatbot.whatsapp import WINDOW_CLOSED_CODE, WhatsAppClient
+from chatbot.stages.base import Turn, Verdict
+from chatbot.stages.deadline import MIN_AI_SECONDS
+from chatbot.whatsapp import WINDOW_CLOSED_CODE
 from chatbot.whatsapp_format import to_whatsapp
 
 log = logging.getLogger(__name__)
 
-# A model call that would have less time than this before the job's deadline waits for the next run.
-MIN_AI_SECONDS = 5.0
 # A sender who never pauses for COALESCE_SECONDS is answered after this many of them all the same.
 BURST_WAITS = 3
 
@@ -73,30 +71,20 @@ class MessageProcessor:
     def __init__(
         self,
         ai_factory: AIAdapterFactory,
-        whatsapp: WhatsAppClient,
+        channel: Channel,
         context: ConversationManager,
         errors: ErrorHandler,
         clock: Callable[[], float] = time.monotonic,
         max_inbound_chars: int = 4096,
-        commands: UserCommands | None = None,
-        budgets: Budgets | None = None,
-        access: AccessPolicy | None = None,
-        media: MediaFetcher | None = None,
         transcription_model: str = "openai/whisper-1",
-        numbers: NumberDirectory | None = None,
     ):
         self.ai_factory = ai_factory
-        self.whatsapp = whatsapp
+        self.channel = channel
         self.context = context
         self.clock = clock
         self.errors = errors
         self.max_inbound_chars = max_inbound_chars
-        self.commands = commands
-        self.budgets = budgets
-        self.access = access
-        self.media = media
         self.transcription_model = transcription_model
-        self.numbers = numbers
 
     def process(self, message_id: int, final_attempt: bool = True, until: float | None = None,
                 coalesce_seconds: int = 0) -> Outcome:
@@ -123,40 +111,17 @@ class MessageProcessor:
             if question.id in answered_in_burst:
                 continue
             answer = question.current_answer()
-            if answer is None and self.commands is not None:
-                handled = self.commands.handle(conversation, question)
-                if handled.erased:
-                    return outcome  # nothing of this sender is left to answer
-                if handled.reply is None and handled.silenced:
-                    continue
-                if handled.reply is not None:
-                    answer = self._store_canned(conversation, question, handled.reply, handled.kind)
-            if answer is None and conversation.paused_at is not None:
-                # An operator has taken the conversation over: the message waits for them, not the AI.
-                Message.update(status=Status.WAITING.value).where(Message.id == question.id).execute()
-                continue
-            if answer is None and self.access is not None:
-                barred = self.access.refusal(conversation.user_phone)
-                if barred is not None:
-                    metrics.count_refusal("access")
-                    answer = self._keep_out(conversation, question, barred)
-                    if answer is None:
-                        continue
-            if answer is None and self.budgets is not None:
-                refusal = self.budgets.check(conversation.user_phone, conversation.number,
-                                             self.assistant_of(conversation).monthly_budget)
-                if refusal is not None and refusal.notice is None:
-                    # Told once today already: held back in silence, as a STOPped sender's message is.
-                    metrics.count_refusal("budget")
-                    Message.update(status=Status.OVER_BUDGET.value).where(Message.id == question.id).execute()
-                    continue
-                if refusal is not None:
-                    metrics.count_refusal("budget")
-                    answer = self._store_canned(conversation, question, refusal.notice, f"budget_{refusal.cap.value}",
-                                                status=Status.OVER_BUDGET)
-            if answer is None:
-                if until is not None and self.clock() >= until - MIN_AI_SECONDS:
-                    raise JobDeadlineReached(f"message_id={question.id} left for the next run of the job")
+            verdict = None if answer is not None else self._first_verdict(
+                Turn(conversation, question, self.assistant_of(conversation), until))
+            if verdict is not None and verdict.erased:
+                return outcome  # nothing of this sender is left to answer
+            if verdict is not None and verdict.later:
+                raise JobDeadlineReached(f"message_id={question.id} left for the next run of the job")
+            if verdict is not None:
+                answer = self._settle(conversation, question, verdict)
+                if answer is None:
+                    continue  # stopped in silence
+            elif answer is None:
                 burst = self._burst(outstanding[position:]) if coalesce_seconds else [question]
                 answered_in_burst.update(member.id for member in burst)
                 answer = self._answer(conversation, burst, final_attempt, outcome, until)
@@ -164,6 +129,26 @@ class MessageProcessor:
             self._remember_answered(conversation, answer)
             outcome.parts_sent += self._deliver(conversation, question, answer, final_attempt)
         return outcome
+
+    def _first_verdict(self, turn: Turn) -> Verdict | None:
+        """Ask the channel's gates in order; return the first that stops the message, or None."""
+        for stage in self.channel.stages:
+            verdict = stage.verdict(turn)
+            if verdict is not None:
+                return verdict
+        return None
+
+    def _settle(self, conversation: Conversation, question: Message, verdict: Verdict) -> Message | None:
+        """Leave `question` where a gate stopped it; return the canned reply stored as its answer, if any."""
+        if verdict.refused:
+            metrics.count_refusal(verdict.refused)
+        if verdict.note:
+            question.metadata = {**question.metadata, **verdict.note}
+        if verdict.reply:
+            return self._store_canned(conversation, question, verdict.reply, verdict.kind, status=verdict.status)
+        Message.update(status=verdict.status.value, metadata=question.metadata).where(
+            Message.id == question.id).execute()
+        return None
 
     def _wait_for_pause(self, conversation: Conversation, message_id: int, quiet_seconds: int,
                         until: float | None) -> int:
@@ -198,7 +183,7 @@ class MessageProcessor:
         """Whether `question` is only text the model reads as written (no command, attachment or location)."""
         if question.metadata.get("media") or question.metadata.get("Latitude"):
             return False
-        return self.commands is None or not self.commands.recognises(question.content)
+        return not any(stage.claims(question) for stage in self.channel.stages)
 
     def _remember_answered(self, conversation: Conversation, answer: Message) -> None:
         """Put the user messages one reply answers (a burst's, an operator's) in the context window;
@@ -305,6 +290,7 @@ class MessageProcessor:
             answer = Message.create(
                 conversation=conversation,
                 role=Role.ASSISTANT.value,
+                origin=self.channel.origin.value,
                 content=text,
                 status=Status.UNSENT.value,
                 reply_to=question,
@@ -337,7 +323,7 @@ class MessageProcessor:
                 return self._store_canned(conversation, question, LOCATION_UNSUPPORTED, "location")
             return UserTurn(prompt_text(question))
         kinds = [media_kind(item.get("content_type", "")) for item in attachments]
-        if self.media is None or MediaKind.OTHER in kinds:
+        if self.channel.media is None or MediaKind.OTHER in kinds:
             return self._store_canned(conversation, question, MEDIA_UNSUPPORTED, "media_unsupported")
         context = f"message_id={question.id} sender={mask_phone(conversation.user_phone)}"
         if MediaKind.IMAGE in kinds and not self.ai_factory.catalogue.takes(adapter, adapter.settings.model, "image"):
@@ -353,7 +339,7 @@ class MessageProcessor:
             try:
                 # Downloading can take seconds: hold no database connection meanwhile.
                 with connection_released():
-                    fetched = self.media.fetch(item["url"], item.get("content_type", ""))
+                    fetched = self.channel.media.fetch(item["url"], item.get("content_type", ""))
             except MediaError as error:
                 if error.retryable and not final_attempt:
                     raise
@@ -389,9 +375,9 @@ class MessageProcessor:
 
     def assistant_of(self, conversation: Conversation) -> Assistant:
         """Return how the number the conversation is with answers (the defaults when no directory is given)."""
-        if self.numbers is None:
+        if self.channel.numbers is None:
             return Assistant(key=conversation.number, address=conversation.number, label=conversation.number)
-        return self.numbers.for_key(conversation.number)
+        return self.channel.numbers.for_key(conversation.number)
 
     def _greeted(self, conversation: Conversation, question: Message, text: str) -> str:
         """Put the number's greeting before the answer to a sender's first message to it."""
@@ -417,16 +403,8 @@ class MessageProcessor:
             question.status = status.value
             question.save()
             return Message.create(conversation=conversation, role=Role.ASSISTANT.value, content=text,
-                                  status=Status.UNSENT.value, reply_to=question, metadata={"canned": kind})
-
-    def _keep_out(self, conversation: Conversation, question: Message, refusal: Refusal) -> Message | None:
-        """Mark `question` not allowed, with why; store the refusal's notice (if any) as its unsent answer."""
-        question.metadata = {**question.metadata, "access": refusal.reason}
-        if refusal.notice:
-            return self._store_canned(conversation, question, refusal.notice, "access", status=Status.NOT_ALLOWED)
-        question.status = Status.NOT_ALLOWED.value
-        question.save()
-        return None
+                                  status=Status.UNSENT.value, reply_to=question, metadata={"canned": kind},
+                                  origin=self.channel.origin.value)
 
     def _apologise(self, conversation: Conversation, question: Message, reason: str,
                    category: Category) -> Message:
@@ -438,6 +416,7 @@ class MessageProcessor:
             return Message.create(
                 conversation=conversation,
                 role=Role.ASSISTANT.value,
+                origin=self.channel.origin.value,
                 content=self.errors.user_message(category),
                 status=Status.UNSENT.value,
                 reply_to=question,
@@ -503,7 +482,7 @@ class MessageProcessor:
         """Send what is left of `answer` as ordinary messages; return False when Twilio refused it for
         WhatsApp's 24-hour window (its clock may close the window a little before ours)."""
         try:
-            self.whatsapp.send(conversation.user_phone, answer.content, already_sent=answer.parts_sent,
+            self.channel.sender.send(conversation.user_phone, answer.content, already_sent=answer.parts_sent,
                                on_part_sent=record_part, before_part=note_intent, unconfirmed_since=unconfirmed,
                                from_number=conversation.number)
         except WhatsAppError as error:
@@ -523,7 +502,7 @@ class MessageProcessor:
         never retried). Return whether it went."""
         assistant = self.assistant_of(conversation)
         if not assistant.template_sid:
-            reason = outside_window_reason(window, assistant.address or self.whatsapp.from_number,
+            reason = outside_window_reason(window, assistant.address or self.channel.sender.from_number,
                                            default_number=not assistant.key)
             Message.update(status=Status.OUTSIDE_WINDOW.value, error=reason, sending_part=None,
                            sending_since=None).where(Message.id == answer.id).execute()
@@ -535,8 +514,8 @@ class MessageProcessor:
             return False
         number = already_sent + 1
         note_intent(number)
-        sid = self.whatsapp.send_template(conversation.user_phone, assistant.template_sid,
-                                          self.whatsapp.unsent_text(answer.content, already_sent),
+        sid = self.channel.sender.send_template(conversation.user_phone, assistant.template_sid,
+                                          self.channel.sender.unsent_text(answer.content, already_sent),
                                           unconfirmed_since=unconfirmed, from_number=conversation.number)
         record_part(number, sid)
         Message.update(metadata={**answer.metadata, "template": assistant.template_sid}).where(

@@ -8,11 +8,9 @@ from redis import Redis
 from requests.adapters import HTTPAdapter
 from rq import Queue
 
-from chatbot.access import AccessPolicy
 from chatbot.ai import AIAdapterFactory
 from chatbot.alerts import ErrorHandler
-from chatbot.budgets import Budgets
-from chatbot.commands import UserCommands
+from chatbot.channels import whatsapp_channel
 from chatbot.context import ConversationManager
 from chatbot.crypto import FieldCipher
 from chatbot.media import MediaFetcher
@@ -20,6 +18,9 @@ from chatbot.models.db import POOL_SIZE, open_database
 from chatbot.numbers import NumberDirectory
 from chatbot.processor import MessageProcessor
 from chatbot.rate_limiter import RateLimiter
+from chatbot.stages.access import AccessPolicy
+from chatbot.stages.budget import Budgets
+from chatbot.stages.commands import UserCommands
 from chatbot.whatsapp import STATUS_CALLBACK_PATH, WhatsAppClient
 from config import Config
 
@@ -83,6 +84,15 @@ def build_services(config: Config, ai_options: dict | None = None,
         status_callback=config.public_base_url and config.public_base_url + STATUS_CALLBACK_PATH,
         **(whatsapp_options or {}),
     )
+    channel = whatsapp_channel(
+        whatsapp,
+        UserCommands(redis, context, whatsapp, config.user_commands, config.site_name),
+        access,
+        budgets,
+        MediaFetcher(pooled_session(http_pool_size(config)), config.twilio_account_sid, config.twilio_auth_token,
+                     config.twilio_api_base_url, max_bytes=config.max_media_bytes),
+        numbers,
+    )
     return Services(
         config=config,
         redis=redis,
@@ -91,17 +101,8 @@ def build_services(config: Config, ai_options: dict | None = None,
         context=context,
         ai_factory=ai_factory,
         whatsapp=whatsapp,
-        processor=MessageProcessor(
-            ai_factory, whatsapp, context, errors, max_inbound_chars=config.max_inbound_chars,
-            commands=UserCommands(redis, context, whatsapp, config.user_commands, config.site_name),
-            budgets=budgets,
-            access=access,
-            media=MediaFetcher(pooled_session(http_pool_size(config)), config.twilio_account_sid,
-                               config.twilio_auth_token, config.twilio_api_base_url,
-                               max_bytes=config.max_media_bytes),
-            transcription_model=config.transcription_model,
-            numbers=numbers,
-        ),
+        processor=MessageProcessor(ai_factory, channel, context, errors, max_inbound_chars=config.max_inbound_chars,
+                                   transcription_model=config.transcription_model),
         access=access,
         rate_limiter=RateLimiter(redis, config.rate_limit_messages, config.rate_limit_global,
                                  config.rate_limit_window),

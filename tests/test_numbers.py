@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from chatbot.budgets import MONTHLY_NOTICE, SENDER_DAILY_NOTICE, Caps
 from chatbot.models import AIConfiguration, Conversation, Message, Status, WebhookLog, WhatsAppNumber, db
 from chatbot.rate_limiter import LIMIT_NOTICES, Allowance
+from chatbot.stages.budget import MONTHLY_NOTICE, SENDER_DAILY_NOTICE, Caps
 from tests.conftest import BOT_NUMBER
 
 ADA = "whatsapp:+15550001111"

@@ -6,9 +6,9 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from chatbot.budgets import MONTHLY_NOTICE, SENDER_DAILY_NOTICE, Caps
 from chatbot.models import Message, Origin, Role, Setting, Status, utcnow
 from chatbot.reports import Spend, compute_stats
+from chatbot.stages.budget import MONTHLY_NOTICE, SENDER_DAILY_NOTICE, Caps
 from tests.conftest import inbound_form, wait_for
 from tests.fakes import FakeServer, Scripted
 from tests.support import conversation_for

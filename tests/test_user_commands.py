@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 
 from chatbot import auth
-from chatbot.commands import FORGET_PREFIX
 from chatbot.models import Conversation, Message, OptOut, Status, WebhookLog
 from chatbot.redact import sender_key
+from chatbot.stages.commands import FORGET_PREFIX
 from tests.conftest import wait_for
 from tests.test_admin import PASSWORD, csrf_token, log_in
 

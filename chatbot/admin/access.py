@@ -5,10 +5,10 @@ from flask import flash, redirect, request, session
 from flask_admin import BaseView, expose
 from flask_admin.form import SecureForm
 
-from chatbot.access import MODE_KEY, NOTICE_KEY, parse_numbers
 from chatbot.admin.panel import REVEAL_PHONES, LoginRequired, masked, services
 from chatbot.models import AccessEntry, Setting
 from chatbot.redact import mask_phone
+from chatbot.stages.access import MODE_KEY, NOTICE_KEY, parse_numbers
 from config import ACCESS_MODES
 
 

@@ -6,8 +6,8 @@ from flask_admin import BaseView, expose
 from flask_admin.form import SecureForm
 
 from chatbot.admin.panel import LoginRequired, services
-from chatbot.budgets import MONTHLY_SETTING, OVERRIDES_TTL, SENDER_DAILY_SETTING, day_start, month_start
 from chatbot.models import Message, utcnow
+from chatbot.stages.budget import MONTHLY_SETTING, OVERRIDES_TTL, SENDER_DAILY_SETTING, day_start, month_start
 from config import amount_problem
 
 

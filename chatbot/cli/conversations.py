@@ -8,6 +8,7 @@ from datetime import timedelta
 import click
 from flask.cli import with_appcontext
 
+from chatbot.channels import operator_channel
 from chatbot.cli.shared import Address, operator_errors, services
 from chatbot.console_chat import (
     CONSOLE_PHONE,
@@ -18,7 +19,7 @@ from chatbot.console_chat import (
     typed_lines,
 )
 from chatbot.jobs import queueing, tasks
-from chatbot.models import Conversation, Message, utcnow
+from chatbot.models import Conversation, Message, Origin, utcnow
 from chatbot.processor import MessageProcessor
 from chatbot.redact import mask_phone
 
@@ -39,8 +40,8 @@ def chat_command(phone):
     built = services()
     interactive = sys.stdin.isatty()
     console = ConsoleWhatsApp(click.echo, "bot> " if interactive else "")
-    processor = MessageProcessor(built.ai_factory, console, built.context, built.errors,
-                                 max_inbound_chars=built.config.max_inbound_chars)
+    processor = MessageProcessor(built.ai_factory, operator_channel(Origin.CONSOLE, console), built.context,
+                                 built.errors, max_inbound_chars=built.config.max_inbound_chars)
     settings = built.ai_factory.settings()
     click.echo(f"Chatting as {phone} with {settings.model} (settings from {settings.source}). "
                "Replies are printed, not sent. End with Ctrl-D.", err=True)

@@ -9,8 +9,9 @@ from datetime import datetime, timezone
 
 from redis import Redis
 
-from chatbot.models import AccessEntry, Setting
+from chatbot.models import AccessEntry, Setting, Status
 from chatbot.redact import mask_phone, sender_key
+from chatbot.stages.base import Stage, Turn, Verdict
 from config import ACCESS_MODES, e164
 
 log = logging.getLogger(__name__)
@@ -42,16 +43,8 @@ class Rules:
         return KIND_OF_MODE.get(self.mode)
 
 
-@dataclass(frozen=True)
-class Refusal:
-    """Why a sender is kept from the AI, and the notice to send them now ("" for none)."""
-
-    reason: str
-    notice: str
-
-
-class AccessPolicy:
-    """Decides per message whether its sender may reach the AI: a query for the admin's settings and,
+class AccessPolicy(Stage):
+    """The access gate. Decides per message whether its sender may reach the AI: a query for the admin's settings and,
     unless access is open, one lookup in the admin's list; nothing is cached, so a change in the
     admin applies to the next message."""
 
@@ -71,9 +64,10 @@ class AccessPolicy:
         return Rules(mode=mode or self.mode, notice=chosen.get(NOTICE_KEY, self.notice),
                      mode_from_admin=mode is not None, notice_from_admin=NOTICE_KEY in chosen)
 
-    def refusal(self, sender: str) -> Refusal | None:
-        """Return why `sender` (`whatsapp:+…`) may not reach the AI, or None when they may; the first
+    def verdict(self, turn: Turn) -> Verdict | None:
+        """Keep the message from the AI when its sender may not reach it, saying why; the first
         refusal of a sender's (UTC) day carries the notice."""
+        sender = turn.conversation.user_phone
         rules = self.rules()
         if rules.kind is None:
             return None
@@ -86,7 +80,9 @@ class AccessPolicy:
         else:
             return None
         log.info("sender=%s kept out: %s", mask_phone(sender), reason)
-        return Refusal(reason=reason, notice=rules.notice if rules.notice and self._first_today(sender) else "")
+        notice = rules.notice if rules.notice and self._first_today(sender) else None
+        return Verdict(status=Status.NOT_ALLOWED, reply=notice, kind="access", note={"access": reason},
+                       refused="access")
 
     def _first_today(self, sender: str) -> bool:
         """Claim today's one notice for `sender`; False when it was claimed already."""

@@ -1,4 +1,5 @@
-"""Spending caps: whether a user message may still go to the AI, judged from the answers' stored costs."""
+"""The budget gate: whether a user message may still go to the AI under the spending caps, judged
+from the answers' stored costs."""
 from __future__ import annotations
 
 import logging
@@ -12,8 +13,9 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from chatbot.alerts import ErrorHandler
-from chatbot.models import Message, Setting, utcnow
+from chatbot.models import Message, Setting, Status, utcnow
 from chatbot.redact import mask_phone, sender_key
+from chatbot.stages.base import Stage, Turn, Verdict
 from config import amount_problem
 
 log = logging.getLogger(__name__)
@@ -43,13 +45,7 @@ class Cap(str, Enum):
     NUMBER_MONTHLY = "number_monthly"
 
 
-@dataclass(frozen=True)
-class Refusal:
-    """A user message the caps keep from the AI; `notice` is what to tell the sender, or None when
-    they were told already today."""
-
-    cap: Cap
-    notice: str | None
+NOTICES = {Cap.SENDER_DAILY: SENDER_DAILY_NOTICE, Cap.MONTHLY: MONTHLY_NOTICE, Cap.NUMBER_MONTHLY: MONTHLY_NOTICE}
 
 
 @dataclass(frozen=True)
@@ -70,8 +66,8 @@ def month_start(now: datetime) -> datetime:
     return day_start(now).replace(day=1)
 
 
-class Budgets:
-    """Checks the caps before each AI call against what answers already cost (Message.cost).
+class Budgets(Stage):
+    """The budget gate. Checks the caps before each AI call against what answers already cost (Message.cost).
 
     Answers are counted once stored, so jobs already past the check when a cap is reached still
     finish: each sender's jobs run one at a time, so a sender overshoots their daily cap by at most
@@ -110,30 +106,41 @@ class Budgets:
             Setting.put(key, repr(value))
         self._overrides = None
 
-    def check(self, sender: str, number: str = "", number_monthly: float | None = None) -> Refusal | None:
-        """Return why `sender`'s next message to `number` (a conversation key, "" for the default
-        number) may not go to the AI, or None when it may. The daily cap counts each sender's spend
-        per number; the monthly cap everyone's on all numbers, `number_monthly` everyone's on this one."""
+    def verdict(self, turn: Turn) -> Verdict | None:
+        """Keep the message from the AI when a cap is reached; the first refusal of a sender's day
+        on a number carries the notice."""
+        sender, number, now = turn.conversation.user_phone, turn.conversation.number, self.now()
+        cap = self.cap_reached(sender, number, turn.assistant.monthly_budget, now)
+        if cap is None:
+            return None
+        notice = NOTICES[cap] if self._first_notice_today(sender, number, now) else None
+        return Verdict(status=Status.OVER_BUDGET, reply=notice, kind=f"budget_{cap.value}", refused="budget")
+
+    def cap_reached(self, sender: str, number: str = "", number_monthly: float | None = None,
+                    now: datetime | None = None) -> Cap | None:
+        """Return the cap that keeps `sender`'s next message to `number` (a conversation key, "" for
+        the default number) from the AI, or None when none does. The daily cap counts each sender's
+        spend per number; the monthly cap everyone's on all numbers, `number_monthly` everyone's on this one."""
         caps = self.caps()
         if caps.sender_daily is None and caps.monthly is None and number_monthly is None:
             return None
-        now = self.now()
+        now = now or self.now()
         monthly_wanted = caps.monthly is not None or number_monthly is not None
         sender_today, everyone, this_number = Message.spent_for_budgets(
             sender, number, day_start(now), month_start(now) if monthly_wanted else None)
         if caps.monthly is not None and everyone >= caps.monthly:
             self._alert_monthly(caps.monthly, everyone, now)
-            cap, notice = Cap.MONTHLY, MONTHLY_NOTICE
+            cap = Cap.MONTHLY
         elif number_monthly is not None and this_number >= number_monthly:
             self._alert_monthly(number_monthly, this_number, now, number)
-            cap, notice = Cap.NUMBER_MONTHLY, MONTHLY_NOTICE
+            cap = Cap.NUMBER_MONTHLY
         elif caps.sender_daily is not None and sender_today >= caps.sender_daily:
-            cap, notice = Cap.SENDER_DAILY, SENDER_DAILY_NOTICE
+            cap = Cap.SENDER_DAILY
         else:
             return None
         log.info("budget reached cap=%s sender=%s number=%s", cap.value, mask_phone(sender),
                  mask_phone(number) if number else "default")
-        return Refusal(cap, notice if self._first_notice_today(sender, number, now) else None)
+        return cap
 
     def _first_notice_today(self, sender: str, number: str, now: datetime) -> bool:
         on_number = f":{sender_key(number)}" if number else ""

@@ -1,9 +1,8 @@
-"""What a WhatsApp user can ask of the bot itself, answered without the AI: start over, help, stop,
-start again, and erase everything stored about them."""
+"""The commands gate: what a WhatsApp user can ask of the bot itself, answered without the AI:
+start over, help, stop, start again, and erase everything stored about them."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 from redis import Redis
 from rq.rate_limit import RateLimitRegistry
@@ -13,6 +12,7 @@ from chatbot.errors import WhatsAppError
 from chatbot.models import Conversation, Message, OptOut, Status
 from chatbot.rate_limiter import PREFIX as RATE_LIMIT_PREFIX
 from chatbot.redact import sender_key
+from chatbot.stages.base import Stage, Turn, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -21,17 +21,7 @@ FORGET_WINDOW = 300
 FORGET_PREFIX = "chatbot:forget:"
 
 
-@dataclass(frozen=True)
-class Handled:
-    """What the commands made of one user message."""
-
-    reply: str | None = None  # the bot's answer, when the message was a command
-    kind: str = ""  # which command, for the stored answer's metadata
-    silenced: bool = False  # the sender opted out: store the message, answer nothing
-    erased: bool = False  # everything of the sender is gone, this message included
-
-
-class UserCommands:
+class UserCommands(Stage):
     """Recognises a whole message as a command (any case) and carries it out."""
 
     def __init__(self, redis: Redis, context: ConversationManager, whatsapp, words: dict[str, str],
@@ -43,27 +33,27 @@ class UserCommands:
         self.site_name = site_name
         self._by_word = {word.casefold(): command for command, word in words.items()}
 
-    def recognises(self, text: str) -> bool:
-        """Whether `text` is, as a whole message, one of the command words (whatever it would do now)."""
-        return self._command_in(text) is not None
+    def claims(self, question: Message) -> bool:
+        """Whether the message is, as a whole, one of the command words (whatever it would do now)."""
+        return self._command_in(question.content) is not None
 
     def _command_in(self, text: str) -> str | None:
         return self._by_word.get(text.strip().casefold())
 
-    def handle(self, conversation: Conversation, question: Message) -> Handled:
-        """Carry out `question` if it is a command; silence it if its sender opted out."""
+    def verdict(self, turn: Turn) -> Verdict | None:
+        """Carry out the message if it is a command; silence it if its sender opted out."""
+        conversation, question = turn.conversation, turn.question
         sender = conversation.user_phone
         command = self._command_in(question.content)
         if command == "start":
             OptOut.delete().where(OptOut.user_phone == sender).execute()
             return self._did("start", f"Welcome back! I'll answer your messages again. {self._list()}")
         if OptOut.select().where(OptOut.user_phone == sender).exists():
-            Message.update(status=Status.OPTED_OUT.value).where(Message.id == question.id).execute()
-            return Handled(silenced=True)
+            return Verdict(status=Status.OPTED_OUT)
         forget_key = FORGET_PREFIX + sender_key(sender)
         if command == "confirm" and self.redis.get(forget_key):
             self._erase(sender, conversation.number)
-            return Handled(erased=True)
+            return Verdict(status=Status.ANSWERED, erased=True)
         if command not in (None, "confirm"):
             # Any other command drops a pending /forget: a YES later must not erase by surprise.
             self.redis.delete(forget_key)
@@ -81,11 +71,11 @@ class UserCommands:
             self.redis.set(forget_key, 1, ex=FORGET_WINDOW)
             return self._did("forget", "This erases everything stored about you: our conversations and your "
                                        f"messages. Reply {self.words['confirm']} within 5 minutes to confirm.")
-        return Handled()
+        return None
 
-    def _did(self, command: str, reply: str) -> Handled:
+    def _did(self, command: str, reply: str) -> Verdict:
         log.info("user command=%s", command)
-        return Handled(reply=reply, kind=f"command:{command}")
+        return Verdict(status=Status.ANSWERED, reply=reply, kind=f"command:{command}")
 
     def _list(self) -> str:
         words = self.words

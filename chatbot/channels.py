@@ -1,0 +1,49 @@
+"""Channels: where a conversation's messages come from and where its replies go.
+
+WhatsApp, the console (`flask chat`) and the admin's playground share one processor. Each channel
+brings what differs: the gates its messages pass, the sender that delivers replies, the origin
+stamped on what is stored, and whether attachments and per-number settings exist at all.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from chatbot.media import MediaFetcher
+from chatbot.models import Origin
+from chatbot.numbers import NumberDirectory
+from chatbot.stages.access import AccessPolicy
+from chatbot.stages.base import Stage
+from chatbot.stages.budget import Budgets
+from chatbot.stages.commands import UserCommands
+from chatbot.stages.deadline import DeadlineStage
+from chatbot.stages.takeover import TakeoverStage
+
+
+@dataclass(frozen=True)
+class Channel:
+    """What the processor needs to know of where a conversation lives."""
+
+    origin: Origin
+    # Delivers replies: the WhatsApp client, or a stand-in with its send/send_template/show_typing.
+    sender: object
+    # The gates before the AI, asked in this order.
+    stages: tuple[Stage, ...]
+    # Reads attachments; None where no attachment can arrive (they are answered as unreadable).
+    media: MediaFetcher | None = None
+    # The numbers' own settings; None where every conversation answers with the defaults.
+    numbers: NumberDirectory | None = None
+
+
+def whatsapp_channel(sender, commands: UserCommands, access: AccessPolicy, budgets: Budgets, media: MediaFetcher,
+                     numbers: NumberDirectory, clock: Callable[[], float] = time.monotonic) -> Channel:
+    """Customers on WhatsApp: their commands, then takeover, access, the caps and the job's deadline."""
+    return Channel(Origin.WHATSAPP, sender, (commands, TakeoverStage(), access, budgets, DeadlineStage(clock)),
+                   media, numbers)
+
+
+def operator_channel(origin: Origin, sender, clock: Callable[[], float] = time.monotonic) -> Channel:
+    """An operator trying the assistant (the console, the playground): no commands, access list or
+    caps stand in their way; a takeover and the deadline still apply."""
+    return Channel(origin, sender, (TakeoverStage(), DeadlineStage(clock)))
