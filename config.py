@@ -84,9 +84,14 @@ DEFAULT_USER_COMMANDS = {"reset": "/reset", "help": "/help", "stop": "STOP", "st
 MODEL_SLUG_SHAPE = re.compile(r"^[a-z0-9][a-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._:+-]*$")
 
 
+def comma_list(text: str | None) -> tuple[str, ...]:
+    """Return the items of a comma-separated setting, stripped, empty ones left out, in order."""
+    return tuple(filter(None, (item.strip() for item in (text or "").split(","))))
+
+
 def fallback_models_problem(value: str) -> str | None:
     """Say what is wrong with a comma-separated list of fallback model slugs, or None."""
-    slugs = [slug.strip() for slug in (value or "").split(",") if slug.strip()]
+    slugs = comma_list(value)
     unknown = [slug for slug in slugs if not MODEL_SLUG_SHAPE.match(slug)]
     if unknown:
         return (f"Fallback models must be OpenRouter slugs separated by commas, such as "
@@ -334,7 +339,7 @@ class _Reader:
     def phone_list(self, name: str) -> tuple[str, ...]:
         """Read comma-separated numbers (`+15551234567` or `whatsapp:+15551234567`) as E.164, each once."""
         numbers = []
-        for item in filter(None, (part.strip() for part in self._raw(name).split(","))):
+        for item in comma_list(self._raw(name)):
             number = e164(item)
             if number is None:
                 self.problems.append(f"{name}: {item!r} is not a phone number in E.164 form, e.g. +15551234567")
@@ -346,7 +351,7 @@ class _Reader:
         """Read `reset=/reset,help=/help,...`: the word a user writes for each command, any of them left
         at its default when not named."""
         words = dict(DEFAULT_USER_COMMANDS)
-        for item in filter(None, (part.strip() for part in self._raw(name).split(","))):
+        for item in comma_list(self._raw(name)):
             command, _, word = (piece.strip() for piece in item.partition("="))
             if command not in DEFAULT_USER_COMMANDS or not word:
                 self.problems.append(f"{name}: {item!r} is not command=word with a command among "
@@ -363,7 +368,7 @@ class _Reader:
         problem = fallback_models_problem(raw)
         if problem:
             self.problems.append(f"{name}: {problem}")
-        return tuple(filter(None, (slug.strip() for slug in raw.split(","))))
+        return comma_list(raw)
 
     def integer(self, name: str, default: int, minimum: int, maximum: int | None = None) -> int:
         raw = self._raw(name)

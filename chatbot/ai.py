@@ -18,6 +18,7 @@ from chatbot.crypto import FieldCipher, SecretDecryptionError
 from chatbot.errors import AIError
 from chatbot.models import AIConfiguration
 from chatbot.retries import with_retries
+from config import comma_list
 
 log = logging.getLogger(__name__)
 
@@ -254,11 +255,6 @@ class OpenRouterAdapter(AIAdapter):
         return b"".join(chunks)
 
 
-def split_slugs(text: str | None) -> tuple[str, ...]:
-    """Return the model slugs of a comma-separated list, in order."""
-    return tuple(filter(None, (slug.strip() for slug in (text or "").split(","))))
-
-
 def _error_from_body(error: dict | None, status: int, retry_after: float | None = None) -> AIError:
     error = error if isinstance(error, dict) else {}
     code = error.get("code")
@@ -342,7 +338,7 @@ class AIAdapterFactory:
             temperature=configuration.temperature,
             system_prompt=configuration.system_prompt or self.config.ai_system_prompt,
             source=f"db:{configuration.name}",
-            fallback_models=split_slugs(configuration.fallback_models),
+            fallback_models=comma_list(configuration.fallback_models),
         )
 
     def environment_settings(self) -> AISettings:

@@ -14,7 +14,7 @@ from chatbot.ai import AIAdapterFactory, AISettings
 from chatbot.errors import AIError, WhatsAppError
 from chatbot.models import db, migrations
 from chatbot.redact import mask_phone, mask_secret
-from config import MODEL_SLUG_SHAPE, Config, ConfigError
+from config import MODEL_SLUG_SHAPE, Config, ConfigError, comma_list
 
 WEBHOOK_PATH = "/whatsapp/webhook"
 # A check should answer in seconds, not wait out the adapter's 60 s completion timeout.
@@ -102,7 +102,7 @@ def problem_checks(error: ConfigError) -> list[Check]:
 
 def settings_checks(config: Config) -> list[Check]:
     """Check what the loaded settings say without reaching any service."""
-    key_count = len([key for key in config.field_encryption_key.split(",") if key.strip()])
+    key_count = len(comma_list(config.field_encryption_key))
     checks = [
         ok("SECRET_KEY", "set"),
         ok("FIELD_ENCRYPTION_KEY", f"{key_count} valid Fernet key{'s' if key_count > 1 else ''}"),

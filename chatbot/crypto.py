@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
+from config import comma_list
+
 
 class SecretDecryptionError(Exception):
     """A stored secret cannot be decrypted with any configured key."""
@@ -12,7 +14,7 @@ class FieldCipher:
     """Encrypts with the first key of FIELD_ENCRYPTION_KEY, decrypts with any of them."""
 
     def __init__(self, keys: str):
-        self._fernet = MultiFernet([Fernet(key.strip()) for key in keys.split(",") if key.strip()])
+        self._fernet = MultiFernet([Fernet(key) for key in comma_list(keys)])
 
     def encrypt(self, plaintext: str) -> str:
         """Return the token to store for a plaintext secret."""

@@ -15,28 +15,32 @@ A burst's earlier messages share the answer of its last one; they count as answe
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo
 
-from flask import url_for
 from peewee import SQL, Case, Expression, PostgresqlDatabase, Select, Value, fn
-from rq import Queue, Worker
-from rq.rate_limit import RateLimitRegistry
 
-from chatbot.models import DELIVERY_FAILURES, Conversation, Message, Origin, ReplyPart, Role, Status, utcnow
+from chatbot.models import (
+    DELIVERY_FAILURES,
+    UNDELIVERED_STATUSES,
+    Conversation,
+    Message,
+    ReplyPart,
+    Role,
+    Status,
+    utcnow,
+)
 from chatbot.models.db import database
 
 # The admin's playground is an operator trying the bot, not traffic: it counts nowhere here.
-NOT_PLAYGROUND = Message.origin != Origin.PLAYGROUND.value
+NOT_PLAYGROUND = Message.counted_in_spend()
 
 # How many senders the dashboard lists by what their answers cost.
 TOP_SPENDERS = 10
 
 OUTCOMES = ("answered", "failed", "undelivered", "rate_limited", "refused", "waiting")
 REFUSED = (Status.NOT_ALLOWED.value, Status.OVER_BUDGET.value, Status.OPTED_OUT.value)
-# An answer in one of these never reached the user, whatever its parts' receipts say.
-NEVER_SENT = (Status.SEND_FAILED.value, Status.OUTSIDE_WINDOW.value)
 # The percentiles of reply times the dashboard shows, by nearest rank: the value at position
 # ceil(p × n / 100) of the n sorted times (the median of 4 times is the 2nd).
 PERCENTILES = (50, 95)
@@ -146,21 +150,6 @@ class DashboardStats:
         return self.totals["failed"] + self.totals["undelivered"]
 
 
-@dataclass(frozen=True)
-class QueueHealth:
-    """The job queue as RQ sees it now."""
-
-    workers: int
-    # Jobs on the queue for a worker to take, and jobs held back behind the same sender's running one.
-    queued: int
-    held: int
-    oldest_wait_seconds: float | None = field(default=None)
-
-    @property
-    def waiting(self) -> int:
-        return self.queued + self.held
-
-
 def compute_stats(now: datetime | None = None, number: str | None = None, period: str = DEFAULT_PERIOD,
                   zone: str = "UTC") -> DashboardStats:
     """Return the dashboard figures of `number`'s conversations (a conversation key: "" is the default
@@ -222,78 +211,6 @@ def bucket_labels(period: Period, starts: list[datetime], zone: ZoneInfo) -> lis
     return [start.replace(tzinfo=timezone.utc).astimezone(zone).strftime(shape) for start in starts]
 
 
-def queue_health(queue: Queue) -> QueueHealth:
-    """Return the workers alive, the jobs waiting and how long the oldest has waited, read from Redis now."""
-    redis = queue.connection
-    oldest = []
-    head = queue.get_jobs(0, 1)
-    if head and head[0].enqueued_at is not None:
-        oldest.append(head[0].enqueued_at.timestamp())
-    registries = RateLimitRegistry.all(redis)
-    with redis.pipeline(transaction=False) as pipe:
-        for registry in registries:
-            pipe.zcard(registry.rate_limited_key)
-            pipe.zrange(registry.rate_limited_key, 0, 0, withscores=True)
-        replies = pipe.execute()
-    held = sum(replies[0::2])
-    # Each held job is scored with the time RQ held it back, in seconds.
-    oldest += [first[0][1] for first in replies[1::2] if first]
-    waited = datetime.now(timezone.utc).timestamp() - min(oldest) if oldest else None
-    return QueueHealth(workers=Worker.count(queue=queue), queued=queue.count, held=held,
-                       oldest_wait_seconds=None if waited is None else max(waited, 0.0))
-
-
-def message_filters(stats: DashboardStats, number: str | None) -> dict[str, str]:
-    """Return the message list's filters for the period and number shown (its URL arguments)."""
-    filters = {"flt1_created_at_greater_than": stats.bucket_starts[0].strftime("%Y-%m-%d %H:%M:%S")}
-    if number is not None:
-        filters["flt2_number_equals"] = number or "default"
-    return filters
-
-
-def links(stats: DashboardStats, number: str | None) -> dict[str, str]:
-    """Return the list behind each figure: the message list filtered to it, or the Problems view."""
-    filters = message_filters(stats, number)
-
-    def messages(status: str | None = None) -> str:
-        return url_for("message.index_view", **filters, **({"flt0_status_equals": status} if status else {}))
-
-    problems = url_for("admin.index") + "problems/"
-    return {
-        "inbound": messages(),
-        "answered": messages(Status.ANSWERED.value),
-        "failed": messages(Status.FAILED.value),
-        "failed_all": problems,
-        "undelivered": problems,
-        "rate_limited": messages(Status.RATE_LIMITED.value),
-        "refused": messages(Status.NOT_ALLOWED.value),
-        "over_budget": messages(Status.OVER_BUDGET.value),
-        "opted_out": messages(Status.OPTED_OUT.value),
-        "waiting": messages(Status.PENDING.value),
-        "reply_times": messages(Status.SENT.value),
-        "conversations": url_for("conversation.index_view"),
-        "models": url_for("spending.index"),
-        **{f"error:{error.kind}": messages(error.status) if error.status else problems for error in stats.errors},
-    }
-
-
-def chart_data(stats: DashboardStats, figure_links: dict[str, str]) -> dict:
-    """Return what dashboard.js draws, for the page's JSON island."""
-    return {
-        "zone": stats.zone,
-        "labels": stats.bucket_labels,
-        "outcomes": {outcome: {"counts": counts, "link": figure_links[outcome]}
-                     for outcome, counts in stats.outcomes.items()},
-        "reply_times": stats.reply_times_by_bucket,
-        "errors": [{"kind": error.kind, "label": error.label, "count": error.count,
-                    "link": figure_links[f"error:{error.kind}"]}
-                   for error in stats.errors],
-        "models": [{"model": use.model, "prompt_tokens": use.prompt_tokens,
-                    "completion_tokens": use.completion_tokens, "usd": use.usd} for use in stats.models],
-        "models_link": figure_links["models"],
-    }
-
-
 def _counted(number: str | None) -> Expression:
     """Match the messages the figures count: no playground trial, and only `number`'s when given."""
     return NOT_PLAYGROUND & Message.on_number(number)
@@ -310,9 +227,7 @@ def _outcome_of_questions() -> Case:
     never_arrived = fn.EXISTS(
         answer.select(SQL("1")).where(
             answer.reply_to == Message.id,
-            answer.status != Status.SUPERSEDED.value,
-            answer.status.in_(NEVER_SENT)
-            | answer.id.in_(ReplyPart.select(ReplyPart.message).where(ReplyPart.status.in_(DELIVERY_FAILURES))),
+            Message.never_arrived(answer),
         )
     )
     return Case(None, [
@@ -397,7 +312,7 @@ def _errors(since: datetime, counted: Expression) -> list[ErrorCount]:
     )
     unsent = (
         Message.select(Message.status, no_code, fn.COUNT(Message.id))
-        .where(Message.role == Role.ASSISTANT.value, Message.status.in_(NEVER_SENT),
+        .where(Message.role == Role.ASSISTANT.value, Message.status.in_(UNDELIVERED_STATUSES),
                Message.created_at >= since, counted)
         .group_by(Message.status)
     )

@@ -75,3 +75,28 @@ def test_jobs_without_installed_services_say_how_to_wire_them(monkeypatch):
     monkeypatch.setattr(tasks, "_services", None)
     with pytest.raises(RuntimeError, match=r"tasks\.install"):
         tasks.current_services()
+
+
+@pytest.mark.parametrize("module", ["chatbot.reports", "chatbot.processor", "chatbot.channels", "chatbot.stages.base",
+                                    "chatbot.stages.commands", "chatbot.stages.takeover", "chatbot.stages.access",
+                                    "chatbot.stages.budget", "chatbot.stages.deadline"])
+def test_reports_and_the_decisions_know_nothing_of_flask_or_rq(module):
+    path = project_modules()[module]
+    imported = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    assert "flask" not in imported and "flask_admin" not in imported
+    assert "rq" not in imported
+
+
+def test_the_admin_and_the_cli_share_checks_not_each_other():
+    modules = project_modules()
+    for name, path in modules.items():
+        targets = imports_of(path, set(modules))
+        if name.startswith("chatbot.admin"):
+            assert not any(target.startswith("chatbot.cli") for target in targets), name
+        if name.startswith("chatbot.cli"):
+            assert not any(target.startswith("chatbot.admin") for target in targets), name

@@ -155,6 +155,23 @@ def test_upgrade_adds_the_webhook_verdict_column_to_an_older_database(empty_data
         WebhookLog.create(method="POST", path="/x", response_status=200, verdict="allowed")
 
 
+def test_upgrade_moves_the_checked_url_out_of_older_rows_error_text(empty_database_url):
+    db.open_database(empty_database_url)
+    migrations.upgrade()
+    version = migrations.MIGRATIONS.index(migrations._add_webhook_checked_url)
+    with db.database.connection_context():
+        db.database.execute_sql("ALTER TABLE webhook_log DROP COLUMN checked_url")
+        migrations.SchemaVersion.delete().where(migrations.SchemaVersion.version > version).execute()
+        db.database.execute_sql(
+            "INSERT INTO webhook_log (received_at, method, path, remote_addr, headers, body, response_status, "
+            "processing_ms, signature_valid, verdict, error) VALUES ('2026-01-01 00:00:00', 'POST', "
+            "'/whatsapp/webhook', '', '{}', '', 403, 1.0, false, 'bad_signature', 'invalid signature; checked "
+            "against https://bot.example.com/whatsapp/webhook?x=1 (body of 10 bytes not kept)')")
+    assert migrations.upgrade() == (version, len(migrations.MIGRATIONS))
+    with db.database.connection_context():
+        assert WebhookLog.get().checked_url == "https://bot.example.com/whatsapp/webhook?x=1"
+
+
 def test_upgrade_adds_the_message_origin_to_an_older_database_as_whatsapp(empty_database_url):
     db.open_database(empty_database_url)
     migrations.upgrade()

@@ -77,9 +77,10 @@ def test_a_poison_message_stops_after_the_attempt_cap_with_one_apology(
     assert "gave up after 3 attempts" in details
     # The operator fixes the cause and revives it: a fresh count, a real answer.
     monkeypatch.undo()
-    revived = Message.retry_failed(utcnow() - timedelta(hours=1))
-    assert [m.id for m in revived] == [question().id] and question().attempts == 0
-    queueing.enqueue_processing(services.queue, question().id, ADA)
+    revived = Message.failed_since(utcnow() - timedelta(hours=1))
+    assert [m.id for m in revived] == [question().id]
+    queueing.answer_again(services.queue, revived)
+    assert question().attempts == 0
     run_jobs()
     assert [sent["Body"] for sent in fake_twilio.sent] == [SORRY, "Answer to: Hello"]
 

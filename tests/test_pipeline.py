@@ -8,7 +8,7 @@ from rq import Retry
 
 from chatbot.errors import USER_MESSAGES, Category, WhatsAppError
 from chatbot.jobs import queueing, tasks
-from chatbot.models import Message, Status
+from chatbot.models import Message, Role, Status
 from tests.conftest import BOT_NUMBER
 from tests.fakes import FakeOpenRouter, FakeTwilio, Scripted
 from tests.support import BurstWorker
@@ -195,3 +195,13 @@ def test_older_unanswered_message_is_answered_first(post_webhook, services, fake
     second = Message.get(Message.content == "second")
     services.processor.process(second.id)
     assert [s["Body"] for s in fake_twilio.sent] == ["Answer to: first", "Answer to: second"]
+
+
+def test_a_job_queued_by_an_earlier_release_under_the_old_name_is_still_answered(post_webhook, services, run_jobs,
+                                                                                fake_twilio):
+    post_webhook.message("Queued before the upgrade")
+    message = Message.get(Message.role == Role.USER.value)
+    services.queue.empty()
+    services.queue.enqueue_call("chatbot.tasks.process_message", args=(message.id,))
+    run_jobs()
+    assert [sent["Body"] for sent in fake_twilio.sent] == ["Answer to: Queued before the upgrade"]

@@ -100,6 +100,7 @@ def test_a_refused_signature_shows_the_url_it_was_checked_against(operator, post
     entry = WebhookLog.get()
     assert entry.body == ""  # still the compact row of a request nothing shows came from Twilio
     assert "; checked against https://bot.example.com/whatsapp/webhook (body of" in entry.error
+    assert entry.checked_url == "https://bot.example.com/whatsapp/webhook"
 
     details = page(operator, f"/admin/webhooklog/details/?id={entry.id}")
     checked = re.search(r'id="checked-url">.*?<code[^>]*>([^<]*)</code>', details, re.S)

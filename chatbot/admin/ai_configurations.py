@@ -11,11 +11,11 @@ from wtforms.fields.choices import SelectChoice
 from wtforms.validators import InputRequired, Length, ValidationError
 
 from chatbot.admin.panel import ModelRule, PanelModelView, services, when_column
-from chatbot.ai import split_slugs
 from chatbot.checks import openrouter_checks
 from chatbot.crypto import SecretDecryptionError
 from chatbot.errors import AIError
 from chatbot.models import AIConfiguration, utcnow
+from config import comma_list
 
 
 class AIConfigurationView(PanelModelView):
@@ -91,7 +91,7 @@ class AIConfigurationView(PanelModelView):
         except AIError as error:
             flash(f"Saved, but the models could not be checked with OpenRouter: {error}", "warning")
             return
-        unlisted = [slug for slug in (ai_config.model_name, *split_slugs(ai_config.fallback_models))
+        unlisted = [slug for slug in (ai_config.model_name, *comma_list(ai_config.fallback_models))
                     if slug not in offered]
         if unlisted:
             flash(f"Saved, but OpenRouter does not list {', '.join(unlisted)}: check the spelling.", "warning")

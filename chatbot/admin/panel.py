@@ -15,10 +15,12 @@ from redis.exceptions import RedisError
 from wtforms.validators import ValidationError
 
 from chatbot import auth
+from chatbot.admin.drilldowns import chart_data, links
 from chatbot.error_explanations import OUTSIDE_WINDOW_CODE, Explanation, explain_stored_error, twilio_error
+from chatbot.jobs.queueing import queue_health
 from chatbot.models import AdminUser, Conversation, Message, Status, WhatsAppNumber
 from chatbot.redact import mask_phone, mask_phones_in
-from chatbot.reports import DEFAULT_PERIOD, PERIODS, chart_data, compute_stats, links, queue_health
+from chatbot.reports import DEFAULT_PERIOD, PERIODS, compute_stats
 from chatbot.web.security import DASHBOARD_CSP
 
 log = logging.getLogger(__name__)

@@ -57,21 +57,15 @@ def retry_problem(message: Message) -> str:
 
     Raises RedisError when the job could not be queued (the message is back in line all the same).
     """
-    queue, phone = services().queue, message.conversation.user_phone
+    queue = services().queue
     if message.role == Role.USER.value and message.status == Status.FAILED.value:
-        Message.put_back_in_line([message.id])
-        queueing.enqueue_processing(queue, message.id, phone)
+        queueing.answer_again(queue, [message])
         return "Queued for another answer."
     if message.role == Role.USER.value:
-        if queueing.job_is_active(services().redis, queueing.job_id_for(message.id)):
+        if not queueing.queue_unless_active(queue, message.id, message.conversation.user_phone):
             return "Already in line: its job is waiting for a worker. Check the dashboard's workers."
-        queueing.enqueue_processing(queue, message.id, phone)
         return "Queued for an answer."
-    Message.put_back_unsent(message)
-    if message.operator is not None:
-        queueing.enqueue_operator_reply(queue, message.id)
-    else:
-        queueing.enqueue_processing(queue, message.reply_to_id, phone)
+    queueing.send_again(queue, message)
     return "Queued for sending again."
 
 

@@ -11,7 +11,6 @@ from markupsafe import Markup
 from chatbot.admin.panel import REVEAL_PHONES, PanelModelView, masked_column, when_column
 from chatbot.models import WebhookLog
 from chatbot.redact import mask_phone
-from chatbot.web.audit import CHECKED_AGAINST
 
 
 class LoggedValues:
@@ -87,12 +86,6 @@ def _sender(view, context, model, name):
     return sender if session.get(REVEAL_PHONES) else mask_phone(sender) if sender else ""
 
 
-def checked_url(entry: WebhookLog) -> str | None:
-    """The URL a refused signature was checked against, as the webhook recorded it in the error."""
-    _, found, rest = (entry.error or "").partition(CHECKED_AGAINST)
-    return rest.split()[0] if found and rest.split() else None
-
-
 class WebhookLogView(PanelModelView):
     """The webhook audit log (secrets redacted when stored); read-only."""
 
@@ -123,5 +116,5 @@ class WebhookLogView(PanelModelView):
     def render(self, template, **kwargs):
         entry = kwargs.get("model")
         if template == self.details_template and entry is not None:
-            kwargs.update(fields=webhook_fields(entry), checked_url=checked_url(entry))
+            kwargs.update(fields=webhook_fields(entry), checked_url=entry.checked_url)
         return super().render(template, **kwargs)

@@ -210,7 +210,6 @@ def cleanup_command():
 def retry_failed_command(hours):
     """Ask the AI again for messages that got the apology instead of an answer."""
     built = services()
-    retried = Message.retry_failed(utcnow() - timedelta(hours=hours))
-    for message in retried:
-        queueing.enqueue_processing(built.queue, message.id, message.conversation.user_phone)
+    retried = Message.failed_since(utcnow() - timedelta(hours=hours))
+    queueing.answer_again(built.queue, retried)
     click.echo(f"Queued {len(retried)} failed message(s) for another answer.")

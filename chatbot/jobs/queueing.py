@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
-from rq import Callback, Queue, RateLimit, Retry
+from rq import Callback, Queue, RateLimit, Retry, Worker
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.rate_limit import ACQUIRE_AND_ENQUEUE_SCRIPT, RateLimitRegistry
 from rq.utils import current_timestamp, utcformat
 from rq.utils import now as rq_now
 
+from chatbot.models import Message
 from chatbot.redact import sender_key
 
 log = logging.getLogger(__name__)
@@ -111,6 +114,40 @@ def job_is_active(redis, job_id: str) -> bool:
         return False
 
 
+def queue_unless_active(queue: Queue, message_id: int, sender: str) -> bool:
+    """Queue the answer to a stored message unless RQ has its job waiting or running already;
+    return whether it was queued."""
+    if job_is_active(queue.connection, job_id_for(message_id)):
+        return False
+    enqueue_processing(queue, message_id, sender)
+    return True
+
+
+def answer_again(queue: Queue, questions: list[Message]) -> None:
+    """Put failed user messages back in line (their apologies superseded) and queue their answers."""
+    Message.put_back_in_line([question.id for question in questions])
+    for question in questions:
+        enqueue_processing(queue, question.id, question.conversation.user_phone)
+
+
+def send_again(queue: Queue, reply: Message) -> None:
+    """Make an undelivered reply unsent again and queue the job that sends it: the operator's own,
+    or the answering job of the message it replies to."""
+    Message.put_back_unsent(reply)
+    if reply.operator is not None:
+        enqueue_operator_reply(queue, reply.id)
+    else:
+        enqueue_processing(queue, reply.reply_to_id, reply.conversation.user_phone)
+
+
+def forget_sender_limit(redis, sender: str) -> None:
+    """Delete RQ's per-sender rate-limit settings, unless a later message's job still waits on them
+    (then they expire within RATE_LIMIT_CONFIG_TTL)."""
+    registry = RateLimitRegistry(sender_key(sender), redis)
+    if not redis.zcard(registry.rate_limited_key):
+        redis.delete(registry.config_key)
+
+
 def enqueue_operator_reply(queue: Queue, reply_id: int) -> Job:
     """Queue the sending of a reply an operator wrote (the conversation lock keeps it in order)."""
     return queue.enqueue_call(
@@ -124,3 +161,38 @@ def enqueue_operator_reply(queue: Queue, reply_id: int) -> Job:
         description=f"send operator reply {reply_id}",
     )
 
+
+@dataclass(frozen=True)
+class QueueHealth:
+    """The job queue as RQ sees it now."""
+
+    workers: int
+    # Jobs on the queue for a worker to take, and jobs held back behind the same sender's running one.
+    queued: int
+    held: int
+    oldest_wait_seconds: float | None = field(default=None)
+
+    @property
+    def waiting(self) -> int:
+        return self.queued + self.held
+
+
+def queue_health(queue: Queue) -> QueueHealth:
+    """Return the workers alive, the jobs waiting and how long the oldest has waited, read from Redis now."""
+    redis = queue.connection
+    oldest = []
+    head = queue.get_jobs(0, 1)
+    if head and head[0].enqueued_at is not None:
+        oldest.append(head[0].enqueued_at.timestamp())
+    registries = RateLimitRegistry.all(redis)
+    with redis.pipeline(transaction=False) as pipe:
+        for registry in registries:
+            pipe.zcard(registry.rate_limited_key)
+            pipe.zrange(registry.rate_limited_key, 0, 0, withscores=True)
+        replies = pipe.execute()
+    held = sum(replies[0::2])
+    # Each held job is scored with the time RQ held it back, in seconds.
+    oldest += [first[0][1] for first in replies[1::2] if first]
+    waited = datetime.now(timezone.utc).timestamp() - min(oldest) if oldest else None
+    return QueueHealth(workers=Worker.count(queue=queue), queued=queue.count, held=held,
+                       oldest_wait_seconds=None if waited is None else max(waited, 0.0))

@@ -12,7 +12,7 @@ from rq.job import Job
 from chatbot import metrics
 from chatbot.errors import SenderBusy, WhatsAppError
 from chatbot.jobs.locks import conversation_lock
-from chatbot.jobs.queueing import enqueue_processing, job_id_for, job_is_active
+from chatbot.jobs.queueing import queue_unless_active
 from chatbot.jobs.retention import delete_past_retention
 from chatbot.models import Conversation, Message, Status, utcnow
 from chatbot.models.db import connection_scope
@@ -128,10 +128,7 @@ def sweep_pending_messages() -> int:
     hand_back_idle_takeovers()
     with connection_scope():
         for message in Message.needing_work(PENDING_GRACE, RESEND_HORIZON):
-            if job_is_active(services.redis, job_id_for(message.id)):
-                continue
-            enqueue_processing(services.queue, message.id, message.conversation.user_phone)
-            queued += 1
+            queued += queue_unless_active(services.queue, message.id, message.conversation.user_phone)
         expired = Message.give_up_unsent(RESEND_HORIZON)
     if queued:
         log.warning("queued %d stored messages that had no job", queued)

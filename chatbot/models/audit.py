@@ -30,6 +30,8 @@ class WebhookLog(BaseModel):
     message_sid = CharField(max_length=64, null=True, index=True)
     verdict = CharField(max_length=32, null=True, index=True)
     error = TextField(null=True)
+    # The URL a refused signature was checked against (phone numbers masked).
+    checked_url = CharField(max_length=512, null=True)
 
     class Meta:
         table_name = "webhook_log"

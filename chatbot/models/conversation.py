@@ -380,14 +380,12 @@ class Message(BaseModel):
         return cls.select(cls.attempts).where(cls.id == message_id).scalar() or 0
 
     @classmethod
-    def retry_failed(cls, since: datetime) -> list["Message"]:
-        """Put user messages that got the fallback since `since` back in line; return them."""
-        failed = list(
+    def failed_since(cls, since: datetime) -> list["Message"]:
+        """Return the WhatsApp user messages that got the fallback since `since`, oldest first."""
+        return list(
             cls.select().where(cls.role == Role.USER.value, cls.status == Status.FAILED.value,
                                cls.created_at >= since, cls.from_whatsapp()).order_by(cls.id)
         )
-        cls.put_back_in_line([message.id for message in failed])
-        return failed
 
     @classmethod
     def put_back_in_line(cls, question_ids) -> None:
@@ -422,7 +420,6 @@ class Message(BaseModel):
     def problems(cls, stuck_before: datetime, limit: int):
         """Select, newest first with their conversations, what needs the operator: user messages the AI
         failed, replies not delivered, and user messages unanswered since before `stuck_before`."""
-        undelivered_parts = ReplyPart.select(ReplyPart.message).where(ReplyPart.status.in_(DELIVERY_FAILURES))
         question, answer = cls.role == Role.USER.value, cls.role == Role.ASSISTANT.value
         return (
             cls.select(cls, Conversation)
@@ -430,13 +427,21 @@ class Message(BaseModel):
             .where(
                 cls.from_whatsapp(),
                 (question & (cls.status == Status.FAILED.value))
-                | (answer & cls.status.in_(UNDELIVERED_STATUSES))
-                | (answer & (cls.status != Status.SUPERSEDED.value) & cls.id.in_(undelivered_parts))
+                | (answer & cls.never_arrived())
                 | (question & (cls.status == Status.PENDING.value) & (cls.created_at < stuck_before)),
             )
             .order_by(cls.id.desc())
             .limit(limit)
         )
+
+    @classmethod
+    def never_arrived(cls, answer: type[Message] | None = None):
+        """Match answers that never reached the user: not sent (send_failed, outside_window), or with a
+        part Twilio reported failed. An answer superseded by a later one is not counted."""
+        answer = answer or cls
+        failed_parts = ReplyPart.select(ReplyPart.message).where(ReplyPart.status.in_(DELIVERY_FAILURES))
+        return (answer.status != Status.SUPERSEDED.value) & (
+            answer.status.in_(UNDELIVERED_STATUSES) | answer.id.in_(failed_parts))
 
     @classmethod
     def counted_in_spend(cls):

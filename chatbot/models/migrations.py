@@ -103,11 +103,22 @@ def _add_message_sent_at(migrator) -> None:
         migrate(migrator.add_column("message", "sent_at", Message.sent_at))
 
 
+def _add_webhook_checked_url(migrator) -> None:
+    if "checked_url" not in {column.name for column in database.get_columns("webhook_log")}:
+        migrate(migrator.add_column("webhook_log", "checked_url", WebhookLog.checked_url))
+    # Rows refused before it named the URL only inside their error text.
+    marker = "; checked against "
+    for entry in WebhookLog.select().where(WebhookLog.error.contains(marker), WebhookLog.checked_url.is_null()):
+        words = entry.error.partition(marker)[2].split()
+        if words:
+            WebhookLog.update(checked_url=words[0][:512]).where(WebhookLog.id == entry.id).execute()
+
+
 # Append a function for every schema change (playhouse.migrate operations on the migrator it
 # receives); never edit one that has shipped.
 MIGRATIONS = [_create_initial_tables, _create_admin_users, _add_webhook_verdict, _add_message_origin,
               _add_attempts_and_send_intents, _add_operator_controls, _add_spend_and_access,
-              _add_numbers, _add_message_sent_at]
+              _add_numbers, _add_message_sent_at, _add_webhook_checked_url]
 
 
 def current_version() -> int:

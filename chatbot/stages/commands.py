@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 
 from redis import Redis
-from rq.rate_limit import RateLimitRegistry
 
 from chatbot.context import ConversationManager
 from chatbot.errors import WhatsAppError
+from chatbot.jobs.queueing import forget_sender_limit
 from chatbot.models import Conversation, Message, OptOut, Status
 from chatbot.rate_limiter import PREFIX as RATE_LIMIT_PREFIX
 from chatbot.redact import sender_key
@@ -89,13 +89,8 @@ class UserCommands(Stage):
         conversations = [row.id for row in of_sender]
         messages, log_rows = Conversation.delete_with_history(conversations, self.context)
         who = sender_key(sender)
-        stale = [*self.redis.scan_iter(f"{RATE_LIMIT_PREFIX}{who}:*"), FORGET_PREFIX + who]
-        queue_limit = RateLimitRegistry(who, self.redis)
-        if not self.redis.zcard(queue_limit.rate_limited_key):
-            # RQ's per-sender settings, unless a later message's job still waits on them (then they
-            # expire within RATE_LIMIT_CONFIG_TTL).
-            stale.append(queue_limit.config_key)
-        self.redis.delete(*stale)
+        self.redis.delete(*self.redis.scan_iter(f"{RATE_LIMIT_PREFIX}{who}:*"), FORGET_PREFIX + who)
+        forget_sender_limit(self.redis, sender)
         log.info("user command=forget erased conversations=%d messages=%d webhook_log_rows=%d",
                  len(conversations), messages, log_rows)
         try:

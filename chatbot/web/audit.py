@@ -25,7 +25,7 @@ MAX_LOGGED_HEADER_CHARS = 512
 MAX_REFUSED_HEADER_CHARS = 2048
 REFUSED_ROWS_PER_MINUTE = 60
 REFUSED_PREFIX = "chatbot:webhook:refused:"
-# How a refused signature's audit row names the URL it was checked against (the admin's detail page reads it).
+# How a refused signature's error names the URL it was checked against, for people reading the log.
 CHECKED_AGAINST = "; checked against "
 
 
@@ -140,17 +140,14 @@ def refuse(status: int, reason: str, started: float, signature_valid: bool | Non
     if signature_valid:
         log.warning("webhook refused status=%d reason=%s", status, reason)
         record(audit_row(status, started, signature_valid, error=reason, verdict=verdict))
+    elif verdict == "bad_signature":
+        # A URL other than the one Twilio signed (PUBLIC_BASE_URL, a proxy) is the usual cause: the
+        # row names the URL the signature was checked against. The client is told the reason only.
+        url = mask_phones_in(signed_url(current_app.extensions["chatbot"].config.public_base_url))
+        url = url[:MAX_LOGGED_HEADER_CHARS]
+        record_refused({**compact_audit_row(status, verdict, f"{reason}{CHECKED_AGAINST}{url}", started,
+                                            signature_valid), "checked_url": url})
     else:
-        record_refused(compact_audit_row(status, verdict, _with_checked_url(reason, verdict), started, signature_valid))
+        record_refused(compact_audit_row(status, verdict, reason, started, signature_valid))
     return Response(f"{reason}\n", status=status, mimetype="text/plain")
-
-
-def _with_checked_url(reason: str, verdict: str) -> str:
-    """A refused signature's reason for the audit row, with the URL it was checked against: a URL
-    other than the one Twilio signed (PUBLIC_BASE_URL, a proxy) is the usual cause. The client is
-    told the reason only."""
-    if verdict != "bad_signature":
-        return reason
-    url = signed_url(current_app.extensions["chatbot"].config.public_base_url)
-    return f"{reason}{CHECKED_AGAINST}{mask_phones_in(url)[:MAX_LOGGED_HEADER_CHARS]}"
 
