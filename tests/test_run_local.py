@@ -91,7 +91,14 @@ class LocalRun:
         return self.process.wait(30)
 
     def kill(self) -> None:
+        """Kill the run and every process it started: each runs in a session of its own, and a worker
+        left behind would take later tests' jobs from their Redis."""
         if self.process.poll() is None:
+            for pid in descendants(self.process.pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
 
