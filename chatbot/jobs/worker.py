@@ -3,6 +3,20 @@
 Answering a message is almost all waiting (on the model, on Twilio), so threads give concurrency
 for the memory of one process. RQ stays the engine: jobs are dequeued, registered, heart-beaten,
 retried, rate-limited and finished by RQ's own code; only the job runs in a thread.
+
+RQ has no thread worker of its own (rq/rq#1803, a multithread worker, was closed unmerged with
+"dependencies and timed-out jobs' registries may not behave"; rq/rq#1804 is still open), so know
+what this one does not do, as CVAT's port of the same idea also says:
+- No job timeout is enforced. A thread cannot be killed safely, so RQ's `timeout` (JOB_TIMEOUT)
+  and callback timeouts never fire (`NoDeathPenalty`). Every job must end itself: the jobs'
+  JOB_DEADLINE, AI_DEADLINE, and a timeout on every HTTP call are what stop a stuck one.
+- No stop-job or kill command. `rq`'s `send_stop_job_command` and `send_kill_horse_command`
+  travel over pub/sub to a forked work horse; this worker has none and does not listen
+  (`subscribe`), so a running job always runs to its own deadline.
+- No dependencies between jobs. Ours have none; a job queued `depends_on` another would be
+  promoted by RQ as usual, but nothing here was tested for it.
+- One process for all. A job that leaks memory or holds the GIL in C code slows every job of
+  the worker; each job opens and closes its own database connection (`connection_scope`).
 """
 from __future__ import annotations
 
