@@ -180,7 +180,8 @@ def test_a_process_exits_promptly_with_an_alert_still_being_posted(redis_url, re
         started = time.perf_counter()
         subprocess.run([sys.executable, "-c", script, redis_url, receiver.url], cwd=PROJECT_DIR, check=True,
                        timeout=30)
-        assert time.perf_counter() - started < ALERT_FLUSH_ON_EXIT + 3
+        # It waits ALERT_FLUSH_ON_EXIT for the post, not the receiver's 30 s (the margin is for a busy machine).
+        assert time.perf_counter() - started < ALERT_FLUSH_ON_EXIT + 13
         assert len(receiver.requests) == 1  # it was on its way
     finally:
         receiver.stop()
