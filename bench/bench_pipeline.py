@@ -260,14 +260,18 @@ class SignedRequest:
     headers: dict
 
 
-def signed_webhook(text: str, sender: str, sid: str | None = None) -> SignedRequest:
-    """Build one signed inbound-message webhook (a fresh MessageSid unless `sid` is given)."""
-    form = inbound_form(text, sender, sid=sid)
+def signed_post(path: str, form: dict) -> SignedRequest:
+    """Build a form post to `path`, signed as Twilio signs it for the public URL."""
     return SignedRequest(urlencode(form).encode(), {
         "Content-Type": "application/x-www-form-urlencoded",
-        "X-Twilio-Signature": sign(PUBLIC_BASE_URL + WEBHOOK_PATH, form),
+        "X-Twilio-Signature": sign(PUBLIC_BASE_URL + path, form),
         "User-Agent": "TwilioProxy/1.1",
     })
+
+
+def signed_webhook(text: str, sender: str, sid: str | None = None) -> SignedRequest:
+    """Build one signed inbound-message webhook (a fresh MessageSid unless `sid` is given)."""
+    return signed_post(WEBHOOK_PATH, inbound_form(text, sender, sid=sid))
 
 
 def signed_webhooks(count: int, senders: list[str], label: str) -> list[SignedRequest]:
