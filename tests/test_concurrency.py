@@ -149,7 +149,7 @@ def test_sigterm_lets_the_jobs_in_flight_finish(post_webhook, workers, fake_open
 def test_jobs_outlasting_the_shutdown_grace_are_handed_back_and_answered_once(
     post_webhook, services, fake_openrouter, fake_twilio, monkeypatch
 ):
-    monkeypatch.setattr(tasks, "JOB_RETRY", Retry(max=2, interval=[1]))
+    monkeypatch.setattr(queueing, "JOB_RETRY", Retry(max=2, interval=[1]))
     fake_openrouter.delay_for = lambda messages: 3.0 if len(fake_openrouter.completions) <= 2 else 0.0
     post_webhook.message("Hello", sender=ADA)
     post_webhook.message("Hi", sender=BOB)
@@ -176,7 +176,7 @@ def test_jobs_outlasting_the_shutdown_grace_are_handed_back_and_answered_once(
 
 def test_job_that_fails_for_good_apologises_instead_of_silence(post_webhook, services, run_jobs, fake_twilio,
                                                                monkeypatch):
-    monkeypatch.setattr(tasks, "JOB_RETRY", None)  # the first failure is the last
+    monkeypatch.setattr(queueing, "JOB_RETRY", None)  # the first failure is the last
     monkeypatch.setattr(tasks, "JOB_DEADLINE", -10)  # the job's time is up before it starts
     post_webhook.message("Hello", sender=ADA)
     run_jobs()

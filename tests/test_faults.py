@@ -121,7 +121,7 @@ def test_database_connections_cut_mid_job_still_answer_once(post_webhook, servic
 
     from worker import build_worker
 
-    monkeypatch.setattr(tasks, "JOB_RETRY", Retry(max=2, interval=[1]))
+    monkeypatch.setattr(queueing, "JOB_RETRY", Retry(max=2, interval=[1]))
     database = config.database_url.rsplit("/", 1)[1]
 
     def cut_connections(messages):
@@ -166,7 +166,7 @@ def test_ai_outage_gets_one_apology_then_retry_failed_answers(post_webhook, serv
 
 def test_twilio_outage_keeps_answers_and_sends_them_in_order_when_it_recovers(post_webhook, services, run_jobs,
                                                                              fake_twilio, monkeypatch):
-    monkeypatch.setattr(tasks, "JOB_RETRY", None)  # every run is the last attempt
+    monkeypatch.setattr(queueing, "JOB_RETRY", None)  # every run is the last attempt
     fake_twilio.then(*[FakeTwilio.error(500, 20500, "Internal error")] * 8)  # both jobs' attempts
     post_webhook.message("first", sender=ADA)
     post_webhook.message("second", sender=ADA)

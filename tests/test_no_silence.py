@@ -29,7 +29,7 @@ def question() -> Message:
 
 def test_a_database_error_on_the_final_attempt_gets_the_system_message_once_and_one_alert(
         post_webhook, services, run_jobs, fake_twilio, monkeypatch, caplog):
-    monkeypatch.setattr(tasks, "JOB_RETRY", None)  # the first failure is the last
+    monkeypatch.setattr(queueing, "JOB_RETRY", None)  # the first failure is the last
 
     def disk_full(*args, **kwargs):
         raise OperationalError("database or disk is full")
@@ -53,7 +53,7 @@ def test_a_database_error_on_the_final_attempt_gets_the_system_message_once_and_
 def test_a_poison_message_stops_after_the_attempt_cap_with_one_apology(
         post_webhook, services, run_jobs, fake_openrouter, fake_twilio, monkeypatch, caplog, client):
     # Every run asks the model, then chokes on the answer; RQ would retry it ten times at once.
-    monkeypatch.setattr(tasks, "JOB_RETRY", Retry(max=10))
+    monkeypatch.setattr(queueing, "JOB_RETRY", Retry(max=10))
     services.config = services.config.replace(max_processing_attempts=3)
 
     def choke(text, *args, **kwargs):

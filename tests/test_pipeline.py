@@ -123,7 +123,7 @@ def test_ai_out_of_credits_is_not_retried(post_webhook, run_jobs, fake_openroute
 
 
 def test_ai_outage_is_retried_by_rq_then_answered(post_webhook, services, fake_openrouter, fake_twilio, monkeypatch):
-    monkeypatch.setattr(tasks, "JOB_RETRY", Retry(max=2, interval=[1]))
+    monkeypatch.setattr(queueing, "JOB_RETRY", Retry(max=2, interval=[1]))
     # Three 503s exhaust the adapter's own retries on the first job run.
     fake_openrouter.then(*[FakeOpenRouter.error(503, "Provider overloaded")] * 3)
     post_webhook.message("Hello", sender=ADA)

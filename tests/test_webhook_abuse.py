@@ -8,7 +8,7 @@ import logging
 from chatbot.alerts import ErrorHandler
 from chatbot.models import Message, Status, WebhookLog
 from chatbot.rate_limiter import MAX_NOTICES_PER_WINDOW, Allowance, Decision, RateLimiter
-from chatbot.web import audit, webhook
+from chatbot.web import audit
 from tests.conftest import BOT_NUMBER, inbound_form
 from tests.fakes import FakeTwilio
 from tests.test_admin import PASSWORD, csrf_token, log_in
@@ -29,7 +29,7 @@ class Clock:
 # --- forged floods ------------------------------------------------------------------------------
 
 def test_a_forged_flood_costs_bytes_not_megabytes(post_webhook, services, monkeypatch):
-    monkeypatch.setattr(webhook, "current_minute", lambda: 29_500_000)  # no minute may end mid-flood
+    monkeypatch.setattr(audit, "current_minute", lambda: 29_500_000)  # no minute may end mid-flood
     big_headers = {f"X-Junk-{n}": "x" * 8000 for n in range(95)}
     for number in range(audit.REFUSED_ROWS_PER_MINUTE + 20):
         response = post_webhook(inbound_form(f"forged {number}"), signature="forged", headers=dict(big_headers))

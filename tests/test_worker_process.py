@@ -78,7 +78,7 @@ def test_one_sender_is_answered_in_order_while_others_run_in_parallel(
 
 def test_scheduled_retry_fires_in_a_real_worker(post_webhook, start_workers, fake_openrouter, fake_twilio,
                                                monkeypatch):
-    monkeypatch.setattr(tasks, "JOB_RETRY", Retry(max=2, interval=[1]))
+    monkeypatch.setattr(queueing, "JOB_RETRY", Retry(max=2, interval=[1]))
     fake_openrouter.then(*[FakeOpenRouter.error(503, "Provider overloaded")] * 3)
     start_workers(1)
     post_webhook.message("Hello", sender=ADA)
