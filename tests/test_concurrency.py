@@ -103,6 +103,24 @@ def test_a_held_conversation_lock_holds_the_job_back(post_webhook, workers, serv
     assert bodies_to(fake_twilio, ADA) == ["Answer to: Hello"]
 
 
+def test_a_jobs_conversation_lock_lives_conversation_lock_ttl(post_webhook, services, run_jobs, fake_openrouter):
+    services.config = services.config.replace(conversation_lock_ttl=3)
+    locks = services.redis.scan_iter
+    lives = []
+    fake_openrouter.delay_for = lambda messages: lives.extend(
+        services.redis.pttl(key) for key in locks("chatbot:lock:conversation:*")) or 0.0
+    post_webhook.message("Hello", sender=ADA)
+    run_jobs()
+    assert len(lives) == 1 and 0 < lives[0] <= 3000
+
+
+def test_the_worker_takes_its_heartbeat_and_maintenance_timings_from_the_settings(services):
+    services.config = services.config.replace(worker_heartbeat_interval=2, worker_heartbeat_grace=3,
+                                              worker_maintenance_interval=4)
+    worker = build_worker(services)
+    assert (worker.job_monitoring_interval, worker.get_heartbeat_ttl(None), worker.maintenance_interval) == (2, 5, 4)
+
+
 def test_sweeper_requeues_stored_messages_for_a_concurrent_worker(post_webhook, workers, services, fake_twilio,
                                                                   monkeypatch):
     for number in range(6):
