@@ -102,6 +102,7 @@ def test_blocklist_refuses_the_blocked_sender_and_answers_the_others(operator, p
     assert bob.status == Status.NOT_ALLOWED.value and bob.metadata["access"] == "on the blocklist"
 
 
+@pytest.mark.postgres
 @pytest.mark.parametrize("access_settings", [{"ACCESS_MODE": "allowlist", "ACCESS_LIST": f"{ADA}, +15550001111"}])
 def test_access_list_from_the_environment_is_merged_with_the_admins(operator, post_webhook, run_jobs,
                                                                     fake_openrouter):
@@ -116,6 +117,7 @@ def test_access_list_from_the_environment_is_merged_with_the_admins(operator, po
     assert statuses(f"from {BOB}") == {Status.NOT_ALLOWED.value}
 
 
+@pytest.mark.postgres
 def test_the_admin_switches_the_mode_and_the_next_message_follows_it(operator, post_webhook, run_jobs,
                                                                      fake_openrouter, fake_twilio):
     post_webhook.message("while open", sender=BOB)
@@ -137,6 +139,7 @@ def test_the_admin_switches_the_mode_and_the_next_message_follows_it(operator, p
     assert bodies(fake_twilio)[-1] == "Members only."
 
 
+@pytest.mark.postgres
 def test_pasted_numbers_are_normalised_and_invalid_or_repeated_ones_skipped(operator):
     pasted = "+15550001111, whatsapp:+15550002222\n+1-555-000-3333\t12345 not-a-number +15550001111"
     shown = post_form(operator, "add/", numbers=pasted, kind="allow")
@@ -179,6 +182,7 @@ def test_the_json_webhook_variant_is_held_to_the_same_rules(client, run_jobs, fa
     assert statuses("json from Bob") == {Status.NOT_ALLOWED.value}
 
 
+@pytest.mark.postgres
 @pytest.mark.parametrize("access_settings", [{"ACCESS_MODE": "allowlist"}])
 def test_a_sender_who_is_kept_out_can_still_stop_the_bot(post_webhook, run_jobs, fake_openrouter, fake_twilio):
     post_webhook.message("STOP", sender=BOB)

@@ -62,7 +62,6 @@ def test_oversized_webhook_leaves_a_too_large_row_without_its_body(post_webhook)
     assert Message.select().count() == 0
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_plain_http_webhook_redirected_to_https_leaves_a_row(services):
     forced = dataclasses.replace(services, config=services.config.replace(force_https=True))
     client = create_app(services=forced).test_client()
@@ -93,7 +92,6 @@ def drop_database(url: str) -> None:
     admin.close()
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_database_down_answers_503_and_the_app_log_has_the_audit_fields(database_gone, caplog):
     app, url = database_gone
     drop_database(url)
@@ -108,7 +106,6 @@ def test_database_down_answers_503_and_the_app_log_has_the_audit_fields(database
     assert ADA.split(":")[1] not in caplog.text and "a private question" not in caplog.text
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_refusals_with_the_database_down_are_in_the_app_log(database_gone, caplog):
     app, url = database_gone
     drop_database(url)
@@ -124,7 +121,6 @@ def test_refusals_with_the_database_down_are_in_the_app_log(database_gone, caplo
 
 # --- operator alerts ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_redis_down_alerts_once_and_never_holds_up_the_webhook(app_with, alert_receiver):
     app = app_with(redis_url=f"redis://127.0.0.1:{free_port()}/0", alert_webhook_url=alert_receiver.url)
     post = WebhookPoster(app.test_client())

@@ -41,6 +41,7 @@ def bodies(fake_twilio) -> list[str]:
     return [sent["Body"] for sent in fake_twilio.sent]
 
 
+@pytest.mark.postgres
 def test_a_burst_within_the_window_gets_one_ai_call_and_one_reply(post_webhook, workers, services,
                                                                  fake_openrouter, fake_twilio):
     start_worker(workers, services)
@@ -108,6 +109,7 @@ def test_the_greeting_comes_before_the_answer_to_a_first_burst(post_webhook, wor
     assert bodies(fake_twilio) == ["Hi, this is Acme Sales!\n\n" + BURST_ANSWER]
 
 
+@pytest.mark.postgres
 def test_the_context_rebuilt_from_the_database_keeps_every_message_of_a_burst(post_webhook, workers, services,
                                                                              fake_twilio):
     start_worker(workers, services)
@@ -132,9 +134,7 @@ def test_a_sender_who_never_pauses_is_answered_all_the_same(post_webhook, worker
     assert Message.select().where(Message.role == Role.USER.value, Message.status == Status.PENDING.value).count() == 0
 
 
-# The killed worker's conversation lock lasts its LOCK_TTL (20 s): one database is enough.
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_a_burst_answer_stored_before_the_worker_died_is_sent_once(post_webhook, workers, services,
+def test_a_burst_answer_stored_before_the_worker_died_is_sent_once(post_webhook, workers, services, quick_recovery,
                                                                   fake_openrouter, fake_twilio):
     # Twilio refuses the first sends, so the worker sits between storing the answer and sending it.
     fake_twilio.then(*[FakeTwilio.error(503, 20500, "Service unavailable")] * 2)

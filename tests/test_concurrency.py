@@ -50,6 +50,7 @@ def test_concurrency_setting_caps_the_jobs_in_flight(post_webhook, workers, fake
     assert fake_openrouter.max_in_flight == 3
 
 
+@pytest.mark.postgres
 def test_one_senders_messages_are_answered_in_order_while_others_run(post_webhook, workers, fake_openrouter,
                                                                      fake_twilio):
     # Ada's first question is slow: her later ones wait for it in the same process, Bob's does not.
@@ -65,7 +66,8 @@ def test_one_senders_messages_are_answered_in_order_while_others_run(post_webhoo
     assert last_prompt == ["one", "Answer to: one", "two", "Answer to: two", "three"]
 
 
-def test_burst_with_redeliveries_gets_one_reply_per_message_in_order(post_webhook, workers, fake_openrouter,
+@pytest.mark.postgres
+def test_burst_with_redeliveries_gets_one_reply_per_message_in_order(post_webhook, services, workers, fake_openrouter,
                                                                     fake_twilio):
     fake_openrouter.delay_for = lambda messages: 0.2
     workers.start(WORKER_CONCURRENCY="16")
@@ -121,6 +123,7 @@ def test_the_worker_takes_its_heartbeat_and_maintenance_timings_from_the_setting
     assert (worker.job_monitoring_interval, worker.get_heartbeat_ttl(None), worker.maintenance_interval) == (2, 5, 4)
 
 
+@pytest.mark.postgres
 def test_sweeper_requeues_stored_messages_for_a_concurrent_worker(post_webhook, workers, services, fake_twilio,
                                                                   monkeypatch):
     for number in range(6):
@@ -163,7 +166,6 @@ def test_sigterm_lets_the_jobs_in_flight_finish(post_webhook, workers, fake_open
     assert sorted(s["Body"] for s in fake_twilio.sent) == sorted(f"Answer to: question {n}" for n in range(10))
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_jobs_outlasting_the_shutdown_grace_are_handed_back_and_answered_once(
     post_webhook, services, fake_openrouter, fake_twilio, monkeypatch
 ):
@@ -229,9 +231,8 @@ def test_hung_model_gets_the_apology_within_the_ai_deadline(app_with, fake_openr
     assert waited < 20  # without the deadline: ~150 s
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_sigkill_with_thirty_jobs_in_flight_answers_each_exactly_once(post_webhook, workers, fake_openrouter,
-                                                                       fake_twilio):
+def test_sigkill_with_thirty_jobs_in_flight_answers_each_exactly_once(post_webhook, services, workers, quick_recovery,
+                                                                       fake_openrouter, fake_twilio):
     first_asked = set()
 
     def stall_first_ask(messages):
@@ -256,7 +257,6 @@ def test_sigkill_with_thirty_jobs_in_flight_answers_each_exactly_once(post_webho
     print(f"30 jobs recovered in {recovered_in:.1f}s")
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_redis_lost_with_ten_jobs_in_flight_answers_each_exactly_once(config, post_webhook, private_redis, workers,
                                                                        fake_openrouter, fake_twilio, monkeypatch):
     from chatbot import create_app

@@ -96,6 +96,7 @@ def part_status(sid: str) -> tuple[str, int | None]:
     return part.status, part.error_code
 
 
+@pytest.mark.postgres
 def test_each_part_of_a_reply_is_stored_with_its_sid_and_asks_for_reports(live, fake_twilio, fake_openrouter):
     fake_openrouter.reply_for = lambda messages: "First paragraph. " * 100 + "\n\n" + "Second one. " * 100
 
@@ -108,6 +109,7 @@ def test_each_part_of_a_reply_is_stored_with_its_sid_and_asks_for_reports(live, 
     assert [sent["StatusCallback"] for sent in fake_twilio.sent] == [live.url + "/whatsapp/status"] * 2
 
 
+@pytest.mark.postgres
 def test_twilio_reports_move_a_part_to_sent_delivered_then_read(live, fake_twilio):
     fake_twilio.statuses = ["sent", "delivered", "read"]
 
@@ -122,6 +124,7 @@ def test_twilio_reports_move_a_part_to_sent_delivered_then_read(live, fake_twili
     assert traces.count() == 3
 
 
+@pytest.mark.postgres
 def test_out_of_order_and_repeated_reports_never_move_a_part_backwards(client, services):
     answer = stored_reply([("queued", None), ("queued", None)])
     first, second = [part.twilio_sid for part in answer.parts.order_by(ReplyPart.number)]
@@ -208,6 +211,7 @@ def test_the_transcript_shows_ticks_for_each_part(operator, services):
     assert 'id="delivery-problem"' not in page  # 30008 is not a permanent failure
 
 
+@pytest.mark.postgres
 def test_the_dashboard_counts_answers_twilio_reported_undelivered(operator, services):
     stored_reply([("delivered", None), ("read", None), ("sent", None)])
     stored_reply([("undelivered", 63016)], phone="whatsapp:+15550002222")

@@ -29,6 +29,7 @@ def answers() -> list[Message]:
     return list(Message.select().where(Message.role == "assistant", Message.model.is_null(False)))
 
 
+@pytest.mark.postgres
 def test_failing_primary_is_answered_by_the_fallback_and_the_dashboard_counts_it(
         services, post_webhook, run_jobs, fake_openrouter, fake_twilio):
     AIConfiguration.create(name="main", model_name=PRIMARY, fallback_models=f" {FALLBACK} ", is_active=True)
@@ -44,6 +45,7 @@ def test_failing_primary_is_answered_by_the_fallback_and_the_dashboard_counts_it
     assert (stats.fallback_answers_week, stats.ai_answers_week) == (1, 1)
 
 
+@pytest.mark.postgres
 def test_an_answer_by_the_primary_is_not_counted_as_a_fallback(services, post_webhook, run_jobs, fake_openrouter):
     AIConfiguration.create(name="main", model_name=PRIMARY, fallback_models=FALLBACK, is_active=True)
     post_webhook.message("Hello")
@@ -75,6 +77,7 @@ def test_environment_fallbacks_serve_when_no_configuration_is_active(config, ser
     assert answer.model == "google/gemini-flash-1.5" and answer.metadata["requested_model"] == config.ai_model
 
 
+@pytest.mark.postgres
 def test_dashboard_page_shows_fallback_use(operator, services, post_webhook, run_jobs, fake_openrouter):
     AIConfiguration.create(name="main", model_name=PRIMARY, fallback_models=FALLBACK, is_active=True)
     fake_openrouter.failing_models = {PRIMARY}

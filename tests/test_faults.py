@@ -31,8 +31,8 @@ def sends_of(fake_twilio: FakeTwilio, body: str) -> int:
 
 # --- worker death -------------------------------------------------------------
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_worker_killed_during_the_ai_call_leads_to_one_reply(post_webhook, workers, fake_openrouter, fake_twilio):
+def test_worker_killed_during_the_ai_call_leads_to_one_reply(post_webhook, services, workers, quick_recovery,
+                                                            fake_openrouter, fake_twilio):
     calls = []
     fake_openrouter.delay_for = lambda messages: (calls.append(1), 30.0 if len(calls) == 1 else 0.0)[1]
     first = workers.start()
@@ -51,9 +51,8 @@ def test_worker_killed_during_the_ai_call_leads_to_one_reply(post_webhook, worke
     assert question.status == Status.ANSWERED.value
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_worker_killed_between_the_answer_and_the_send_sends_it_once(post_webhook, workers, fake_openrouter,
-                                                                     fake_twilio):
+def test_worker_killed_between_the_answer_and_the_send_sends_it_once(post_webhook, services, workers, quick_recovery,
+                                                                     fake_openrouter, fake_twilio):
     # Twilio fails the first sends, so the worker sits between storing the answer and sending it.
     fake_twilio.then(*[FakeTwilio.error(503, 20500, "Service unavailable")] * 2)
     first = workers.start()
@@ -68,8 +67,7 @@ def test_worker_killed_between_the_answer_and_the_send_sends_it_once(post_webhoo
     assert len(fake_twilio.sent) == 3  # two refused attempts, one delivery
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_restarting_the_worker_mid_burst_loses_nothing(post_webhook, workers, fake_openrouter, fake_twilio):
+def test_restarting_the_worker_mid_burst_loses_nothing(post_webhook, services, workers, fake_openrouter, fake_twilio):
     fake_openrouter.delay_for = lambda messages: 0.2
     first = workers.start()
     texts = [f"burst {n}" for n in range(12)]
@@ -86,7 +84,6 @@ def test_restarting_the_worker_mid_burst_loses_nothing(post_webhook, workers, fa
 
 # --- stores lost mid-job ------------------------------------------------------
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_redis_lost_mid_job_is_recovered_by_the_sweeper(config, env, post_webhook, private_redis, workers,
                                                          fake_openrouter, fake_twilio, monkeypatch, services):
     from chatbot import create_app
@@ -149,6 +146,7 @@ def test_database_connections_cut_mid_job_still_answer_once(post_webhook, servic
 
 # --- upstream outages ---------------------------------------------------------
 
+@pytest.mark.postgres
 def test_ai_outage_gets_one_apology_then_retry_failed_answers(post_webhook, services, app, fake_openrouter,
                                                              fake_twilio, run_jobs):
     fake_openrouter.then(*[FakeOpenRouter.error(503, "Provider overloaded")] * 3)
@@ -164,6 +162,7 @@ def test_ai_outage_gets_one_apology_then_retry_failed_answers(post_webhook, serv
     assert statuses == [Status.ANSWERED.value, Status.SUPERSEDED.value, Status.SENT.value]
 
 
+@pytest.mark.postgres
 def test_twilio_outage_keeps_answers_and_sends_them_in_order_when_it_recovers(post_webhook, services, run_jobs,
                                                                              fake_twilio, monkeypatch):
     monkeypatch.setattr(queueing, "JOB_RETRY", None)  # every run is the last attempt
@@ -260,7 +259,6 @@ def test_ai_failure_in_the_pipeline_alerts_the_operator(post_webhook, services, 
     assert len(slack.posts) == 1 and "Insufficient credits" in slack.posts[0]["text"]
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_web_sigterm_finishes_requests_in_flight(env, config, services, tmp_path):
     import http.client
     import urllib.parse

@@ -27,6 +27,7 @@ def question() -> Message:
     return Message.get(Message.role == Role.USER.value)
 
 
+@pytest.mark.postgres
 def test_a_database_error_on_the_final_attempt_gets_the_system_message_once_and_one_alert(
         post_webhook, services, run_jobs, fake_twilio, monkeypatch, caplog):
     monkeypatch.setattr(queueing, "JOB_RETRY", None)  # the first failure is the last
@@ -50,6 +51,7 @@ def test_a_database_error_on_the_final_attempt_gets_the_system_message_once_and_
     assert apology.content == SORRY and apology.status == Status.SENT.value
 
 
+@pytest.mark.postgres
 def test_a_poison_message_stops_after_the_attempt_cap_with_one_apology(
         post_webhook, services, run_jobs, fake_openrouter, fake_twilio, monkeypatch, caplog, client):
     # Every run asks the model, then chokes on the answer; RQ would retry it ten times at once.
@@ -84,9 +86,8 @@ def test_a_poison_message_stops_after_the_attempt_cap_with_one_apology(
     assert [sent["Body"] for sent in fake_twilio.sent] == [SORRY, "Answer to: Hello"]
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_a_worker_killed_after_twilio_took_the_part_does_not_send_it_again(post_webhook, workers, fake_openrouter,
-                                                                          fake_twilio):
+def test_a_worker_killed_after_twilio_took_the_part_does_not_send_it_again(post_webhook, services, workers,
+                                                                          quick_recovery, fake_openrouter, fake_twilio):
     fake_twilio.hold_answers = 30.0  # Twilio takes the message, then the worker waits for its answer
     doomed = workers.start()
     post_webhook.message("Hello", sender=ADA)

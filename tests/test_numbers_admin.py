@@ -94,6 +94,7 @@ def test_invalid_values_are_shown_on_the_form_and_nothing_is_stored(operator, fi
     assert WhatsAppNumber.select().count() == 0
 
 
+@pytest.mark.postgres
 def test_an_address_taken_already_is_refused(operator):
     WhatsAppNumber.create(address=SECOND, label="Sales")
     response = operator.post("/admin/whatsappnumber/new/", data=form(operator, "/admin/whatsappnumber/new/",
@@ -126,6 +127,7 @@ def test_editing_a_number_changes_how_it_answers_at_once(operator, services):
     assert services.numbers.for_recipient(SECOND).answers is False
 
 
+@pytest.mark.postgres
 def test_deleting_a_number_keeps_its_conversations(operator, services):
     number = WhatsAppNumber.create(address=SECOND, label="Sales")
     Conversation.create(user_phone="whatsapp:+15550001111", number=SECOND)
@@ -140,6 +142,7 @@ def test_deleting_a_number_keeps_its_conversations(operator, services):
     assert services.numbers.for_recipient(SECOND) is None
 
 
+@pytest.mark.postgres
 def test_deleting_the_default_numbers_row_resets_it(operator, services):
     number = WhatsAppNumber.create(address=BOT_NUMBER, label="Support", greeting="Hello!")
     response = operator.post("/admin/whatsappnumber/delete/", data={
@@ -176,6 +179,7 @@ def test_conversation_list_shows_each_ones_number(operator, two_numbers):
     assert len(re.findall(r"<td[^>]*>\s*default\s*</td>", page)) == 2
 
 
+@pytest.mark.postgres
 def test_conversation_list_filters_by_number(operator, two_numbers):
     sales = operator.get("/admin/conversation/", query_string={"flt0_number_equals": SECOND}).get_data(as_text=True)
     assert names_listed(sales) == ["Cyd"]
@@ -185,6 +189,7 @@ def test_conversation_list_filters_by_number(operator, two_numbers):
     assert f'"options": [["default", "default"], ["{SECOND}", "Sales"]]' in default
 
 
+@pytest.mark.postgres
 def test_dashboard_shows_every_number_by_default_and_one_when_chosen(operator, two_numbers):
     every = operator.get("/admin/").get_data(as_text=True)
     sales = operator.get("/admin/", query_string={"number": SECOND}).get_data(as_text=True)

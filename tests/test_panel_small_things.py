@@ -93,6 +93,7 @@ def test_the_panels_test_checks_the_model_slug_too(operator, services, fake_open
 
 # --- (c) create-admin on an unmigrated database --------------------------------------------------------
 
+@pytest.mark.postgres
 def test_create_admin_on_an_unmigrated_database_says_to_run_init_db(env, redis, empty_database_url):
     result = fresh_shell({**env, "DATABASE_URL": empty_database_url},
                          ".venv/bin/flask", "create-admin", "--username", "ops", "--password-stdin",

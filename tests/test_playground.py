@@ -49,6 +49,7 @@ def draft(services):
                                   system_prompt="You are the draft prompt.")
 
 
+@pytest.mark.postgres
 def test_chosen_inactive_configuration_answers_and_nothing_is_sent_or_counted(
         operator, draft, run_jobs, fake_openrouter, fake_twilio):
     before = compute_stats()

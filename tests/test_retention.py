@@ -15,6 +15,8 @@ from chatbot.models import Conversation, Message, Role, Status, WebhookLog, utcn
 from chatbot.models.db import connection_scope
 from tests.support import conversation_for
 
+pytestmark = pytest.mark.postgres
+
 ADA = "whatsapp:+15550001111"
 BOB = "whatsapp:+15550002222"
 CAT = "whatsapp:+15550003333"

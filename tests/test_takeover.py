@@ -122,6 +122,7 @@ def test_replying_needs_a_takeover_and_a_csrf_token(operator, run_jobs, fake_twi
     assert fake_twilio.sent == []
 
 
+@pytest.mark.postgres
 def test_a_second_operator_cannot_take_over_a_taken_over_conversation(app, operator):
     conversation = conversation_for(USER)
     take_over(operator, conversation)
@@ -129,6 +130,7 @@ def test_a_second_operator_cannot_take_over_a_taken_over_conversation(app, opera
     assert refreshed(conversation).paused_by == "ops"
 
 
+@pytest.mark.postgres
 def test_two_operators_replying_at_once_send_both_replies_whole_in_order_once(
         app, operator, workers, fake_twilio):
     conversation = conversation_for(USER)
@@ -179,6 +181,7 @@ def backdate(conversation, minutes: int) -> None:
     Conversation.update(paused_at=past, updated_at=past).where(Conversation.id == conversation.id).execute()
 
 
+@pytest.mark.postgres
 def test_takeover_timeout_hands_back_after_silence_only(services):
     services.config = services.config.replace(takeover_timeout=30)
     silent, recent = conversation_for(USER), conversation_for("whatsapp:+15550002222")
@@ -200,6 +203,7 @@ def test_no_takeover_timeout_keeps_a_takeover_however_silent(services):
     assert refreshed(conversation).paused_by == "ops"
 
 
+@pytest.mark.postgres
 def test_list_shows_taken_over_then_waiting_conversations_first(operator):
     conversation_for("whatsapp:+15550003333", "Person-quiet")
     waiting = conversation_for("whatsapp:+15550004444", "Person-waiting")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 
+import pytest
+
 from chatbot.alerts import ErrorHandler
 from chatbot.models import Message, Status, WebhookLog
 from chatbot.rate_limiter import MAX_NOTICES_PER_WINDOW, Allowance, Decision, RateLimiter
@@ -47,6 +49,7 @@ def test_a_forged_flood_costs_bytes_not_megabytes(post_webhook, services, monkey
     assert Message.select().count() == 0
 
 
+@pytest.mark.postgres
 def test_refused_rows_are_still_written_when_redis_is_down(app_with):
     app = app_with(redis_url="redis://127.0.0.1:1/0")
     from tests.conftest import WebhookPoster

@@ -128,6 +128,7 @@ def test_scheduler_process_outlives_a_redis_outage(env, config, private_redis, t
         process.wait(15)
 
 
+@pytest.mark.postgres
 def test_cleanup_deactivates_idle_conversations_and_drops_their_context(services):
     idle = conversation_for(ADA)
     recent = conversation_for(BOB)
@@ -141,6 +142,7 @@ def test_cleanup_deactivates_idle_conversations_and_drops_their_context(services
     assert not services.redis.exists(services.context.key(idle.id))
 
 
+@pytest.mark.postgres
 def test_cleanup_command_reports_the_count(app, services):
     idle = conversation_for(ADA)
     Conversation.update(updated_at=utcnow() - timedelta(days=30)).where(Conversation.id == idle.id).execute()
