@@ -6,12 +6,10 @@ import json
 
 import pytest
 
-from chatbot import auth
 from chatbot.models import AccessEntry, Message, OptOut, Setting, Status
 from config import DEFAULT_ACCESS_NOTICE
-from tests.conftest import WEBHOOK_URL
+from tests.conftest import WEBHOOK_URL, csrf_token
 from tests.support import inbound_form, sign
-from tests.test_admin import PASSWORD, csrf_token, log_in
 
 ADA = "whatsapp:+15550001111"
 BOB = "whatsapp:+15550002222"
@@ -36,13 +34,6 @@ def no_access_rules_left_behind(services):
     AccessEntry.delete().execute()
     Setting.delete().execute()
     OptOut.delete().execute()
-
-
-@pytest.fixture
-def operator(client, services):
-    auth.create_or_reset_admin("ops", PASSWORD)
-    assert log_in(client).status_code == 302
-    return client
 
 
 def bodies(fake_twilio) -> list[str]:

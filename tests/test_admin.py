@@ -9,11 +9,10 @@ from cryptography.fernet import Fernet
 from chatbot import auth
 from chatbot.crypto import FieldCipher
 from chatbot.models import AdminUser, AIConfiguration, Conversation, Message, WebhookLog, db
-from tests.conftest import inbound_form
+from tests.conftest import PASSWORD, csrf_token, inbound_form, log_in
 from tests.fakes import FakeOpenRouter
 from tests.support import conversation_for
 
-PASSWORD = "correct horse battery"
 ADMIN_PAGES = [
     "/admin/",
     "/admin/aiconfiguration/",
@@ -26,32 +25,6 @@ ADMIN_PAGES = [
     "/admin/playground/",
     "/admin/webhooklog/",
 ]
-
-
-def csrf_token(client, path: str) -> str:
-    page = client.get(path).get_data(as_text=True)
-    match = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page) or re.search(
-        r'name="csrf_token" value="([^"]+)"', page)
-    assert match, f"no CSRF token on {path}"
-    return match.group(1)
-
-
-@pytest.fixture
-def admin_user(services):
-    user, _ = auth.create_or_reset_admin("ops", PASSWORD)
-    return user
-
-
-def log_in(client, username="ops", password=PASSWORD):
-    token = csrf_token(client, "/admin/login/")
-    return client.post("/admin/login/", data={"username": username, "password": password, "csrf_token": token})
-
-
-@pytest.fixture
-def operator(client, admin_user):
-    """A test client logged in as an admin."""
-    assert log_in(client).status_code == 302
-    return client
 
 
 @pytest.mark.parametrize("path", ADMIN_PAGES)

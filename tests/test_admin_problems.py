@@ -8,24 +8,15 @@ from datetime import timedelta
 
 import pytest
 
-from chatbot import auth
 from chatbot.models import Conversation, Message, ReplyPart, Status, utcnow
+from tests.conftest import csrf_token
 from tests.fakes import FakeOpenRouter
 from tests.support import conversation_for
-from tests.test_admin import PASSWORD, csrf_token, log_in
 
 ADA, BOB, CARL, DORA = ("whatsapp:+15550001111", "whatsapp:+15550002222", "whatsapp:+15550003333",
                         "whatsapp:+15550004444")
 NO_CREDITS = "openrouter: Insufficient credits (status=402, code=402, permanent)"
 BAD_NUMBER = "twilio: The 'To' number whatsapp:+1555•••3333 is not valid (status=400, code=21211, permanent)"
-
-
-@pytest.fixture
-def operator(client, services):
-    """A test client logged in as an admin."""
-    auth.create_or_reset_admin("ops", PASSWORD)
-    assert log_in(client).status_code == 302
-    return client
 
 
 def message(conversation, role, content, status, created_at, **fields) -> Message:

@@ -7,9 +7,7 @@ import sys
 from pathlib import Path
 
 from chatbot.models import AdminUser
-from tests.conftest import PROJECT_DIR, wait_for
-
-PASSWORD = "correct horse battery"
+from tests.conftest import PASSWORD, PROJECT_DIR, wait_for
 
 
 def test_password_on_the_command_line_is_refused(cli, services):

@@ -10,12 +10,11 @@ from zoneinfo import ZoneInfo
 import pytest
 from rq import Worker
 
-from chatbot import auth
 from chatbot.jobs import queueing
 from chatbot.models import Conversation, Message, ReplyPart, db, migrations, utcnow
 from chatbot.reports import PERIODS, bucket_labels, bucket_starts, compute_stats
 from chatbot.web.security import DASHBOARD_CSP
-from tests.test_admin import PASSWORD, log_in
+from tests.conftest import log_in
 
 SALES = "whatsapp:+15557770001"
 M1, M2 = "openai/gpt-4o-mini", "anthropic/claude-3.5-sonnet"
@@ -40,14 +39,6 @@ def answered(question, status="sent", took=None, model=None, tokens=(None, None)
         ReplyPart.create(message=answer, number=number, twilio_sid=f"SM{answer.id:016x}{number:016x}",
                          status=part_status, error_code=code)
     return answer
-
-
-@pytest.fixture
-def operator(client, services):
-    """A test client logged in as an admin."""
-    auth.create_or_reset_admin("ops", PASSWORD)
-    assert log_in(client).status_code == 302
-    return client
 
 
 @pytest.fixture

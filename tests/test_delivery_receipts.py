@@ -10,13 +10,12 @@ import pytest
 from flask import Flask
 from werkzeug.serving import make_server
 
-from chatbot import auth, create_app
+from chatbot import create_app
 from chatbot.jobs import tasks
 from chatbot.models import Message, ReplyPart, Role, Status, WebhookLog
 from chatbot.services import Services, build_services
-from tests.conftest import FAST_RETRIES, PUBLIC_BASE_URL, WEBHOOK_URL, WebhookPoster, wait_for
+from tests.conftest import FAST_RETRIES, PUBLIC_BASE_URL, WEBHOOK_URL, WebhookPoster, log_in, wait_for
 from tests.support import BurstWorker, conversation_for, inbound_form, sign
-from tests.test_admin import PASSWORD, log_in
 from worker import build_worker
 
 ADA = "whatsapp:+15550001111"
@@ -54,18 +53,6 @@ def live(config, services):
     yield Live(url, served["app"], built)
     server.shutdown()
     server.server_close()
-
-
-@pytest.fixture
-def admin_user(services):
-    return auth.create_or_reset_admin("ops", PASSWORD)[0]
-
-
-@pytest.fixture
-def operator(client, admin_user):
-    """A test client logged in as an admin."""
-    assert log_in(client).status_code == 302
-    return client
 
 
 def post_status(client, sid: str, status: str, error_code: int | None = None, url: str = STATUS_URL,

@@ -3,26 +3,18 @@ from __future__ import annotations
 
 import pytest
 
-from chatbot import auth, create_app
+from chatbot import create_app
 from chatbot.jobs import tasks
 from chatbot.models import AIConfiguration, Message
 from chatbot.reports import compute_stats
 from chatbot.services import build_services
 from tests.conftest import FAST_RETRIES, WebhookPoster
 from tests.support import BurstWorker
-from tests.test_admin import PASSWORD, create_configuration, log_in
+from tests.test_admin import create_configuration
 from worker import build_worker
 
 PRIMARY = "anthropic/claude-3.5-sonnet"
 FALLBACK = "openai/gpt-4o-mini"
-
-
-@pytest.fixture
-def operator(client, services):
-    """A test client logged in as an admin."""
-    auth.create_or_reset_admin("ops", PASSWORD)
-    assert log_in(client).status_code == 302
-    return client
 
 
 def answers() -> list[Message]:

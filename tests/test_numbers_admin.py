@@ -6,21 +6,12 @@ from datetime import timedelta
 
 import pytest
 
-from chatbot import auth
 from chatbot.models import AIConfiguration, Conversation, Message, WhatsAppNumber, utcnow
+from tests.conftest import csrf_token
 from tests.support import BOT_NUMBER
-from tests.test_admin import PASSWORD, csrf_token, log_in
 
 SECOND = "whatsapp:+14155550100"
 TEMPLATE = "HX" + "0123456789abcdef" * 2
-
-
-@pytest.fixture
-def operator(client, services):
-    """A test client logged in as an admin."""
-    auth.create_or_reset_admin("ops", PASSWORD)
-    assert log_in(client).status_code == 302
-    return client
 
 
 def form(client, path: str, **fields) -> dict:

@@ -10,24 +10,15 @@ import sys
 
 import pytest
 
-from chatbot import auth
 from chatbot.models import AdminUser, AIConfiguration
-from tests.conftest import PROJECT_DIR
+from tests.conftest import PASSWORD, PROJECT_DIR, csrf_token
 from tests.support import free_port
-from tests.test_admin import PASSWORD, csrf_token, log_in
 
 # A command hint with a bare `flask` (or `flask --app wsgi`): it works only in a shell whose PATH
 # has the virtualenv, which a fresh shell has not.
 BARE_FLASK_HINT = re.compile(r"(?<![/\w-])flask (?:--app|[a-z][a-z-]+ )")
 BAD_SETTING = {"TWILIO_ACCOUNT_SID": "AC123"}
 BAD_SETTING_PROBLEM = "TWILIO_ACCOUNT_SID must be AC followed by 32 hex characters"
-
-
-@pytest.fixture
-def operator(client, services):
-    auth.create_or_reset_admin("ops", PASSWORD)
-    assert log_in(client).status_code == 302
-    return client
 
 
 def fresh_shell(env: dict, *command: str, stdin: str = "", timeout: float = 60) -> subprocess.CompletedProcess:

@@ -1,7 +1,6 @@
 """Human takeover: an operator pauses the bot for a conversation, replies by hand, and hands back."""
 from __future__ import annotations
 
-import re
 import threading
 from datetime import timedelta
 
@@ -11,33 +10,18 @@ from chatbot import auth, takeover
 from chatbot.jobs import tasks
 from chatbot.models import Conversation, Message, Role, Status, utcnow
 from chatbot.whatsapp import split_message
-from tests.conftest import wait_for
+from tests.conftest import PASSWORD, csrf_token, log_in, wait_for
 from tests.support import conversation_for
 
-PASSWORD = "correct horse battery"
 USER = "whatsapp:+15550001111"
-
-
-def csrf_token(client, path: str) -> str:
-    page = client.get(path).get_data(as_text=True)
-    match = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page)
-    assert match, f"no CSRF token on {path}"
-    return match.group(1)
 
 
 def logged_in(app, username: str):
     """A test client of `app` logged in as a new admin named `username`."""
     auth.create_or_reset_admin(username, PASSWORD)
     client = app.test_client()
-    token = csrf_token(client, "/admin/login/")
-    response = client.post("/admin/login/", data={"username": username, "password": PASSWORD, "csrf_token": token})
-    assert response.status_code == 302
+    assert log_in(client, username).status_code == 302
     return client
-
-
-@pytest.fixture
-def operator(app):
-    return logged_in(app, "ops")
 
 
 def details(conversation) -> str:

@@ -6,21 +6,12 @@ import re
 
 import pytest
 
-from chatbot import auth
 from chatbot.admin.webhook_log import webhook_fields
 from chatbot.models import WebhookLog
-from tests.conftest import inbound_form
-from tests.test_admin import PASSWORD, csrf_token, log_in
+from tests.conftest import csrf_token, inbound_form
 
 ADA = "whatsapp:+15550001111"
 ADA_DIGITS = "15550001111"
-
-
-@pytest.fixture
-def operator(client, services):
-    auth.create_or_reset_admin("ops", PASSWORD)
-    assert log_in(client).status_code == 302
-    return client
 
 
 def page(client, path: str) -> str:
