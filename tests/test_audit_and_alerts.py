@@ -10,6 +10,8 @@ import time
 import psycopg2
 import pytest
 from redis import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from chatbot import create_app
 from chatbot.alerts import ALERT_FLUSH_ON_EXIT, ErrorHandler
@@ -145,7 +147,8 @@ class Clock:
 
 def test_without_redis_alerts_are_limited_in_memory_per_type_per_interval(caplog):
     clock = Clock()
-    handler = ErrorHandler(Redis(port=free_port()), clock=clock)
+    # Refused at once: redis-py's default retries would spend seconds on each call to a dead port.
+    handler = ErrorHandler(Redis(port=free_port(), retry=Retry(NoBackoff(), 0)), clock=clock)
     assert handler.send_admin_alert("system:X", "first") is True
     assert handler.send_admin_alert("system:X", "again") is False
     assert handler.send_admin_alert("system:Y", "other type") is True
