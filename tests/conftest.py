@@ -11,6 +11,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlparse
 
 import psycopg2
 import pytest
@@ -58,9 +59,14 @@ class SharedTemplateCode(BytecodeCache):
 Flask.jinja_options = {**Flask.jinja_options, "bytecode_cache": SharedTemplateCode()}
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_sessionstart(session):
-    """Install, or name, the programs the suite needs before any test runs (scripts/test_prerequisites.py)."""
-    if session.config.option.collectonly:
+    """Install, or name, the programs the suite needs before any test runs (scripts/test_prerequisites.py).
+
+    Once: in the process that runs the session, and under pytest-xdist in the controller before it
+    starts its workers (tryfirst puts this ahead of xdist's own start), so two workers never run
+    apt-get at once."""
+    if session.config.option.collectonly or hasattr(session.config, "workerinput"):  # an xdist worker
         return
     # Uncaptured, so an apt-get install shows its progress and a refusal its reasons.
     with session.config.pluginmanager.get_plugin("capturemanager").global_and_fixture_disabled():
@@ -70,10 +76,15 @@ def pytest_sessionstart(session):
 
 
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory):
-    """A Redis server of this test run's own (or TEST_REDIS_URL), so parallel runs never collide."""
+def redis_url(request, tmp_path_factory):
+    """A Redis server of this test process's own (or TEST_REDIS_URL), so parallel runs never collide.
+
+    Under pytest-xdist each worker starts its own; on TEST_REDIS_URL's server, worker gwN uses
+    database N + 1, since every test empties its database."""
     if os.environ.get("TEST_REDIS_URL"):
-        yield os.environ["TEST_REDIS_URL"]
+        url = os.environ["TEST_REDIS_URL"]
+        worker = getattr(request.config, "workerinput", {}).get("workerid", "")
+        yield urlparse(url)._replace(path=f"/{int(worker[2:]) + 1}").geturl() if worker.startswith("gw") else url
         return
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server.url
