@@ -35,6 +35,11 @@ MAX_COALESCE_SECONDS = 30
 MAX_WORKER_CONCURRENCY = 256
 # Below the job's own deadline (chatbot.jobs.tasks.JOB_DEADLINE), so a stuck model still leaves time to apologise.
 MAX_AI_DEADLINE = 120
+# RQ's own default maintenance interval: a worker never looks for abandoned jobs less often than this.
+MAX_WORKER_INTERVAL = 600
+# No longer than a job waits for a conversation that another job holds (chatbot.jobs.locks.LOCK_WAIT):
+# a killed worker's lock must be gone before the job handed on gives up waiting for it.
+MAX_CONVERSATION_LOCK_TTL = 30
 # A century: far past any retention promise, and it keeps the cleanup's cutoff date computable.
 MAX_RETENTION_DAYS = 36500
 # A week, in minutes: a longer TAKEOVER_TIMEOUT would be no timeout (0) in all but name.
@@ -139,6 +144,14 @@ class Config:
     alert_webhook_url: str = field(default="", repr=False)
     redis_tls_verify: bool = True
     worker_concurrency: int = 32
+    # A worker renews its own and its running jobs' heartbeats every interval; a job whose heartbeat is
+    # the grace overdue counts as abandoned (its worker died), and each worker's maintenance pass hands
+    # abandoned jobs on: a killed worker's message is taken up again within about the sum of the three.
+    worker_heartbeat_interval: int = 5
+    worker_heartbeat_grace: int = 10
+    worker_maintenance_interval: int = 5
+    # Seconds a conversation stays locked after its job's worker stopped renewing the lock (was killed).
+    conversation_lock_ttl: int = 20
     ai_deadline: int = 60
     max_processing_attempts: int = 5
     retention_days: int = 90
@@ -235,6 +248,15 @@ class Config:
             "redis_tls_verify": reader.boolean("REDIS_TLS_VERIFY", cls.redis_tls_verify),
             "worker_concurrency": reader.integer("WORKER_CONCURRENCY", cls.worker_concurrency, minimum=1,
                                                  maximum=MAX_WORKER_CONCURRENCY),
+            "worker_heartbeat_interval": reader.integer("WORKER_HEARTBEAT_INTERVAL", cls.worker_heartbeat_interval,
+                                                        minimum=1, maximum=MAX_WORKER_INTERVAL),
+            "worker_heartbeat_grace": reader.integer("WORKER_HEARTBEAT_GRACE", cls.worker_heartbeat_grace, minimum=1,
+                                                     maximum=MAX_WORKER_INTERVAL),
+            "worker_maintenance_interval": reader.integer("WORKER_MAINTENANCE_INTERVAL",
+                                                          cls.worker_maintenance_interval, minimum=1,
+                                                          maximum=MAX_WORKER_INTERVAL),
+            "conversation_lock_ttl": reader.integer("CONVERSATION_LOCK_TTL", cls.conversation_lock_ttl, minimum=1,
+                                                    maximum=MAX_CONVERSATION_LOCK_TTL),
             "ai_deadline": reader.integer("AI_DEADLINE", cls.ai_deadline, minimum=5, maximum=MAX_AI_DEADLINE),
             "max_processing_attempts": reader.integer("MAX_PROCESSING_ATTEMPTS", cls.max_processing_attempts,
                                                       minimum=1, maximum=100),

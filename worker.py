@@ -12,34 +12,41 @@ from chatbot.logs import RoutineWorkerLines, configure_logging
 from chatbot.services import build_services
 from config import Config
 
-# A worker that dies mid-job (SIGKILL, OOM, a lost dyno) stops renewing its jobs' heartbeats; a
-# job counts as abandoned once its heartbeat is HEARTBEAT_GRACE seconds overdue, and the next
-# maintenance pass of any live worker retries it (RQ's defaults: +60 s, every 10 minutes).
-JOB_MONITORING_INTERVAL = 5
-HEARTBEAT_GRACE = 10
-MAINTENANCE_INTERVAL = 5
 # Heroku and Render send SIGKILL 30 s after SIGTERM: finish what we can, hand back the rest before.
 SHUTDOWN_GRACE = 25
 
 
 class ChatbotWorker(ThreadPoolWorker):
-    """Many jobs at once, with abandoned jobs detected within seconds rather than minutes."""
+    """Many jobs at once, with abandoned jobs detected within seconds rather than minutes.
+
+    A worker that dies mid-job (SIGKILL, OOM, a lost dyno) stops renewing its jobs' heartbeats; a job
+    counts as abandoned once its heartbeat is `heartbeat_grace` seconds overdue, and the next
+    maintenance pass of any live worker retries it (RQ's defaults: +60 s, every 10 minutes; ours come
+    from WORKER_HEARTBEAT_INTERVAL, WORKER_HEARTBEAT_GRACE and WORKER_MAINTENANCE_INTERVAL).
+    """
+
+    def __init__(self, *args, heartbeat_grace: int = Config.worker_heartbeat_grace, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.heartbeat_grace = heartbeat_grace
 
     def get_heartbeat_ttl(self, job, working_time: float = 0.0) -> int:
-        return self.job_monitoring_interval + HEARTBEAT_GRACE
+        return self.job_monitoring_interval + self.heartbeat_grace
 
 
 def build_worker(services, worker_class: type[BaseWorker] = ChatbotWorker, **options) -> BaseWorker:
     """Return a worker on the message queue; jobs use `services`."""
     tasks.install(services)
+    config = services.config
     if issubclass(worker_class, ThreadPoolWorker):
-        options.setdefault("concurrency", services.config.worker_concurrency)
+        options.setdefault("concurrency", config.worker_concurrency)
         options.setdefault("shutdown_grace", SHUTDOWN_GRACE)
+    if issubclass(worker_class, ChatbotWorker):
+        options.setdefault("heartbeat_grace", config.worker_heartbeat_grace)
     return worker_class(
         [services.queue],
         connection=services.redis,
-        maintenance_interval=MAINTENANCE_INTERVAL,
-        job_monitoring_interval=JOB_MONITORING_INTERVAL,
+        maintenance_interval=config.worker_maintenance_interval,
+        job_monitoring_interval=config.worker_heartbeat_interval,
         **options,
     )
 

@@ -4,21 +4,28 @@ from __future__ import annotations
 import atexit
 import functools
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlparse
 
 import psycopg2
 import pytest
 from cryptography.fernet import Fernet
+from flask import Flask
+from jinja2 import BytecodeCache
 from redis import Redis
+from rq import Retry
+from rq.job import Job
+from werkzeug.security import generate_password_hash
 
 from chatbot import create_app
-from chatbot.jobs import tasks
-from chatbot.models import db, migrations
+from chatbot.jobs import queueing, tasks
+from chatbot.models import AdminUser, db, migrations
 from chatbot.services import build_services
 from config import Config
 from tests import support
@@ -32,9 +39,34 @@ WEBHOOK_URL = PUBLIC_BASE_URL + "/whatsapp/webhook"
 FAST_RETRIES = {"backoff": 0.01}
 
 
+class SharedTemplateCode(BytecodeCache):
+    """Compiled templates kept for every app of the run. Each create_app() has a Jinja environment of
+    its own, which would compile the panel's and Flask-Admin's templates again for each test (a third
+    of an admin test's CPU); every app is built alike, so the compiled code is the same."""
+
+    def __init__(self):
+        self.code = {}
+
+    def load_bytecode(self, bucket):
+        checksum, code = self.code.get(bucket.key, (None, None))
+        if checksum == bucket.checksum:
+            bucket.code = code
+
+    def dump_bytecode(self, bucket):
+        self.code[bucket.key] = (bucket.checksum, bucket.code)
+
+
+Flask.jinja_options = {**Flask.jinja_options, "bytecode_cache": SharedTemplateCode()}
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_sessionstart(session):
-    """Install, or name, the programs the suite needs before any test runs (scripts/test_prerequisites.py)."""
-    if session.config.option.collectonly:
+    """Install, or name, the programs the suite needs before any test runs (scripts/test_prerequisites.py).
+
+    Once: in the process that runs the session, and under pytest-xdist in the controller before it
+    starts its workers (tryfirst puts this ahead of xdist's own start), so two workers never run
+    apt-get at once."""
+    if session.config.option.collectonly or hasattr(session.config, "workerinput"):  # an xdist worker
         return
     # Uncaptured, so an apt-get install shows its progress and a refusal its reasons.
     with session.config.pluginmanager.get_plugin("capturemanager").global_and_fixture_disabled():
@@ -44,10 +76,15 @@ def pytest_sessionstart(session):
 
 
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory):
-    """A Redis server of this test run's own (or TEST_REDIS_URL), so parallel runs never collide."""
+def redis_url(request, tmp_path_factory):
+    """A Redis server of this test process's own (or TEST_REDIS_URL), so parallel runs never collide.
+
+    Under pytest-xdist each worker starts its own; on TEST_REDIS_URL's server, worker gwN uses
+    database N + 1, since every test empties its database."""
     if os.environ.get("TEST_REDIS_URL"):
-        yield os.environ["TEST_REDIS_URL"]
+        url = os.environ["TEST_REDIS_URL"]
+        worker = getattr(request.config, "workerinput", {}).get("workerid", "")
+        yield urlparse(url)._replace(path=f"/{int(worker[2:]) + 1}").geturl() if worker.startswith("gw") else url
         return
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server.url
@@ -84,10 +121,32 @@ def postgres_url():
         yield url
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+# The fixtures that name the test's database: SQLite unless the test is marked `postgres`.
+DATABASE_FIXTURES = ("database_url", "empty_database_url")
+
+
+def pytest_generate_tests(metafunc):
+    """Run each test marked `postgres` (itself, or its module) twice: on SQLite and on Postgres."""
+    if metafunc.definition.get_closest_marker("postgres") is None:
+        return
+    for name in DATABASE_FIXTURES:
+        if name in metafunc.fixturenames and not parametrized_by_the_test(metafunc, name):
+            metafunc.parametrize(name, ["sqlite", "postgres"], indirect=True)
+
+
+def parametrized_by_the_test(metafunc, name: str) -> bool:
+    """Whether the test names the database itself (`@pytest.mark.parametrize(name, [...], indirect=True)`)."""
+    for marker in metafunc.definition.iter_markers("parametrize"):
+        names = marker.args[0]
+        if name in ([part.strip() for part in names.split(",")] if isinstance(names, str) else names):
+            return True
+    return False
+
+
+@pytest.fixture
 def database_url(request, tmp_path):
-    """Each test that takes this runs once on an SQLite file and once on Postgres."""
-    if request.param == "sqlite":
+    """An SQLite file; for a test marked `postgres`, an SQLite file in one run and Postgres in the other."""
+    if getattr(request, "param", "sqlite") == "sqlite":
         yield f"sqlite:///{tmp_path / 'chatbot.sqlite3'}"
         return
     url = request.getfixturevalue("postgres_url")
@@ -103,10 +162,10 @@ def database_url(request, tmp_path):
     connection.close()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture
 def empty_database_url(request, tmp_path):
-    """A database with nothing in it yet (no schema), once SQLite and once Postgres: for migrations."""
-    if request.param == "sqlite":
+    """A database with nothing in it yet (no schema), for migrations: SQLite, and Postgres too when marked."""
+    if getattr(request, "param", "sqlite") == "sqlite":
         yield f"sqlite:///{tmp_path / 'empty.sqlite3'}"
         return
     with throwaway_postgres_database("chatbot_empty") as url:
@@ -127,18 +186,32 @@ def redis(redis_url):
     connection.close()
 
 
-@pytest.fixture
-def fake_openrouter():
+@pytest.fixture(scope="session")
+def openrouter_server():
     server = FakeOpenRouter().start()
     yield server
     server.stop()
 
 
-@pytest.fixture
-def fake_twilio():
+@pytest.fixture(scope="session")
+def twilio_server():
     server = FakeTwilio().start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def fake_openrouter(openrouter_server):
+    """The run's OpenRouter fake as new: nothing asked, default answers, earlier tests' requests refused."""
+    openrouter_server.reset()
+    return openrouter_server
+
+
+@pytest.fixture
+def fake_twilio(twilio_server):
+    """The run's Twilio fake as new: nothing sent, default answers, earlier tests' requests refused."""
+    twilio_server.reset()
+    return twilio_server
 
 
 @pytest.fixture
@@ -205,6 +278,45 @@ def cli(app):
     return lambda *args, **kwargs: runner.invoke(args=list(args), **kwargs)
 
 
+# --- the admin panel -------------------------------------------------------------------------------
+
+PASSWORD = "correct horse battery"
+
+
+def csrf_token(client, path: str) -> str:
+    """The CSRF token of the form on the page at `path`."""
+    page = client.get(path).get_data(as_text=True)
+    match = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page) or re.search(
+        r'name="csrf_token" value="([^"]+)"', page)
+    assert match, f"no CSRF token on {path}"
+    return match.group(1)
+
+
+def log_in(client, username: str = "ops", password: str = PASSWORD):
+    """Post the login form as a browser does; return the answer (302 when let in)."""
+    token = csrf_token(client, "/admin/login/")
+    return client.post("/admin/login/", data={"username": username, "password": password, "csrf_token": token})
+
+
+@functools.cache
+def password_hash() -> str:
+    """PASSWORD hashed once for the run: scrypt takes a tenth of a second a hash, by design."""
+    return generate_password_hash(PASSWORD)
+
+
+@pytest.fixture
+def admin_user(services):
+    """The admin `ops`, whose password is PASSWORD, stored as `flask create-admin` stores it."""
+    return AdminUser.create(username="ops", password_hash=password_hash())
+
+
+@pytest.fixture
+def operator(client, admin_user):
+    """The test client, logged in as the admin `ops`."""
+    assert log_in(client).status_code == 302
+    return client
+
+
 class WebhookPoster:
     """Posts signed webhooks to the test client."""
 
@@ -264,6 +376,27 @@ def wait_for(condition, timeout: float = 30.0, interval: float = 0.05):
             return True
         time.sleep(interval)
     return False
+
+
+ACTIVE_JOB_STATES = {state.value.encode() for state in queueing.ACTIVE_STATES}
+
+
+def jobs_done(redis) -> bool:
+    """Whether every job RQ holds in `redis` has ended (finished, or failed for good): from then on no
+    worker sends anything more, so a doubled reply would have arrived already."""
+    return not any(redis.type(key) == b"hash" and redis.hget(key, "status") in ACTIVE_JOB_STATES
+                   for key in redis.scan_iter(f"{Job.redis_job_namespace_prefix}*"))
+
+
+@pytest.fixture
+def quick_recovery(monkeypatch) -> dict:
+    """Worker settings under which a killed worker's jobs run again within seconds rather than the
+    production ~30 s, for `workers.start(**quick_recovery)`: its heartbeats lapse after 4 s, any
+    worker looks for abandoned jobs every second, its conversation locks lapse after 3 s, and a job
+    queued by the test retries after a second instead of ten."""
+    monkeypatch.setattr(queueing, "JOB_RETRY", Retry(max=queueing.JOB_RETRY.max, interval=[1]))
+    return {"WORKER_HEARTBEAT_INTERVAL": "1", "WORKER_HEARTBEAT_GRACE": "3", "WORKER_MAINTENANCE_INTERVAL": "1",
+            "CONVERSATION_LOCK_TTL": "3"}
 
 
 class Workers:

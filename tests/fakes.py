@@ -45,22 +45,48 @@ class _Server(ThreadingHTTPServer):
 
 
 class _Loopback:
-    """A threaded HTTP server on 127.0.0.1:0 for a handler class; started and stopped by the tests."""
+    """A threaded HTTP server on 127.0.0.1:0 for a handler class; started and stopped by the tests.
+
+    One server may serve many tests in turn: `reset()` forgets what the last one did and starts a new
+    epoch. The URL handed out names the epoch, so a request for an earlier epoch's URL (a thread an
+    earlier test left running) is answered 410 and recorded nowhere, and its waits are cut short.
+    """
 
     def _serve(self, handler) -> None:
         self.server = _Server(("127.0.0.1", 0), handler)
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02},
                                        daemon=True)
 
+    def _new_epoch(self) -> None:
+        """Refuse the requests of earlier epochs and wake the ones still waiting in a delay."""
+        previous = getattr(self, "released", None)
+        if previous is not None:
+            previous.set()
+        self.epoch = getattr(self, "epoch", 0) + 1
+        self.released = threading.Event()
+
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        return f"http://127.0.0.1:{self.server.server_address[1]}/epoch{self.epoch}"
+
+    def current_path(self, path: str) -> str | None:
+        """The request's path without this epoch's prefix; None when it names another epoch."""
+        prefix = f"/epoch{self.epoch}"
+        rest = path[len(prefix):]
+        return (rest or "/") if path.startswith(prefix) and rest[:1] in ("", "/", "?") else None
+
+    @staticmethod
+    def refuse_stale(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(410)
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
 
     def start(self):
         self.thread.start()
         return self
 
     def stop(self) -> None:
+        self.released.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -69,11 +95,8 @@ class FakeServer(_Loopback):
     """A threaded HTTP server on 127.0.0.1:0 that records requests and plays scripted answers."""
 
     def __init__(self):
-        self.requests: list[Recorded] = []
-        self.script: deque[Scripted] = deque()
         self.lock = threading.Lock()
-        self.in_flight = 0
-        self.max_in_flight = 0
+        self.reset()
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -84,24 +107,34 @@ class FakeServer(_Loopback):
 
             def _handle(self):
                 with fake.lock:
-                    fake.in_flight += 1
-                    fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+                    epoch, released = fake.epoch, fake.released
+                    path = fake.current_path(self.path)
+                    if path is not None:
+                        fake.in_flight += 1
+                        fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+                if path is None:
+                    self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                    fake.refuse_stale(self)
+                    return
                 try:
-                    self._answer()
+                    self._answer(path, released)
                 finally:
                     with fake.lock:
-                        fake.in_flight -= 1
+                        if fake.epoch == epoch:
+                            fake.in_flight -= 1
 
-            def _answer(self):
+            def _answer(self, path: str, released: threading.Event):
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
-                recorded = Recorded(self.command, self.path, dict(self.headers), fake.decode(self.headers, raw))
+                recorded = Recorded(self.command, path, dict(self.headers), fake.decode(self.headers, raw))
                 with fake.lock:
+                    if fake.released is not released:
+                        return  # reset while the body was read: an earlier test's request
                     fake.requests.append(recorded)
                     scripted = fake.script.popleft() if fake.script and fake.scripts_answer(recorded) else None
                 answer = scripted or fake.default_answer(recorded)
                 if answer.delay:
-                    time.sleep(answer.delay)
+                    released.wait(answer.delay)
                 payload = answer.body if isinstance(answer.body, (str, bytes)) else json.dumps(answer.body)
                 payload = payload.encode() if isinstance(payload, str) else payload
                 try:
@@ -116,7 +149,7 @@ class FakeServer(_Loopback):
                         for byte in payload:
                             self.wfile.write(bytes([byte]))
                             self.wfile.flush()
-                            time.sleep(answer.drip)
+                            released.wait(answer.drip)
                     else:
                         self.wfile.write(payload)
                 except (BrokenPipeError, ConnectionResetError):
@@ -125,6 +158,15 @@ class FakeServer(_Loopback):
             do_GET = do_POST = _handle
 
         self._serve(Handler)
+
+    def reset(self) -> None:
+        """Forget every request, scripted answer and setting of the last test (see _Loopback)."""
+        with self.lock:
+            self._new_epoch()
+            self.requests: list[Recorded] = []
+            self.script: deque[Scripted] = deque()
+            self.in_flight = 0
+            self.max_in_flight = 0
 
     def then(self, *answers: Scripted) -> None:
         """Queue answers for the next requests, in order; afterwards the default answer applies."""
@@ -151,8 +193,8 @@ class FakeServer(_Loopback):
 class FakeOpenRouter(FakeServer):
     """Answers chat completions as OpenRouter does; by default the reply names the last question."""
 
-    def __init__(self):
-        super().__init__()
+    def reset(self) -> None:
+        super().reset()
         self.reply_for = lambda messages: f"Answer to: {messages[-1]['content']}"
         self.delay_for = lambda messages: 0.0
         # The `usage.cost` (USD) of each default completion; None leaves it out, as some providers do.
@@ -236,7 +278,13 @@ class FakeTwilio(FakeServer):
     """Accepts Messages.json posts and lists what it accepted, as Twilio's REST API does."""
 
     def __init__(self):
+        # Twilio's media storage: another host, where a media URL redirects.
+        self.storage = FakeMediaStorage()
         super().__init__()
+
+    def reset(self) -> None:
+        super().reset()
+        self.storage.reset()
         self.accepted: list[dict] = []
         # Seconds to wait after taking a message before answering: a worker can die in between.
         self.hold_answers = 0.0
@@ -251,8 +299,6 @@ class FakeTwilio(FakeServer):
         self.callbacks: list[dict] = []
         # Answers for the next typing indicators, before the default `{"success": true}` applies.
         self.typing_answers: deque[Scripted] = deque()
-        # Twilio's media storage: another host, where a media URL redirects.
-        self.storage = FakeMediaStorage()
         # Recipients whose 24-hour window Twilio considers closed: a free-form message to one of them
         # is refused with 63016, a template message is taken.
         self.closed_windows: set[str] = set()
@@ -296,9 +342,12 @@ class FakeTwilio(FakeServer):
 
     def _report_delivery(self, url: str, message: dict, statuses: list) -> None:
         """Post Twilio's status callbacks for `message` to `url`, signed as Twilio signs them."""
-        time.sleep(self.hold_answers)
+        released = self.released
+        if released.wait(self.hold_answers):
+            return  # the test that asked for these reports is over
         for status in statuses:
-            time.sleep(self.callback_delay)
+            if released.wait(self.callback_delay):
+                return
             status, code = (status, None) if isinstance(status, str) else status
             form = {"MessageSid": message["sid"], "SmsSid": message["sid"], "MessageStatus": status,
                     "SmsStatus": status, "AccountSid": message["account_sid"], "From": message["from"],
@@ -311,7 +360,8 @@ class FakeTwilio(FakeServer):
             except requests.RequestException:
                 answer = None
             with self.lock:
-                self.callbacks.append({"url": url, "form": form, "status": answer})
+                if self.released is released:
+                    self.callbacks.append({"url": url, "form": form, "status": answer})
 
     @staticmethod
     def error(status: int, code: int, message: str) -> Scripted:
@@ -396,13 +446,7 @@ class FakeMediaStorage(_Loopback):
     CHUNK = 64 * 1024
 
     def __init__(self):
-        # media sid → (bytes, Content-Type, Content-Length to declare and stream up to, or None).
-        self.files: dict[str, tuple[bytes, str, int | None]] = {}
-        self.requests: list[dict] = []
-        # media sid → bytes written before the client went away or the file ended.
-        self.bytes_sent: dict[str, int] = {}
-        # Media sids served without a Content-Length, so only the bytes themselves tell the size.
-        self.unannounced: set[str] = set()
+        self.reset()
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -412,8 +456,12 @@ class FakeMediaStorage(_Loopback):
                 pass
 
             def do_GET(self):
-                media_sid = self.path.rsplit("/", 1)[-1]
-                fake.requests.append({"path": self.path, "headers": dict(self.headers)})
+                path = fake.current_path(self.path)
+                if path is None:
+                    fake.refuse_stale(self)
+                    return
+                media_sid = path.rsplit("/", 1)[-1]
+                fake.requests.append({"path": path, "headers": dict(self.headers)})
                 if self.headers.get("Authorization") or media_sid not in fake.files:
                     self.send_response(403 if self.headers.get("Authorization") else 404)
                     self.send_header("Content-Length", "0")
@@ -442,3 +490,13 @@ class FakeMediaStorage(_Loopback):
 
         self._serve(Handler)
 
+    def reset(self) -> None:
+        """Forget the files and fetches of the last test (see _Loopback)."""
+        self._new_epoch()
+        # media sid → (bytes, Content-Type, Content-Length to declare and stream up to, or None).
+        self.files: dict[str, tuple[bytes, str, int | None]] = {}
+        self.requests: list[dict] = []
+        # media sid → bytes written before the client went away or the file ended.
+        self.bytes_sent: dict[str, int] = {}
+        # Media sids served without a Content-Length, so only the bytes themselves tell the size.
+        self.unannounced: set[str] = set()

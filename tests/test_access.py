@@ -6,12 +6,10 @@ import json
 
 import pytest
 
-from chatbot import auth
 from chatbot.models import AccessEntry, Message, OptOut, Setting, Status
 from config import DEFAULT_ACCESS_NOTICE
-from tests.conftest import WEBHOOK_URL
+from tests.conftest import WEBHOOK_URL, csrf_token
 from tests.support import inbound_form, sign
-from tests.test_admin import PASSWORD, csrf_token, log_in
 
 ADA = "whatsapp:+15550001111"
 BOB = "whatsapp:+15550002222"
@@ -36,13 +34,6 @@ def no_access_rules_left_behind(services):
     AccessEntry.delete().execute()
     Setting.delete().execute()
     OptOut.delete().execute()
-
-
-@pytest.fixture
-def operator(client, services):
-    auth.create_or_reset_admin("ops", PASSWORD)
-    assert log_in(client).status_code == 302
-    return client
 
 
 def bodies(fake_twilio) -> list[str]:
@@ -102,6 +93,7 @@ def test_blocklist_refuses_the_blocked_sender_and_answers_the_others(operator, p
     assert bob.status == Status.NOT_ALLOWED.value and bob.metadata["access"] == "on the blocklist"
 
 
+@pytest.mark.postgres
 @pytest.mark.parametrize("access_settings", [{"ACCESS_MODE": "allowlist", "ACCESS_LIST": f"{ADA}, +15550001111"}])
 def test_access_list_from_the_environment_is_merged_with_the_admins(operator, post_webhook, run_jobs,
                                                                     fake_openrouter):
@@ -116,6 +108,7 @@ def test_access_list_from_the_environment_is_merged_with_the_admins(operator, po
     assert statuses(f"from {BOB}") == {Status.NOT_ALLOWED.value}
 
 
+@pytest.mark.postgres
 def test_the_admin_switches_the_mode_and_the_next_message_follows_it(operator, post_webhook, run_jobs,
                                                                      fake_openrouter, fake_twilio):
     post_webhook.message("while open", sender=BOB)
@@ -137,6 +130,7 @@ def test_the_admin_switches_the_mode_and_the_next_message_follows_it(operator, p
     assert bodies(fake_twilio)[-1] == "Members only."
 
 
+@pytest.mark.postgres
 def test_pasted_numbers_are_normalised_and_invalid_or_repeated_ones_skipped(operator):
     pasted = "+15550001111, whatsapp:+15550002222\n+1-555-000-3333\t12345 not-a-number +15550001111"
     shown = post_form(operator, "add/", numbers=pasted, kind="allow")
@@ -179,6 +173,7 @@ def test_the_json_webhook_variant_is_held_to_the_same_rules(client, run_jobs, fa
     assert statuses("json from Bob") == {Status.NOT_ALLOWED.value}
 
 
+@pytest.mark.postgres
 @pytest.mark.parametrize("access_settings", [{"ACCESS_MODE": "allowlist"}])
 def test_a_sender_who_is_kept_out_can_still_stop_the_bot(post_webhook, run_jobs, fake_openrouter, fake_twilio):
     post_webhook.message("STOP", sender=BOB)

@@ -9,11 +9,10 @@ from cryptography.fernet import Fernet
 from chatbot import auth
 from chatbot.crypto import FieldCipher
 from chatbot.models import AdminUser, AIConfiguration, Conversation, Message, WebhookLog, db
-from tests.conftest import inbound_form
+from tests.conftest import PASSWORD, csrf_token, inbound_form, log_in
 from tests.fakes import FakeOpenRouter
 from tests.support import conversation_for
 
-PASSWORD = "correct horse battery"
 ADMIN_PAGES = [
     "/admin/",
     "/admin/aiconfiguration/",
@@ -26,32 +25,6 @@ ADMIN_PAGES = [
     "/admin/playground/",
     "/admin/webhooklog/",
 ]
-
-
-def csrf_token(client, path: str) -> str:
-    page = client.get(path).get_data(as_text=True)
-    match = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page) or re.search(
-        r'name="csrf_token" value="([^"]+)"', page)
-    assert match, f"no CSRF token on {path}"
-    return match.group(1)
-
-
-@pytest.fixture
-def admin_user(services):
-    user, _ = auth.create_or_reset_admin("ops", PASSWORD)
-    return user
-
-
-def log_in(client, username="ops", password=PASSWORD):
-    token = csrf_token(client, "/admin/login/")
-    return client.post("/admin/login/", data={"username": username, "password": password, "csrf_token": token})
-
-
-@pytest.fixture
-def operator(client, admin_user):
-    """A test client logged in as an admin."""
-    assert log_in(client).status_code == 302
-    return client
 
 
 @pytest.mark.parametrize("path", ADMIN_PAGES)
@@ -67,6 +40,7 @@ def test_anonymous_post_creates_nothing(client, services):
     assert AIConfiguration.select().count() == 0
 
 
+@pytest.mark.postgres
 def test_login_then_every_page_opens(operator):
     for path in ADMIN_PAGES:
         assert operator.get(path).status_code == 200, path
@@ -136,6 +110,7 @@ def create_configuration(client, **fields):
     return client.post("/admin/aiconfiguration/new/", data=data, follow_redirects=True)
 
 
+@pytest.mark.postgres
 def test_api_key_is_encrypted_at_rest_and_only_shown_masked(operator, services):
     response = create_configuration(operator, api_key="sk-or-v1-0123456789abcdefa1b2")
     assert response.status_code == 200
@@ -149,6 +124,7 @@ def test_api_key_is_encrypted_at_rest_and_only_shown_masked(operator, services):
     assert "0123456789abcdef" not in edit_page and raw not in edit_page
 
 
+@pytest.mark.postgres
 def test_blank_key_on_edit_keeps_the_stored_key(operator, services):
     create_configuration(operator, api_key="sk-or-v1-keepthisone9999")
     config = AIConfiguration.get()
@@ -162,6 +138,7 @@ def test_blank_key_on_edit_keeps_the_stored_key(operator, services):
     assert config.api_key(services.cipher) == "sk-or-v1-keepthisone9999"
 
 
+@pytest.mark.postgres
 def test_activating_one_configuration_deactivates_the_others(operator):
     create_configuration(operator, name="first", is_active="y")
     create_configuration(operator, name="second", is_active="y")
@@ -203,6 +180,7 @@ def test_test_connection_shows_the_result_in_the_page(operator, fake_openrouter)
     assert "Connection failed for main" in failed and "No auth credentials found" in failed
 
 
+@pytest.mark.postgres
 def test_processor_uses_the_newly_activated_configuration_without_restart(operator, post_webhook, run_jobs,
                                                                           fake_openrouter):
     create_configuration(operator, name="claude", model_name="anthropic/claude-3.5-sonnet",
@@ -233,12 +211,14 @@ def test_conversations_show_masked_numbers_with_a_toggle(operator, conversation)
     assert "whatsapp:+15550001234" in operator.get("/admin/conversation/").get_data(as_text=True)
 
 
+@pytest.mark.postgres
 def test_conversations_are_searchable_by_phone_and_filterable(operator, conversation):
     conversation_for("whatsapp:+447700900123")
     found = operator.get("/admin/conversation/?search=447700").get_data(as_text=True)
     assert "whatsapp:+4477•••0123" in found and "1555•••1234" not in found
 
 
+@pytest.mark.postgres
 def test_transcript_escapes_what_users_typed(operator, conversation):
     page = operator.get(f"/admin/conversation/details/?id={conversation.id}").get_data(as_text=True)
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
@@ -246,12 +226,14 @@ def test_transcript_escapes_what_users_typed(operator, conversation):
     assert "Plain answer" in page and "42 tokens" in page and "openai/gpt-4o-mini" in page
 
 
+@pytest.mark.postgres
 def test_message_list_escapes_content_and_is_read_only(operator, conversation):
     page = operator.get("/admin/message/").get_data(as_text=True)
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>alert(1)</script>" not in page
     assert operator.get("/admin/message/new/").status_code in (302, 403, 404)
 
 
+@pytest.mark.postgres
 def test_reset_context_deactivate_and_delete(operator, conversation, services):
     services.context.add_message(conversation.id, "user", "hi", position=1.0, message_id=1)
     token = csrf_token(operator, "/admin/conversation/")
@@ -275,6 +257,7 @@ def adas_conversation(post_webhook, services):
     return ada
 
 
+@pytest.mark.postgres
 def test_delete_purges_the_messages_context_and_webhook_log_entries_of_that_conversation_only(
         operator, adas_conversation, services):
     token = csrf_token(operator, "/admin/conversation/")
@@ -288,6 +271,7 @@ def test_delete_purges_the_messages_context_and_webhook_log_entries_of_that_conv
     assert not services.redis.exists(services.context.key(adas_conversation.id))
 
 
+@pytest.mark.postgres
 def test_bulk_delete_purges_the_webhook_log_entries_too(operator, adas_conversation, services):
     token = csrf_token(operator, "/admin/conversation/")
     every_id = [str(conversation.id) for conversation in Conversation.select()]
@@ -311,6 +295,7 @@ def test_webhook_log_detail_shows_redacted_headers_and_body(operator, post_webho
     assert "[redacted]" in page and "<td>audit me</td>" in page
 
 
+@pytest.mark.postgres
 def test_webhook_log_filters_by_status_and_signature(operator, post_webhook):
     accepted = post_webhook.message("fine")
     post_webhook(inbound_form("forged"), signature="forged")
@@ -320,6 +305,7 @@ def test_webhook_log_filters_by_status_and_signature(operator, post_webhook):
     assert accepted["MessageSid"] in by_verdict and "does not match" not in by_verdict
 
 
+@pytest.mark.postgres
 def test_dashboard_shows_figures_from_the_database(operator, conversation):
     page = operator.get("/admin/").get_data(as_text=True)
     assert re.search(r'id="inbound"[^>]*>\s*1\s*<', page)
@@ -343,6 +329,7 @@ def test_create_admin_command_creates_then_resets(app, services):
     assert short.exit_code == 2 and "use at least 8 characters" in short.output
 
 
+@pytest.mark.postgres
 def test_rotate_key_re_encrypts_every_stored_key(app, services, config):
     from dataclasses import replace
 

@@ -59,7 +59,6 @@ def page(browser):
     context.close()
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_operator_journey_through_the_panel(page, live_url, services, run_jobs, fake_twilio, fake_openrouter):
     auth.create_or_reset_admin("ops", PASSWORD)
     conversation = conversation_for("whatsapp:+15550009876", "Mallory")
@@ -216,7 +215,6 @@ def day_of_traffic(services, live_url):
             "long_entry": WebhookLog.get(WebhookLog.message_sid == pasted["MessageSid"])}
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_day_of_traffic_reads_right_on_the_dashboard_problems_and_webhook_log(page, live_url, day_of_traffic):
     complaints = complaints_of(page)
     sign_in(page, live_url)
@@ -262,7 +260,6 @@ def test_a_day_of_traffic_reads_right_on_the_dashboard_problems_and_webhook_log(
     assert complaints == []
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_the_main_pages_fit_a_phone_and_a_desktop(page, live_url, day_of_traffic):
     folder = screenshot_folder()
     complaints = complaints_of(page)

@@ -8,24 +8,15 @@ from datetime import timedelta
 
 import pytest
 
-from chatbot import auth
 from chatbot.models import Conversation, Message, ReplyPart, Status, utcnow
+from tests.conftest import csrf_token
 from tests.fakes import FakeOpenRouter
 from tests.support import conversation_for
-from tests.test_admin import PASSWORD, csrf_token, log_in
 
 ADA, BOB, CARL, DORA = ("whatsapp:+15550001111", "whatsapp:+15550002222", "whatsapp:+15550003333",
                         "whatsapp:+15550004444")
 NO_CREDITS = "openrouter: Insufficient credits (status=402, code=402, permanent)"
 BAD_NUMBER = "twilio: The 'To' number whatsapp:+1555•••3333 is not valid (status=400, code=21211, permanent)"
-
-
-@pytest.fixture
-def operator(client, services):
-    """A test client logged in as an admin."""
-    auth.create_or_reset_admin("ops", PASSWORD)
-    assert log_in(client).status_code == 302
-    return client
 
 
 def message(conversation, role, content, status, created_at, **fields) -> Message:
@@ -82,6 +73,7 @@ def listed_problems(html: str) -> set[int]:
     return {int(found) for found in re.findall(r'id="problem-(\d+)"', html)}
 
 
+@pytest.mark.postgres
 def test_problems_lists_exactly_the_failed_undelivered_and_stuck_messages(operator, day):
     html = page(operator, "/admin/problems/")
 
@@ -122,6 +114,7 @@ def test_retry_needs_the_csrf_token_and_a_real_problem(operator, day):
     assert Message.get_by_id(day["answer"].id).status == Status.SENT.value  # a delivered reply is not sent again
 
 
+@pytest.mark.postgres
 def test_retry_reanswers_a_failed_message_end_to_end(operator, post_webhook, run_jobs, fake_openrouter, fake_twilio):
     fake_openrouter.then(FakeOpenRouter.error(402, "Insufficient credits"))
     post_webhook.message("What is 2+2?", sender=ADA)
@@ -141,6 +134,7 @@ def test_retry_reanswers_a_failed_message_end_to_end(operator, post_webhook, run
     assert listed_problems(page(operator, "/admin/problems/")) == set()
 
 
+@pytest.mark.postgres
 def test_retry_sends_an_undelivered_reply_again(operator, run_jobs, fake_twilio, day):
     token = csrf_token(operator, "/admin/problems/")
     # Dora's reply was taken by Twilio but not delivered (30008): a retry sends it again.
@@ -156,6 +150,7 @@ def test_retry_sends_an_undelivered_reply_again(operator, run_jobs, fake_twilio,
     assert [(part.number, part.status) for part in resent.parts] == [(1, "queued")]
 
 
+@pytest.mark.postgres
 def test_message_status_is_a_drop_down_filter_with_badges(operator, day):
     listing = page(operator, "/admin/message/")
     assert 'class="badge badge-success status-badge status-answered"' in listing
@@ -168,6 +163,7 @@ def test_message_status_is_a_drop_down_filter_with_badges(operator, day):
     assert "Anyone there?" in recent and "Paris." not in recent
 
 
+@pytest.mark.postgres
 def test_messages_filter_by_number(operator, day):
     other = Conversation.create(user_phone="whatsapp:+15550005555", number="whatsapp:+14155550100")
     message(other, "user", "On the second number", "answered", utcnow())
@@ -183,6 +179,7 @@ def conversation_row(html: str, conversation: Conversation) -> str:
     return html.split(f'value="{conversation.id}"')[1].split("</tr>")[0]
 
 
+@pytest.mark.postgres
 def test_conversation_list_shows_count_preview_and_failure_badge(operator, day):
     html = page(operator, "/admin/conversation/")
 
@@ -195,6 +192,7 @@ def test_conversation_list_shows_count_preview_and_failure_badge(operator, day):
     assert ">Transcript</a>" in ada and ">Delete</a>" in ada and "fa-trash" not in html
 
 
+@pytest.mark.postgres
 def test_transcript_pairs_answers_with_questions_and_shows_reply_times(operator, day):
     html = page(operator, f"/admin/conversation/details/?id={day['ada'].id}")
 
@@ -223,6 +221,7 @@ def test_transcript_explains_error_codes_with_the_fix(operator, day):
     assert 'class="badge badge-danger status-badge status-send_failed"' in carl
 
 
+@pytest.mark.postgres
 def test_transcript_actions_reset_deactivate_and_delete_after_confirmation(operator, day, services):
     ada = day["ada"]
     services.context.add_message(ada.id, "user", "hi", position=1.0, message_id=1)

@@ -2,29 +2,16 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
 from chatbot import auth
 from chatbot.models import AdminUser
-from tests.test_admin import PASSWORD, csrf_token, log_in
+from tests.conftest import PASSWORD, csrf_token, log_in, wait_for
 from tests.test_cli_errors import nowhere
 
 ATTACKER = "203.0.113.9"
 OPERATOR = "198.51.100.7"
-
-
-@pytest.fixture
-def admin_user(services):
-    user, _ = auth.create_or_reset_admin("ops", PASSWORD)
-    return user
-
-
-@pytest.fixture
-def operator(client, admin_user):
-    assert log_in(client).status_code == 302
-    return client
 
 
 def replay(app, cookie: str):
@@ -74,13 +61,15 @@ def test_a_password_reset_from_the_command_line_revokes_open_sessions(app, opera
 
 
 def test_an_idle_session_ends_and_activity_keeps_it_alive(redis, admin_user):
-    sessions = auth.AdminSessions(redis, idle_seconds=1)
+    sessions = auth.AdminSessions(redis, idle_seconds=60)
     session_id = sessions.start(admin_user)
-    time.sleep(0.6)
+    [key] = session_keys(redis)
+    assert 55 < redis.ttl(key) <= 60
+    redis.expire(key, 5)  # most of the idle time has passed
     assert sessions.touch(session_id) == (admin_user.id, admin_user.session_stamp())
-    time.sleep(0.6)  # past the first second: alive only because of the touch
-    assert sessions.touch(session_id) is not None
-    time.sleep(1.2)
+    assert 55 < redis.ttl(key) <= 60  # the touch restarted the clock
+    redis.pexpire(key, 1)  # the idle time passes
+    assert wait_for(lambda: not redis.exists(key), timeout=5)
     assert sessions.touch(session_id) is None
 
 
@@ -91,7 +80,7 @@ def test_every_admin_request_restarts_the_idle_clock_and_an_idle_cookie_is_refus
     assert redis.ttl(key) > auth.ADMIN_IDLE_SECONDS - 5
 
     redis.pexpire(key, 1)  # the idle timeout passes
-    time.sleep(0.01)
+    assert wait_for(lambda: not redis.exists(key), timeout=5)
     assert operator.get("/admin/").status_code == 302
 
 

@@ -358,6 +358,7 @@ def store_configuration(cipher: FieldCipher | None, api_key: str = "sk-or-v1-fro
     return configuration
 
 
+@pytest.mark.postgres
 def test_factory_uses_the_active_configuration(services, fake_openrouter):
     store_configuration(services.cipher, name="old", model_name="openai/gpt-4o")
     store_configuration(services.cipher, name="claude")
@@ -374,6 +375,7 @@ def test_factory_uses_the_active_configuration(services, fake_openrouter):
     assert request.body["temperature"] == 1.3
 
 
+@pytest.mark.postgres
 def test_stored_key_is_encrypted_in_the_database(services):
     configuration = store_configuration(services.cipher)
 
@@ -418,6 +420,7 @@ def test_settings_for_an_inactive_configuration(services):
     assert services.ai_factory.settings().source == "env"
 
 
+@pytest.mark.postgres
 def test_key_encrypted_under_another_fernet_key_is_a_permanent_error(services, fake_openrouter):
     stranger = FieldCipher(Fernet.generate_key().decode())
     store_configuration(stranger)

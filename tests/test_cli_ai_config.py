@@ -9,8 +9,6 @@ from chatbot.models import AIConfiguration
 from tests.fakes import FakeOpenRouter
 
 KEY = "sk-or-v1-stdin-secret-1234567890"
-# The admin panel's tests cover these rows on Postgres; SQLite keeps this module quick.
-pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
 @pytest.fixture

@@ -36,7 +36,6 @@ def answer(services):
 
 # --- chat -----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_piped_chat_answers_each_line_with_the_previous_in_context(env, config, services, fake_openrouter,
                                                                    fake_twilio):
     result = run_flask({**env, "DATABASE_URL": config.database_url}, "chat",
@@ -56,7 +55,6 @@ def test_piped_chat_answers_each_line_with_the_previous_in_context(env, config, 
     assert stored == [("user", "answered"), ("assistant", "sent")] * 2
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_interactive_chat_prompts_and_ends_on_ctrl_d(env, config, services, fake_openrouter):
     controller, terminal = pty.openpty()
     process = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "chat"], cwd=PROJECT_DIR,
@@ -87,6 +85,7 @@ def read_until(fd: int, marker: bytes, timeout: float = 15.0) -> bytes:
     return seen
 
 
+@pytest.mark.postgres
 def test_chat_continues_a_whatsapp_users_conversation_without_sending(cli, post_webhook, answer, fake_openrouter,
                                                                      fake_twilio):
     post_webhook.message("My name is Ada", sender=ADA)
@@ -175,6 +174,7 @@ def two_senders(post_webhook, answer):
     answer()
 
 
+@pytest.mark.postgres
 def test_list_masks_numbers_and_counts_messages(cli, two_senders):
     result = cli("conversations", "list")
     assert result.exit_code == 0
@@ -185,6 +185,7 @@ def test_list_masks_numbers_and_counts_messages(cli, two_senders):
     assert ADA in cli("conversations", "list", "--show-numbers").output
 
 
+@pytest.mark.postgres
 def test_list_shows_ended_conversations_only_with_all(cli, two_senders):
     cli("conversations", "reset", BOB)
     assert "2222" not in cli("conversations", "list").output
@@ -197,6 +198,7 @@ def test_list_without_conversations(cli, services):
     assert "No active conversations" in result.output
 
 
+@pytest.mark.postgres
 def test_show_prints_the_transcript(cli, two_senders):
     result = cli("conversations", "show", ADA)
 
@@ -213,6 +215,7 @@ def test_show_prints_the_transcript(cli, two_senders):
     assert "Bob" not in result.output
 
 
+@pytest.mark.postgres
 def test_show_limits_to_the_last_messages(cli, two_senders):
     result = cli("conversations", "show", ADA, "--limit", "1")
     assert "3 earlier message(s) not shown" in result.output
@@ -234,6 +237,7 @@ def test_unknown_phone_fails_and_malformed_phone_is_bad_usage(cli, services, com
     assert cli("conversations", command, "ada").exit_code == 2
 
 
+@pytest.mark.postgres
 def test_reset_starts_a_fresh_conversation_without_the_old_context(cli, services, two_senders, post_webhook,
                                                                     answer, fake_openrouter):
     old = Conversation.get(Conversation.user_phone == ADA)
@@ -257,6 +261,7 @@ def test_reset_without_an_active_conversation_changes_nothing(cli, two_senders):
     assert "nothing to reset" in result.output
 
 
+@pytest.mark.postgres
 def test_delete_removes_everything_of_that_phone_only(cli, services, two_senders):
     ada_conversation = Conversation.get(Conversation.user_phone == ADA)
     bob_messages = Message.select().join(Conversation).where(Conversation.user_phone == BOB).count()
@@ -278,6 +283,7 @@ def test_delete_asks_first(cli, two_senders):
     assert Conversation.select().where(Conversation.user_phone == ADA).count() == 1
 
 
+@pytest.mark.postgres
 def test_delete_with_redis_down_deletes_nothing(app_with, two_senders):
     app = app_with(redis_url=f"redis://127.0.0.1:{free_port()}/0")
     result = app.test_cli_runner().invoke(args=["conversations", "delete", ADA, "--yes"])
@@ -297,7 +303,6 @@ def test_cleanup_with_redis_down_fails_with_the_fix(app_with, services):
     assert "fix: start Redis, or correct REDIS_URL" in result.output
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_init_db_with_the_database_down_fails_with_the_fix(app_with):
     app = app_with(database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere")
     result = app.test_cli_runner().invoke(args=["init-db"])

@@ -6,12 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from chatbot.models import AdminUser
-from tests.conftest import PROJECT_DIR, wait_for
-
-PASSWORD = "correct horse battery"
+from tests.conftest import PASSWORD, PROJECT_DIR, wait_for
 
 
 def test_password_on_the_command_line_is_refused(cli, services):
@@ -34,7 +30,6 @@ def test_the_prompt_asks_twice_and_refuses_a_mismatch(cli, services):
     assert PASSWORD not in result.output  # hidden input is not echoed
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_waiting_create_admin_shows_no_password_in_its_process_arguments(env, config, services):
     command = subprocess.Popen(
         [sys.executable, "-m", "flask", "--app", "wsgi", "create-admin", "--username", "ops", "--password-stdin"],

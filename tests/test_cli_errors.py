@@ -34,7 +34,6 @@ def test_database_down_is_named_with_its_fix_and_no_traceback(env, command):
     assert "Traceback" not in result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_retry_failed_with_redis_down_is_named_and_leaves_the_message_for_the_sweeper(env, config, services):
     conversation = conversation_for(ADA)
     failed = Message.create(conversation=conversation, role=Role.USER.value, content="Hello",
@@ -50,7 +49,6 @@ def test_retry_failed_with_redis_down_is_named_and_leaves_the_message_for_the_sw
     assert Message.get_by_id(failed.id).status == Status.PENDING.value
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 @pytest.mark.parametrize("command", ["create-admin", "rotate-key"])
 def test_commands_that_need_no_redis_work_with_redis_down(app_with, command):
     app = app_with(redis_url=nowhere("redis"))

@@ -61,6 +61,11 @@ def test_every_malformed_variable_is_named_in_one_error():
     ("WORKER_CONCURRENCY", "many", "WORKER_CONCURRENCY must be a whole number, got 'many'"),
     ("AI_DEADLINE", "2", "AI_DEADLINE must be at least 5, got 2"),
     ("AI_DEADLINE", "600", "AI_DEADLINE must be at most 120, got 600"),
+    ("WORKER_HEARTBEAT_INTERVAL", "0", "WORKER_HEARTBEAT_INTERVAL must be at least 1, got 0"),
+    ("WORKER_HEARTBEAT_GRACE", "601", "WORKER_HEARTBEAT_GRACE must be at most 600, got 601"),
+    ("WORKER_MAINTENANCE_INTERVAL", "1.5", "WORKER_MAINTENANCE_INTERVAL must be a whole number, got '1.5'"),
+    ("CONVERSATION_LOCK_TTL", "0", "CONVERSATION_LOCK_TTL must be at least 1, got 0"),
+    ("CONVERSATION_LOCK_TTL", "31", "CONVERSATION_LOCK_TTL must be at most 30, got 31"),
 ])
 def test_worker_settings_out_of_range_are_named(name, raw, problem):
     with pytest.raises(ConfigError) as error:
@@ -72,6 +77,16 @@ def test_worker_settings_defaults_and_values():
     assert (Config.from_mapping(MINIMAL).worker_concurrency, Config.from_mapping(MINIMAL).ai_deadline) == (32, 60)
     config = Config.from_mapping({**MINIMAL, "WORKER_CONCURRENCY": "64", "AI_DEADLINE": "30"})
     assert (config.worker_concurrency, config.ai_deadline) == (64, 30)
+
+
+def test_a_killed_workers_timings_default_to_production_values_and_can_be_shortened():
+    defaults = Config.from_mapping(MINIMAL)
+    assert (defaults.worker_heartbeat_interval, defaults.worker_heartbeat_grace, defaults.worker_maintenance_interval,
+            defaults.conversation_lock_ttl) == (5, 10, 5, 20)
+    short = Config.from_mapping({**MINIMAL, "WORKER_HEARTBEAT_INTERVAL": "1", "WORKER_HEARTBEAT_GRACE": "1",
+                                 "WORKER_MAINTENANCE_INTERVAL": "1", "CONVERSATION_LOCK_TTL": "2"})
+    assert (short.worker_heartbeat_interval, short.worker_heartbeat_grace, short.worker_maintenance_interval,
+            short.conversation_lock_ttl) == (1, 1, 1, 2)
 
 
 @pytest.mark.parametrize("name, raw, problem", [

@@ -1,6 +1,8 @@
 """ConversationManager: the Redis window, its limits, and its rebuild from the database."""
 from __future__ import annotations
 
+import pytest
+
 from chatbot.context import ConversationManager
 from chatbot.models import Message, Role, Status
 from tests.support import conversation_for
@@ -45,6 +47,7 @@ def test_adding_the_same_exchange_twice_changes_nothing(services, redis):
     assert len(manager.get_history(conversation)) == 2
 
 
+@pytest.mark.postgres
 def test_lost_window_of_an_active_conversation_is_rebuilt_from_the_database(services, redis):
     manager = ConversationManager(redis, max_messages=4, ttl=600)
     conversation = conversation_for("whatsapp:+15550001111")
@@ -58,6 +61,7 @@ def test_lost_window_of_an_active_conversation_is_rebuilt_from_the_database(serv
     assert redis.exists(manager.key(conversation.id))
 
 
+@pytest.mark.postgres
 def test_inactive_conversation_is_not_rebuilt(services, redis):
     manager = ConversationManager(redis, max_messages=4, ttl=600)
     conversation = conversation_for("whatsapp:+15550001111")

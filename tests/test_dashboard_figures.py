@@ -10,12 +10,11 @@ from zoneinfo import ZoneInfo
 import pytest
 from rq import Worker
 
-from chatbot import auth
 from chatbot.jobs import queueing
 from chatbot.models import Conversation, Message, ReplyPart, db, migrations, utcnow
 from chatbot.reports import PERIODS, bucket_labels, bucket_starts, compute_stats
 from chatbot.web.security import DASHBOARD_CSP
-from tests.test_admin import PASSWORD, log_in
+from tests.conftest import log_in
 
 SALES = "whatsapp:+15557770001"
 M1, M2 = "openai/gpt-4o-mini", "anthropic/claude-3.5-sonnet"
@@ -40,14 +39,6 @@ def answered(question, status="sent", took=None, model=None, tokens=(None, None)
         ReplyPart.create(message=answer, number=number, twilio_sid=f"SM{answer.id:016x}{number:016x}",
                          status=part_status, error_code=code)
     return answer
-
-
-@pytest.fixture
-def operator(client, services):
-    """A test client logged in as an admin."""
-    auth.create_or_reset_admin("ops", PASSWORD)
-    assert log_in(client).status_code == 302
-    return client
 
 
 @pytest.fixture
@@ -93,6 +84,7 @@ def charts(page: str) -> dict:
     return json.loads(island.group(1))
 
 
+@pytest.mark.postgres
 def test_tiles_count_each_inbound_message_once_by_what_became_of_it(operator, traffic):
     page = page_of(operator)
     assert [tile(page, name) for name in ("inbound", "answered", "failed", "undelivered", "rate-limited",
@@ -102,6 +94,7 @@ def test_tiles_count_each_inbound_message_once_by_what_became_of_it(operator, tr
     assert "AI 2.0 s" in page and "AI alone 4.0 s" in page
 
 
+@pytest.mark.postgres
 def test_charts_hold_every_bucket_by_outcome_and_add_up_to_the_tiles(operator, traffic):
     data = charts(page_of(operator))
     assert len(data["labels"]) == 24
@@ -117,12 +110,14 @@ def test_charts_hold_every_bucket_by_outcome_and_add_up_to_the_tiles(operator, t
     assert timed["ai_p50"] == [500, 2000, 3000]
 
 
+@pytest.mark.postgres
 def test_errors_are_counted_by_kind(operator, traffic):
     data = charts(page_of(operator))
     assert sorted((error["kind"], error["count"]) for error in data["errors"]) == [
         ("Twilio 63016", 1), ("ai_failure", 1), ("outside_window", 1), ("send_failed", 1)]
 
 
+@pytest.mark.postgres
 def test_tokens_and_cost_per_model(operator, traffic):
     page = page_of(operator)
     assert [(use["model"], use["prompt_tokens"], use["completion_tokens"]) for use in charts(page)["models"]] == [
@@ -131,6 +126,7 @@ def test_tokens_and_cost_per_model(operator, traffic):
     assert re.search(r"\$0\.0400 <small[^>]*>\+ 1 unknown", table) and "$0.5300" in table
 
 
+@pytest.mark.postgres
 def test_longer_periods_take_older_messages_in(operator, traffic):
     week, month = page_of(operator, period="7d"), page_of(operator, period="30d")
     assert (tile(week, "inbound"), tile(week, "answered"), tile(week, "rate-limited")) == ("11", "4", "1")
@@ -141,12 +137,14 @@ def test_longer_periods_take_older_messages_in(operator, traffic):
     assert 'data-points="7"' in week
 
 
+@pytest.mark.postgres
 def test_one_numbers_figures(operator, traffic):
     sales, default = page_of(operator, number=SALES), page_of(operator, number="")
     assert (tile(sales, "inbound"), tile(sales, "answered"), tile(sales, "reply-p50")) == ("1", "1", "30.0 s")
     assert (tile(default, "inbound"), tile(default, "failed"), tile(default, "active-conversations")) == ("9", "4", "2")
 
 
+@pytest.mark.postgres
 def test_every_figure_links_to_the_list_behind_it(operator, traffic):
     page = page_of(operator, number=SALES, period="7d")
     start = compute_stats(number=SALES, period="7d").bucket_starts[0].strftime("%Y-%m-%d %H:%M:%S")
@@ -163,8 +161,8 @@ def test_every_figure_links_to_the_list_behind_it(operator, traffic):
     assert "flt2_number_equals=default" in default_link
 
 
-def test_days_are_counted_in_the_admin_time_zone(app_with, services):
-    auth.create_or_reset_admin("ops", PASSWORD)
+@pytest.mark.postgres
+def test_days_are_counted_in_the_admin_time_zone(app_with, admin_user):
     midnight = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
     # 02:00 UTC two days ago: the evening before in New York, the same morning in Kolkata.
     late = asked(Conversation.create(user_phone="whatsapp:+15550000001"), midnight - timedelta(days=2, hours=-2),
@@ -219,6 +217,7 @@ def test_dashboard_runs_only_its_own_scripts(operator, traffic):
     assert "/static/vendor/chart.umd.min.js" in page
 
 
+@pytest.mark.postgres
 def test_answers_sent_record_when_twilio_took_them(services, post_webhook, run_jobs):
     before = utcnow()
     post_webhook.message("Hello")
@@ -227,6 +226,7 @@ def test_answers_sent_record_when_twilio_took_them(services, post_webhook, run_j
     assert answer.status == "sent" and before <= answer.sent_at <= utcnow()
 
 
+@pytest.mark.postgres
 def test_upgrade_adds_sent_at_to_an_older_database(empty_database_url):
     db.open_database(empty_database_url)
     migrations.upgrade()

@@ -10,13 +10,12 @@ import pytest
 from flask import Flask
 from werkzeug.serving import make_server
 
-from chatbot import auth, create_app
+from chatbot import create_app
 from chatbot.jobs import tasks
 from chatbot.models import Message, ReplyPart, Role, Status, WebhookLog
 from chatbot.services import Services, build_services
-from tests.conftest import FAST_RETRIES, PUBLIC_BASE_URL, WEBHOOK_URL, WebhookPoster, wait_for
+from tests.conftest import FAST_RETRIES, PUBLIC_BASE_URL, WEBHOOK_URL, WebhookPoster, log_in, wait_for
 from tests.support import BurstWorker, conversation_for, inbound_form, sign
-from tests.test_admin import PASSWORD, log_in
 from worker import build_worker
 
 ADA = "whatsapp:+15550001111"
@@ -56,18 +55,6 @@ def live(config, services):
     server.server_close()
 
 
-@pytest.fixture
-def admin_user(services):
-    return auth.create_or_reset_admin("ops", PASSWORD)[0]
-
-
-@pytest.fixture
-def operator(client, admin_user):
-    """A test client logged in as an admin."""
-    assert log_in(client).status_code == 302
-    return client
-
-
 def post_status(client, sid: str, status: str, error_code: int | None = None, url: str = STATUS_URL,
                 signature: str | None = None):
     form = {"MessageSid": sid, "SmsSid": sid, "MessageStatus": status, "SmsStatus": status,
@@ -96,6 +83,7 @@ def part_status(sid: str) -> tuple[str, int | None]:
     return part.status, part.error_code
 
 
+@pytest.mark.postgres
 def test_each_part_of_a_reply_is_stored_with_its_sid_and_asks_for_reports(live, fake_twilio, fake_openrouter):
     fake_openrouter.reply_for = lambda messages: "First paragraph. " * 100 + "\n\n" + "Second one. " * 100
 
@@ -108,6 +96,7 @@ def test_each_part_of_a_reply_is_stored_with_its_sid_and_asks_for_reports(live, 
     assert [sent["StatusCallback"] for sent in fake_twilio.sent] == [live.url + "/whatsapp/status"] * 2
 
 
+@pytest.mark.postgres
 def test_twilio_reports_move_a_part_to_sent_delivered_then_read(live, fake_twilio):
     fake_twilio.statuses = ["sent", "delivered", "read"]
 
@@ -122,6 +111,7 @@ def test_twilio_reports_move_a_part_to_sent_delivered_then_read(live, fake_twili
     assert traces.count() == 3
 
 
+@pytest.mark.postgres
 def test_out_of_order_and_repeated_reports_never_move_a_part_backwards(client, services):
     answer = stored_reply([("queued", None), ("queued", None)])
     first, second = [part.twilio_sid for part in answer.parts.order_by(ReplyPart.number)]
@@ -208,6 +198,7 @@ def test_the_transcript_shows_ticks_for_each_part(operator, services):
     assert 'id="delivery-problem"' not in page  # 30008 is not a permanent failure
 
 
+@pytest.mark.postgres
 def test_the_dashboard_counts_answers_twilio_reported_undelivered(operator, services):
     stored_reply([("delivered", None), ("read", None), ("sent", None)])
     stored_reply([("undelivered", 63016)], phone="whatsapp:+15550002222")

@@ -3,32 +3,25 @@ from __future__ import annotations
 
 import pytest
 
-from chatbot import auth, create_app
+from chatbot import create_app
 from chatbot.jobs import tasks
 from chatbot.models import AIConfiguration, Message
 from chatbot.reports import compute_stats
 from chatbot.services import build_services
 from tests.conftest import FAST_RETRIES, WebhookPoster
 from tests.support import BurstWorker
-from tests.test_admin import PASSWORD, create_configuration, log_in
+from tests.test_admin import create_configuration
 from worker import build_worker
 
 PRIMARY = "anthropic/claude-3.5-sonnet"
 FALLBACK = "openai/gpt-4o-mini"
 
 
-@pytest.fixture
-def operator(client, services):
-    """A test client logged in as an admin."""
-    auth.create_or_reset_admin("ops", PASSWORD)
-    assert log_in(client).status_code == 302
-    return client
-
-
 def answers() -> list[Message]:
     return list(Message.select().where(Message.role == "assistant", Message.model.is_null(False)))
 
 
+@pytest.mark.postgres
 def test_failing_primary_is_answered_by_the_fallback_and_the_dashboard_counts_it(
         services, post_webhook, run_jobs, fake_openrouter, fake_twilio):
     AIConfiguration.create(name="main", model_name=PRIMARY, fallback_models=f" {FALLBACK} ", is_active=True)
@@ -44,6 +37,7 @@ def test_failing_primary_is_answered_by_the_fallback_and_the_dashboard_counts_it
     assert (stats.fallback_answers_week, stats.ai_answers_week) == (1, 1)
 
 
+@pytest.mark.postgres
 def test_an_answer_by_the_primary_is_not_counted_as_a_fallback(services, post_webhook, run_jobs, fake_openrouter):
     AIConfiguration.create(name="main", model_name=PRIMARY, fallback_models=FALLBACK, is_active=True)
     post_webhook.message("Hello")
@@ -75,6 +69,7 @@ def test_environment_fallbacks_serve_when_no_configuration_is_active(config, ser
     assert answer.model == "google/gemini-flash-1.5" and answer.metadata["requested_model"] == config.ai_model
 
 
+@pytest.mark.postgres
 def test_dashboard_page_shows_fallback_use(operator, services, post_webhook, run_jobs, fake_openrouter):
     AIConfiguration.create(name="main", model_name=PRIMARY, fallback_models=FALLBACK, is_active=True)
     fake_openrouter.failing_models = {PRIMARY}

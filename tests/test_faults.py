@@ -17,7 +17,7 @@ from chatbot.alerts import ErrorHandler
 from chatbot.errors import USER_MESSAGES, Category, WhatsAppError
 from chatbot.jobs import queueing, tasks
 from chatbot.models import Message, Status
-from tests.conftest import PROJECT_DIR, wait_for
+from tests.conftest import PROJECT_DIR, jobs_done, wait_for
 from tests.fakes import FakeOpenRouter, FakeTwilio
 from tests.support import BurstWorker
 
@@ -31,19 +31,19 @@ def sends_of(fake_twilio: FakeTwilio, body: str) -> int:
 
 # --- worker death -------------------------------------------------------------
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_worker_killed_during_the_ai_call_leads_to_one_reply(post_webhook, workers, fake_openrouter, fake_twilio):
+def test_worker_killed_during_the_ai_call_leads_to_one_reply(post_webhook, services, workers, quick_recovery,
+                                                            fake_openrouter, fake_twilio):
     calls = []
     fake_openrouter.delay_for = lambda messages: (calls.append(1), 30.0 if len(calls) == 1 else 0.0)[1]
-    first = workers.start()
+    first = workers.start(**quick_recovery)
     post_webhook.message("Hello", sender=ADA)
     assert wait_for(lambda: fake_openrouter.completions, timeout=20)
     workers.kill(first)
     killed_at = time.monotonic()
-    workers.start()
+    workers.start(**quick_recovery)
     assert wait_for(lambda: fake_twilio.sent, timeout=60), "no reply within 60 s of the kill"
     recovered_in = time.monotonic() - killed_at
-    time.sleep(1.0)
+    assert wait_for(lambda: jobs_done(services.redis))
     assert [s["Body"] for s in fake_twilio.sent] == ["Answer to: Hello"]
     print(f"recovered in {recovered_in:.1f}s")
     assert recovered_in < 60
@@ -51,25 +51,23 @@ def test_worker_killed_during_the_ai_call_leads_to_one_reply(post_webhook, worke
     assert question.status == Status.ANSWERED.value
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_worker_killed_between_the_answer_and_the_send_sends_it_once(post_webhook, workers, fake_openrouter,
-                                                                     fake_twilio):
+def test_worker_killed_between_the_answer_and_the_send_sends_it_once(post_webhook, services, workers, quick_recovery,
+                                                                     fake_openrouter, fake_twilio):
     # Twilio fails the first sends, so the worker sits between storing the answer and sending it.
     fake_twilio.then(*[FakeTwilio.error(503, 20500, "Service unavailable")] * 2)
-    first = workers.start()
+    first = workers.start(**quick_recovery)
     post_webhook.message("Hello", sender=ADA)
     assert wait_for(lambda: fake_twilio.sent, timeout=20)
     assert Message.get(Message.role == "assistant").status == Status.UNSENT.value
     workers.kill(first)
-    workers.start()
+    workers.start(**quick_recovery)
     assert wait_for(lambda: Message.get(Message.role == "assistant").status == Status.SENT.value, timeout=60)
-    time.sleep(1.0)
+    assert wait_for(lambda: jobs_done(services.redis))
     assert len(fake_openrouter.completions) == 1  # the stored answer was reused
     assert len(fake_twilio.sent) == 3  # two refused attempts, one delivery
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_restarting_the_worker_mid_burst_loses_nothing(post_webhook, workers, fake_openrouter, fake_twilio):
+def test_restarting_the_worker_mid_burst_loses_nothing(post_webhook, services, workers, fake_openrouter, fake_twilio):
     fake_openrouter.delay_for = lambda messages: 0.2
     first = workers.start()
     texts = [f"burst {n}" for n in range(12)]
@@ -80,13 +78,12 @@ def test_restarting_the_worker_mid_burst_loses_nothing(post_webhook, workers, fa
     assert first.wait(30) == 0
     workers.start()
     assert wait_for(lambda: len(fake_twilio.sent) >= len(texts), timeout=60)
-    time.sleep(0.5)
+    assert wait_for(lambda: jobs_done(services.redis))
     assert sorted(s["Body"] for s in fake_twilio.sent) == sorted(f"Answer to: {t}" for t in texts)
 
 
 # --- stores lost mid-job ------------------------------------------------------
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_redis_lost_mid_job_is_recovered_by_the_sweeper(config, env, post_webhook, private_redis, workers,
                                                          fake_openrouter, fake_twilio, monkeypatch, services):
     from chatbot import create_app
@@ -101,7 +98,8 @@ def test_redis_lost_mid_job_is_recovered_by_the_sweeper(config, env, post_webhoo
     poster.message("Hello", sender=ADA)
     assert wait_for(lambda: fake_openrouter.completions, timeout=20)
     private_redis.stop()  # Redis dies (and with it every queued job) while the AI is thinking
-    time.sleep(3.0)
+    # The answer is stored; its send waits behind the context's Redis write, which fails.
+    assert wait_for(lambda: Message.select().where(Message.role == "assistant").exists(), timeout=20)
     assert fake_twilio.sent == []
     private_redis.start()  # back, empty
     workers.start(REDIS_URL=private_redis.url)
@@ -109,7 +107,7 @@ def test_redis_lost_mid_job_is_recovered_by_the_sweeper(config, env, post_webhoo
     monkeypatch.setattr(tasks, "PENDING_GRACE", timedelta(0))
     assert tasks.sweep_pending_messages() == 1
     assert wait_for(lambda: fake_twilio.sent, timeout=60)
-    time.sleep(0.5)
+    assert wait_for(lambda: jobs_done(on_private.redis))
     assert [s["Body"] for s in fake_twilio.sent] == ["Answer to: Hello"]
     assert Message.select().where(Message.status.in_([Status.PENDING.value, Status.UNSENT.value])).count() == 0
 
@@ -149,6 +147,7 @@ def test_database_connections_cut_mid_job_still_answer_once(post_webhook, servic
 
 # --- upstream outages ---------------------------------------------------------
 
+@pytest.mark.postgres
 def test_ai_outage_gets_one_apology_then_retry_failed_answers(post_webhook, services, app, fake_openrouter,
                                                              fake_twilio, run_jobs):
     fake_openrouter.then(*[FakeOpenRouter.error(503, "Provider overloaded")] * 3)
@@ -164,6 +163,7 @@ def test_ai_outage_gets_one_apology_then_retry_failed_answers(post_webhook, serv
     assert statuses == [Status.ANSWERED.value, Status.SUPERSEDED.value, Status.SENT.value]
 
 
+@pytest.mark.postgres
 def test_twilio_outage_keeps_answers_and_sends_them_in_order_when_it_recovers(post_webhook, services, run_jobs,
                                                                              fake_twilio, monkeypatch):
     monkeypatch.setattr(queueing, "JOB_RETRY", None)  # every run is the last attempt
@@ -260,7 +260,6 @@ def test_ai_failure_in_the_pipeline_alerts_the_operator(post_webhook, services, 
     assert len(slack.posts) == 1 and "Insufficient credits" in slack.posts[0]["text"]
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_web_sigterm_finishes_requests_in_flight(env, config, services, tmp_path):
     import http.client
     import urllib.parse
@@ -304,7 +303,7 @@ def test_web_sigterm_finishes_requests_in_flight(env, config, services, tmp_path
         threads = [threading.Thread(target=hammer) for _ in range(4)]
         for thread in threads:
             thread.start()
-        time.sleep(1.0)
+        assert wait_for(lambda: len(results) > 10, timeout=20)  # requests flow, then the deploy stops it
         web.send_signal(signal.SIGTERM)
         assert web.wait(30) == 0
         stop.set()

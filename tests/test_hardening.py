@@ -77,6 +77,7 @@ def test_global_ceiling_holds_back_every_sender(limited, run_jobs, fake_openrout
     assert len(notices) == 2
 
 
+@pytest.mark.postgres
 def test_inbound_text_is_normalised_and_control_characters_removed(post_webhook):
     post_webhook.message("Cafe\u0301 \x00\x07ok\r\nline two 👍🏽 日本語 עברית")
     assert Message.get().content == "Café ok\nline two 👍🏽 日本語 עברית"
@@ -217,7 +218,6 @@ FIELD_NAMES = st.sampled_from(["Body", "From", "To", "MessageSid", "SmsMessageSi
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(form=st.dictionaries(FIELD_NAMES, st.text(max_size=60), max_size=10), keep_valid=st.booleans())
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_fuzzed_signed_forms_never_cause_a_500(client, form, keep_valid):
     if keep_valid:
         form = {**inbound_form(), **{k: v for k, v in form.items() if k in ("Body", "ProfileName", "X")}}
@@ -231,7 +231,6 @@ def test_fuzzed_signed_forms_never_cause_a_500(client, form, keep_valid):
 @given(body=st.binary(max_size=300), content_type=st.sampled_from(
     ["application/x-www-form-urlencoded", "application/json", "text/plain", "multipart/form-data; boundary=x", ""]),
     query=st.sampled_from(["", "?bodySHA256=abc", "?a=%ff"]), signature=st.sampled_from([None, "", "x", "AAAA"]))
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_fuzzed_raw_bodies_never_cause_a_500(client, body, content_type, query, signature):
     headers = {"Content-Type": content_type} if content_type else {}
     if signature is not None:
@@ -258,7 +257,6 @@ FORM_TYPES = ("application/x-www-form-urlencoded", "application/x-www-form-urlen
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(query=SIGNATURE_QUERIES, signature=st.one_of(st.none(), HEADER_TEXT), content_type=CONTENT_TYPES,
        json_body=st.booleans(), extra_header=HEADER_TEXT)
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_fuzzed_queries_and_headers_without_a_valid_signature_are_refused(client, services, query, signature,
                                                                           content_type, json_body, extra_header):
     form = inbound_form()
@@ -282,7 +280,6 @@ def test_fuzzed_queries_and_headers_without_a_valid_signature_are_refused(client
 @given(params=st.dictionaries(st.sampled_from(["a", "b", "MessageSid", "x y", "é", "From"]), st.text(max_size=12),
                               max_size=3),
        content_type=CONTENT_TYPES, sender=st.integers(min_value=10**9, max_value=10**10 - 1))
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_fuzzed_queries_and_content_types_on_signed_requests_get_the_right_answer(client, services, params,
                                                                                   content_type, sender):
     query = "?" + urlencode(params) if params else ""

@@ -10,14 +10,12 @@ from pathlib import Path
 import pytest
 import requests
 
-from chatbot import auth
 from chatbot.media import MediaError, MediaFetcher
 from chatbot.models import Message, Role
 from chatbot.processor import MEDIA_UNREADABLE, MEDIA_UNSUPPORTED, PHOTOS_UNSEEN, VOICE_UNHEARD
-from tests.conftest import wait_for
+from tests.conftest import log_in, wait_for
 from tests.fakes import FakeOpenRouter
 from tests.support import ACCOUNT_SID, AUTH_TOKEN
-from tests.test_admin import PASSWORD, log_in
 
 ADA = "whatsapp:+15550001111"
 VOICE_NOTE = (Path(__file__).parent / "samples" / "voice-note.ogg").read_bytes()
@@ -195,9 +193,8 @@ def test_media_url_on_another_host_is_never_fetched(post_webhook, run_jobs, fake
     assert fake_openrouter.completions == []
 
 
-def test_admin_transcript_shows_what_a_voice_note_said(client, services, post_webhook, run_jobs, fake_twilio,
+def test_admin_transcript_shows_what_a_voice_note_said(client, admin_user, post_webhook, run_jobs, fake_twilio,
                                                         fake_openrouter):
-    auth.create_or_reset_admin("ops", PASSWORD)
     send_media(post_webhook, fake_twilio.add_media(VOICE_NOTE, "audio/ogg"), "audio/ogg")
     send_media(post_webhook, fake_twilio.add_media(png(), "image/png"), "image/png", caption="My cat")
     run_jobs()

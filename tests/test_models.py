@@ -22,6 +22,8 @@ from chatbot.models import (
 )
 from tests.support import conversation_for
 
+pytestmark = pytest.mark.postgres
+
 
 def test_init_db_is_idempotent(app, services):
     runner = app.test_cli_runner()

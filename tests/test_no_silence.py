@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from datetime import timedelta, timezone
 from email.utils import format_datetime
 
@@ -10,14 +9,12 @@ import pytest
 from peewee import OperationalError
 from rq import Retry
 
-from chatbot import auth
 from chatbot import processor as processor_module
 from chatbot.errors import USER_MESSAGES, Category
 from chatbot.jobs import queueing, tasks
 from chatbot.models import Message, Role, Status, utcnow
 from chatbot.whatsapp import WhatsAppClient
-from tests.conftest import ACCOUNT_SID, AUTH_TOKEN, BOT_NUMBER, wait_for
-from tests.test_admin import PASSWORD, log_in
+from tests.conftest import ACCOUNT_SID, AUTH_TOKEN, BOT_NUMBER, jobs_done, log_in, wait_for
 
 ADA = "whatsapp:+15550001111"
 SORRY = USER_MESSAGES[Category.SYSTEM]
@@ -27,6 +24,7 @@ def question() -> Message:
     return Message.get(Message.role == Role.USER.value)
 
 
+@pytest.mark.postgres
 def test_a_database_error_on_the_final_attempt_gets_the_system_message_once_and_one_alert(
         post_webhook, services, run_jobs, fake_twilio, monkeypatch, caplog):
     monkeypatch.setattr(queueing, "JOB_RETRY", None)  # the first failure is the last
@@ -50,8 +48,9 @@ def test_a_database_error_on_the_final_attempt_gets_the_system_message_once_and_
     assert apology.content == SORRY and apology.status == Status.SENT.value
 
 
+@pytest.mark.postgres
 def test_a_poison_message_stops_after_the_attempt_cap_with_one_apology(
-        post_webhook, services, run_jobs, fake_openrouter, fake_twilio, monkeypatch, caplog, client):
+        post_webhook, services, run_jobs, fake_openrouter, fake_twilio, monkeypatch, caplog, client, admin_user):
     # Every run asks the model, then chokes on the answer; RQ would retry it ten times at once.
     monkeypatch.setattr(queueing, "JOB_RETRY", Retry(max=10))
     services.config = services.config.replace(max_processing_attempts=3)
@@ -68,7 +67,6 @@ def test_a_poison_message_stops_after_the_attempt_cap_with_one_apology(
     assert question().status == Status.FAILED.value
     assert question().error == "gave up after 3 attempts" and question().attempts == 4
     assert caplog.text.count("ALERT system:GaveUp") == 1
-    auth.create_or_reset_admin("ops", PASSWORD)
     operator = client
     assert log_in(operator).status_code == 302
     failed = operator.get("/admin/message/?flt0_status_equals=failed").get_data(as_text=True)
@@ -85,21 +83,20 @@ def test_a_poison_message_stops_after_the_attempt_cap_with_one_apology(
     assert [sent["Body"] for sent in fake_twilio.sent] == [SORRY, "Answer to: Hello"]
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_a_worker_killed_after_twilio_took_the_part_does_not_send_it_again(post_webhook, workers, fake_openrouter,
-                                                                          fake_twilio):
+def test_a_worker_killed_after_twilio_took_the_part_does_not_send_it_again(post_webhook, services, workers,
+                                                                          quick_recovery, fake_openrouter, fake_twilio):
     fake_twilio.hold_answers = 30.0  # Twilio takes the message, then the worker waits for its answer
-    doomed = workers.start()
+    doomed = workers.start(**quick_recovery)
     post_webhook.message("Hello", sender=ADA)
     assert wait_for(lambda: fake_twilio.accepted, timeout=20)
     answer = Message.get(Message.role == Role.ASSISTANT.value)
     assert answer.sending_part == 1 and answer.parts_sent == 0  # the intent, no result yet
     workers.kill(doomed)
     fake_twilio.hold_answers = 0.0
-    workers.start()
+    workers.start(**quick_recovery)
     assert wait_for(lambda: Message.get(Message.role == Role.ASSISTANT.value).status == Status.SENT.value,
                     timeout=60)
-    time.sleep(0.5)
+    assert wait_for(lambda: jobs_done(services.redis))
     assert [sent["Body"] for sent in fake_twilio.sent] == ["Answer to: Hello"]  # one message, not two
     assert fake_twilio.lookups and fake_twilio.lookups[0]["To"] == [ADA]
     answer = Message.get(Message.role == Role.ASSISTANT.value)

@@ -26,6 +26,7 @@ def sent_from(fake_twilio, number: str) -> list[tuple[str, str]]:
     return [(sent["To"], sent["Body"]) for sent in fake_twilio.sent if sent["From"] == number]
 
 
+@pytest.mark.postgres
 def test_two_numbers_answer_one_sender_separately_each_with_its_own_prompt_and_address(
         services, post_webhook, run_jobs, fake_openrouter, fake_twilio):
     add_number(SALES, "Sales", "You sell bicycles.")
@@ -147,6 +148,7 @@ def test_rate_limits_count_each_number_apart(app_with, services, run_jobs, fake_
                                              (ADA, LIMIT_NOTICES[Allowance.SENDER_LIMITED])]
 
 
+@pytest.mark.postgres
 def test_the_daily_budget_counts_each_sender_per_number(services, post_webhook, run_jobs, fake_openrouter,
                                                         fake_twilio):
     services.budgets.environment = Caps(sender_daily=0.00015, monthly=None)
@@ -161,6 +163,7 @@ def test_the_daily_budget_counts_each_sender_per_number(services, post_webhook, 
     assert sent_from(fake_twilio, SALES) == [(ADA, "Answer to: one")]
 
 
+@pytest.mark.postgres
 def test_a_numbers_monthly_budget_holds_back_that_number_only(services, post_webhook, run_jobs,
                                                               fake_openrouter, fake_twilio):
     fake_openrouter.cost = 0.0001
@@ -175,6 +178,7 @@ def test_a_numbers_monthly_budget_holds_back_that_number_only(services, post_web
     assert Message.get(Message.content == "two").status == Status.OVER_BUDGET.value
 
 
+@pytest.mark.postgres
 def test_forget_erases_the_sender_on_every_number_and_confirms_from_the_one_written_to(
         services, post_webhook, run_jobs, fake_twilio):
     add_number(SALES, "Sales")
@@ -189,6 +193,7 @@ def test_forget_erases_the_sender_on_every_number_and_confirms_from_the_one_writ
     assert sent_from(fake_twilio, SALES)[-1] == (ADA, "Done: everything I stored about you is erased.")
 
 
+@pytest.mark.postgres
 def test_the_database_down_while_placing_an_unknown_number_answers_503(app_with, services, fake_twilio):
     from tests.conftest import WebhookPoster
     from tests.support import inbound_form

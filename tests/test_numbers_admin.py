@@ -6,21 +6,12 @@ from datetime import timedelta
 
 import pytest
 
-from chatbot import auth
 from chatbot.models import AIConfiguration, Conversation, Message, WhatsAppNumber, utcnow
+from tests.conftest import csrf_token
 from tests.support import BOT_NUMBER
-from tests.test_admin import PASSWORD, csrf_token, log_in
 
 SECOND = "whatsapp:+14155550100"
 TEMPLATE = "HX" + "0123456789abcdef" * 2
-
-
-@pytest.fixture
-def operator(client, services):
-    """A test client logged in as an admin."""
-    auth.create_or_reset_admin("ops", PASSWORD)
-    assert log_in(client).status_code == 302
-    return client
 
 
 def form(client, path: str, **fields) -> dict:
@@ -94,6 +85,7 @@ def test_invalid_values_are_shown_on_the_form_and_nothing_is_stored(operator, fi
     assert WhatsAppNumber.select().count() == 0
 
 
+@pytest.mark.postgres
 def test_an_address_taken_already_is_refused(operator):
     WhatsAppNumber.create(address=SECOND, label="Sales")
     response = operator.post("/admin/whatsappnumber/new/", data=form(operator, "/admin/whatsappnumber/new/",
@@ -126,6 +118,7 @@ def test_editing_a_number_changes_how_it_answers_at_once(operator, services):
     assert services.numbers.for_recipient(SECOND).answers is False
 
 
+@pytest.mark.postgres
 def test_deleting_a_number_keeps_its_conversations(operator, services):
     number = WhatsAppNumber.create(address=SECOND, label="Sales")
     Conversation.create(user_phone="whatsapp:+15550001111", number=SECOND)
@@ -140,6 +133,7 @@ def test_deleting_a_number_keeps_its_conversations(operator, services):
     assert services.numbers.for_recipient(SECOND) is None
 
 
+@pytest.mark.postgres
 def test_deleting_the_default_numbers_row_resets_it(operator, services):
     number = WhatsAppNumber.create(address=BOT_NUMBER, label="Support", greeting="Hello!")
     response = operator.post("/admin/whatsappnumber/delete/", data={
@@ -176,6 +170,7 @@ def test_conversation_list_shows_each_ones_number(operator, two_numbers):
     assert len(re.findall(r"<td[^>]*>\s*default\s*</td>", page)) == 2
 
 
+@pytest.mark.postgres
 def test_conversation_list_filters_by_number(operator, two_numbers):
     sales = operator.get("/admin/conversation/", query_string={"flt0_number_equals": SECOND}).get_data(as_text=True)
     assert names_listed(sales) == ["Cyd"]
@@ -185,6 +180,7 @@ def test_conversation_list_filters_by_number(operator, two_numbers):
     assert f'"options": [["default", "default"], ["{SECOND}", "Sales"]]' in default
 
 
+@pytest.mark.postgres
 def test_dashboard_shows_every_number_by_default_and_one_when_chosen(operator, two_numbers):
     every = operator.get("/admin/").get_data(as_text=True)
     sales = operator.get("/admin/", query_string={"number": SECOND}).get_data(as_text=True)

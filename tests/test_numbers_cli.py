@@ -82,6 +82,7 @@ def test_add_with_an_invalid_value_fails_in_one_line_and_stores_nothing(cli, ser
     assert WhatsAppNumber.select().count() == 0
 
 
+@pytest.mark.postgres
 def test_adding_an_address_twice_fails_and_keeps_the_first(cli, second_number):
     result = cli("numbers", "add", "+14155550100", "--label", "Other")
 
@@ -202,6 +203,7 @@ def test_list_shows_every_number_with_its_settings(cli, services, support_config
     assert "how can we help" not in lines[2]
 
 
+@pytest.mark.postgres
 def test_list_without_a_database_says_how_to_fix_it(app_with, services, tmp_path):
     broken = app_with(database_url=f"sqlite:///{tmp_path / 'missing' / 'db.sqlite3'}")
     result = broken.test_cli_runner().invoke(args=["numbers", "list"])
@@ -211,6 +213,7 @@ def test_list_without_a_database_says_how_to_fix_it(app_with, services, tmp_path
 
 # --- remove --------------------------------------------------------------------------------------
 
+@pytest.mark.postgres
 def test_remove_stops_answering_and_keeps_the_conversations(cli, services, second_number):
     Conversation.create(user_phone="whatsapp:+15550001111", number=SECOND)
     assert services.numbers.for_recipient(SECOND) is not None
@@ -224,6 +227,7 @@ def test_remove_stops_answering_and_keeps_the_conversations(cli, services, secon
     assert services.numbers.for_recipient(SECOND) is None
 
 
+@pytest.mark.postgres
 def test_removing_the_default_numbers_row_only_resets_it(cli, services):
     WhatsAppNumber.create(address=BOT_NUMBER, label="Support", greeting="Hello!")
 

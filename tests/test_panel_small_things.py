@@ -10,24 +10,15 @@ import sys
 
 import pytest
 
-from chatbot import auth
 from chatbot.models import AdminUser, AIConfiguration
-from tests.conftest import PROJECT_DIR
+from tests.conftest import PASSWORD, PROJECT_DIR, csrf_token
 from tests.support import free_port
-from tests.test_admin import PASSWORD, csrf_token, log_in
 
 # A command hint with a bare `flask` (or `flask --app wsgi`): it works only in a shell whose PATH
 # has the virtualenv, which a fresh shell has not.
 BARE_FLASK_HINT = re.compile(r"(?<![/\w-])flask (?:--app|[a-z][a-z-]+ )")
 BAD_SETTING = {"TWILIO_ACCOUNT_SID": "AC123"}
 BAD_SETTING_PROBLEM = "TWILIO_ACCOUNT_SID must be AC followed by 32 hex characters"
-
-
-@pytest.fixture
-def operator(client, services):
-    auth.create_or_reset_admin("ops", PASSWORD)
-    assert log_in(client).status_code == 302
-    return client
 
 
 def fresh_shell(env: dict, *command: str, stdin: str = "", timeout: float = 60) -> subprocess.CompletedProcess:
@@ -93,6 +84,7 @@ def test_the_panels_test_checks_the_model_slug_too(operator, services, fake_open
 
 # --- (c) create-admin on an unmigrated database --------------------------------------------------------
 
+@pytest.mark.postgres
 def test_create_admin_on_an_unmigrated_database_says_to_run_init_db(env, redis, empty_database_url):
     result = fresh_shell({**env, "DATABASE_URL": empty_database_url},
                          ".venv/bin/flask", "create-admin", "--username", "ops", "--password-stdin",

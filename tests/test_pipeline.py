@@ -19,6 +19,7 @@ FALLBACK_REPLY = USER_MESSAGES[Category.AI]
 BOB = "whatsapp:+15550002222"
 
 
+@pytest.mark.postgres
 def test_message_is_answered_in_the_same_chat(post_webhook, run_jobs, fake_twilio):
     post_webhook.message("What is the capital of France?", sender=ADA)
     run_jobs()
@@ -57,6 +58,7 @@ def test_two_senders_never_share_context(post_webhook, run_jobs, fake_openrouter
     assert {s["To"] for s in fake_twilio.sent} == {ADA, BOB}
 
 
+@pytest.mark.postgres
 def test_redelivered_message_is_answered_once(post_webhook, run_jobs, fake_twilio, fake_openrouter):
     form = post_webhook.message("Hello", sender=ADA)
     assert post_webhook(form).status_code == 200
@@ -67,6 +69,7 @@ def test_redelivered_message_is_answered_once(post_webhook, run_jobs, fake_twili
     assert len(fake_twilio.sent) == 1
 
 
+@pytest.mark.postgres
 def test_job_run_twice_sends_one_reply(post_webhook, run_jobs, services, fake_twilio, fake_openrouter):
     post_webhook.message("Hello", sender=ADA)
     message_id = Message.get(Message.content == "Hello").id
@@ -155,6 +158,7 @@ def test_empty_ai_answer_is_never_sent(post_webhook, services, fake_openrouter, 
     assert [s["Body"] for s in fake_twilio.sent] == [FALLBACK_REPLY]
 
 
+@pytest.mark.postgres
 def test_stored_answer_is_sent_after_twilio_recovers_without_asking_ai_again(
     post_webhook, services, fake_openrouter, fake_twilio
 ):
@@ -189,6 +193,7 @@ def test_twilio_permanent_error_is_recorded_not_retried(post_webhook, run_jobs, 
     assert "21614" in caplog.text
 
 
+@pytest.mark.postgres
 def test_older_unanswered_message_is_answered_first(post_webhook, services, fake_twilio):
     post_webhook.message("first", sender=ADA)
     post_webhook.message("second", sender=ADA)

@@ -5,28 +5,10 @@ import re
 
 import pytest
 
-from chatbot import auth
 from chatbot.jobs import tasks
 from chatbot.models import AIConfiguration, Conversation, Message, Origin
 from chatbot.reports import compute_stats
-
-PASSWORD = "correct horse battery"
-
-
-def csrf_token(client, path: str) -> str:
-    page = client.get(path).get_data(as_text=True)
-    match = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page)
-    assert match, f"no CSRF token on {path}"
-    return match.group(1)
-
-
-@pytest.fixture
-def operator(client, services):
-    auth.create_or_reset_admin("ops", PASSWORD)
-    token = csrf_token(client, "/admin/login/")
-    response = client.post("/admin/login/", data={"username": "ops", "password": PASSWORD, "csrf_token": token})
-    assert response.status_code == 302
-    return client
+from tests.conftest import csrf_token
 
 
 def say(client, text: str, configuration: str = ""):
@@ -49,6 +31,7 @@ def draft(services):
                                   system_prompt="You are the draft prompt.")
 
 
+@pytest.mark.postgres
 def test_chosen_inactive_configuration_answers_and_nothing_is_sent_or_counted(
         operator, draft, run_jobs, fake_openrouter, fake_twilio):
     before = compute_stats()

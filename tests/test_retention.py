@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import uuid
 from datetime import timedelta
 
@@ -11,9 +10,11 @@ import pytest
 from playhouse.db_url import connect
 
 from chatbot.jobs import tasks
-from chatbot.models import Conversation, Message, Role, Status, WebhookLog, utcnow
+from chatbot.models import Conversation, Message, Role, Status, WebhookLog, db, utcnow
 from chatbot.models.db import connection_scope
 from tests.support import conversation_for
+
+pytestmark = pytest.mark.postgres
 
 ADA = "whatsapp:+15550001111"
 BOB = "whatsapp:+15550002222"
@@ -128,20 +129,29 @@ def test_conversations_are_deleted_in_batches_each_committed_on_its_own(services
     assert count_from_another_connection(config.database_url, "message") == 2
 
 
-def test_a_conversation_a_new_message_touches_during_the_deletion_is_kept(services, stored, config):
+def test_a_conversation_a_new_message_touches_during_the_deletion_is_kept(services, stored, config, monkeypatch):
     old = stored(ADA, idle_days=100)
     webhook = connect(config.database_url)  # another process, storing a new message in it
     deleted = []
+    candidates_read = threading.Event()
+    begin = db.database.obj.begin
+
+    def begin_after_reading_candidates(*args, **kwargs):
+        candidates_read.set()
+        return begin(*args, **kwargs)
 
     def delete():
         with connection_scope():
             deleted.extend(Conversation.delete_untouched_since(utcnow() - timedelta(days=90), services.context))
 
+    monkeypatch.setattr(db.database.obj, "begin", begin_after_reading_candidates)
     with webhook.atomic():
         webhook.execute_sql(*Conversation.update(updated_at=utcnow()).where(Conversation.id == old.id).sql())
         deletion = threading.Thread(target=delete)
         deletion.start()
-        time.sleep(0.5)  # the deletion has found the conversation and waits for the webhook's transaction
+        # The deletion has found the conversation (untouched, as far as it can see) and now takes the
+        # write lock (SQLite) or the row lock (Postgres) that the webhook's transaction holds.
+        assert candidates_read.wait(10)
     webhook.close()
     deletion.join(10)
 

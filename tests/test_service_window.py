@@ -134,6 +134,7 @@ def test_twilio_refusing_for_the_window_sends_the_reply_as_the_template(post_web
     assert (answer.status, answer.metadata["template"]) == (Status.SENT.value, TEMPLATE)
 
 
+@pytest.mark.postgres
 @with_template
 def test_sweeper_sends_an_answer_left_unsent_past_the_window_as_the_template_once(
         post_webhook, run_jobs, redis, fake_twilio):
@@ -180,6 +181,7 @@ def test_template_twilio_took_without_the_run_learning_it_is_found_not_sent_agai
     assert (the_answer().status, [part.twilio_sid for part in ReplyPart.select()]) == (Status.SENT.value, [taken])
 
 
+@pytest.mark.postgres
 def test_answer_unsent_for_a_week_is_given_up(post_webhook, run_jobs, redis, fake_twilio):
     fake_twilio.then(*[FakeTwilio.error(503, 20500, "Service unavailable")] * 20)
     post_webhook.message("Hello", sender=ADA)
@@ -232,6 +234,7 @@ def test_answer_inside_the_window_is_sent_as_usual(app, post_webhook, run_jobs, 
     assert "WhatsApp's 24-hour window open until" in page
 
 
+@pytest.mark.postgres
 def test_window_is_opened_by_the_senders_latest_message_to_the_number_in_any_conversation(services):
     earlier, other_number = conversation_for(ADA), Conversation.create(user_phone=ADA, number="whatsapp:+15550009999")
     Message.create(conversation=earlier, role=Role.USER.value, content="hi", status=Status.ANSWERED.value,

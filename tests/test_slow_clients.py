@@ -102,7 +102,6 @@ def gunicorn_port(env, config, services, tmp_path):
         web.wait()
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 @pytest.mark.parametrize("drip", [header_drip, body_drip], ids=["headers", "body"])
 def test_health_and_webhooks_answer_while_clients_drip_their_requests(gunicorn_port, drip):
     stop = threading.Event()

@@ -16,6 +16,8 @@ from tests.test_admin import PASSWORD, csrf_token
 
 ADA = "whatsapp:+15550001111"
 BOB = "whatsapp:+15550002222"
+# Spend is summed in SQL, per conversation, sender, number, day and month.
+pytestmark = pytest.mark.postgres
 
 
 def sender(number: int) -> str:

@@ -1,7 +1,6 @@
 """Human takeover: an operator pauses the bot for a conversation, replies by hand, and hands back."""
 from __future__ import annotations
 
-import re
 import threading
 from datetime import timedelta
 
@@ -11,33 +10,18 @@ from chatbot import auth, takeover
 from chatbot.jobs import tasks
 from chatbot.models import Conversation, Message, Role, Status, utcnow
 from chatbot.whatsapp import split_message
-from tests.conftest import wait_for
+from tests.conftest import PASSWORD, csrf_token, log_in, wait_for
 from tests.support import conversation_for
 
-PASSWORD = "correct horse battery"
 USER = "whatsapp:+15550001111"
-
-
-def csrf_token(client, path: str) -> str:
-    page = client.get(path).get_data(as_text=True)
-    match = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page)
-    assert match, f"no CSRF token on {path}"
-    return match.group(1)
 
 
 def logged_in(app, username: str):
     """A test client of `app` logged in as a new admin named `username`."""
     auth.create_or_reset_admin(username, PASSWORD)
     client = app.test_client()
-    token = csrf_token(client, "/admin/login/")
-    response = client.post("/admin/login/", data={"username": username, "password": PASSWORD, "csrf_token": token})
-    assert response.status_code == 302
+    assert log_in(client, username).status_code == 302
     return client
-
-
-@pytest.fixture
-def operator(app):
-    return logged_in(app, "ops")
 
 
 def details(conversation) -> str:
@@ -122,6 +106,7 @@ def test_replying_needs_a_takeover_and_a_csrf_token(operator, run_jobs, fake_twi
     assert fake_twilio.sent == []
 
 
+@pytest.mark.postgres
 def test_a_second_operator_cannot_take_over_a_taken_over_conversation(app, operator):
     conversation = conversation_for(USER)
     take_over(operator, conversation)
@@ -129,6 +114,7 @@ def test_a_second_operator_cannot_take_over_a_taken_over_conversation(app, opera
     assert refreshed(conversation).paused_by == "ops"
 
 
+@pytest.mark.postgres
 def test_two_operators_replying_at_once_send_both_replies_whole_in_order_once(
         app, operator, workers, fake_twilio):
     conversation = conversation_for(USER)
@@ -179,6 +165,7 @@ def backdate(conversation, minutes: int) -> None:
     Conversation.update(paused_at=past, updated_at=past).where(Conversation.id == conversation.id).execute()
 
 
+@pytest.mark.postgres
 def test_takeover_timeout_hands_back_after_silence_only(services):
     services.config = services.config.replace(takeover_timeout=30)
     silent, recent = conversation_for(USER), conversation_for("whatsapp:+15550002222")
@@ -200,6 +187,7 @@ def test_no_takeover_timeout_keeps_a_takeover_however_silent(services):
     assert refreshed(conversation).paused_by == "ops"
 
 
+@pytest.mark.postgres
 def test_list_shows_taken_over_then_waiting_conversations_first(operator):
     conversation_for("whatsapp:+15550003333", "Person-quiet")
     waiting = conversation_for("whatsapp:+15550004444", "Person-waiting")

@@ -47,6 +47,7 @@ def test_reset_starts_a_new_conversation_with_an_empty_context(post_webhook, run
     assert len(fake_openrouter.completions) == 2
 
 
+@pytest.mark.postgres
 def test_stop_silences_the_bot_until_start(post_webhook, run_jobs, fake_openrouter, fake_twilio, client):
     post_webhook.message("STOP", sender=ADA)
     run_jobs()
@@ -93,6 +94,7 @@ def everything_of(sender: str, redis) -> dict:
     }
 
 
+@pytest.mark.postgres
 def test_forget_asks_then_erases_everything_of_the_sender_on_yes(post_webhook, run_jobs, services, fake_twilio):
     post_webhook.message("Remember my order 42", sender=ADA)
     post_webhook.message("hello", sender=BOB)
@@ -118,7 +120,6 @@ def test_yes_without_a_pending_forget_goes_to_the_ai(post_webhook, run_jobs, ser
     assert Conversation.select().where(Conversation.user_phone == ADA).count() == 1
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_forget_while_a_job_of_the_sender_is_in_flight_leaves_nothing(post_webhook, workers, services,
                                                                        fake_openrouter, fake_twilio):
     fake_openrouter.delay_for = lambda messages: 2.0

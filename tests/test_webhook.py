@@ -63,6 +63,7 @@ def test_a_twilio_post_sets_no_cookie(post_webhook):
     assert response.status_code == 200 and "Set-Cookie" not in response.headers
 
 
+@pytest.mark.postgres
 def test_valid_webhook_is_stored_queued_and_answered_with_empty_twiml(post_webhook, services):
     form = inbound_form("Hello there")
     response = post_webhook(form)
@@ -117,6 +118,7 @@ def test_without_auth_token_nothing_is_accepted(services):
     assert "TWILIO_AUTH_TOKEN" in response.get_data(as_text=True)
 
 
+@pytest.mark.postgres
 @pytest.mark.parametrize(
     "change, reason",
     [
@@ -136,6 +138,7 @@ def test_malformed_webhook_is_refused_with_400_and_logged(post_webhook, services
     assert log.response_status == 400 and reason in log.error
 
 
+@pytest.mark.postgres
 def test_unknown_fields_and_media_are_tolerated(post_webhook):
     form = inbound_form("", NumMedia="2", MediaUrl0="https://api.twilio.com/m/ME1", MediaContentType0="image/png",
                         MediaUrl1="https://api.twilio.com/m/ME2", MediaContentType1="audio/ogg",
@@ -146,6 +149,7 @@ def test_unknown_fields_and_media_are_tolerated(post_webhook):
     assert message.metadata["Latitude"] == "48.85"
 
 
+@pytest.mark.postgres
 def test_redelivery_finds_the_row_and_enqueues_nothing(post_webhook, services):
     form = inbound_form()
     post_webhook(form)
@@ -155,6 +159,7 @@ def test_redelivery_finds_the_row_and_enqueues_nothing(post_webhook, services):
     assert [log.error for log in WebhookLog.select().order_by(WebhookLog.id)] == [None, "duplicate delivery"]
 
 
+@pytest.mark.postgres
 def test_concurrent_redelivery_stores_and_queues_once(app, services):
     form = inbound_form()
     signature = sign(WEBHOOK_URL, form)
@@ -177,6 +182,7 @@ def test_concurrent_redelivery_stores_and_queues_once(app, services):
     assert services.queue.count == 1
 
 
+@pytest.mark.postgres
 def test_first_messages_of_a_new_sender_arriving_together_share_one_conversation(app):
     forms = [inbound_form(f"message {n}", sender="whatsapp:+15557770000") for n in range(6)]
     barrier = threading.Barrier(len(forms))
@@ -234,6 +240,7 @@ def test_get_webhook_is_an_operator_url_check(client):
     assert "POST" in response.get_data(as_text=True)
 
 
+@pytest.mark.postgres
 def test_health_reports_database_and_redis(client):
     response = client.get("/health")
     assert response.status_code == 200
@@ -248,6 +255,7 @@ def test_health_is_503_when_redis_is_unreachable(config, private_redis):
     assert response.get_json() == {"status": "unavailable", "database": True, "redis": False}
 
 
+@pytest.mark.postgres
 def test_health_is_503_when_database_is_unreachable(config):
     services = build_services(config.replace(database_url="postgresql://postgres@127.0.0.1:1/none"))
     app = create_app(services=services)
@@ -256,6 +264,7 @@ def test_health_is_503_when_database_is_unreachable(config):
     assert response.get_json()["database"] is False
 
 
+@pytest.mark.postgres
 def test_database_down_answers_503_so_twilio_retries(config, redis):
     services = build_services(config.replace(database_url="postgresql://postgres@127.0.0.1:1/none"))
     app = create_app(services=services)
@@ -266,6 +275,7 @@ def test_database_down_answers_503_so_twilio_retries(config, redis):
     assert services.queue.count == 0
 
 
+@pytest.mark.postgres
 def test_redis_down_still_stores_and_the_sweeper_queues_later(config, services, private_redis, monkeypatch):
     from datetime import timedelta
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import logging
 
+import pytest
+
 from chatbot.alerts import ErrorHandler
 from chatbot.models import Message, Status, WebhookLog
 from chatbot.rate_limiter import MAX_NOTICES_PER_WINDOW, Allowance, Decision, RateLimiter
 from chatbot.web import audit
-from tests.conftest import BOT_NUMBER, inbound_form
+from tests.conftest import BOT_NUMBER, csrf_token, inbound_form, log_in
 from tests.fakes import FakeTwilio
-from tests.test_admin import PASSWORD, csrf_token, log_in
 from tests.test_faults import FakeSlack
 
 ADA = "whatsapp:+15550001111"
@@ -47,6 +48,7 @@ def test_a_forged_flood_costs_bytes_not_megabytes(post_webhook, services, monkey
     assert Message.select().count() == 0
 
 
+@pytest.mark.postgres
 def test_refused_rows_are_still_written_when_redis_is_down(app_with):
     app = app_with(redis_url="redis://127.0.0.1:1/0")
     from tests.conftest import WebhookPoster
@@ -120,14 +122,11 @@ def test_twilios_invalid_number_error_is_masked_in_logs_alerts_and_the_message(
         slack.stop()
 
 
-def test_admin_pages_mask_numbers_in_metadata_errors_and_raw_bodies_until_revealed(post_webhook, services, client):
-    from chatbot import auth
-
+def test_admin_pages_mask_numbers_in_metadata_errors_and_raw_bodies_until_revealed(post_webhook, admin_user, client):
     post_webhook.message("Hello", sender=ADA)
     question = Message.get()
     Message.update(error=f"twilio: The 'To' number whatsapp:+{ADA_DIGITS} is not valid").where(
         Message.id == question.id).execute()
-    auth.create_or_reset_admin("ops", PASSWORD)
     assert log_in(client).status_code == 302
     log_row = WebhookLog.get()
     pages = [f"/admin/message/details/?id={question.id}", f"/admin/webhooklog/details/?id={log_row.id}",

@@ -16,6 +16,8 @@ from chatbot.redact import sender_key
 from chatbot.services import QUEUE_NAME
 from tests.conftest import BOT_NUMBER
 
+pytestmark = pytest.mark.postgres
+
 ADA = "whatsapp:+15550001111"
 BOB = "whatsapp:+15550002222"
 # Job fields that hold the moment of the enqueue, which two enqueues never share.

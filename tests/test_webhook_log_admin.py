@@ -6,21 +6,12 @@ import re
 
 import pytest
 
-from chatbot import auth
 from chatbot.admin.webhook_log import webhook_fields
 from chatbot.models import WebhookLog
-from tests.conftest import inbound_form
-from tests.test_admin import PASSWORD, csrf_token, log_in
+from tests.conftest import csrf_token, inbound_form
 
 ADA = "whatsapp:+15550001111"
 ADA_DIGITS = "15550001111"
-
-
-@pytest.fixture
-def operator(client, services):
-    auth.create_or_reset_admin("ops", PASSWORD)
-    assert log_in(client).status_code == 302
-    return client
 
 
 def page(client, path: str) -> str:
@@ -34,6 +25,7 @@ def reveal_phones(client) -> None:
     client.post("/admin/conversation/reveal/", data={"csrf_token": token, "next": "/admin/conversation/"})
 
 
+@pytest.mark.postgres
 def test_the_list_shows_each_verdict_and_filters_by_it(operator, post_webhook):
     form = post_webhook.message("twice", sender=ADA)
     post_webhook(form)
@@ -53,6 +45,7 @@ def test_the_list_shows_each_verdict_and_filters_by_it(operator, post_webhook):
     assert duplicates.count(form["MessageSid"]) == 1
 
 
+@pytest.mark.postgres
 def test_the_status_filter_is_a_drop_down_of_the_logged_statuses(operator, post_webhook):
     accepted = post_webhook.message("fine")
     post_webhook(inbound_form("forged"), signature="forged")
@@ -133,7 +126,6 @@ def test_the_detail_page_wraps_long_text_with_the_panels_own_stylesheet(operator
     assert ".webhook-entry td" in css and "overflow-wrap: anywhere" in css
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_the_json_variant_is_decoded_into_fields_too(services):
     entry = WebhookLog(headers={"Content-Type": "application/json"}, body='{"From": "whatsapp:+1", "NumMedia": 0}')
     assert webhook_fields(entry) == [("From", "whatsapp:+1"), ("NumMedia", "0")]

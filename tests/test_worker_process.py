@@ -5,19 +5,18 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from datetime import timedelta
 
 import pytest
 from redis import Redis
-from rq import Retry
+from rq import Queue, Retry
 from rq_scheduler import Scheduler
 
 import scheduler as scheduler_module
 from chatbot.jobs import queueing, tasks
 from chatbot.models import Conversation, utcnow
 from chatbot.services import QUEUE_NAME
-from tests.conftest import PROJECT_DIR
+from tests.conftest import PROJECT_DIR, wait_for
 from tests.fakes import FakeOpenRouter
 from tests.support import conversation_for
 
@@ -46,15 +45,6 @@ def start_workers(env, config, tmp_path):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-
-
-def wait_for(condition, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_one_sender_is_answered_in_order_while_others_run_in_parallel(
@@ -118,7 +108,8 @@ def test_scheduler_process_outlives_a_redis_outage(env, config, private_redis, t
         probe = Redis.from_url(private_redis.url)
         assert wait_for(lambda: probe.zcard("rq:scheduler:scheduled_jobs") == 2, timeout=20)
         private_redis.stop()
-        time.sleep(2)
+        # The scheduler meets the outage at its next poll, says so, and keeps running.
+        assert wait_for(lambda: "Redis unavailable" in log.read_text(), timeout=30), log.read_text()
         assert process.poll() is None, log.read_text()
         private_redis.start()
         probe = Redis.from_url(private_redis.url)
@@ -128,6 +119,7 @@ def test_scheduler_process_outlives_a_redis_outage(env, config, private_redis, t
         process.wait(15)
 
 
+@pytest.mark.postgres
 def test_cleanup_deactivates_idle_conversations_and_drops_their_context(services):
     idle = conversation_for(ADA)
     recent = conversation_for(BOB)
@@ -141,6 +133,7 @@ def test_cleanup_deactivates_idle_conversations_and_drops_their_context(services
     assert not services.redis.exists(services.context.key(idle.id))
 
 
+@pytest.mark.postgres
 def test_cleanup_command_reports_the_count(app, services):
     idle = conversation_for(ADA)
     Conversation.update(updated_at=utcnow() - timedelta(days=30)).where(Conversation.id == idle.id).execute()
@@ -154,17 +147,21 @@ def test_an_idle_scheduler_and_worker_stay_quiet(env, config, services, private_
 
     private_redis.start()
     process_env = {**os.environ, **env, "DATABASE_URL": config.database_url, "REDIS_URL": private_redis.url,
-                   "PYTHONUNBUFFERED": "1"}
+                   "PYTHONUNBUFFERED": "1", "WORKER_MAINTENANCE_INTERVAL": "1"}
     logs = {name: tmp_path / f"{name}.log" for name in ("scheduler", "worker")}
     processes = [subprocess.Popen([sys.executable, f"{name}.py"], cwd=PROJECT_DIR, env=process_env,
                                   stdout=logs[name].open("w"), stderr=subprocess.STDOUT) for name in logs]
     probe = Redis.from_url(private_redis.url)
+    finished = Queue(QUEUE_NAME, connection=probe).finished_job_registry.key
     try:
-        # The sweep runs at once and then every minute; the worker's maintenance every 5 s.
+        # The sweep runs at once and then every minute; the worker's maintenance every second here.
         assert wait_for(lambda: probe.exists(f"rq:job:{queueing.SWEEP_JOB}")
                         and Job.fetch(queueing.SWEEP_JOB, connection=probe).get_status() == "finished", timeout=20), \
             logs["scheduler"].read_text() + logs["worker"].read_text()
-        time.sleep(6)
+        # A long-expired entry, which only a maintenance pass removes: once it is gone, one has run.
+        probe.zadd(finished, {"expired-long-ago": 1})
+        assert wait_for(lambda: probe.zscore(finished, "expired-long-ago") is None, timeout=20), \
+            logs["worker"].read_text()
     finally:
         for process in processes:
             process.send_signal(signal.SIGTERM)

@@ -8,28 +8,29 @@ from contextlib import contextmanager
 from redis.exceptions import LockError, RedisError
 
 from chatbot.errors import SenderBusy
+from config import Config
 
 log = logging.getLogger(__name__)
 
-# The conversation lock lives LOCK_TTL seconds unless its holder renews it, so a killed worker's
-# lock is gone by the time RQ hands its job to another worker.
-LOCK_TTL = 20
+# The conversation lock lives `ttl` seconds (CONVERSATION_LOCK_TTL) unless its holder renews it, so a
+# killed worker's lock is gone by the time RQ hands its job to another worker.
+LOCK_TTL = Config.conversation_lock_ttl
 LOCK_WAIT = 30
 
 
 @contextmanager
-def conversation_lock(redis, conversation_id, message_id: int, wait: float = LOCK_WAIT):
+def conversation_lock(redis, conversation_id, message_id: int, wait: float = LOCK_WAIT, ttl: int = LOCK_TTL):
     """Hold the conversation's lock, renewing it from a thread while the job runs."""
-    lock = redis.lock(f"chatbot:lock:conversation:{conversation_id}", timeout=LOCK_TTL,
+    lock = redis.lock(f"chatbot:lock:conversation:{conversation_id}", timeout=ttl,
                       blocking_timeout=wait, thread_local=False)
     if not lock.acquire():
         raise SenderBusy(f"conversation of message_id={message_id} is being processed elsewhere")
     done = threading.Event()
 
     def renew():
-        while not done.wait(LOCK_TTL / 4):
+        while not done.wait(ttl / 4):
             try:
-                lock.extend(LOCK_TTL, replace_ttl=True)
+                lock.extend(ttl, replace_ttl=True)
             except (LockError, RedisError):
                 log.warning("message_id=%s could not renew its conversation lock", message_id)
                 return

@@ -61,7 +61,8 @@ def process_message(message_id: int) -> dict:
         return {"missing": True}
     limit = services.config.max_processing_attempts
     # A second guard behind RQ's rate limit: a job re-run after a worker died must not overlap.
-    with conversation_lock(services.redis, message.conversation_id, message_id):
+    with conversation_lock(services.redis, message.conversation_id, message_id,
+                           ttl=services.config.conversation_lock_ttl):
         if message.twilio_sid and message.status == Status.PENDING.value:
             # "typing…" under the user's message while the model thinks; best effort, short timeout.
             services.whatsapp.show_typing(message.twilio_sid)
@@ -95,7 +96,8 @@ def apologise_when_failed_for_good(job: Job, connection, error_type, error, trac
         if message is None:
             return
     try:
-        with conversation_lock(services.redis, message.conversation_id, message_id, wait=GIVE_UP_LOCK_WAIT):
+        with conversation_lock(services.redis, message.conversation_id, message_id, wait=GIVE_UP_LOCK_WAIT,
+                               ttl=services.config.conversation_lock_ttl):
             with connection_scope():
                 services.processor.give_up(message_id, reason)
     except SenderBusy:
@@ -147,7 +149,8 @@ def send_operator_reply(reply_id: int) -> dict:
         log.warning("message_id=%s not found", reply_id)
         return {"missing": True}
     # The lock the answering jobs take: two operators' replies, or a reply and an answer, never interleave.
-    with conversation_lock(services.redis, reply.conversation_id, reply_id):
+    with conversation_lock(services.redis, reply.conversation_id, reply_id,
+                           ttl=services.config.conversation_lock_ttl):
         with connection_scope():
             final_attempt = job is None or not job.retries_left
             outcome = services.processor.deliver_operator_reply(reply_id, final_attempt=final_attempt)
