@@ -164,11 +164,11 @@ def test_upgrade_moves_the_checked_url_out_of_older_rows_error_text(empty_databa
     with db.database.connection_context():
         db.database.execute_sql("ALTER TABLE webhook_log DROP COLUMN checked_url")
         migrations.SchemaVersion.delete().where(migrations.SchemaVersion.version > version).execute()
-        db.database.execute_sql(
-            "INSERT INTO webhook_log (received_at, method, path, remote_addr, headers, body, response_status, "
-            "processing_ms, signature_valid, verdict, error) VALUES ('2026-01-01 00:00:00', 'POST', "
-            "'/whatsapp/webhook', '', '{}', '', 403, 1.0, false, 'bad_signature', 'invalid signature; checked "
-            "against https://bot.example.com/whatsapp/webhook?x=1 (body of 10 bytes not kept)')")
+        # The row as the webhook wrote it before the column existed: the URL only inside the error.
+        WebhookLog.insert(received_at=utcnow(), method="POST", path="/whatsapp/webhook", response_status=403,
+                          signature_valid=False, verdict="bad_signature",
+                          error="invalid signature; checked against https://bot.example.com/whatsapp/webhook?x=1 "
+                                "(body of 10 bytes not kept)").execute()
     assert migrations.upgrade() == (version, len(migrations.MIGRATIONS))
     with db.database.connection_context():
         assert WebhookLog.get().checked_url == "https://bot.example.com/whatsapp/webhook?x=1"

@@ -8,6 +8,7 @@ approved answers) is one class, not another branch in the processor.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 from chatbot.models import Conversation, Message, Status
@@ -46,12 +47,12 @@ class Turn:
     until: float | None = None
 
 
-class Stage:
+class Stage(ABC):
     """One gate before the AI."""
 
+    @abstractmethod
     def verdict(self, turn: Turn) -> Verdict | None:
         """Return where `turn`'s message stops, or None to let it go on."""
-        raise NotImplementedError
 
     def claims(self, question: Message) -> bool:
         """Whether this gate answers `question` on its own whatever it holds (a command does): such
