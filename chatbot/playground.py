@@ -67,7 +67,7 @@ def ask(services, username: str, text: str, configuration: AIConfiguration | Non
                                  operator_channel(Origin.PLAYGROUND, NothingSent()), services.context, services.errors,
                                  max_inbound_chars=config.max_inbound_chars)
     # The same lock as the jobs: two tabs of one operator must not answer the same message twice.
-    with conversation_lock(services.redis, conversation_id, message_id):
+    with conversation_lock(services.redis, conversation_id, message_id, ttl=config.conversation_lock_ttl):
         # No job deadline here: the adapter's own (AI_DEADLINE) ends the model call, retries included.
         processor.process(message_id, final_attempt=True)
 
