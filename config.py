@@ -179,12 +179,12 @@ class Config:
 
     @classmethod
     def from_env(cls, environ: dict | None = None, dotenv_path: str | Path | None = None,
-                 serving_web: bool = False) -> "Config":
+                 serving_web: bool = False) -> Config:
         """Read `.env` and the environment (which wins), validate, and return typed settings."""
         return cls.from_mapping(_environment(dotenv_path) if environ is None else environ, serving_web=serving_web)
 
     @classmethod
-    def from_env_or_exit(cls, serving_web: bool = False) -> "Config":
+    def from_env_or_exit(cls, serving_web: bool = False) -> Config:
         """Read the settings as a process starts; invalid ones end it with their list, one line each
         (exit status 1), not a traceback that would bury what to fix."""
         try:
@@ -199,7 +199,7 @@ class Config:
         return _Reader(_environment()).text("PROMETHEUS_MULTIPROC_DIR", default=cls.metrics_dir)
 
     @classmethod
-    def from_mapping(cls, values: dict, serving_web: bool = False) -> "Config":
+    def from_mapping(cls, values: dict, serving_web: bool = False) -> Config:
         """Validate a mapping of variable names to strings and return typed settings.
 
         `serving_web` adds what only the web process needs (PUBLIC_BASE_URL).
@@ -289,7 +289,7 @@ class Config:
             raise ConfigError(reader.problems)
         return cls(**settings)
 
-    def replace(self, **changes) -> "Config":
+    def replace(self, **changes) -> Config:
         """Return a copy with some settings changed (tests and tools)."""
         current = {f.name: getattr(self, f.name) for f in fields(self)}
         return Config(**{**current, **changes})

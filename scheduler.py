@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from redis.exceptions import RedisError
 from rq_scheduler import Scheduler
@@ -42,7 +42,7 @@ def register_jobs(scheduler: Scheduler) -> None:
         result_ttl=PERIODIC_RESULT_TTL,
     )
     scheduler.schedule(
-        scheduled_time=datetime.now(timezone.utc),
+        scheduled_time=datetime.now(UTC),
         func=tasks.sweep_pending_messages,
         interval=SWEEP_INTERVAL,
         repeat=None,

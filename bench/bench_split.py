@@ -44,10 +44,10 @@ def main() -> None:
     max_parts, max_chars = Config.max_reply_parts, Config.max_inbound_chars
     print(f"{'input':28} {'capped split':>20} {'uncapped split':>22} {'clean_text 32k':>16}")
     for name, text in INPUTS.items():
-        capped_ms, capped = best_ms(lambda: split_message(text, max_parts=max_parts))
-        whole_ms, whole = best_ms(lambda: split_message(text))
+        capped_ms, capped = best_ms(lambda text=text: split_message(text, max_parts=max_parts))
+        whole_ms, whole = best_ms(lambda text=text: split_message(text))
         inbound = (text * (INBOUND_CHARS // len(text) + 1))[:INBOUND_CHARS]
-        clean_ms, cleaned = best_ms(lambda: clean_text(inbound, max_chars))
+        clean_ms, cleaned = best_ms(lambda inbound=inbound: clean_text(inbound, max_chars))
         print(f"{name:28} {capped_ms:8.1f} ms {len(capped):4} parts {whole_ms:8.1f} ms {len(whole):6} parts "
               f"{clean_ms:8.1f} ms ({len(cleaned.text)} kept)")
 

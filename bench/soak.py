@@ -120,7 +120,7 @@ def plan_messages(args, run_id: str) -> list[list[PlannedMessage]]:
             left -= size
         offsets = sorted(rng.uniform(0, window) for _ in groups)
         messages = []
-        for group, (size, offset) in enumerate(zip(groups, offsets)):
+        for group, (size, offset) in enumerate(zip(groups, offsets, strict=True)):
             for _ in range(size):
                 seq = len(messages)
                 text = f"soak {run_id} sender {index:03d} seq {seq:03d}"

@@ -7,8 +7,8 @@ stamped on what is stored, and whether attachments and per-number settings exist
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from chatbot.media import MediaFetcher
 from chatbot.models import Origin

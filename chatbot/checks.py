@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 import shlex
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from urllib.parse import urlsplit, urlunsplit
 
 from peewee import PeeweeException
@@ -37,7 +37,7 @@ FIXES = {
 }
 
 
-class CheckStatus(str, Enum):
+class CheckStatus(StrEnum):
     OK = "✓"
     FAIL = "✗"
     WARN = "!"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from chatbot.models import Conversation, Message, Origin, Role, Status
 from chatbot.models.db import database

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from enum import Enum
+from enum import StrEnum
 
 from chatbot.redact import mask_phones_in
 
@@ -66,7 +66,7 @@ class JobDeadlineReached(Exception):
     """The job ran out of time with messages still to answer; its next run takes them."""
 
 
-class Category(str, Enum):
+class Category(StrEnum):
     """Where a failure happened; decides what the user is told and how loudly the operator hears."""
 
     WEBHOOK = "webhook"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from urllib.parse import urljoin, urlparse
 
 import requests
@@ -29,7 +29,7 @@ IMAGE_TYPES = {"image/jpeg", "image/png", "image/webp"}
 PDF_TYPE = "application/pdf"
 
 
-class MediaKind(str, Enum):
+class MediaKind(StrEnum):
     AUDIO = "audio"
     IMAGE = "image"
     PDF = "pdf"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hmac
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from types import SimpleNamespace
@@ -169,8 +169,8 @@ def _age(enqueued_at: datetime | None) -> float:
     if enqueued_at is None:
         return 0.0
     if enqueued_at.tzinfo is None:
-        enqueued_at = enqueued_at.replace(tzinfo=timezone.utc)  # RQ stores UTC
-    return max(0.0, (datetime.now(timezone.utc) - enqueued_at).total_seconds())
+        enqueued_at = enqueued_at.replace(tzinfo=UTC)  # RQ stores UTC
+    return max(0.0, (datetime.now(UTC) - enqueued_at).total_seconds())
 
 
 @bp.get(METRICS_PATH)

@@ -4,9 +4,9 @@ from __future__ import annotations
 import base64
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Callable
 
 from chatbot import metrics
 from chatbot.ai import AIAdapterFactory, OpenRouterAdapter
@@ -335,7 +335,7 @@ class MessageProcessor:
             return self._store_canned(conversation, question, PHOTOS_UNSEEN, "photo_unsupported")
         parts, transcripts, media_cost, stand_ins = [], [], 0.0, []
         caption = question.content.strip()
-        for item, kind in zip(attachments, kinds):
+        for item, kind in zip(attachments, kinds, strict=True):
             try:
                 # Downloading can take seconds: hold no database connection meanwhile.
                 with connection_released():

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from redis import Redis
 
@@ -12,7 +12,7 @@ from chatbot.redact import sender_key
 PREFIX = "chatbot:ratelimit:"
 
 
-class Allowance(str, Enum):
+class Allowance(StrEnum):
     """Whether the limits let a message reach the AI, and if not, which limit held it back."""
 
     ALLOWED = "allowed"

@@ -16,7 +16,7 @@ A burst's earlier messages share the answer of its last one; they count as answe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta, timezone
+from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from peewee import SQL, Case, Expression, PostgresqlDatabase, Select, Value, fn
@@ -194,21 +194,21 @@ def compute_stats(now: datetime | None = None, number: str | None = None, period
 def bucket_starts(period: Period, now: datetime, zone: ZoneInfo) -> list[datetime]:
     """Return where each of the period's buckets starts, oldest first, as naive UTC: whole hours or
     midnights of `zone`, the last bucket holding `now`."""
-    local_now = now.replace(tzinfo=timezone.utc).astimezone(zone)
+    local_now = now.replace(tzinfo=UTC).astimezone(zone)
     if period.bucket == timedelta(hours=1):
         # Stepped in UTC: a day that changes the clocks still has one bucket per hour that passed.
-        this_hour = local_now.replace(minute=0, second=0, microsecond=0).astimezone(timezone.utc)
+        this_hour = local_now.replace(minute=0, second=0, microsecond=0).astimezone(UTC)
         return [(this_hour - hours * period.bucket).replace(tzinfo=None)
                 for hours in range(period.buckets - 1, -1, -1)]
     return [datetime.combine(local_now.date() - timedelta(days=days), time(0), zone)
-            .astimezone(timezone.utc).replace(tzinfo=None)
+            .astimezone(UTC).replace(tzinfo=None)
             for days in range(period.buckets - 1, -1, -1)]
 
 
 def bucket_labels(period: Period, starts: list[datetime], zone: ZoneInfo) -> list[str]:
     """Name each bucket by its start in `zone`: 14:00 for an hour, 2026-03-05 for a day."""
     shape = "%H:%M" if period.bucket == timedelta(hours=1) else "%Y-%m-%d"
-    return [start.replace(tzinfo=timezone.utc).astimezone(zone).strftime(shape) for start in starts]
+    return [start.replace(tzinfo=UTC).astimezone(zone).strftime(shape) for start in starts]
 
 
 def _counted(number: str | None) -> Expression:

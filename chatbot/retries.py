@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from chatbot.errors import UpstreamError
 

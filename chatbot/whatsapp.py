@@ -5,8 +5,8 @@ import json
 import logging
 import re
 import time
-from datetime import datetime, timedelta, timezone
-from typing import Callable
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -267,7 +267,7 @@ class WhatsAppClient:
                 "Twilio is not configured (TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, TWILIO_WHATSAPP_NUMBER)",
                 retryable=False,
             )
-        since = unconfirmed_since or datetime.now(timezone.utc)
+        since = unconfirmed_since or datetime.now(UTC)
         unsure = unconfirmed_since is not None
 
         def attempt() -> str:
@@ -293,7 +293,7 @@ class WhatsAppClient:
         `from_number` (empty: the default number) since `since` (less CLOCK_SKEW), or None.
         `in_template`: `body` went as a template's variable, so Twilio's copy holds it among the
         template's own words."""
-        since = (since if since.tzinfo else since.replace(tzinfo=timezone.utc)) - CLOCK_SKEW
+        since = (since if since.tzinfo else since.replace(tzinfo=UTC)) - CLOCK_SKEW
         try:
             recent = self._client.messages.list(to=to, from_=from_number or self.from_number, limit=RECENT_MESSAGES)
         except TwilioRestException as exc:

@@ -303,7 +303,7 @@ class FakeTwilio(FakeServer):
         # is refused with 63016, a template message is taken.
         self.closed_windows: set[str] = set()
 
-    def start(self) -> "FakeTwilio":
+    def start(self) -> FakeTwilio:
         self.storage.start()
         return super().start()
 

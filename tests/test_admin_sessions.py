@@ -173,7 +173,7 @@ def test_thirty_parallel_bad_logins_check_at_most_five_passwords(app, admin_user
                                      data={"username": "ops", "password": "guess guess", "csrf_token": token})
                         .status_code)
 
-    threads = [threading.Thread(target=guess, args=pair) for pair in zip(browsers, tokens)]
+    threads = [threading.Thread(target=guess, args=pair) for pair in zip(browsers, tokens, strict=True)]
     for thread in threads:
         thread.start()
     for thread in threads:

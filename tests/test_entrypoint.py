@@ -170,7 +170,7 @@ def test_worker_and_scheduler_roles_start_and_pass_their_compose_healthchecks(co
     }
     try:
         for name, check in checks.items():
-            assert wait_until(lambda: run_check(check, env) == 0), f"{name} never became healthy"
+            assert wait_until(lambda check=check: run_check(check, env) == 0), f"{name} never became healthy"
     finally:
         outputs = {name: stop(process) for name, process in processes.items()}
     assert {name: process.returncode for name, process in processes.items()} == {"worker": 0, "scheduler": 0}, outputs

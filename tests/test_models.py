@@ -182,7 +182,7 @@ def test_upgrade_adds_the_message_origin_to_an_older_database_as_whatsapp(empty_
         db.database.execute_sql("ALTER TABLE message DROP COLUMN origin")
         db.database.execute_sql(
             "INSERT INTO message (conversation_id, role, content, created_at, status, metadata, parts_sent, attempts) "
-            "VALUES (%s, 'user', 'old', %s, 'pending', '{}', 0, 0)" % (db.database.param, db.database.param),
+            f"VALUES ({db.database.param}, 'user', 'old', {db.database.param}, 'pending', '{{}}', 0, 0)",
             (conversation.id.hex if "sqlite" in empty_database_url else str(conversation.id), utcnow()),
         )
         migrations.SchemaVersion.delete().where(migrations.SchemaVersion.version >= 4).execute()
@@ -201,7 +201,7 @@ def test_upgrade_adds_attempts_and_send_intents_to_an_older_database(empty_datab
             db.database.execute_sql(f"ALTER TABLE message DROP COLUMN {column}")
         db.database.execute_sql(
             "INSERT INTO message (conversation_id, role, content, created_at, status, metadata, parts_sent, origin) "
-            "VALUES (%s, 'user', 'old', %s, 'pending', '{}', 0, 'whatsapp')" % (db.database.param, db.database.param),
+            f"VALUES ({db.database.param}, 'user', 'old', {db.database.param}, 'pending', '{{}}', 0, 'whatsapp')",
             (conversation.id.hex if "sqlite" in empty_database_url else str(conversation.id), utcnow()),
         )
         migrations.SchemaVersion.delete().where(migrations.SchemaVersion.version >= 5).execute()

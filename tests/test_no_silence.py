@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import timedelta, timezone
+from datetime import UTC, timedelta
 from email.utils import format_datetime
 
 import pytest
@@ -126,7 +126,7 @@ def test_a_refused_send_is_retried_without_a_lookup(fake_twilio):
 def test_an_earlier_message_with_the_same_text_is_not_taken_for_this_one(fake_twilio):
     client = WhatsAppClient(ACCOUNT_SID, AUTH_TOKEN, BOT_NUMBER, api_base_url=fake_twilio.url, backoff=0.01)
     client.send_part(ADA, "Yes")
-    hours_ago = utcnow().replace(tzinfo=timezone.utc) - timedelta(hours=5)
+    hours_ago = utcnow().replace(tzinfo=UTC) - timedelta(hours=5)
     fake_twilio.accepted[0]["date_created"] = format_datetime(hours_ago, usegmt=True)
     assert client.find_sent(ADA, "Yes", since=utcnow()) is None
     assert client.find_sent(ADA, "Yes", since=utcnow() - timedelta(days=2)) == fake_twilio.accepted[0]["sid"]

@@ -186,7 +186,7 @@ def words_and_limit(draw):
     words = draw(st.lists(word, min_size=1, max_size=40))
     separators = draw(st.lists(st.sampled_from([" ", "  ", "\n", "\n\n", ". ", "? ", "\t"]),
                                min_size=len(words), max_size=len(words)))
-    text = "".join(w + s for w, s in zip(words, separators))
+    text = "".join(w + s for w, s in zip(words, separators, strict=True))
     return text, limit
 
 

@@ -1,7 +1,7 @@
 """flask numbers: list, add, update and remove the WhatsApp numbers the assistant answers on."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import click
 from flask.cli import with_appcontext
@@ -120,7 +120,7 @@ def numbers_list():
         ))
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     for row in rows:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 def _shortened(text: str) -> str:

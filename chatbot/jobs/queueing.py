@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from rq import Callback, Queue, RateLimit, Retry, Worker
 from rq.exceptions import NoSuchJobError
@@ -193,6 +193,6 @@ def queue_health(queue: Queue) -> QueueHealth:
     held = sum(replies[0::2])
     # Each held job is scored with the time RQ held it back, in seconds.
     oldest += [first[0][1] for first in replies[1::2] if first]
-    waited = datetime.now(timezone.utc).timestamp() - min(oldest) if oldest else None
+    waited = datetime.now(UTC).timestamp() - min(oldest) if oldest else None
     return QueueHealth(workers=Worker.count(queue=queue), queued=queue.count, held=held,
                        oldest_wait_seconds=None if waited is None else max(waited, 0.0))

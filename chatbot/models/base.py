@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
-from enum import Enum
+from datetime import UTC, datetime
+from enum import StrEnum
 from functools import cache
 
 from peewee import (
@@ -16,7 +16,7 @@ from chatbot.models.db import database
 
 def utcnow() -> datetime:
     """Return the current UTC time without tzinfo (stored the same on SQLite and Postgres)."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 class JSONField(TextField):
@@ -29,7 +29,7 @@ class JSONField(TextField):
         return None if value is None else json.loads(value)
 
 
-class Origin(str, Enum):
+class Origin(StrEnum):
     """Where a user message came from: only WhatsApp messages are ever answered through Twilio."""
 
     WHATSAPP = "whatsapp"
@@ -37,12 +37,12 @@ class Origin(str, Enum):
     PLAYGROUND = "playground"  # an operator trying the bot in the admin; never sent, never counted
 
 
-class Role(str, Enum):
+class Role(StrEnum):
     USER = "user"
     ASSISTANT = "assistant"
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     """Where a message is in its life: inbound ones get answered, outbound ones get sent."""
 
     PENDING = "pending"
@@ -81,7 +81,7 @@ class Prepared:
         sql = self._sql.get(kind)
         if sql is None:
             sql = self._sql[kind] = self.build(*values).sql()[0]
-        return sql, [field.db_value(value) for field, value in zip(self.fields, values)]
+        return sql, [field.db_value(value) for field, value in zip(self.fields, values, strict=True)]
 
     def execute(self, *values):
         """Run the statement and return the database cursor."""
@@ -106,7 +106,7 @@ class BaseModel(Model):
 @cache
 def _prepared_insert(model: type[BaseModel], names: tuple[str, ...]) -> Prepared:
     # Peewee orders an INSERT's columns as the model declares them, which `names` already follows.
-    return Prepared(lambda *values: model.insert(**dict(zip(names, values))),
+    return Prepared(lambda *values: model.insert(**dict(zip(names, values, strict=True))),
                     [model._meta.fields[name] for name in names])
 # Rows deleted per transaction by the retention cleanup, so no lock is held for long.
 DELETE_BATCH = 500

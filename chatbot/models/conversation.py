@@ -94,7 +94,7 @@ class Conversation(BaseModel):
         return cls.select().where(cls.is_active == True, cls.updated_at < cutoff)  # noqa: E712
 
     @classmethod
-    def latest_for(cls, user_phone: str) -> "Conversation | None":
+    def latest_for(cls, user_phone: str) -> Conversation | None:
         """Return the sender's most recently active conversation, ended or not."""
         return (
             cls.select()
@@ -282,7 +282,7 @@ class Message(BaseModel):
         table_name = "message"
 
     @classmethod
-    def answered_exchanges(cls, conversation: Conversation, limit: int) -> list[tuple[list["Message"], "Message"]]:
+    def answered_exchanges(cls, conversation: Conversation, limit: int) -> list[tuple[list[Message], Message]]:
         """Return the last `limit` answered user messages grouped with their answers, oldest first: one
         answer may answer several (a burst's, an operator's), listed in its `answers`, replying to the last."""
         questions = list(reversed(
@@ -325,7 +325,7 @@ class Message(BaseModel):
         )
 
     @classmethod
-    def newest_pending(cls, conversation: Conversation) -> "Message | None":
+    def newest_pending(cls, conversation: Conversation) -> Message | None:
         """Return the conversation's latest user message still waiting for an answer, if any."""
         return (
             cls.select(cls.id, cls.created_at)
@@ -380,7 +380,7 @@ class Message(BaseModel):
         return cls.select(cls.attempts).where(cls.id == message_id).scalar() or 0
 
     @classmethod
-    def failed_since(cls, since: datetime) -> list["Message"]:
+    def failed_since(cls, since: datetime) -> list[Message]:
         """Return the WhatsApp user messages that got the fallback since `since`, oldest first."""
         return list(
             cls.select().where(cls.role == Role.USER.value, cls.status == Status.FAILED.value,
@@ -400,7 +400,7 @@ class Message(BaseModel):
             ).execute()
 
     @classmethod
-    def put_back_unsent(cls, answer: "Message") -> None:
+    def put_back_unsent(cls, answer: Message) -> None:
         """Make an undelivered reply unsent again from its first failed part on (the parts after it go
         again too, to keep the order), so the next job sends the rest."""
         first_failed = (
@@ -525,7 +525,7 @@ class Message(BaseModel):
             return float(sender_today or 0), 0.0, 0.0
         return float(sender_today or 0), float(everyone or 0), float(this_number or 0)
 
-    def current_answer(self) -> "Message | None":
+    def current_answer(self) -> Message | None:
         """Return the assistant's current answer to this user message, if any."""
         return (
             Message.select()
@@ -585,7 +585,7 @@ class ReplyPart(BaseModel):
         return f"kept {current}: {status} is not newer"
 
     @classmethod
-    def of_conversation(cls, conversation: Conversation) -> dict[int, list["ReplyPart"]]:
+    def of_conversation(cls, conversation: Conversation) -> dict[int, list[ReplyPart]]:
         """Return the conversation's parts by the id of their message, each list in sending order."""
         parts: dict[int, list[ReplyPart]] = {}
         for part in (

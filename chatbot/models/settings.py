@@ -113,7 +113,7 @@ class AIConfiguration(BaseModel):
         table_name = "ai_configuration"
 
     @classmethod
-    def active(cls) -> "AIConfiguration | None":
+    def active(cls) -> AIConfiguration | None:
         """Return the active configuration, if one is active."""
         return cls.select().where(cls.is_active == True).order_by(cls.updated_at.desc()).first()  # noqa: E712
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from redis import Redis
 
@@ -86,7 +86,7 @@ class AccessPolicy(Stage):
 
     def _first_today(self, sender: str) -> bool:
         """Claim today's one notice for `sender`; False when it was claimed already."""
-        day = datetime.now(timezone.utc).date().isoformat()
+        day = datetime.now(UTC).date().isoformat()
         return bool(self.redis.set(f"{NOTICE_PREFIX}{sender_key(sender)}:{day}", 1, nx=True, ex=NOTICE_TTL))
 
 

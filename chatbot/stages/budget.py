@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from enum import Enum
-from typing import Callable
+from enum import StrEnum
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -37,7 +37,7 @@ MONTHLY_NOTICE = ("This assistant has reached its usage limit for now and cannot
                   "Please try again later.")
 
 
-class Cap(str, Enum):
+class Cap(StrEnum):
     """Which spending cap held a message back."""
 
     SENDER_DAILY = "sender_daily"
