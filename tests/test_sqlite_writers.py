@@ -5,6 +5,7 @@ so a write that waits longer than that succeeds only through the queue.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from chatbot.models.db import SQLITE_PRAGMAS, QueuedWritersSqliteDatabase
+from chatbot.models.db import PEEWEE_MAJOR, SQLITE_PRAGMAS, QueuedWritersSqliteDatabase, check_peewee_version
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 HOLD_SECONDS = 1.0
@@ -165,3 +166,51 @@ def test_threads_that_ended_leave_no_descriptor_open(db):
         thread.join()
     assert open_descriptors() <= before + 2  # the pool may keep a connection or two beside
     assert len(notes(db)) == 51
+
+
+def turn_is_free(db) -> bool:
+    """Whether a writer could take its turn now (flock conflicts across open files, threads or not)."""
+    descriptor = os.open(db.writers.path, os.O_RDWR)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(descriptor)
+
+
+# What peewee does with a transaction, each through the hooks the queue overrides.
+
+def test_a_transaction_holds_the_turn_through_its_savepoints_and_gives_it_up_at_commit(db):
+    with db.atomic():
+        db.execute_sql("INSERT INTO note VALUES ('outer')")
+        with db.atomic():  # a savepoint: no second BEGIN, so no second turn to wait for
+            db.execute_sql("INSERT INTO note VALUES ('inner')")
+        assert not turn_is_free(db)
+    assert turn_is_free(db)
+    assert notes(db) == ["inner", "outer"]
+
+
+def test_a_failed_transaction_gives_its_turn_up(db):
+    with pytest.raises(ValueError), db.atomic():
+        db.execute_sql("INSERT INTO note VALUES ('rolled back')")
+        raise ValueError("the job failed")
+    assert turn_is_free(db)
+    assert notes(db) == []
+
+
+def test_a_manual_transaction_holds_the_turn_until_its_rollback(db):
+    with db.manual_commit():
+        db.begin()
+        db.execute_sql("INSERT INTO note VALUES ('rolled back')")
+        assert not turn_is_free(db)
+        db.rollback()
+    assert turn_is_free(db)
+    assert notes(db) == []
+
+
+def test_a_peewee_of_another_major_version_is_refused():
+    check_peewee_version(f"{PEEWEE_MAJOR}.99.0")
+    with pytest.raises(ImportError, match="writer queue"):
+        check_peewee_version(f"{PEEWEE_MAJOR + 1}.0.0")

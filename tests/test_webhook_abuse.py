@@ -138,3 +138,22 @@ def test_admin_pages_mask_numbers_in_metadata_errors_and_raw_bodies_until_reveal
     token = csrf_token(client, "/admin/conversation/")
     client.post("/admin/conversation/reveal/", data={"csrf_token": token, "next": "/admin/conversation/"})
     assert ADA_DIGITS in client.get(pages[1]).get_data(as_text=True)
+
+
+def test_rate_limit_keys_expire_after_their_window(redis):
+    limiter = RateLimiter(redis, per_sender=1, global_limit=10, window=60, clock=lambda: 6000.0)
+    assert limiter.check(ADA) == Decision(Allowance.ALLOWED)
+    assert limiter.check(ADA) == Decision(Allowance.SENDER_LIMITED, notify=True)
+    assert limiter.check(ADA) == Decision(Allowance.SENDER_LIMITED, notify=False)
+    keys = redis.keys("chatbot:ratelimit:*")
+    # The sender's counter, the global counter, the sender's notice marker, the window's notice count:
+    # kept through the next window, whose sliding count still weighs this one.
+    assert len(keys) == 4
+    assert all(0 < redis.ttl(key) <= 125 for key in keys)
+
+
+def test_rate_limiter_counts_on_when_redis_has_lost_its_scripts(redis):
+    limiter = RateLimiter(redis, per_sender=1, global_limit=10, window=60, clock=lambda: 6000.0)
+    limiter.check(ADA)
+    redis.script_flush()
+    assert limiter.check(ADA) == Decision(Allowance.SENDER_LIMITED, notify=True)

@@ -8,9 +8,7 @@ from datetime import UTC, datetime
 from rq import Callback, Queue, RateLimit, Retry, Worker
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
-from rq.rate_limit import ACQUIRE_AND_ENQUEUE_SCRIPT, RateLimitRegistry
-from rq.utils import current_timestamp, utcformat
-from rq.utils import now as rq_now
+from rq.rate_limit import RateLimitRegistry
 
 from chatbot.models import Message
 from chatbot.redact import sender_key
@@ -28,8 +26,6 @@ JOB_RETRY = Retry(max=4, interval=[10, 30, 60, 120])
 # The periodic jobs' ids, registered by scheduler.py.
 CLEANUP_JOB = "cleanup-expired-conversations"
 SWEEP_JOB = "sweep-pending-messages"
-# Far longer than any job of a sender waits or runs; renewed by each of their messages.
-RATE_LIMIT_CONFIG_TTL = 7 * 86400
 
 
 def job_id_for(message_id: int) -> str:
@@ -38,8 +34,12 @@ def job_id_for(message_id: int) -> str:
 
 
 def enqueue_processing(queue: Queue, message_id: int, sender: str) -> Job:
-    """Queue the answer to a stored message; one sender's jobs run one at a time, oldest first."""
-    job = queue.create_job(
+    """Queue the answer to a stored message; one sender's jobs run one at a time, oldest first.
+
+    RQ keeps a sender's rate-limit settings while they have a job waiting or running; its workers'
+    maintenance (clean_registries) deletes them afterwards, and /forget deletes them at once.
+    """
+    return queue.enqueue_call(
         PROCESS_MESSAGE,
         args=(message_id,),
         job_id=job_id_for(message_id),
@@ -51,55 +51,6 @@ def enqueue_processing(queue: Queue, message_id: int, sender: str) -> Job:
         failure_ttl=7 * 86400,
         description=f"process message {message_id}",
     )
-    _enqueue_rate_limited(queue, job)
-    return job
-
-
-# RQ's rate-limited enqueue as one script, one round trip: queue.enqueue_call makes three, and even
-# RQ's pipeline mode packs ten commands into a MULTI/EXEC. It writes what RQ writes (the job hash
-# from RQ's own to_dict, the registry keys RQ names) and promotes with RQ's own promotion script,
-# run inside it; tests/test_webhook_fast_path.py compares the Redis state with RQ's. One difference:
-# RQ keeps each rate-limit key's settings forever, one hash per sender who ever wrote; here they expire.
-# KEYS: the queues set, the rate-limit keys set, the key's settings, the job, allowed, rate_limited.
-# ARGV: queue key, rate-limit key, concurrency, settings' lifetime, timestamp, enqueued_at, queue
-# prefix, job prefix, job id, and the job hash's fields and values as one run of netstrings
-# ("<length>:<bytes>"): redis-py packs each argument in Python, and one argument is ~40 fewer.
-ENQUEUE_RATE_LIMITED_SCRIPT = f"""
-redis.call('SADD', KEYS[1], ARGV[1])
-redis.call('SADD', KEYS[2], ARGV[2])
-redis.call('HSET', KEYS[3], 'concurrency', ARGV[3])
-local fields, blob, at = {{}}, ARGV[10], 1
-while at <= #blob do
-    local colon = string.find(blob, ':', at, true)
-    local size = tonumber(string.sub(blob, at, colon - 1))
-    fields[#fields + 1] = string.sub(blob, colon + 1, colon + size)
-    at = colon + size + 1
-end
-redis.call('HSET', KEYS[4], unpack(fields))
-redis.call('ZADD', KEYS[6], ARGV[5], ARGV[9])
--- RQ's script reads KEYS and ARGV: as this function's parameters they shadow the script's own.
-local function acquire(KEYS, ARGV)
-{ACQUIRE_AND_ENQUEUE_SCRIPT}
-end
-local promoted = acquire({{KEYS[5], KEYS[6]}}, {{ARGV[3], ARGV[5], ARGV[6], ARGV[7], ARGV[8]}})
-redis.call('EXPIRE', KEYS[3], ARGV[4])
-return promoted
-"""
-
-
-def _enqueue_rate_limited(queue: Queue, job: Job) -> None:
-    job.origin = queue.name
-    job._status = JobStatus.RATE_LIMITED
-    registry = RateLimitRegistry.from_job(job)
-    keys = [queue.redis_queues_keys, registry.rl_keys_key, registry.config_key, job.key,
-            registry.allowed_key, registry.rate_limited_key]
-    args = [queue.key, registry.key, job.rate_limit_concurrency, RATE_LIMIT_CONFIG_TTL, current_timestamp(),
-            utcformat(rq_now()), Queue.redis_queue_namespace_prefix, Job.redis_job_namespace_prefix, job.id]
-    encode = queue.connection.get_encoder().encode
-    args.append(b"".join(b"%d:%s" % (len(part), part)
-                         for item in job.to_dict().items() for part in map(encode, item)))
-    # redis-py runs it by its hash and loads it only when Redis has lost it (restarted, flushed).
-    queue.connection.register_script(ENQUEUE_RATE_LIMITED_SCRIPT)(keys=keys, args=args)
 
 
 ACTIVE_STATES = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED,
@@ -141,8 +92,8 @@ def send_again(queue: Queue, reply: Message) -> None:
 
 
 def forget_sender_limit(redis, sender: str) -> None:
-    """Delete RQ's per-sender rate-limit settings, unless a later message's job still waits on them
-    (then they expire within RATE_LIMIT_CONFIG_TTL)."""
+    """Delete RQ's per-sender rate-limit settings now, unless a later message's job still waits on
+    them (then RQ's maintenance deletes them once it has run)."""
     registry = RateLimitRegistry(sender_key(sender), redis)
     if not redis.zcard(registry.rate_limited_key):
         redis.delete(registry.config_key)

@@ -140,12 +140,7 @@ class ThreadPoolWorker(BaseWorker):
                     job = self.job_class.fetch(job_id, connection=self.connection, serializer=self.serializer)
                 except NoSuchJobError:
                     continue
-                with self.connection.pipeline() as pipeline:
-                    if job.has_rate_limit:
-                        queue._enqueue_rate_limited_job(job, pipeline=pipeline, at_front=job.should_enqueue_at_front())
-                    else:
-                        queue._enqueue_job(job, pipeline=pipeline, at_front=job.should_enqueue_at_front())
-                    pipeline.execute()
+                queue.enqueue_job(job, at_front=job.should_enqueue_at_front())
                 moved += 1
         return moved
 

@@ -3,7 +3,7 @@
 Import models from here: `from chatbot.models import Conversation, Message`.
 """
 from chatbot.models.audit import WebhookLog
-from chatbot.models.base import DELETE_BATCH, BaseModel, JSONField, Origin, Prepared, Role, Status, utcnow
+from chatbot.models.base import DELETE_BATCH, BaseModel, JSONField, Origin, Role, Status, utcnow
 from chatbot.models.conversation import (
     DELIVERY_FAILURES,
     DELIVERY_PROGRESS,
@@ -11,7 +11,6 @@ from chatbot.models.conversation import (
     FAILURE_STATUSES,
     ONE_ACTIVE_INDEX,
     SERVICE_WINDOW,
-    TOUCH_FRESH,
     TWILIO_MESSAGE_SID,
     UNDELIVERED_STATUSES,
     Conversation,
@@ -32,8 +31,8 @@ from chatbot.models.users import AdminUser
 
 __all__ = [
     "DELETE_BATCH", "DELIVERY_FAILURES", "DELIVERY_PROGRESS", "DELIVERY_SETTLED", "FAILURE_STATUSES",
-    "MAX_GREETING_CHARS", "ONE_ACTIVE_INDEX", "PROVIDERS", "SERVICE_WINDOW", "TOUCH_FRESH", "TWILIO_MESSAGE_SID",
+    "MAX_GREETING_CHARS", "ONE_ACTIVE_INDEX", "PROVIDERS", "SERVICE_WINDOW", "TWILIO_MESSAGE_SID",
     "UNDELIVERED_STATUSES", "AccessEntry", "AdminUser", "AIConfiguration", "BaseModel", "Conversation", "JSONField",
-    "Message", "OptOut", "Origin", "Prepared", "ReplyPart", "Role", "ServiceWindow", "Setting", "Status",
+    "Message", "OptOut", "Origin", "ReplyPart", "Role", "ServiceWindow", "Setting", "Status",
     "WebhookLog", "WhatsAppNumber", "utcnow",
 ]

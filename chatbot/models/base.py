@@ -1,10 +1,9 @@
-"""What every model shares: the clock, the enums, JSON fields, and statements prepared once."""
+"""What every model shares: the clock, the enums, JSON fields, the batch size of deletes."""
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
 from enum import StrEnum
-from functools import cache
 
 from peewee import (
     Model,
@@ -62,52 +61,11 @@ class Status(StrEnum):
     OUTSIDE_WINDOW = "outside_window"
 
 
-class Prepared:
-    """A statement whose SQL peewee writes once per kind of database; each run only binds values.
-
-    For the webhook's path, where peewee took longer to write each statement than SQLite took to
-    run it. `build(*values)` returns the peewee query, and `fields[i].db_value` converts
-    `values[i]`: one value per query parameter, in the order they appear in its SQL.
-    """
-
-    def __init__(self, build, fields):
-        self.build = build
-        self.fields = tuple(fields)
-        self._sql = {}
-
-    def bind(self, *values) -> tuple[str, list]:
-        """Return the SQL and parameters that `build(*values).sql()` would."""
-        kind = type(database.obj)
-        sql = self._sql.get(kind)
-        if sql is None:
-            sql = self._sql[kind] = self.build(*values).sql()[0]
-        return sql, [field.db_value(value) for field, value in zip(self.fields, values, strict=True)]
-
-    def execute(self, *values):
-        """Run the statement and return the database cursor."""
-        return database.execute_sql(*self.bind(*values))
-
-
 class BaseModel(Model):
     class Meta:
         database = database
 
-    @classmethod
-    def insert_row(cls, **values) -> int:
-        """Do what `insert(**values).execute()` does, defaults included, without rewriting the SQL."""
-        row = {field.name: default() if callable(default) else default
-               for field, default in cls._meta.defaults.items() if field.name not in values}
-        row.update(values)
-        names = tuple(name for name in cls._meta.sorted_field_names if name in row)
-        cursor = _prepared_insert(cls, names).execute(*(row[name] for name in names))
-        return cursor.fetchone()[0] if database.returning_clause else cursor.lastrowid
 
-
-@cache
-def _prepared_insert(model: type[BaseModel], names: tuple[str, ...]) -> Prepared:
-    # Peewee orders an INSERT's columns as the model declares them, which `names` already follows.
-    return Prepared(lambda *values: model.insert(**dict(zip(names, values, strict=True))),
-                    [model._meta.fields[name] for name in names])
 # Rows deleted per transaction by the retention cleanup, so no lock is held for long.
 DELETE_BATCH = 500
 

@@ -23,7 +23,7 @@ from peewee import (
 )
 
 from chatbot.models.audit import WebhookLog
-from chatbot.models.base import DELETE_BATCH, BaseModel, JSONField, Origin, Prepared, Role, Status, utcnow
+from chatbot.models.base import DELETE_BATCH, BaseModel, JSONField, Origin, Role, Status, utcnow
 from chatbot.models.db import database
 
 # WhatsApp takes free-form replies until this long after the user's last message; later, only an
@@ -74,9 +74,9 @@ class Conversation(BaseModel):
         active or the active one has been idle longer than `ttl` seconds."""
         now = utcnow()
         cutoff = now - timedelta(seconds=ttl) if ttl else datetime.min
-        for (conversation_id,) in TOUCH_FRESH.execute(now, user_phone, number, True, cutoff):
-            return cls.id.python_value(conversation_id)
         active = (cls.user_phone == user_phone) & (cls.number == number) & (cls.is_active == True)  # noqa: E712
+        for fresh in cls.update(updated_at=now).where(active & (cls.updated_at >= cutoff)).returning(cls.id).execute():
+            return fresh.id
         # Only a stale one: a conversation a concurrent webhook just started must stay active.
         cls.update(is_active=False).where(active & (cls.updated_at < cutoff)).execute()
         try:
@@ -226,21 +226,6 @@ class Conversation(BaseModel):
         """Record activity now."""
         self.updated_at = utcnow()
         Conversation.update(updated_at=self.updated_at).where(Conversation.id == self.id).execute()
-
-    @classmethod
-    def touch_fresh(cls, now: datetime, user_phone: str, number: str, active: bool, cutoff: datetime):
-        """Stamp the sender's active conversation with `number` with `now` if it was active at `cutoff`;
-        return its id."""
-        return (
-            cls.update(updated_at=now)
-            .where((cls.user_phone == user_phone) & (cls.number == number) & (cls.is_active == active)
-                   & (cls.updated_at >= cutoff))
-            .returning(cls.id)
-        )
-# Every inbound message runs it.
-TOUCH_FRESH = Prepared(Conversation.touch_fresh, [Conversation.updated_at, Conversation.user_phone,
-                                                  Conversation.number, Conversation.is_active,
-                                                  Conversation.updated_at])
 
 
 class Message(BaseModel):

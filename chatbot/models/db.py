@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
+import peewee
 from peewee import DatabaseProxy
 from playhouse.db_url import connect
 from playhouse.pool import PooledSqliteDatabase
@@ -52,6 +53,22 @@ def open_database(url: str, pool_size: int = POOL_SIZE):
                      timeout=POOL_WAIT_SECONDS)
     database.initialize(db)
     return db
+
+
+# QueuedWritersSqliteDatabase hooks peewee's begin, commit, rollback, execute_sql and close: the calls
+# peewee 4 makes for every transaction and statement (tests/test_sqlite_writers.py holds it to that).
+# Another major version may route writes past them, so it is refused until those tests pass on it.
+PEEWEE_MAJOR = 4
+
+
+def check_peewee_version(version: str) -> None:
+    """Refuse a peewee whose major version the SQLite writer queue has not been checked against."""
+    if int(version.split(".")[0]) != PEEWEE_MAJOR:
+        raise ImportError(f"the SQLite writer queue (chatbot/models/db.py) is checked against peewee {PEEWEE_MAJOR}.x, "
+                          f"not {version}: run tests/test_sqlite_writers.py on it, then update PEEWEE_MAJOR")
+
+
+check_peewee_version(peewee.__version__)
 
 
 class WriterQueue:

@@ -40,24 +40,24 @@ def store_inbound(inbound: InboundMessage, audit: dict, conversation_ttl: int,
         with database.atomic():
             conversation_id = Conversation.resume_or_start_id(inbound.sender, inbound.profile_name, conversation_ttl,
                                                               number)
-            message_id = Message.insert_row(
+            message_id = Message.insert(
                 conversation=conversation_id,
                 role=Role.USER.value,
                 content=inbound.body,
                 status=Status.PENDING.value if decision.allowed else Status.RATE_LIMITED.value,
                 twilio_sid=inbound.sid,
                 metadata=inbound.metadata(),
-            )
+            ).execute()
             if decision.notify:
-                Message.insert_row(
+                Message.insert(
                     conversation=conversation_id,
                     role=Role.ASSISTANT.value,
                     content=LIMIT_NOTICES[decision.allowance],
                     status=Status.UNSENT.value,
                     reply_to=message_id,
                     metadata={"canned": decision.allowance.value},
-                )
-            WebhookLog.insert_row(**audit)
+                ).execute()
+            WebhookLog.insert(**audit).execute()
             return message_id
     except IntegrityError:
         # The MessageSid is stored already: Twilio delivered this message before.
