@@ -121,9 +121,11 @@ class MediaFetcher:
             raise MediaError(f"media fetch answered HTTP {status}", retryable=status == 429 or status >= 500,
                              status=status)
         declared = media_type(declared_type)
-        served = media_type(response.headers.get("Content-Type", "")) or declared
-        if declared and served != declared:
-            raise MediaError(f"media was {served}, not the declared {declared}", retryable=False)
+        served = media_type(response.headers.get("Content-Type", ""))
+        if not served or served != declared:
+            # A body of no stated type is of no known type: it never reaches speech-to-text or a model.
+            raise MediaError(f"media was {served or 'served without a Content-Type'}, not the declared {declared}",
+                             retryable=False)
         length = response.headers.get("Content-Length", "")
         if length.isdigit() and int(length) > self.max_bytes:
             raise MediaError(f"media of {int(length)} bytes is over the {self.max_bytes}-byte limit",

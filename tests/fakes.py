@@ -313,9 +313,11 @@ class FakeTwilio(FakeServer):
 
     def add_media(self, content: bytes, content_type: str, served_type: str | None = None,
                   declared_length: int | None = None) -> str:
-        """Keep a file in the fake's media storage; return its MediaUrl (which redirects there)."""
+        """Keep a file in the fake's media storage; return its MediaUrl (which redirects there). The
+        storage serves it as `served_type` when given ("" sends no Content-Type at all)."""
         media_sid = "ME" + uuid.uuid4().hex
-        self.storage.files[media_sid] = (content, served_type or content_type, declared_length)
+        self.storage.files[media_sid] = (content, content_type if served_type is None else served_type,
+                                         declared_length)
         return f"{self.url}/2010-04-01/Accounts/{ACCOUNT_SID}/Messages/MM{uuid.uuid4().hex}/Media/{media_sid}"
 
     @property
@@ -470,7 +472,8 @@ class FakeMediaStorage(_Loopback):
                 content, content_type, declared = fake.files[media_sid]
                 length = declared if declared is not None else len(content)
                 self.send_response(200)
-                self.send_header("Content-Type", content_type)
+                if content_type:
+                    self.send_header("Content-Type", content_type)
                 if media_sid in fake.unannounced:
                     # No Content-Length: the body ends when the connection closes.
                     self.send_header("Connection", "close")

@@ -202,3 +202,12 @@ def test_admin_transcript_shows_what_a_voice_note_said(client, admin_user, post_
     page = client.get(f"/admin/conversation/details/?id={question().conversation_id}").get_data(as_text=True)
     assert f"🎤 {fake_openrouter.transcript}" in page
     assert "📎 [photo: My cat]" in page
+
+
+def test_file_served_without_a_content_type_is_refused_and_never_transcribed(post_webhook, run_jobs, fake_twilio,
+                                                                             fake_openrouter):
+    media_url = fake_twilio.add_media(b"<html><body>not a voice note</body></html>", "audio/ogg", served_type="")
+    send_media(post_webhook, media_url, "audio/ogg")
+    run_jobs()
+    assert [sent["Body"] for sent in fake_twilio.sent] == [MEDIA_UNREADABLE]
+    assert fake_openrouter.requests == []
