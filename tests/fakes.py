@@ -463,6 +463,7 @@ class FakeMediaStorage(_Loopback):
                     fake.refuse_stale(self)
                     return
                 media_sid = path.rsplit("/", 1)[-1]
+                released = fake.released
                 fake.requests.append({"path": path, "headers": dict(self.headers)})
                 if self.headers.get("Authorization") or media_sid not in fake.files:
                     self.send_response(403 if self.headers.get("Authorization") else 404)
@@ -482,11 +483,15 @@ class FakeMediaStorage(_Loopback):
                     self.send_header("Content-Length", str(length))
                 self.end_headers()
                 sent = 0
+                drip = fake.drips.get(media_sid)
+                size = 1 if drip else fake.CHUNK
                 try:
-                    while sent < length:
-                        chunk = content[sent:sent + fake.CHUNK] or b"\0" * min(fake.CHUNK, length - sent)
+                    while sent < length and not (drip and released.is_set()):
+                        chunk = content[sent:sent + size] or b"\0" * min(size, length - sent)
                         self.wfile.write(chunk)
                         sent += len(chunk)
+                        if drip:
+                            released.wait(drip)
                 except (BrokenPipeError, ConnectionResetError):
                     pass
                 fake.bytes_sent[media_sid] = sent
@@ -503,3 +508,5 @@ class FakeMediaStorage(_Loopback):
         self.bytes_sent: dict[str, int] = {}
         # Media sids served without a Content-Length, so only the bytes themselves tell the size.
         self.unannounced: set[str] = set()
+        # Media sid → seconds between bytes: a host that drips its file a byte at a time.
+        self.drips: dict[str, float] = {}
