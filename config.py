@@ -134,6 +134,13 @@ class Config:
     max_inbound_chars: int = 4096
     # WhatsApp's own limit on a media file; a larger one is refused before it is read to the end.
     max_media_bytes: int = 16 * 1024 * 1024
+    # What one message's files may add up to; the files past it are skipped and named to the user.
+    max_media_bytes_per_message: int = 20 * 1024 * 1024
+    # Attachment bytes one worker process holds in memory at once (building requests); more waits.
+    max_media_bytes_in_memory: int = 40 * 1024 * 1024
+    # Lets media redirects (and other URLs an outsider may pick) reach loopback and private addresses;
+    # link-local and cloud metadata addresses stay refused.
+    allow_private_hosts: bool = False
     # OpenRouter's speech-to-text model for voice notes.
     transcription_model: str = "openai/whisper-1"
     max_reply_parts: int = 10
@@ -238,6 +245,11 @@ class Config:
             "rate_limit_global": reader.integer("RATE_LIMIT_GLOBAL", cls.rate_limit_global, minimum=1),
             "max_inbound_chars": reader.integer("MAX_INBOUND_CHARS", cls.max_inbound_chars, minimum=1),
             "max_media_bytes": reader.integer("MAX_MEDIA_BYTES", cls.max_media_bytes, minimum=1024),
+            "max_media_bytes_per_message": reader.integer("MAX_MEDIA_BYTES_PER_MESSAGE",
+                                                          cls.max_media_bytes_per_message, minimum=1024),
+            "max_media_bytes_in_memory": reader.integer("MAX_MEDIA_BYTES_IN_MEMORY", cls.max_media_bytes_in_memory,
+                                                        minimum=1024),
+            "allow_private_hosts": reader.boolean("ALLOW_PRIVATE_HOSTS", cls.allow_private_hosts),
             "transcription_model": reader.text("TRANSCRIPTION_MODEL", default=cls.transcription_model),
             "max_reply_parts": reader.integer("MAX_REPLY_PARTS", cls.max_reply_parts, minimum=1,
                                               maximum=MAX_REPLY_PARTS_CEILING),
@@ -281,6 +293,12 @@ class Config:
             "metrics_dir": reader.text("PROMETHEUS_MULTIPROC_DIR", default=cls.metrics_dir),
             "admin_timezone": reader.time_zone("ADMIN_TIMEZONE", cls.admin_timezone),
         }
+        if settings["max_media_bytes_in_memory"] < settings["max_media_bytes_per_message"]:
+            # A message's files must fit in a worker's room at once, or they would wait for it forever.
+            reader.problems.append(
+                f"MAX_MEDIA_BYTES_IN_MEMORY ({settings['max_media_bytes_in_memory']}) must be at least "
+                f"MAX_MEDIA_BYTES_PER_MESSAGE ({settings['max_media_bytes_per_message']}): raise it, or lower "
+                "MAX_MEDIA_BYTES_PER_MESSAGE")
         # Without it the web process would check Twilio's signatures against the host the client names.
         if serving_web and not settings["public_base_url"]:
             reader.problems.append("PUBLIC_BASE_URL is required by the web process but not set: set it to the "

@@ -1,10 +1,10 @@
 """MessageProcessor: answer a stored user message and deliver the answer, exactly once."""
 from __future__ import annotations
 
-import base64
 import logging
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -14,7 +14,7 @@ from chatbot.alerts import ErrorHandler
 from chatbot.channels import Channel
 from chatbot.context import ConversationManager
 from chatbot.errors import AIError, Category, JobDeadlineReached, WhatsAppError
-from chatbot.media import AUDIO_FORMATS, MediaError, MediaKind, media_kind, media_type
+from chatbot.media import AUDIO_FORMATS, Media, MediaError, MediaKind, MediaTooLarge, media_kind
 from chatbot.models import Conversation, Message, ReplyPart, Role, ServiceWindow, Status, utcnow
 from chatbot.models.db import connection_released, database
 from chatbot.numbers import Assistant
@@ -36,6 +36,10 @@ PHOTOS_UNSEEN = "I can't look at photos with the current setup — could you des
 MEDIA_UNREADABLE = "I couldn't open that file — could you send it again, or type your question?"
 MEDIA_UNSUPPORTED = ("I can read text, voice notes, photos and PDF documents, but not this kind of file — "
                      "could you type your question instead?")
+# Attachments past MAX_MEDIA_BYTES (each) or MAX_MEDIA_BYTES_PER_MESSAGE (together) are skipped, and named.
+MEDIA_TOO_LARGE = ("{files} too big for me: a message's files may add up to {total} MB, each at most {each} MB. "
+                   "Could you send a smaller one, or type your question?")
+MEDIA_SKIPPED_NOTE = "(I skipped {files}: too big. A message's files may add up to {total} MB, each at most {each} MB.)"
 LOCATION_UNSUPPORTED = "I can't see shared locations — could you type the place or address instead?"
 # Canned answers that never carry the number's greeting: a command's reply, a cap's or the access list's refusal.
 NOT_GREETED = ("command:", "budget_", "access")
@@ -124,7 +128,9 @@ class MessageProcessor:
             elif answer is None:
                 burst = self._burst(outstanding[position:]) if coalesce_seconds else [question]
                 answered_in_burst.update(member.id for member in burst)
-                answer = self._answer(conversation, burst, final_attempt, outcome, until)
+                # Attachments read for the answer stay held until _answer's frame (and its prompt) is gone.
+                with ExitStack() as attachments:
+                    answer = self._answer(conversation, burst, final_attempt, outcome, attachments, until)
                 question = burst[-1]  # the one the answer replies to
             self._remember_answered(conversation, answer)
             outcome.parts_sent += self._deliver(conversation, question, answer, final_attempt)
@@ -242,9 +248,10 @@ class MessageProcessor:
         return outcome
 
     def _answer(self, conversation: Conversation, burst: list[Message], final_attempt: bool,
-                outcome: Outcome, until: float | None = None) -> Message:
+                outcome: Outcome, attachments: ExitStack, until: float | None = None) -> Message:
         """Answer the messages of `burst` (usually one) with one AI call; store the answer as the
-        reply to the last of them, every one marked answered with it."""
+        reply to the last of them, every one marked answered with it. The attachments read (their
+        temporary files, their room in memory) are released when `attachments` is closed."""
         started = self.clock()
         first, question = burst[0], burst[-1]
         context = f"message_id={question.id} sender={mask_phone(conversation.user_phone)}"
@@ -254,7 +261,7 @@ class MessageProcessor:
                 # Plain messages only (see _burst): one user turn, each message on its own line.
                 turn = UserTurn("\n".join(prompt_text(member) for member in burst))
             else:
-                turn = self._read_attachments(conversation, question, adapter, final_attempt, until)
+                turn = self._read_attachments(conversation, question, adapter, final_attempt, until, attachments)
             if isinstance(turn, Message):
                 return turn
             prompt = (
@@ -282,6 +289,8 @@ class MessageProcessor:
         text = to_whatsapp(clean_text(reply.text).text)
         if any(member.metadata.get("trimmed") for member in burst):
             text = TRIMMED_NOTE.format(limit=self.max_inbound_chars) + "\n\n" + text
+        if question.metadata.get("media_skipped"):
+            text = self._too_large(MEDIA_SKIPPED_NOTE, files_named(question.metadata["media_skipped"])) + "\n\n" + text
         text = self._greeted(conversation, first, text)
         metadata = {"ai_source": adapter.settings.source, "requested_model": adapter.settings.model}
         if len(burst) > 1:
@@ -314,16 +323,21 @@ class MessageProcessor:
         return answer
 
     def _read_attachments(self, conversation: Conversation, question: Message, adapter: OpenRouterAdapter,
-                          final_attempt: bool, until: float | None) -> UserTurn | Message:
+                          final_attempt: bool, until: float | None, attachments: ExitStack) -> UserTurn | Message:
         """Turn the question's attachments into what the model reads (a transcript, image or file
-        parts); when they cannot be read, store and return the kind canned answer instead."""
-        attachments = question.metadata.get("media", [])
-        if not attachments:
+        parts); when they cannot be read, store and return the kind canned answer instead.
+
+        Each file streams to a temporary file; those past the message's budget are skipped (and named
+        to the user). The rest are read back into memory only once the worker has room for them, and
+        stay held in `attachments` until the answer is stored."""
+        items = question.metadata.get("media", [])
+        if not items:
             if question.metadata.get("Latitude") and not question.content.strip():
                 return self._store_canned(conversation, question, LOCATION_UNSUPPORTED, "location")
             return UserTurn(prompt_text(question))
-        kinds = [media_kind(item.get("content_type", "")) for item in attachments]
-        if self.channel.media is None or MediaKind.OTHER in kinds:
+        kinds = [media_kind(item.get("content_type", "")) for item in items]
+        media = self.channel.media
+        if media is None or MediaKind.OTHER in kinds:
             return self._store_canned(conversation, question, MEDIA_UNSUPPORTED, "media_unsupported")
         context = f"message_id={question.id} sender={mask_phone(conversation.user_phone)}"
         if MediaKind.IMAGE in kinds and not self.ai_factory.catalogue.takes(adapter, adapter.settings.model, "image"):
@@ -333,24 +347,44 @@ class MessageProcessor:
                 f"model {adapter.settings.model} cannot read photos, so users sending one are asked to describe "
                 f"it; models that can: {takers or 'see openrouter.ai/models'}")
             return self._store_canned(conversation, question, PHOTOS_UNSEEN, "photo_unsupported")
+        # One message's downloads share one AI_DEADLINE, inside the job's own deadline.
+        downloads_until = self.clock() + media.deadline if until is None else min(until, self.clock() + media.deadline)
+        fetched: list[tuple[MediaKind, Media]] = []
+        skipped, budget = [], media.max_message_bytes
+        try:
+            for position, (item, kind) in enumerate(zip(items, kinds, strict=True), start=1):
+                try:
+                    # Downloading can take seconds: hold no database connection meanwhile.
+                    with connection_released():
+                        download = media.fetch(item["url"], item.get("content_type", ""), max_bytes=budget,
+                                               until=downloads_until)
+                except MediaTooLarge as error:
+                    log.warning("%s attachment=%d of %d skipped: %s", context, position, len(items), error)
+                    skipped.append(position)
+                    continue
+                attachments.callback(download.close)
+                budget -= download.size
+                fetched.append((kind, download))
+            if fetched:
+                with connection_released():
+                    attachments.enter_context(media.memory.hold(sum(download.size for _, download in fetched),
+                                                                downloads_until))
+        except MediaError as error:
+            if error.retryable and not final_attempt:
+                raise
+            self.errors.handle(Category.SYSTEM, error, context)
+            return self._store_canned(conversation, question, MEDIA_UNREADABLE, "media_unreadable")
+        if not fetched:
+            files = "That file is" if len(items) == 1 else "Those files are"
+            return self._store_canned(conversation, question, self._too_large(MEDIA_TOO_LARGE, files),
+                                      "media_too_large")
         parts, transcripts, media_cost, stand_ins = [], [], 0.0, []
         caption = question.content.strip()
-        for item, kind in zip(attachments, kinds, strict=True):
-            try:
-                # Downloading can take seconds: hold no database connection meanwhile.
-                with connection_released():
-                    fetched = self.channel.media.fetch(item["url"], item.get("content_type", ""))
-            except MediaError as error:
-                if error.retryable and not final_attempt:
-                    raise
-                self.errors.handle(Category.SYSTEM, error, context)
-                return self._store_canned(conversation, question, MEDIA_UNREADABLE, "media_unreadable")
-            data_url = f"data:{fetched.content_type};base64,{base64.b64encode(fetched.content).decode('ascii')}"
+        for kind, download in fetched:
             if kind is MediaKind.AUDIO:
                 try:
                     with connection_released():
-                        transcript = adapter.transcribe(fetched.content,
-                                                        AUDIO_FORMATS[media_type(fetched.content_type)],
+                        transcript = adapter.transcribe(download.content(), AUDIO_FORMATS[download.content_type],
                                                         self.transcription_model, until=until)
                 except AIError as error:
                     if error.retryable and not final_attempt and not error.deadline_exceeded:
@@ -360,18 +394,25 @@ class MessageProcessor:
                 transcripts.append(transcript.text)
                 media_cost = total_cost(media_cost, transcript.cost)
             elif kind is MediaKind.IMAGE:
-                parts.append({"type": "image_url", "image_url": {"url": data_url}})
+                parts.append({"type": "image_url", "image_url": {"url": download.data_url()}})
                 stand_ins.append(f"[photo: {caption}]" if caption else "[photo]")
             else:
                 parts.append({"type": "file", "file": {"filename": f"document-{question.id}.pdf",
-                                                       "file_data": data_url}})
+                                                       "file_data": download.data_url()}})
                 stand_ins.append(f"[PDF document: {caption}]" if caption else "[PDF document]")
         if transcripts:
             question.metadata = {**question.metadata, "transcript": "\n".join(transcripts)}
         if stand_ins:
             question.metadata = {**question.metadata, "stand_in": " ".join(stand_ins)}
+        if skipped:
+            question.metadata = {**question.metadata, "media_skipped": skipped}
         text = prompt_text(question)
         return UserTurn([{"type": "text", "text": text}, *parts] if parts else text, media_cost)
+
+    def _too_large(self, template: str, files: str) -> str:
+        """Fill a too-large notice with the files it names and the limits in force, in MB."""
+        return template.format(files=files, total=megabytes(self.channel.media.max_message_bytes),
+                               each=megabytes(self.channel.media.max_bytes))
 
     def assistant_of(self, conversation: Conversation) -> Assistant:
         """Return how the number the conversation is with answers (the defaults when no directory is given)."""
@@ -543,6 +584,19 @@ def prompt_text(question: Message) -> str:
     if question.metadata.get("media") and not question.content.strip():
         return "[The user sent the attached file with no text.]"
     return question.content
+
+
+def files_named(positions: list[int]) -> str:
+    """Name attachments by their place in the message: `file 2`, `files 2, 3 and 4`."""
+    numbers = [str(position) for position in positions]
+    if len(numbers) == 1:
+        return f"file {numbers[0]}"
+    return f"files {', '.join(numbers[:-1])} and {numbers[-1]}"
+
+
+def megabytes(size: int) -> str:
+    """Say a byte count in MB for people: 16777216 → `16`, 1572864 → `1.5`."""
+    return f"{size / (1024 * 1024):.1f}".removesuffix(".0")
 
 
 def total_cost(*costs: float | None) -> float | None:

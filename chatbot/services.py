@@ -16,6 +16,7 @@ from chatbot.crypto import FieldCipher
 from chatbot.media import MediaFetcher
 from chatbot.models.db import POOL_SIZE, open_database
 from chatbot.numbers import NumberDirectory
+from chatbot.outbound import OutboundGuard, guarded_session
 from chatbot.processor import MessageProcessor
 from chatbot.rate_limiter import RateLimiter
 from chatbot.stages.access import AccessPolicy
@@ -89,8 +90,11 @@ def build_services(config: Config, ai_options: dict | None = None,
         UserCommands(redis, context, whatsapp, config.user_commands, config.site_name),
         access,
         budgets,
-        MediaFetcher(pooled_session(http_pool_size(config)), config.twilio_account_sid, config.twilio_auth_token,
-                     config.twilio_api_base_url, max_bytes=config.max_media_bytes),
+        MediaFetcher(pooled_session(http_pool_size(config)),
+                     guarded_session(OutboundGuard(config.allow_private_hosts), http_pool_size(config)),
+                     config.twilio_account_sid, config.twilio_auth_token, config.twilio_api_base_url,
+                     max_bytes=config.max_media_bytes, max_message_bytes=config.max_media_bytes_per_message,
+                     max_bytes_in_memory=config.max_media_bytes_in_memory, deadline=config.ai_deadline),
         numbers,
     )
     return Services(

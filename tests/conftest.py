@@ -231,6 +231,8 @@ def env(fake_openrouter, fake_twilio, redis_url):
         "AI_MODEL": "openai/gpt-4o-mini",
         "AI_SYSTEM_PROMPT": "You are a test assistant.",
         "MAX_CONTEXT_MESSAGES": "10",
+        # The fakes listen on 127.0.0.1; tests/test_attacks_media.py turns this off to see it refused.
+        "ALLOW_PRIVATE_HOSTS": "1",
     }
 
 

@@ -313,9 +313,11 @@ class FakeTwilio(FakeServer):
 
     def add_media(self, content: bytes, content_type: str, served_type: str | None = None,
                   declared_length: int | None = None) -> str:
-        """Keep a file in the fake's media storage; return its MediaUrl (which redirects there)."""
+        """Keep a file in the fake's media storage; return its MediaUrl (which redirects there). The
+        storage serves it as `served_type` when given ("" sends no Content-Type at all)."""
         media_sid = "ME" + uuid.uuid4().hex
-        self.storage.files[media_sid] = (content, served_type or content_type, declared_length)
+        self.storage.files[media_sid] = (content, content_type if served_type is None else served_type,
+                                         declared_length)
         return f"{self.url}/2010-04-01/Accounts/{ACCOUNT_SID}/Messages/MM{uuid.uuid4().hex}/Media/{media_sid}"
 
     @property
@@ -461,6 +463,7 @@ class FakeMediaStorage(_Loopback):
                     fake.refuse_stale(self)
                     return
                 media_sid = path.rsplit("/", 1)[-1]
+                released = fake.released
                 fake.requests.append({"path": path, "headers": dict(self.headers)})
                 if self.headers.get("Authorization") or media_sid not in fake.files:
                     self.send_response(403 if self.headers.get("Authorization") else 404)
@@ -470,7 +473,8 @@ class FakeMediaStorage(_Loopback):
                 content, content_type, declared = fake.files[media_sid]
                 length = declared if declared is not None else len(content)
                 self.send_response(200)
-                self.send_header("Content-Type", content_type)
+                if content_type:
+                    self.send_header("Content-Type", content_type)
                 if media_sid in fake.unannounced:
                     # No Content-Length: the body ends when the connection closes.
                     self.send_header("Connection", "close")
@@ -479,11 +483,15 @@ class FakeMediaStorage(_Loopback):
                     self.send_header("Content-Length", str(length))
                 self.end_headers()
                 sent = 0
+                drip = fake.drips.get(media_sid)
+                size = 1 if drip else fake.CHUNK
                 try:
-                    while sent < length:
-                        chunk = content[sent:sent + fake.CHUNK] or b"\0" * min(fake.CHUNK, length - sent)
+                    while sent < length and not (drip and released.is_set()):
+                        chunk = content[sent:sent + size] or b"\0" * min(size, length - sent)
                         self.wfile.write(chunk)
                         sent += len(chunk)
+                        if drip:
+                            released.wait(drip)
                 except (BrokenPipeError, ConnectionResetError):
                     pass
                 fake.bytes_sent[media_sid] = sent
@@ -500,3 +508,5 @@ class FakeMediaStorage(_Loopback):
         self.bytes_sent: dict[str, int] = {}
         # Media sids served without a Content-Length, so only the bytes themselves tell the size.
         self.unannounced: set[str] = set()
+        # Media sid → seconds between bytes: a host that drips its file a byte at a time.
+        self.drips: dict[str, float] = {}

@@ -295,3 +295,23 @@ def test_tiny_media_limit_is_named():
     with pytest.raises(ConfigError) as error:
         Config.from_mapping({**MINIMAL, "MAX_MEDIA_BYTES": "10"})
     assert error.value.problems == ["MAX_MEDIA_BYTES must be at least 1024, got 10"]
+
+
+def test_attachment_budgets_and_private_hosts_default_to_safe_values():
+    config = Config.from_mapping(MINIMAL)
+    assert (config.max_media_bytes_per_message, config.max_media_bytes_in_memory) == (20 * 1024 * 1024,
+                                                                                     40 * 1024 * 1024)
+    assert config.allow_private_hosts is False
+    config = Config.from_mapping({**MINIMAL, "MAX_MEDIA_BYTES_PER_MESSAGE": "5000000",
+                                  "MAX_MEDIA_BYTES_IN_MEMORY": "5000000", "ALLOW_PRIVATE_HOSTS": "true"})
+    assert (config.max_media_bytes_per_message, config.max_media_bytes_in_memory) == (5000000, 5000000)
+    assert config.allow_private_hosts is True
+
+
+def test_room_in_memory_smaller_than_one_messages_budget_is_named():
+    with pytest.raises(ConfigError) as error:
+        Config.from_mapping({**MINIMAL, "MAX_MEDIA_BYTES_PER_MESSAGE": "3000000",
+                             "MAX_MEDIA_BYTES_IN_MEMORY": "2000000"})
+    assert error.value.problems == [
+        "MAX_MEDIA_BYTES_IN_MEMORY (2000000) must be at least MAX_MEDIA_BYTES_PER_MESSAGE (3000000): raise it, "
+        "or lower MAX_MEDIA_BYTES_PER_MESSAGE"]

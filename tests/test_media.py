@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import logging
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -12,14 +13,16 @@ import requests
 
 from chatbot.media import MediaError, MediaFetcher
 from chatbot.models import Message, Role
-from chatbot.processor import MEDIA_UNREADABLE, MEDIA_UNSUPPORTED, PHOTOS_UNSEEN, VOICE_UNHEARD
+from chatbot.outbound import OutboundGuard, guarded_session
+from chatbot.processor import MEDIA_TOO_LARGE, MEDIA_UNREADABLE, MEDIA_UNSUPPORTED, PHOTOS_UNSEEN, VOICE_UNHEARD
 from tests.conftest import log_in, wait_for
-from tests.fakes import FakeOpenRouter
+from tests.fakes import FakeOpenRouter, Scripted
 from tests.support import ACCOUNT_SID, AUTH_TOKEN
 
 ADA = "whatsapp:+15550001111"
 VOICE_NOTE = (Path(__file__).parent / "samples" / "voice-note.ogg").read_bytes()
 TWENTY_MB = 20 * 1024 * 1024
+MB = 1024 * 1024
 
 
 def png(width: int = 2, height: int = 2) -> bytes:
@@ -50,6 +53,12 @@ def pdf(text: str = "Invoice 42: 120 EUR") -> bytes:
     body += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
     body += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
     return body + b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+
+
+def fetcher_for(fake_twilio, **options) -> MediaFetcher:
+    """A fetcher aimed at the Twilio fake, whose media storage is on loopback too."""
+    return MediaFetcher(requests.Session(), guarded_session(OutboundGuard(allow_private=True)), ACCOUNT_SID,
+                        AUTH_TOKEN, fake_twilio.url, **options)
 
 
 def send_media(post_webhook, url: str, content_type: str, caption: str = ""):
@@ -159,7 +168,8 @@ def test_twenty_megabyte_file_is_refused_before_its_download_finishes(post_webho
     media_url = fake_twilio.add_media(b"%PDF-1.4\n", "application/pdf", declared_length=TWENTY_MB)
     send_media(post_webhook, media_url, "application/pdf")
     run_jobs()
-    assert [sent["Body"] for sent in fake_twilio.sent] == [MEDIA_UNREADABLE]
+    assert [sent["Body"] for sent in fake_twilio.sent] == [
+        MEDIA_TOO_LARGE.format(files="That file is", total="20", each="16")]
     assert fake_openrouter.completions == []
     media_sid = media_url.rsplit("/", 1)[-1]
     assert wait_for(lambda: media_sid in fake_twilio.storage.bytes_sent, timeout=10)
@@ -170,7 +180,7 @@ def test_download_stops_at_the_cap_when_no_size_is_announced(fake_twilio):
     media_url = fake_twilio.add_media(b"", "application/pdf", declared_length=TWENTY_MB)
     media_sid = media_url.rsplit("/", 1)[-1]
     fake_twilio.storage.unannounced.add(media_sid)
-    fetcher = MediaFetcher(requests.Session(), ACCOUNT_SID, AUTH_TOKEN, fake_twilio.url, max_bytes=1024 * 1024)
+    fetcher = fetcher_for(fake_twilio, max_bytes=1024 * 1024)
     with pytest.raises(MediaError, match="over the 1048576-byte limit"):
         fetcher.fetch(media_url, "application/pdf")
     assert wait_for(lambda: media_sid in fake_twilio.storage.bytes_sent, timeout=10)
@@ -179,9 +189,8 @@ def test_download_stops_at_the_cap_when_no_size_is_announced(fake_twilio):
 
 def test_served_type_must_match_the_declared_one(fake_twilio):
     media_url = fake_twilio.add_media(b"<html></html>", "image/png", served_type="text/html")
-    fetcher = MediaFetcher(requests.Session(), ACCOUNT_SID, AUTH_TOKEN, fake_twilio.url)
     with pytest.raises(MediaError, match="text/html, not the declared image/png"):
-        fetcher.fetch(media_url, "image/png")
+        fetcher_for(fake_twilio).fetch(media_url, "image/png")
 
 
 def test_media_url_on_another_host_is_never_fetched(post_webhook, run_jobs, fake_twilio, fake_openrouter):
@@ -202,3 +211,59 @@ def test_admin_transcript_shows_what_a_voice_note_said(client, admin_user, post_
     page = client.get(f"/admin/conversation/details/?id={question().conversation_id}").get_data(as_text=True)
     assert f"🎤 {fake_openrouter.transcript}" in page
     assert "📎 [photo: My cat]" in page
+
+
+# --- the type served ------------------------------------------------------------------------------
+
+def test_file_served_without_a_content_type_is_refused_and_never_transcribed(post_webhook, run_jobs, fake_twilio,
+                                                                             fake_openrouter):
+    media_url = fake_twilio.add_media(b"<html><body>not a voice note</body></html>", "audio/ogg", served_type="")
+    send_media(post_webhook, media_url, "audio/ogg")
+    run_jobs()
+    assert [sent["Body"] for sent in fake_twilio.sent] == [MEDIA_UNREADABLE]
+    assert fake_openrouter.requests == []
+
+
+# --- the deadline -----------------------------------------------------------------------------------
+
+def test_media_host_dripping_a_byte_every_two_seconds_is_cut_off_at_the_deadline(fake_twilio):
+    media_url = fake_twilio.add_media(pdf(), "application/pdf")
+    fake_twilio.storage.drips[media_url.rsplit("/", 1)[-1]] = 2.0
+    started = time.monotonic()
+    with pytest.raises(MediaError, match="did not arrive within the deadline") as refused:
+        fetcher_for(fake_twilio, deadline=1.0).fetch(media_url, "application/pdf")
+    assert time.monotonic() - started < 1.8
+    assert not refused.value.retryable
+
+
+def test_media_host_trickling_quickly_is_cut_off_at_the_deadline_of_the_whole_transfer(fake_twilio):
+    media_url = fake_twilio.add_media(b"%PDF-1.4\n" + b"x" * 200, "application/pdf")
+    fake_twilio.storage.drips[media_url.rsplit("/", 1)[-1]] = 0.02
+    started = time.monotonic()
+    with pytest.raises(MediaError, match="did not arrive within the deadline"):
+        fetcher_for(fake_twilio, deadline=1.0).fetch(media_url, "application/pdf")
+    assert time.monotonic() - started < 1.8
+
+
+def test_media_host_that_never_answers_is_cut_off_at_the_deadline(fake_twilio):
+    media_url = fake_twilio.add_media(pdf(), "application/pdf")
+    fake_twilio.then(Scripted(307, "", delay=30))
+    started = time.monotonic()
+    with pytest.raises(MediaError, match="within the deadline"):
+        fetcher_for(fake_twilio, deadline=1.0).fetch(media_url, "application/pdf")
+    assert time.monotonic() - started < 1.8
+
+
+def test_one_messages_downloads_share_one_deadline_and_are_not_retried(post_webhook, run_jobs, services,
+                                                                        fake_twilio, fake_openrouter):
+    services.processor.channel.media.deadline = 1.0
+    urls = [fake_twilio.add_media(pdf(), "application/pdf") for _ in range(2)]
+    for url in urls:
+        fake_twilio.storage.drips[url.rsplit("/", 1)[-1]] = 2.0
+    post_webhook.message("", sender=ADA, NumMedia="2", MediaUrl0=urls[0], MediaContentType0="application/pdf",
+                         MediaUrl1=urls[1], MediaContentType1="application/pdf")
+    started = time.monotonic()
+    run_jobs()
+    assert time.monotonic() - started < 1.8
+    assert [sent["Body"] for sent in fake_twilio.sent] == [MEDIA_UNREADABLE]
+    assert fake_openrouter.requests == []
