@@ -138,6 +138,26 @@ def test_blank_key_on_edit_keeps_the_stored_key(operator, services):
     assert config.api_key(services.cipher) == "sk-or-v1-keepthisone9999"
 
 
+KEPT = "sk-or-v1-keepthisone9999"
+
+
+@pytest.mark.parametrize("api_key, stored", [(None, KEPT), ("", KEPT), ("  ", KEPT),
+                                            ("sk-or-v1-replacement7777", "sk-or-v1-replacement7777")],
+                         ids=["absent", "empty", "blank", "filled"])
+def test_editing_a_configuration_works_with_the_key_field_absent_empty_or_filled(operator, services, api_key,
+                                                                                 stored):
+    create_configuration(operator, api_key=KEPT)
+    config = AIConfiguration.get()
+    edit = f"/admin/aiconfiguration/edit/?id={config.id}"
+    form = {"name": "main", "provider": "openrouter", "model_name": "openai/gpt-4o", "max_tokens": "300",
+            "temperature": "1", "system_prompt": "", "csrf_token": csrf_token(operator, edit)}
+    if api_key is not None:
+        form["api_key"] = api_key
+    assert operator.post(edit, data=form).status_code == 302  # saved, not a 500
+    config = AIConfiguration.get()
+    assert config.model_name == "openai/gpt-4o" and config.api_key(services.cipher) == stored
+
+
 @pytest.mark.postgres
 def test_activating_one_configuration_deactivates_the_others(operator):
     create_configuration(operator, name="first", is_active="y")

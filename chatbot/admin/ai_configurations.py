@@ -18,6 +18,18 @@ from chatbot.models import AIConfiguration, utcnow
 from config import comma_list
 
 
+class WriteOnlyField(PasswordField):
+    """A secret typed in and never read back: the form neither shows the stored value nor takes the
+    model's attribute of the same name as its data (AIConfiguration.api_key is a method), and saving
+    leaves the model to the view, which stores the key only when one was typed."""
+
+    def process_data(self, value):
+        self.data = ""
+
+    def populate_obj(self, obj, name):
+        """Leave `obj` alone: on_model_change encrypts the key into its own column."""
+
+
 class AIConfigurationView(PanelModelView):
     """AI provider settings; the API key is write-only and shown only masked."""
 
@@ -53,7 +65,7 @@ class AIConfigurationView(PanelModelView):
         "is_active": {"label": "Active", "description": "Activating this one deactivates the others."},
     }
     form_extra_fields = {
-        "api_key": PasswordField(
+        "api_key": WriteOnlyField(
             "API key", validators=[Length(max=500)],
             description="Write-only. Leave blank to keep the stored key.",
         )
@@ -66,8 +78,9 @@ class AIConfigurationView(PanelModelView):
         return model.masked_key(services().cipher)
 
     def on_model_change(self, form, model, is_created):
-        if form.api_key.data:
-            model.set_api_key(form.api_key.data.strip(), services().cipher)
+        typed = form.api_key.data.strip()
+        if typed:  # blank (or spaces) keeps the stored key
+            model.set_api_key(typed, services().cipher)
         model.updated_at = utcnow()
         errors = model.validation_errors()
         if errors:
@@ -76,8 +89,7 @@ class AIConfigurationView(PanelModelView):
     def after_model_change(self, form, model, is_created):
         if model.is_active:
             model.activate()
-        # Read back: the form's api_key field has shadowed the model's api_key() on this instance.
-        self.warn_of_unlisted_models(AIConfiguration.get_by_id(model.id))
+        self.warn_of_unlisted_models(model)
 
     @staticmethod
     def warn_of_unlisted_models(ai_config: AIConfiguration) -> None:
