@@ -15,6 +15,7 @@ from chatbot.checks import openrouter_checks
 from chatbot.crypto import SecretDecryptionError
 from chatbot.errors import AIError
 from chatbot.models import AIConfiguration, utcnow
+from chatbot.sanitizer import whole_number
 from config import comma_list
 
 
@@ -110,14 +111,15 @@ class AIConfigurationView(PanelModelView):
 
     @action("activate", "Activate", "Make the selected configuration the only active one?")
     def action_activate(self, ids):
-        if len(ids) != 1:
+        chosen_id = whole_number(ids[0]) if len(ids) == 1 else None
+        ai_config = AIConfiguration.get_or_none(AIConfiguration.id == chosen_id) if chosen_id else None
+        if ai_config is None:
             flash("Select exactly one configuration to activate.", "error")
             return
-        ai_config = AIConfiguration.get_by_id(int(ids[0]))
         ai_config.activate()
         flash(f"{ai_config.name} is now the active AI configuration.", "success")
 
-    @expose("/test/<int:config_id>/", methods=("POST",))
+    @expose("/test/<row_id:config_id>/", methods=("POST",))
     def test_connection_view(self, config_id):
         form = SecureForm(request.form)
         ai_config = AIConfiguration.get_or_none(AIConfiguration.id == config_id)

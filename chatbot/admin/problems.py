@@ -97,7 +97,7 @@ class ProblemsView(LoginRequired, BaseView):
         return self.render("chatbot_admin/problems.html", rows=rows, shown=PROBLEMS_SHOWN,
                            stuck_minutes=int(STUCK_AFTER.total_seconds() // 60))
 
-    @expose("/retry/<int:message_id>/", methods=("POST",))
+    @expose("/retry/<row_id:message_id>/", methods=("POST",))
     def retry_view(self, message_id):
         # Only a problem is retried: a delivered reply is never sent twice by a stale page.
         message = Message.problems(utcnow() - STUCK_AFTER, 1).where(Message.id == message_id).first()
