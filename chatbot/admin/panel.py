@@ -30,6 +30,9 @@ from chatbot.web.security import DASHBOARD_CSP
 log = logging.getLogger(__name__)
 
 REVEAL_PHONES = "reveal_phones"
+# Why a playground's or the console's conversation is never taken over, replied to or retried.
+NOT_ON_WHATSAPP = ("this is a playground or console conversation, with nobody on WhatsApp at the other end: "
+                   "nothing of it is ever sent through Twilio.")
 
 
 def services():
