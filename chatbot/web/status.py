@@ -11,7 +11,7 @@ from chatbot.error_explanations import twilio_error
 from chatbot.models import ReplyPart
 from chatbot.sanitizer import whole_number
 from chatbot.web import EMPTY_TWIML
-from chatbot.web.audit import audit_row, log_unrecorded, record, refuse
+from chatbot.web.audit import audit_row, log_unrecorded, record, record_unchanged, refuse
 from chatbot.web.inbound import MalformedWebhook, read_fields
 from chatbot.web.signature import signature_problem
 from chatbot.whatsapp import PERMANENT_CODES, STATUS_CALLBACK_PATH
@@ -68,8 +68,10 @@ def acknowledge_status(fields: dict, started: float) -> Response:
                     sid or "-", given_code[:20])
     try:
         unchanged = ReplyPart.apply_status(sid, status, code)
-        record(audit_row(200, started, signature_valid=True, verdict="status_callback", message_sid=sid or None,
-                       error=unchanged))
+        # A receipt that moved a part is stored whole; one that moved none may be a replay, and is budgeted.
+        (record if unchanged is None else record_unchanged)(
+            audit_row(200, started, signature_valid=True, verdict="status_callback", message_sid=sid or None,
+                      error=unchanged))
     except PeeweeException as error:
         # Nothing was stored; a 503 lets Twilio report it again if it retries.
         log_unrecorded(audit_row(503, started, signature_valid=True, message_sid=sid or None,
