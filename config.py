@@ -40,6 +40,9 @@ MAX_WORKER_INTERVAL = 600
 # No longer than a job waits for a conversation that another job holds (chatbot.jobs.locks.LOCK_WAIT):
 # a killed worker's lock must be gone before the job handed on gives up waiting for it.
 MAX_CONVERSATION_LOCK_TTL = 30
+# Below the 15 s Twilio waits for the webhook's answer: a writer that cannot get its turn to write to
+# SQLite by then answers 503, and Twilio delivers the message again, instead of Twilio giving up.
+MAX_SQLITE_WRITER_WAIT = 14.0
 # A century: far past any retention promise, and it keeps the cleanup's cutoff date computable.
 MAX_RETENTION_DAYS = 36500
 # A week, in minutes: a longer TAKEOVER_TIMEOUT would be no timeout (0) in all but name.
@@ -152,6 +155,8 @@ class Config:
     worker_maintenance_interval: int = 5
     # Seconds a conversation stays locked after its job's worker stopped renewing the lock (was killed).
     conversation_lock_ttl: int = 20
+    # Seconds a write to an SQLite database waits for its turn before it fails as "database unavailable".
+    sqlite_writer_wait: float = 10.0
     ai_deadline: int = 60
     max_processing_attempts: int = 5
     retention_days: int = 90
@@ -257,6 +262,8 @@ class Config:
                                                           maximum=MAX_WORKER_INTERVAL),
             "conversation_lock_ttl": reader.integer("CONVERSATION_LOCK_TTL", cls.conversation_lock_ttl, minimum=1,
                                                     maximum=MAX_CONVERSATION_LOCK_TTL),
+            "sqlite_writer_wait": reader.number("SQLITE_WRITER_WAIT_SECONDS", cls.sqlite_writer_wait, 0.1,
+                                                MAX_SQLITE_WRITER_WAIT),
             "ai_deadline": reader.integer("AI_DEADLINE", cls.ai_deadline, minimum=5, maximum=MAX_AI_DEADLINE),
             "max_processing_attempts": reader.integer("MAX_PROCESSING_ATTEMPTS", cls.max_processing_attempts,
                                                       minimum=1, maximum=100),
