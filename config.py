@@ -1,11 +1,11 @@
 """Settings: the only reader of the environment and `.env`."""
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import urlparse
@@ -15,9 +15,24 @@ from cryptography.fernet import Fernet
 from dotenv import dotenv_values
 
 PROJECT_DIR = Path(__file__).resolve().parent
-DEFAULT_DATABASE_URL = f"sqlite:///{PROJECT_DIR / 'instance' / 'chatbot.sqlite3'}"
-# Where every process of one machine (gunicorn's workers, worker.py) writes its metrics for /metrics to add up.
-DEFAULT_METRICS_DIR = str(Path(tempfile.gettempdir()) / "chatbot-metrics")
+INSTANCE_DIR = PROJECT_DIR / "instance"
+DEFAULT_DATABASE_URL = f"sqlite:///{INSTANCE_DIR / 'chatbot.sqlite3'}"
+
+
+def deployment_metrics_dir(database_url: str) -> str:
+    """Where a deployment's processes on one machine (gunicorn's workers, worker.py) write their
+    metrics for /metrics to add up, unless PROMETHEUS_MULTIPROC_DIR says: a folder of its own, so two
+    deployments on one machine never add up, nor delete, each other's counts. Beside an SQLite
+    database's file (the processes sharing that file are the deployment); for a database server, in
+    the instance folder, named by the database's URL."""
+    parsed = urlparse(database_url)
+    if parsed.scheme == "sqlite" and parsed.path not in ("", "/:memory:"):
+        # As the database's own path is read (chatbot/models/db.py): sqlite:////srv/bot.db is /srv/bot.db.
+        return "/" + parsed.path.lstrip("/") + ".metrics"
+    return str(INSTANCE_DIR / f"metrics-{hashlib.sha256(database_url.encode()).hexdigest()[:12]}")
+
+
+DEFAULT_METRICS_DIR = deployment_metrics_dir(DEFAULT_DATABASE_URL)
 DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful assistant answering on WhatsApp. Keep answers short and clear, in short "
     "paragraphs, and answer in the language the user writes in. Use WhatsApp formatting only: "
@@ -198,12 +213,6 @@ class Config:
             sys.exit(str(error))
 
     @classmethod
-    def metrics_dir_from_env(cls) -> str:
-        """Return PROMETHEUS_MULTIPROC_DIR alone: gunicorn's settings need it before the app (and
-        its other settings) load."""
-        return _Reader(_environment()).text("PROMETHEUS_MULTIPROC_DIR", default=cls.metrics_dir)
-
-    @classmethod
     def from_mapping(cls, values: dict, serving_web: bool = False) -> Config:
         """Validate a mapping of variable names to strings and return typed settings.
 
@@ -285,7 +294,7 @@ class Config:
             "budget_per_sender_daily": reader.amount("BUDGET_PER_SENDER_DAILY"),
             "budget_monthly": reader.amount("BUDGET_MONTHLY"),
             "metrics_token": reader.text("METRICS_TOKEN"),
-            "metrics_dir": reader.text("PROMETHEUS_MULTIPROC_DIR", default=cls.metrics_dir),
+            "metrics_dir": reader.text("PROMETHEUS_MULTIPROC_DIR"),
             "admin_timezone": reader.time_zone("ADMIN_TIMEZONE", cls.admin_timezone),
         }
         # Without it the web process would check Twilio's signatures against the host the client names.
@@ -294,6 +303,7 @@ class Config:
                                    "https origin Twilio calls, e.g. https://my-bot.example.com")
         if reader.problems:
             raise ConfigError(reader.problems)
+        settings["metrics_dir"] = settings["metrics_dir"] or deployment_metrics_dir(settings["database_url"])
         return cls(**settings)
 
     def replace(self, **changes) -> Config:
