@@ -9,6 +9,7 @@ import pytest
 
 from chatbot.models import Message, ReplyPart, WebhookLog
 from chatbot.web import audit
+from tests.conftest import WEBHOOK_URL
 from tests.support import inbound_form, sign
 from tests.test_delivery_receipts import STATUS_URL, post_status, stored_reply
 
@@ -83,11 +84,12 @@ def test_a_moving_receipt_is_kept_however_many_replays_came_first(client, servic
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("code", [HUGE, "²"], ids=["30 digits", "superscript two"])
-def test_an_error_code_out_of_range_is_ignored_and_the_receipt_applied(client, services, caplog, code):
+@pytest.mark.parametrize("url", [STATUS_URL, WEBHOOK_URL], ids=["status URL", "webhook URL"])
+def test_an_error_code_out_of_range_is_ignored_and_the_receipt_applied(client, services, caplog, code, url):
     answer = stored_reply([("sent", None)])
     part = answer.parts[0]
     with caplog.at_level(logging.WARNING):
-        response = post_status(client, part.twilio_sid, "undelivered", error_code=code)
+        response = post_status(client, part.twilio_sid, "undelivered", error_code=code, url=url)
 
     assert response.status_code == 200
     applied = ReplyPart.get_by_id(part.id)
