@@ -162,7 +162,8 @@ def test_two_deployments_on_one_machine_neither_add_up_nor_delete_each_others_co
 
 def test_each_deployment_has_a_metrics_folder_of_its_own_unless_one_is_named(env, tmp_path):
     def folder(**settings) -> str:
-        return Config.from_mapping({**env, **settings}).metrics_dir
+        unnamed = {name: value for name, value in env.items() if name != "PROMETHEUS_MULTIPROC_DIR"}
+        return Config.from_mapping({**unnamed, **settings}).metrics_dir
 
     sqlite = folder(DATABASE_URL=f"sqlite:///{tmp_path / 'bot.sqlite3'}")
     assert sqlite == f"{tmp_path / 'bot.sqlite3'}.metrics"
