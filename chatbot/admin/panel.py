@@ -184,8 +184,7 @@ class PanelModelView(LoginRequired, ModelView):
             return filters
         kept = []
         for index, name, value in filters:
-            if isinstance(self._filters[index], BaseIntFilter) and any(
-                    whole_number(str(abs(number))) is None for number in _numbers(self._filters[index].clean(value))):
+            if isinstance(self._filters[index], BaseIntFilter) and not _in_range(self._filters[index].clean(value)):
                 log.warning("admin %s: filter %s value out of range, ignored", self.endpoint, name)
                 flash(f"{name}: {value[:20]} is out of range; that filter is left out.", "error")
                 continue
@@ -193,9 +192,9 @@ class PanelModelView(LoginRequired, ModelView):
         return kept
 
 
-def _numbers(cleaned) -> list[int]:
-    """The ints an integer filter's cleaned value holds: one, or a list for "in list" filters."""
-    return list(cleaned) if isinstance(cleaned, (list, tuple)) else [cleaned]
+def _in_range(cleaned) -> bool:
+    """Whether an integer filter's value (one int, or a list for "in list" filters) fits the database."""
+    return all(abs(number) <= MAX_STORED_INT for number in (cleaned if isinstance(cleaned, list) else [cleaned]))
 
 
 def phone_column(view, context, model, name):
