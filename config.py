@@ -1,11 +1,11 @@
 """Settings: the only reader of the environment and `.env`."""
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import urlparse
@@ -15,9 +15,24 @@ from cryptography.fernet import Fernet
 from dotenv import dotenv_values
 
 PROJECT_DIR = Path(__file__).resolve().parent
-DEFAULT_DATABASE_URL = f"sqlite:///{PROJECT_DIR / 'instance' / 'chatbot.sqlite3'}"
-# Where every process of one machine (gunicorn's workers, worker.py) writes its metrics for /metrics to add up.
-DEFAULT_METRICS_DIR = str(Path(tempfile.gettempdir()) / "chatbot-metrics")
+INSTANCE_DIR = PROJECT_DIR / "instance"
+DEFAULT_DATABASE_URL = f"sqlite:///{INSTANCE_DIR / 'chatbot.sqlite3'}"
+
+
+def deployment_metrics_dir(database_url: str) -> str:
+    """Where a deployment's processes on one machine (gunicorn's workers, worker.py) write their
+    metrics for /metrics to add up, unless PROMETHEUS_MULTIPROC_DIR says: a folder of its own, so two
+    deployments on one machine never add up, nor delete, each other's counts. Beside an SQLite
+    database's file (the processes sharing that file are the deployment); for a database server, in
+    the instance folder, named by the database's URL."""
+    parsed = urlparse(database_url)
+    if parsed.scheme == "sqlite" and parsed.path not in ("", "/:memory:"):
+        # As the database's own path is read (chatbot/models/db.py): sqlite:////srv/bot.db is /srv/bot.db.
+        return "/" + parsed.path.lstrip("/") + ".metrics"
+    return str(INSTANCE_DIR / f"metrics-{hashlib.sha256(database_url.encode()).hexdigest()[:12]}")
+
+
+DEFAULT_METRICS_DIR = deployment_metrics_dir(DEFAULT_DATABASE_URL)
 DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful assistant answering on WhatsApp. Keep answers short and clear, in short "
     "paragraphs, and answer in the language the user writes in. Use WhatsApp formatting only: "
@@ -40,6 +55,9 @@ MAX_WORKER_INTERVAL = 600
 # No longer than a job waits for a conversation that another job holds (chatbot.jobs.locks.LOCK_WAIT):
 # a killed worker's lock must be gone before the job handed on gives up waiting for it.
 MAX_CONVERSATION_LOCK_TTL = 30
+# Below the 15 s Twilio waits for the webhook's answer: a writer that cannot get its turn to write to
+# SQLite by then answers 503, and Twilio delivers the message again, instead of Twilio giving up.
+MAX_SQLITE_WRITER_WAIT = 14.0
 # A century: far past any retention promise, and it keeps the cleanup's cutoff date computable.
 MAX_RETENTION_DAYS = 36500
 # A week, in minutes: a longer TAKEOVER_TIMEOUT would be no timeout (0) in all but name.
@@ -159,6 +177,8 @@ class Config:
     worker_maintenance_interval: int = 5
     # Seconds a conversation stays locked after its job's worker stopped renewing the lock (was killed).
     conversation_lock_ttl: int = 20
+    # Seconds a write to an SQLite database waits for its turn before it fails as "database unavailable".
+    sqlite_writer_wait: float = 10.0
     ai_deadline: int = 60
     max_processing_attempts: int = 5
     retention_days: int = 90
@@ -198,12 +218,6 @@ class Config:
             return cls.from_env(serving_web=serving_web)
         except ConfigError as error:
             sys.exit(str(error))
-
-    @classmethod
-    def metrics_dir_from_env(cls) -> str:
-        """Return PROMETHEUS_MULTIPROC_DIR alone: gunicorn's settings need it before the app (and
-        its other settings) load."""
-        return _Reader(_environment()).text("PROMETHEUS_MULTIPROC_DIR", default=cls.metrics_dir)
 
     @classmethod
     def from_mapping(cls, values: dict, serving_web: bool = False) -> Config:
@@ -269,6 +283,8 @@ class Config:
                                                           maximum=MAX_WORKER_INTERVAL),
             "conversation_lock_ttl": reader.integer("CONVERSATION_LOCK_TTL", cls.conversation_lock_ttl, minimum=1,
                                                     maximum=MAX_CONVERSATION_LOCK_TTL),
+            "sqlite_writer_wait": reader.number("SQLITE_WRITER_WAIT_SECONDS", cls.sqlite_writer_wait, 0.1,
+                                                MAX_SQLITE_WRITER_WAIT),
             "ai_deadline": reader.integer("AI_DEADLINE", cls.ai_deadline, minimum=5, maximum=MAX_AI_DEADLINE),
             "max_processing_attempts": reader.integer("MAX_PROCESSING_ATTEMPTS", cls.max_processing_attempts,
                                                       minimum=1, maximum=100),
@@ -290,7 +306,7 @@ class Config:
             "budget_per_sender_daily": reader.amount("BUDGET_PER_SENDER_DAILY"),
             "budget_monthly": reader.amount("BUDGET_MONTHLY"),
             "metrics_token": reader.text("METRICS_TOKEN"),
-            "metrics_dir": reader.text("PROMETHEUS_MULTIPROC_DIR", default=cls.metrics_dir),
+            "metrics_dir": reader.text("PROMETHEUS_MULTIPROC_DIR"),
             "admin_timezone": reader.time_zone("ADMIN_TIMEZONE", cls.admin_timezone),
         }
         if settings["max_media_bytes_in_memory"] < settings["max_media_bytes_per_message"]:
@@ -305,6 +321,7 @@ class Config:
                                    "https origin Twilio calls, e.g. https://my-bot.example.com")
         if reader.problems:
             raise ConfigError(reader.problems)
+        settings["metrics_dir"] = settings["metrics_dir"] or deployment_metrics_dir(settings["database_url"])
         return cls(**settings)
 
     def replace(self, **changes) -> Config:

@@ -1,7 +1,7 @@
 """gunicorn settings for the web process (read automatically from the working directory).
 
 Process-level variables read here (the app's own settings are read by config.py):
-PORT, WEB_CONCURRENCY, GUNICORN_THREADS, FORWARDED_ALLOW_IPS (and PROMETHEUS_MULTIPROC_DIR, through config.py).
+PORT, WEB_CONCURRENCY, GUNICORN_THREADS, FORWARDED_ALLOW_IPS.
 """
 import os
 
@@ -43,10 +43,10 @@ control_socket_disable = True
 def on_starting(server):
     """Before any worker starts: refuse to start on invalid settings, listing them (every worker
     would otherwise fail on them with a traceback). Then, for the workers to inherit: each counts into
-    its own files in PROMETHEUS_MULTIPROC_DIR, and /metrics, served by any of them, adds them up. The
-    files of an earlier run's processes go; a running worker.py keeps its own."""
-    Config.from_env_or_exit(serving_web=True)
-    metrics.share_between_processes(Config.metrics_dir_from_env(), remove_stale=True)
+    its own files in this deployment's metrics folder, and /metrics, served by any of them, adds them
+    up. The files of an earlier run's processes go; a running worker.py keeps its own."""
+    config = Config.from_env_or_exit(serving_web=True)
+    metrics.share_between_processes(config.metrics_dir, remove_stale=True)
 
 
 def child_exit(server, worker):

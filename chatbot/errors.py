@@ -66,6 +66,10 @@ class JobDeadlineReached(Exception):
     """The job ran out of time with messages still to answer; its next run takes them."""
 
 
+class NothingToRetry(Exception):
+    """What an operator asked to retry is failed no longer: another retry (a second click) put it back first."""
+
+
 class Category(StrEnum):
     """Where a failure happened; decides what the user is told and how loudly the operator hears."""
 

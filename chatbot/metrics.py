@@ -32,10 +32,12 @@ def share_between_processes(directory: str, remove_stale: bool = False) -> None:
     Call it before anything is counted: prometheus_client is imported (and picks its mode) only
     then. `remove_stale` deletes the files of processes no longer running, i.e. an earlier run's:
     only the web's start asks for it, and a running worker's files stay. Share the folder only
-    between processes of one machine: the check sees this machine's processes.
+    between processes of one deployment on one machine: the check sees this machine's processes,
+    and would take another deployment's ended ones for stale.
     """
     global _shared_directory
-    Path(directory).mkdir(parents=True, exist_ok=True)
+    # The deployment's own: other users of the machine neither read its counts nor add to them.
+    Path(directory).mkdir(mode=0o700, parents=True, exist_ok=True)
     os.environ[MULTIPROC_VARIABLE] = directory
     _shared_directory = directory
     if remove_stale:

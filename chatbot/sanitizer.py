@@ -18,6 +18,25 @@ MAX_COMBINING_RUN = 30
 # Control characters (C0, DEL, C1) except tab and newlines; lone surrogates; and the
 # non-characters XML 1.0 forbids. Everything else, emoji and every script included, stays.
 _UNSAFE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+# The largest whole number every supported database keeps in an integer column (Postgres's
+# `integer`; SQLite's reach further): a larger one from a form is out of range, not a database error.
+MAX_STORED_INT = 2**31 - 1
+# ASCII digits only: str.isdigit() also passes "²", which int() refuses.
+_DIGITS = re.compile(r"[0-9]+")
+
+
+def whole_number(text: str, minimum: int = 0, maximum: int = MAX_STORED_INT) -> int | None:
+    """Return `text` (ASCII digits, nothing else) as a whole number from `minimum` to `maximum`, or
+    None when it is anything else: a number a request carries never reaches the database unchecked."""
+    text = text.strip()
+    if not _DIGITS.fullmatch(text):
+        return None
+    # Measured before int() reads it: thirty digits are out of range, four thousand would raise.
+    text = text.lstrip("0") or "0"
+    if len(text) > len(str(maximum)):
+        return None
+    value = int(text)
+    return value if minimum <= value <= maximum else None
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,8 @@ def build_services(config: Config, ai_options: dict | None = None,
                    whatsapp_options: dict | None = None) -> Services:
     """Open the database and build Redis, the queue and the upstream clients from `config`."""
     # A worker's jobs each may hold a connection while they write and send.
-    open_database(config.database_url, pool_size=max(POOL_SIZE, config.worker_concurrency))
+    open_database(config.database_url, pool_size=max(POOL_SIZE, config.worker_concurrency),
+                  writer_wait=config.sqlite_writer_wait)
     redis = Redis.from_url(config.redis_url, socket_timeout=5, socket_connect_timeout=5,
                            health_check_interval=30, **config.redis_options())
     cipher = FieldCipher(config.field_encryption_key)

@@ -10,11 +10,12 @@ log = logging.getLogger(__name__)
 
 
 def take_over(conversation_id, operator: str) -> bool:
-    """Pause the bot for an active conversation nobody has taken over; return whether it was paused."""
+    """Pause the bot for an active WhatsApp conversation nobody has taken over; return whether it was
+    paused (a playground's or the console's has nobody on WhatsApp to answer)."""
     return bool(
         Conversation.update(paused_at=utcnow(), paused_by=operator)
         .where(Conversation.id == conversation_id, Conversation.paused_at.is_null(),
-               Conversation.is_active == True)  # noqa: E712
+               Conversation.is_active == True, Conversation.on_whatsapp())  # noqa: E712
         .execute()
     )
 

@@ -215,9 +215,11 @@ def fake_twilio(twilio_server):
 
 
 @pytest.fixture
-def env(fake_openrouter, fake_twilio, redis_url):
+def env(fake_openrouter, fake_twilio, redis_url, tmp_path):
     """The environment variables of a fully configured deployment, aimed at the fakes."""
     return {
+        # The processes a test starts count here, not in a folder of the project's instance/.
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
         "SECRET_KEY": "test-secret",
         "FIELD_ENCRYPTION_KEY": Fernet.generate_key().decode(),
         "REDIS_URL": redis_url,

@@ -138,6 +138,26 @@ def test_blank_key_on_edit_keeps_the_stored_key(operator, services):
     assert config.api_key(services.cipher) == "sk-or-v1-keepthisone9999"
 
 
+KEPT = "sk-or-v1-keepthisone9999"
+
+
+@pytest.mark.parametrize("api_key, stored", [(None, KEPT), ("", KEPT), ("  ", KEPT),
+                                            ("sk-or-v1-replacement7777", "sk-or-v1-replacement7777")],
+                         ids=["absent", "empty", "blank", "filled"])
+def test_editing_a_configuration_works_with_the_key_field_absent_empty_or_filled(operator, services, api_key,
+                                                                                 stored):
+    create_configuration(operator, api_key=KEPT)
+    config = AIConfiguration.get()
+    edit = f"/admin/aiconfiguration/edit/?id={config.id}"
+    form = {"name": "main", "provider": "openrouter", "model_name": "openai/gpt-4o", "max_tokens": "300",
+            "temperature": "1", "system_prompt": "", "csrf_token": csrf_token(operator, edit)}
+    if api_key is not None:
+        form["api_key"] = api_key
+    assert operator.post(edit, data=form).status_code == 302  # saved, not a 500
+    config = AIConfiguration.get()
+    assert config.model_name == "openai/gpt-4o" and config.api_key(services.cipher) == stored
+
+
 @pytest.mark.postgres
 def test_activating_one_configuration_deactivates_the_others(operator):
     create_configuration(operator, name="first", is_active="y")
@@ -156,7 +176,8 @@ def test_activating_one_configuration_deactivates_the_others(operator):
     "fields, message",
     [
         ({"temperature": "2.5"}, "Temperature must be a number from 0 to 2."),
-        ({"max_tokens": "0"}, "Max tokens must be a whole number of at least 1."),
+        ({"max_tokens": "0"}, "Max tokens must be a whole number from 1 to 1,000,000."),
+        ({"max_tokens": "9" * 30}, "Max tokens must be a whole number from 1 to 1,000,000."),
         ({"model_name": "claude"}, "Model must be an OpenRouter slug such as openai/gpt-4o-mini."),
     ],
 )
@@ -345,3 +366,36 @@ def test_rotate_key_re_encrypts_every_stored_key(app, services, config):
     result = create_app(services=rotated_services).test_cli_runner().invoke(args=["rotate-key"])
     assert result.exit_code == 0 and "Re-encrypted 1 API key(s)" in result.output
     assert AIConfiguration.get().api_key(FieldCipher(new_key)) == "sk-or-v1-rotate-me"
+
+
+# --- numbers out of the database's range --------------------------------------------------------
+
+HUGE = "9" * 30
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("path", [
+    f"/admin/message/details/?id={HUGE}", f"/admin/aiconfiguration/edit/?id={HUGE}",
+    f"/admin/whatsappnumber/edit/?id={HUGE}", f"/admin/webhooklog/details/?id={HUGE}",
+    f"/admin/message/?page={HUGE}", "/admin/conversation/?page=-1", f"/admin/webhooklog/?flt0_status_equals={HUGE}",
+])
+def test_a_number_out_of_range_in_an_admin_url_is_ignored_not_a_500(operator, path, caplog):
+    response = operator.get(path)
+    assert response.status_code in (200, 302)
+    assert "out of range" in caplog.text
+
+
+@pytest.mark.postgres
+def test_a_number_out_of_range_in_an_admin_form_is_ignored_not_a_500(operator):
+    create_configuration(operator, name="first")
+    token = csrf_token(operator, "/admin/aiconfiguration/")
+    assert operator.post(f"/admin/problems/retry/{HUGE}/", data={"csrf_token": token}).status_code == 404
+    assert operator.post(f"/admin/access/delete/{HUGE}/", data={"csrf_token": token}).status_code == 404
+    for choice in (HUGE, "²"):
+        sent = operator.post("/admin/playground/send/", data={"csrf_token": token, "configuration": choice,
+                                                               "text": "hi"}, follow_redirects=True)
+        assert sent.status_code == 200 and "That AI configuration no longer exists." in sent.get_data(as_text=True)
+    activated = operator.post("/admin/aiconfiguration/action/", data={"csrf_token": token, "action": "activate",
+                                                                      "rowid": HUGE}, follow_redirects=True)
+    assert activated.status_code == 200 and "Select exactly one configuration" in activated.get_data(as_text=True)
+    assert AIConfiguration.active() is None

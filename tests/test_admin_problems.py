@@ -3,13 +3,14 @@ conversation list's summary columns, and the transcript's pairing, reply times a
 from __future__ import annotations
 
 import re
+import threading
 import uuid
 from datetime import timedelta
 
 import pytest
 
 from chatbot.models import Conversation, Message, ReplyPart, Status, utcnow
-from tests.conftest import csrf_token
+from tests.conftest import csrf_token, log_in
 from tests.fakes import FakeOpenRouter
 from tests.support import conversation_for
 
@@ -249,3 +250,49 @@ def test_transcript_actions_reset_deactivate_and_delete_after_confirmation(opera
 def test_delete_without_the_csrf_token_deletes_nothing(operator, day):
     operator.post("/admin/conversation/delete/confirmed/", data={"id": str(day["ada"].id)})
     assert Conversation.select().count() == 4
+
+
+def signed_in_clients(app, count: int) -> list:
+    """`count` browsers of the admin `ops`, each signed in with a session of its own."""
+    clients = [app.test_client() for _ in range(count)]
+    for browser in clients:
+        assert log_in(browser).status_code == 302
+    return clients
+
+
+def click_at_once(clients, path: str) -> list[str]:
+    """POST `path` from every client at the same moment, as a double (or triple) click does; return the
+    flashed messages each got back."""
+    tokens = [csrf_token(browser, "/admin/problems/") for browser in clients]
+    start = threading.Barrier(len(clients))
+    answers = [""] * len(clients)
+
+    def click(index: int) -> None:
+        start.wait()
+        answers[index] = clients[index].post(path, data={"csrf_token": tokens[index]},
+                                             follow_redirects=True).get_data(as_text=True)
+
+    threads = [threading.Thread(target=click, args=(index,)) for index in range(len(clients))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return answers
+
+
+@pytest.mark.postgres
+def test_concurrent_retries_send_an_undelivered_reply_exactly_once(app, admin_user, run_jobs, fake_twilio, day):
+    undelivered = day["undelivered"]
+    clients = signed_in_clients(app, 3)
+    for round_ in range(3):
+        answers = click_at_once(clients, f"/admin/problems/retry/{undelivered.id}/")
+        run_jobs()
+
+        assert sum("Queued for sending again." in answer for answer in answers) == 1, answers
+        assert all("Queued for sending again." in answer or "being retried already" in answer
+                   or "solved already" in answer for answer in answers), answers
+        assert [sent["Body"] for sent in fake_twilio.sent].count("Hi Dora") == round_ + 1
+        resent = Message.get_by_id(undelivered.id)
+        assert (resent.status, resent.parts_sent) == (Status.SENT.value, 1)
+        # Twilio reports the new part undelivered too: the next round starts from the same problem.
+        ReplyPart.update(status="undelivered", error_code=30008).where(ReplyPart.message == undelivered.id).execute()

@@ -66,6 +66,7 @@ def test_every_malformed_variable_is_named_in_one_error():
     ("WORKER_MAINTENANCE_INTERVAL", "1.5", "WORKER_MAINTENANCE_INTERVAL must be a whole number, got '1.5'"),
     ("CONVERSATION_LOCK_TTL", "0", "CONVERSATION_LOCK_TTL must be at least 1, got 0"),
     ("CONVERSATION_LOCK_TTL", "31", "CONVERSATION_LOCK_TTL must be at most 30, got 31"),
+    ("SQLITE_WRITER_WAIT_SECONDS", "15", "SQLITE_WRITER_WAIT_SECONDS must be between 0.1 and 14, got 15"),
 ])
 def test_worker_settings_out_of_range_are_named(name, raw, problem):
     with pytest.raises(ConfigError) as error:

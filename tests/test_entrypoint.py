@@ -150,7 +150,7 @@ def test_default_command_serves_health_and_logs_no_query_strings(container_env):
     try:
         assert wait_until(lambda: run_check(image_check, env) == 0), "web never became healthy"
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health?token=s3cret-query", timeout=5) as answer:
-            assert json.load(answer) == {"status": "ok", "database": True, "redis": True}
+            assert json.load(answer) == {"status": "ok", "database": True, "redis": True, "sqlite_writer_turn": True}
     finally:
         output = stop(web)
     assert web.returncode == 0, output

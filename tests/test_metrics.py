@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from config import Config
 from tests.conftest import PROJECT_DIR
 from tests.support import inbound_form
 
@@ -124,3 +126,47 @@ print(app.test_client().get("/metrics", headers={{"Authorization": "Bearer t"}})
 
     assert allowed("same run") == ['chatbot_webhook_requests_total{verdict="allowed"} 2.0']
     assert allowed("new run") == []
+
+
+COUNT_AND_SCRAPE = """
+import sys
+from chatbot import create_app, metrics
+from config import Config
+# As worker.py or gunicorn's start would: the deployment's settings name its folder.
+config = Config.from_mapping({"SECRET_KEY": "s", "FIELD_ENCRYPTION_KEY": sys.argv[2], "REDIS_URL": sys.argv[3],
+                              "METRICS_TOKEN": "t", "DATABASE_URL": sys.argv[1]})
+metrics.share_between_processes(config.metrics_dir, remove_stale=sys.argv[4] == "web start")
+if sys.argv[4] == "count":
+    metrics.count_webhook("allowed")
+else:
+    app = create_app(config)
+    print(app.test_client().get("/metrics", headers={"Authorization": "Bearer t"}).get_data(as_text=True))
+"""
+
+
+def test_two_deployments_on_one_machine_neither_add_up_nor_delete_each_others_counts(tmp_path, config):
+    first, second = (f"sqlite:///{tmp_path / name / 'chatbot.sqlite3'}" for name in ("first", "second"))
+
+    def run(database_url: str, what: str) -> list[str]:
+        output = subprocess.run([sys.executable, "-c", COUNT_AND_SCRAPE, database_url, config.field_encryption_key,
+                                 config.redis_url, what], cwd=PROJECT_DIR, check=True, capture_output=True, text=True,
+                                timeout=60).stdout
+        return [line for line in output.splitlines() if line.startswith("chatbot_webhook_requests_total{")]
+
+    run(first, "count")  # the first deployment's worker, ended since
+    assert run(second, "web start") == []  # the second one's web starts: nothing of the first's is counted
+    assert run(first, "scrape") == ['chatbot_webhook_requests_total{verdict="allowed"} 1.0']  # nor deleted
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["first", "second"]
+    assert [path.name for path in (tmp_path / "first").iterdir()] == ["chatbot.sqlite3.metrics"]
+
+
+def test_each_deployment_has_a_metrics_folder_of_its_own_unless_one_is_named(env, tmp_path):
+    def folder(**settings) -> str:
+        unnamed = {name: value for name, value in env.items() if name != "PROMETHEUS_MULTIPROC_DIR"}
+        return Config.from_mapping({**unnamed, **settings}).metrics_dir
+
+    sqlite = folder(DATABASE_URL=f"sqlite:///{tmp_path / 'bot.sqlite3'}")
+    assert sqlite == f"{tmp_path / 'bot.sqlite3'}.metrics"
+    sales, support = (folder(DATABASE_URL=f"postgresql://bot@db.example.com/{name}") for name in ("sales", "support"))
+    assert sales != support and Path(sales).parent == Path(support).parent == PROJECT_DIR / "instance"
+    assert folder(DATABASE_URL=f"sqlite:///{tmp_path / 'bot.sqlite3'}", PROMETHEUS_MULTIPROC_DIR="/srv/m") == "/srv/m"

@@ -82,3 +82,51 @@ def test_playground_needs_a_login(client, services):
     assert client.get("/admin/playground/").status_code == 302
     assert client.post("/admin/playground/send/", data={"text": "x"}).status_code == 302
     assert Message.select().count() == 0
+
+
+# --- the playground's conversation is never reached through Twilio --------------------------------
+
+def conversation_page_token(client, conversation) -> str:
+    return csrf_token(client, f"/admin/conversation/details/?id={conversation.id}")
+
+
+@pytest.mark.postgres
+def test_the_playground_conversation_cannot_be_taken_over_or_replied_to(operator, run_jobs, fake_twilio):
+    say(operator, "Hello there")
+    conversation = Conversation.get()
+    page = operator.get(f"/admin/conversation/details/?id={conversation.id}").get_data(as_text=True)
+    assert 'id="not-on-whatsapp"' in page and 'id="take-over"' not in page
+    token = conversation_page_token(operator, conversation)
+
+    taken = operator.post(f"/admin/conversation/takeover/{conversation.id}/", data={"csrf_token": token},
+                          follow_redirects=True).get_data(as_text=True)
+    replied = operator.post(f"/admin/conversation/reply/{conversation.id}/",
+                            data={"csrf_token": token, "reply": "From a person"}, follow_redirects=True)
+
+    assert "Not taken over: this is a playground or console conversation" in taken
+    assert "Not sent: this is a playground or console conversation" in replied.get_data(as_text=True)
+    assert Conversation.get().paused_at is None
+    assert not Message.select().where(Message.operator.is_null(False)).exists()
+    run_jobs()
+    assert fake_twilio.requests == []
+
+
+@pytest.mark.postgres
+def test_a_playground_reply_that_sneaked_in_is_neither_retried_nor_sent(operator, services, fake_twilio):
+    say(operator, "Hello there")
+    conversation = Conversation.get()
+    # As an earlier release let an operator store it: a reply by hand, in the playground, never delivered.
+    sneaked = Message.create(conversation=conversation, role="assistant", content="By hand", status="send_failed",
+                             operator="ops")
+    token = csrf_token(operator, "/admin/problems/")
+    assert f'id="problem-{sneaked.id}"' not in operator.get("/admin/problems/").get_data(as_text=True)
+
+    retried = operator.post(f"/admin/problems/retry/{sneaked.id}/", data={"csrf_token": token},
+                            follow_redirects=True).get_data(as_text=True)
+    assert "Not retried: this is a playground or console conversation" in retried
+    assert tasks.send_operator_reply(sneaked.id) == {"not_whatsapp": True}
+    question = Message.get(Message.role == "user")
+    Message.update(status="pending").where(Message.id == question.id).execute()
+    assert tasks.process_message(question.id) == {"not_whatsapp": True}
+    assert Message.get_by_id(sneaked.id).status == "send_failed"
+    assert fake_twilio.requests == []

@@ -13,11 +13,21 @@ import sys
 import textwrap
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 
-from chatbot.models.db import PEEWEE_MAJOR, SQLITE_PRAGMAS, QueuedWritersSqliteDatabase, check_peewee_version
+from chatbot.models.db import (
+    PEEWEE_MAJOR,
+    SQLITE_PRAGMAS,
+    QueuedWritersSqliteDatabase,
+    WriterTurnTimeout,
+    check_peewee_version,
+)
+from tests.conftest import WebhookPoster, wait_for
+from tests.support import inbound_form
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 HOLD_SECONDS = 1.0
@@ -147,6 +157,76 @@ def test_a_killed_process_gives_its_turn_up(db, tmp_path):
     assert time.monotonic() - started < 10
     assert child.wait(10) == -signal.SIGKILL
     assert notes(db) == ["after the kill"]  # the killed transaction never committed
+
+
+# --- a turn held too long ---------------------------------------------------------------------
+
+@contextmanager
+def turn_held_elsewhere(lock_path: str):
+    """Hold the writers' turn as another process, or `flock` in a shell, would."""
+    descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(descriptor, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        os.close(descriptor)  # closing lets the turn go
+
+
+def turn_free(lock_path: str) -> bool:
+    descriptor = os.open(lock_path, os.O_RDWR)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(descriptor)
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_writer_gives_up_after_its_wait_and_the_abandoned_wait_lets_the_turn_go(tmp_path):
+    db = queued_database(tmp_path / "queued.sqlite3")
+    db.writers.wait = 0.3
+    before = open_descriptors()
+    with turn_held_elsewhere(db.writers.path):
+        for statement in ("transaction", "autocommit"):
+            started = time.monotonic()
+            with pytest.raises(WriterTurnTimeout, match="within 0.3 s"):
+                if statement == "transaction":
+                    with db.atomic():
+                        db.execute_sql("INSERT INTO note VALUES ('never')")
+                else:
+                    db.execute_sql("INSERT INTO note VALUES ('never')")
+            assert 0.3 <= time.monotonic() - started < 5
+        assert not db.writers.turn_within(0.1)
+    # Let go: each abandoned wait takes the turn, lets it go at once and closes its descriptor.
+    assert wait_for(lambda: turn_free(db.writers.path) and open_descriptors() <= before + 1, timeout=5)
+    with db.atomic():
+        db.execute_sql("INSERT INTO note VALUES ('after')")
+    assert notes(db) == ["after"] and db.writers.turn_within(0.1)
+    db.close_all()
+
+
+def test_a_held_turn_gives_webhooks_503_and_health_says_so_then_both_recover(app_with, config, caplog):
+    app = app_with(sqlite_writer_wait=1.0)
+    client, post = app.test_client(), WebhookPoster(app.test_client())
+    lock_path = urlparse(config.database_url).path + ".writers"
+    with turn_held_elsewhere(lock_path):
+        started = time.monotonic()
+        refused = post(inbound_form("Hello"))
+        waited = time.monotonic() - started
+        health = client.get("/health")
+    assert refused.status_code == 503 and 1.0 <= waited < 5  # Twilio waits 15 s, then retries
+    assert "WriterTurnTimeout" in caplog.text and "no turn to write to the SQLite database within 1 s" in caplog.text
+    assert health.status_code == 503 and health.get_json()["sqlite_writer_turn"] is False
+    assert "holds the writer lock too long" in caplog.text
+
+    assert post(inbound_form("Hello again")).status_code == 200
+    assert client.get("/health").get_json() == {"status": "ok", "database": True, "redis": True,
+                                                "sqlite_writer_turn": True}
 
 
 def test_threads_that_ended_leave_no_descriptor_open(db):

@@ -241,10 +241,15 @@ def test_get_webhook_is_an_operator_url_check(client):
 
 
 @pytest.mark.postgres
-def test_health_reports_database_and_redis(client):
+def sqlite_writer_turn(config) -> dict:
+    """The health check's SQLite-only field, when the test's database is SQLite."""
+    return {"sqlite_writer_turn": True} if config.database_url.startswith("sqlite") else {}
+
+
+def test_health_reports_database_and_redis(client, config):
     response = client.get("/health")
     assert response.status_code == 200
-    assert response.get_json() == {"status": "ok", "database": True, "redis": True}
+    assert response.get_json() == {"status": "ok", "database": True, "redis": True, **sqlite_writer_turn(config)}
 
 
 def test_health_is_503_when_redis_is_unreachable(config, private_redis):
@@ -252,7 +257,8 @@ def test_health_is_503_when_redis_is_unreachable(config, private_redis):
     app = create_app(services=services)
     response = app.test_client().get("/health")
     assert response.status_code == 503
-    assert response.get_json() == {"status": "unavailable", "database": True, "redis": False}
+    assert response.get_json() == {"status": "unavailable", "database": True, "redis": False,
+                                   **sqlite_writer_turn(config)}
 
 
 @pytest.mark.postgres

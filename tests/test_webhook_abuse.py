@@ -32,17 +32,17 @@ class Clock:
 def test_a_forged_flood_costs_bytes_not_megabytes(post_webhook, services, monkeypatch):
     monkeypatch.setattr(audit, "current_minute", lambda: 29_500_000)  # no minute may end mid-flood
     big_headers = {f"X-Junk-{n}": "x" * 8000 for n in range(95)}
-    for number in range(audit.REFUSED_ROWS_PER_MINUTE + 20):
+    for number in range(audit.ROWS_PER_MINUTE + 20):
         response = post_webhook(inbound_form(f"forged {number}"), signature="forged", headers=dict(big_headers))
         assert response.status_code == 403
     rows = list(WebhookLog.select().order_by(WebhookLog.id))
     refused = [row for row in rows if row.verdict == "bad_signature"]
     summaries = [row for row in rows if row.verdict == "refused_uncounted"]
-    assert len(refused) == audit.REFUSED_ROWS_PER_MINUTE
+    assert len(refused) == audit.ROWS_PER_MINUTE
     assert len(summaries) == 1 and summaries[0].error.startswith("20 more refused request(s)")
     for row in refused:
         assert row.body == "" and "bytes not kept" in row.error
-        assert sum(len(name) + len(value) for name, value in row.headers.items()) <= audit.MAX_REFUSED_HEADER_CHARS
+        assert sum(len(name) + len(value) for name, value in row.headers.items()) <= audit.MAX_HEADER_CHARS
     stored = sum(len(json.dumps(row.headers)) + len(row.body or "") + len(row.error or "") for row in rows)
     assert stored < 200_000  # 80 requests of 760 KB of headers each
     assert Message.select().count() == 0

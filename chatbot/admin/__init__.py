@@ -10,7 +10,7 @@ from chatbot.admin.access import AccessView
 from chatbot.admin.ai_configurations import AIConfigurationView
 from chatbot.admin.conversations import ConversationView, MessageView, OptOutView
 from chatbot.admin.numbers import NumbersView
-from chatbot.admin.panel import PanelIndexView, masked, signed_in_admin
+from chatbot.admin.panel import PanelIndexView, RowIdConverter, masked, signed_in_admin
 from chatbot.admin.playground import PlaygroundView
 from chatbot.admin.problems import ProblemsView
 from chatbot.admin.spending import SpendingView
@@ -20,6 +20,8 @@ from chatbot.models import AIConfiguration, Conversation, Message, OptOut, Webho
 
 def build_admin(app) -> Admin:
     """Attach the admin panel at /admin (built per app: a module-level Admin breaks a second app)."""
+    # Before any view: their routes name it.
+    app.url_map.converters["row_id"] = RowIdConverter
     admin = Admin(
         app,
         name="WhatsApp AI Assistant",

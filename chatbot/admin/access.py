@@ -76,7 +76,7 @@ class AccessView(LoginRequired, BaseView):
                       f"+15551234567): {masked(', '.join(invalid))}", "error")
         return redirect(self.get_url(".index"))
 
-    @expose("/delete/<int:entry_id>/", methods=("POST",))
+    @expose("/delete/<row_id:entry_id>/", methods=("POST",))
     def delete_view(self, entry_id):
         if SecureForm(request.form).validate():
             AccessEntry.delete().where(AccessEntry.id == entry_id).execute()

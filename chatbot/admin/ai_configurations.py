@@ -15,7 +15,20 @@ from chatbot.checks import openrouter_checks
 from chatbot.crypto import SecretDecryptionError
 from chatbot.errors import AIError
 from chatbot.models import AIConfiguration, utcnow
+from chatbot.sanitizer import whole_number
 from config import comma_list
+
+
+class WriteOnlyField(PasswordField):
+    """A secret typed in and never read back: the form neither shows the stored value nor takes the
+    model's attribute of the same name as its data (AIConfiguration.api_key is a method), and saving
+    leaves the model to the view, which stores the key only when one was typed."""
+
+    def process_data(self, value):
+        self.data = ""
+
+    def populate_obj(self, obj, name):
+        """Leave `obj` alone: on_model_change encrypts the key into its own column."""
 
 
 class AIConfigurationView(PanelModelView):
@@ -53,7 +66,7 @@ class AIConfigurationView(PanelModelView):
         "is_active": {"label": "Active", "description": "Activating this one deactivates the others."},
     }
     form_extra_fields = {
-        "api_key": PasswordField(
+        "api_key": WriteOnlyField(
             "API key", validators=[Length(max=500)],
             description="Write-only. Leave blank to keep the stored key.",
         )
@@ -66,8 +79,9 @@ class AIConfigurationView(PanelModelView):
         return model.masked_key(services().cipher)
 
     def on_model_change(self, form, model, is_created):
-        if form.api_key.data:
-            model.set_api_key(form.api_key.data.strip(), services().cipher)
+        typed = form.api_key.data.strip()
+        if typed:  # blank (or spaces) keeps the stored key
+            model.set_api_key(typed, services().cipher)
         model.updated_at = utcnow()
         errors = model.validation_errors()
         if errors:
@@ -76,8 +90,7 @@ class AIConfigurationView(PanelModelView):
     def after_model_change(self, form, model, is_created):
         if model.is_active:
             model.activate()
-        # Read back: the form's api_key field has shadowed the model's api_key() on this instance.
-        self.warn_of_unlisted_models(AIConfiguration.get_by_id(model.id))
+        self.warn_of_unlisted_models(model)
 
     @staticmethod
     def warn_of_unlisted_models(ai_config: AIConfiguration) -> None:
@@ -98,14 +111,15 @@ class AIConfigurationView(PanelModelView):
 
     @action("activate", "Activate", "Make the selected configuration the only active one?")
     def action_activate(self, ids):
-        if len(ids) != 1:
+        chosen_id = whole_number(ids[0]) if len(ids) == 1 else None
+        ai_config = AIConfiguration.get_or_none(AIConfiguration.id == chosen_id) if chosen_id else None
+        if ai_config is None:
             flash("Select exactly one configuration to activate.", "error")
             return
-        ai_config = AIConfiguration.get_by_id(int(ids[0]))
         ai_config.activate()
         flash(f"{ai_config.name} is now the active AI configuration.", "success")
 
-    @expose("/test/<int:config_id>/", methods=("POST",))
+    @expose("/test/<row_id:config_id>/", methods=("POST",))
     def test_connection_view(self, config_id):
         form = SecureForm(request.form)
         ai_config = AIConfiguration.get_or_none(AIConfiguration.id == config_id)

@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 
 from chatbot import auth, takeover
 from chatbot.admin.panel import (
+    NOT_ON_WHATSAPP,
     REVEAL_PHONES,
     MessageNumberFilter,
     NumberFilter,
@@ -150,7 +151,10 @@ class ConversationView(PanelModelView):
     @expose("/takeover/<conversation_id>/", methods=("POST",))
     def take_over_view(self, conversation_id):
         if SecureForm(request.form).validate():
-            if takeover.take_over(conversation_id, signed_in_admin().username):
+            conversation = Conversation.get_or_none(Conversation.id == conversation_id)
+            if conversation is not None and not conversation.is_on_whatsapp:
+                flash(f"Not taken over: {NOT_ON_WHATSAPP}", "error")
+            elif takeover.take_over(conversation_id, signed_in_admin().username):
                 flash("You have taken this conversation over: the bot answers nothing until you hand it back.",
                       "success")
             else:
@@ -169,6 +173,8 @@ class ConversationView(PanelModelView):
         conversation = Conversation.get_or_none(Conversation.id == conversation_id)
         if not SecureForm(request.form).validate() or conversation is None:
             flash("The request expired; please try again.", "error")
+        elif not conversation.is_on_whatsapp:
+            flash(f"Not sent: {NOT_ON_WHATSAPP}", "error")
         elif conversation.paused_at is None:
             flash("Take the conversation over before replying: the bot is answering it.", "error")
         elif not text:

@@ -5,13 +5,16 @@ import json
 import logging
 import math
 
-from flask import current_app, g, get_template_attribute, make_response, redirect, request, session, url_for
+from flask import current_app, flash, g, get_template_attribute, make_response, redirect, request, session, url_for
 from flask_admin import AdminIndexView, expose
 from flask_admin.contrib.peewee import ModelView
 from flask_admin.contrib.peewee.filters import FilterEqual
 from flask_admin.form import SecureForm
+from flask_admin.model.filters import BaseIntFilter
 from markupsafe import Markup
+from peewee import AutoField
 from redis.exceptions import RedisError
+from werkzeug.routing import IntegerConverter
 from wtforms.validators import ValidationError
 
 from chatbot import auth
@@ -21,11 +24,15 @@ from chatbot.jobs.queueing import queue_health
 from chatbot.models import AdminUser, Conversation, Message, Status, WhatsAppNumber
 from chatbot.redact import mask_phone, mask_phones_in
 from chatbot.reports import DEFAULT_PERIOD, PERIODS, compute_stats
+from chatbot.sanitizer import MAX_STORED_INT, whole_number
 from chatbot.web.security import DASHBOARD_CSP
 
 log = logging.getLogger(__name__)
 
 REVEAL_PHONES = "reveal_phones"
+# Why a playground's or the console's conversation is never taken over, replied to or retried.
+NOT_ON_WHATSAPP = ("this is a playground or console conversation, with nobody on WhatsApp at the other end: "
+                   "nothing of it is ever sent through Twilio.")
 
 
 def services():
@@ -137,7 +144,18 @@ class PanelIndexView(LoginRequired, AdminIndexView):
         return redirect(url_for("admin.login_view"))
 
 
+class RowIdConverter(IntegerConverter):
+    """A row id in a URL (`<row_id:message_id>`): one out of the database's range matches no route
+    (404) instead of reaching the database."""
+
+    def __init__(self, url_map):
+        super().__init__(url_map, min=1, max=MAX_STORED_INT)
+
+
 class PanelModelView(LoginRequired, ModelView):
+    """Flask-Admin's model pages, whose numbers from the URL (an id, a page, an integer filter) are
+    checked against the database's range first: out of range, they are ignored with a log line."""
+
     form_base_class = SecureForm
     page_size = 50
     can_set_page_size = True
@@ -145,6 +163,38 @@ class PanelModelView(LoginRequired, ModelView):
 
     def search_placeholder(self) -> str:
         return self.search_hint
+
+    def get_one(self, id):
+        if isinstance(self.model._meta.primary_key, AutoField) and whole_number(str(id)) is None:
+            log.warning("admin %s: id %r out of range, ignored", self.endpoint, str(id)[:20])
+            return None
+        return super().get_one(id)
+
+    def _get_list_extra_args(self):
+        view_args = super()._get_list_extra_args()
+        # Flask-Admin reads ?page= as any int; its offset (page × page size) must fit the database's.
+        if not 0 <= view_args.page <= MAX_STORED_INT // max(self.page_size_options):
+            log.warning("admin %s: page %s out of range, the first page shown", self.endpoint, view_args.page)
+            view_args.page = 0
+        return view_args
+
+    def _get_list_filter_args(self):
+        filters = super()._get_list_filter_args()
+        if not filters:
+            return filters
+        kept = []
+        for index, name, value in filters:
+            if isinstance(self._filters[index], BaseIntFilter) and not _in_range(self._filters[index].clean(value)):
+                log.warning("admin %s: filter %s value out of range, ignored", self.endpoint, name)
+                flash(f"{name}: {value[:20]} is out of range; that filter is left out.", "error")
+                continue
+            kept.append((index, name, value))
+        return kept
+
+
+def _in_range(cleaned) -> bool:
+    """Whether an integer filter's value (one int, or a list for "in list" filters) fits the database."""
+    return all(abs(number) <= MAX_STORED_INT for number in (cleaned if isinstance(cleaned, list) else [cleaned]))
 
 
 def phone_column(view, context, model, name):

@@ -9,6 +9,7 @@ from chatbot import playground
 from chatbot.admin.panel import LoginRequired, services, signed_in_admin
 from chatbot.errors import SenderBusy
 from chatbot.models import AIConfiguration, Message
+from chatbot.sanitizer import whole_number
 
 
 class PlaygroundView(LoginRequired, BaseView):
@@ -35,7 +36,8 @@ class PlaygroundView(LoginRequired, BaseView):
     def send_view(self):
         choice = request.form.get("configuration", "")
         text = (request.form.get("text") or "").strip()
-        configuration = AIConfiguration.get_or_none(AIConfiguration.id == int(choice)) if choice.isdigit() else None
+        chosen_id = whole_number(choice)
+        configuration = AIConfiguration.get_or_none(AIConfiguration.id == chosen_id) if chosen_id else None
         if not SecureForm(request.form).validate():
             flash("The request expired; please try again.", "error")
         elif choice and configuration is None:

@@ -9,10 +9,11 @@ from flask_admin import BaseView, expose
 from flask_admin.form import SecureForm
 from redis.exceptions import RedisError
 
-from chatbot.admin.panel import LoginRequired, explanation_of, phone_column, services
+from chatbot.admin.panel import NOT_ON_WHATSAPP, LoginRequired, explanation_of, phone_column, services
 from chatbot.error_explanations import NOT_ANSWERED, OUTSIDE_WINDOW_CODE, twilio_error
+from chatbot.errors import NothingToRetry
 from chatbot.jobs import queueing
-from chatbot.models import DELIVERY_FAILURES, Message, ReplyPart, Role, Status, utcnow
+from chatbot.models import DELIVERY_FAILURES, Message, Origin, ReplyPart, Role, Status, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,8 @@ def retry_blocker(message: Message, failed_parts) -> str | None:
 def retry_problem(message: Message) -> str:
     """Put a problem message back in line as `flask retry-failed` and the sweeper do; say what was done.
 
-    Raises RedisError when the job could not be queued (the message is back in line all the same).
+    Raises NothingToRetry when another retry put it back first, and RedisError when the job could not
+    be queued (the message is back in line all the same).
     """
     queue = services().queue
     if message.role == Role.USER.value and message.status == Status.FAILED.value:
@@ -97,12 +99,15 @@ class ProblemsView(LoginRequired, BaseView):
         return self.render("chatbot_admin/problems.html", rows=rows, shown=PROBLEMS_SHOWN,
                            stuck_minutes=int(STUCK_AFTER.total_seconds() // 60))
 
-    @expose("/retry/<int:message_id>/", methods=("POST",))
+    @expose("/retry/<row_id:message_id>/", methods=("POST",))
     def retry_view(self, message_id):
         # Only a problem is retried: a delivered reply is never sent twice by a stale page.
         message = Message.problems(utcnow() - STUCK_AFTER, 1).where(Message.id == message_id).first()
-        if not SecureForm(request.form).validate() or message is None:
-            flash("The request expired, or the problem is solved already; please look again.", "error")
+        if not SecureForm(request.form).validate():
+            flash("The request expired; please look again.", "error")
+            return redirect(self.get_url(".index"))
+        if message is None:
+            flash(not_a_problem(message_id), "error")
             return redirect(self.get_url(".index"))
         blocker = retry_blocker(message, failed_parts_of([message.id]).get(message.id, []))
         if blocker:
@@ -110,8 +115,19 @@ class ProblemsView(LoginRequired, BaseView):
             return redirect(self.get_url(".index"))
         try:
             flash(f"Message {message.id}: {retry_problem(message)}", "success")
+        except NothingToRetry:
+            flash(f"Message {message.id} is being retried already (another click, or another operator, was "
+                  "first): nothing more was queued.", "warning")
         except RedisError as error:
             log.error("message_id=%s retry not queued: %s", message.id, error)
             flash("Put back in line but not queued (Redis is unreachable); the sweeper queues it once Redis "
                   "is back.", "error")
         return redirect(self.get_url(".index"))
+
+
+def not_a_problem(message_id: int) -> str:
+    """Say why the message with this id is not retried: it is not one WhatsApp carries, or its problem is solved."""
+    stored = Message.get_or_none(Message.id == message_id)
+    if stored is not None and not (stored.origin == Origin.WHATSAPP.value and stored.conversation.is_on_whatsapp):
+        return f"Not retried: {NOT_ON_WHATSAPP}"
+    return "The problem is solved already (or the message is gone); please look again."

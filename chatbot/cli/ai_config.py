@@ -67,7 +67,7 @@ def configuration_options(command: Callable) -> Callable:
     options = [
         click.option("--model", "model_name", help="OpenRouter model slug, e.g. openai/gpt-4o-mini."),
         click.option("--provider", type=click.Choice(PROVIDERS), help="The AI provider."),
-        click.option("--max-tokens", type=int, help="Longest answer in tokens (at least 1)."),
+        click.option("--max-tokens", type=int, help="Longest answer in tokens (1 to 1,000,000)."),
         click.option("--temperature", type=float, help="Randomness, 0 to 2."),
         click.option("--system-prompt", help="How the assistant behaves (empty: AI_SYSTEM_PROMPT)."),
         click.option("--system-prompt-file", type=click.File("r", encoding="utf-8"),

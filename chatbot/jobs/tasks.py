@@ -14,7 +14,7 @@ from chatbot.errors import SenderBusy, WhatsAppError
 from chatbot.jobs.locks import conversation_lock
 from chatbot.jobs.queueing import queue_unless_active
 from chatbot.jobs.retention import delete_past_retention
-from chatbot.models import Conversation, Message, Status, utcnow
+from chatbot.models import Conversation, Message, Origin, Status, utcnow
 from chatbot.models.db import connection_scope
 from chatbot.takeover import hand_back
 
@@ -59,6 +59,10 @@ def process_message(message_id: int) -> dict:
     if message is None:
         log.warning("message_id=%s not found", message_id)
         return {"missing": True}
+    if message.origin != Origin.WHATSAPP.value:
+        # The playground and the console answer their own messages, never through Twilio.
+        log.warning("message_id=%s came from the %s, not WhatsApp: no job answers it", message_id, message.origin)
+        return {"not_whatsapp": True}
     limit = services.config.max_processing_attempts
     # A second guard behind RQ's rate limit: a job re-run after a worker died must not overlap.
     with conversation_lock(services.redis, message.conversation_id, message_id,
@@ -145,9 +149,13 @@ def send_operator_reply(reply_id: int) -> dict:
     job = get_current_job()
     with connection_scope():
         reply = Message.get_or_none(Message.id == reply_id)
+        on_whatsapp = reply is not None and reply.conversation.is_on_whatsapp
     if reply is None:
         log.warning("message_id=%s not found", reply_id)
         return {"missing": True}
+    if not on_whatsapp:
+        log.warning("message_id=%s is a reply in a playground or console conversation: never sent", reply_id)
+        return {"not_whatsapp": True}
     # The lock the answering jobs take: two operators' replies, or a reply and an answer, never interleave.
     with conversation_lock(services.redis, reply.conversation_id, reply_id,
                            ttl=services.config.conversation_lock_ttl):

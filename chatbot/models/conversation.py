@@ -22,6 +22,7 @@ from peewee import (
     fn,
 )
 
+from chatbot.errors import NothingToRetry
 from chatbot.models.audit import WebhookLog
 from chatbot.models.base import DELETE_BATCH, BaseModel, JSONField, Origin, Role, Status, utcnow
 from chatbot.models.db import database
@@ -29,6 +30,9 @@ from chatbot.models.db import database
 # WhatsApp takes free-form replies until this long after the user's last message; later, only an
 # approved template.
 SERVICE_WINDOW = timedelta(hours=24)
+# How a WhatsApp sender's address begins; the playground's (`playground:<admin>`) and the console's
+# (`console:<name>`) senders are not on WhatsApp.
+WHATSAPP_PREFIX = "whatsapp:"
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,17 @@ class Conversation(BaseModel):
                 return new_id
         except IntegrityError:
             return cls.select(cls.id).where(active).scalar()
+
+    @classmethod
+    def on_whatsapp(cls):
+        """Match conversations with a sender on WhatsApp: only they are ever sent anything through
+        Twilio, taken over, replied to or retried."""
+        return cls.user_phone.startswith(WHATSAPP_PREFIX)
+
+    @property
+    def is_on_whatsapp(self) -> bool:
+        """Whether the sender is on WhatsApp (the rule `on_whatsapp` matches in SQL)."""
+        return self.user_phone.startswith(WHATSAPP_PREFIX)
 
     @classmethod
     def idle_since(cls, cutoff: datetime):
@@ -374,27 +389,52 @@ class Message(BaseModel):
 
     @classmethod
     def put_back_in_line(cls, question_ids) -> None:
-        """Make these failed user messages pending again, their apologies superseded by the next answer."""
+        """Make these failed user messages pending again, their apologies superseded by the next answer.
+
+        Only those still failed: of several retries at once, one puts each back. Raises NothingToRetry
+        when none was put back (another retry was first).
+        """
         if not question_ids:
             return
         with database.atomic():
             # A fresh count of attempts: the operator's retry is a new start, not one more lap.
-            cls.update(status=Status.PENDING.value, error=None, attempts=0).where(cls.id.in_(question_ids)).execute()
+            claimed = [
+                question_id
+                for (question_id,) in (
+                    cls.update(status=Status.PENDING.value, error=None, attempts=0)
+                    .where(cls.id.in_(question_ids), cls.status == Status.FAILED.value)
+                    .returning(cls.id)
+                    .tuples()
+                )
+            ]
+            if not claimed:
+                raise NothingToRetry(f"messages {list(question_ids)} are failed no longer")
             cls.update(status=Status.SUPERSEDED.value).where(
-                cls.reply_to.in_(question_ids), cls.status != Status.UNSENT.value
+                cls.reply_to.in_(claimed), cls.status != Status.UNSENT.value
             ).execute()
 
     @classmethod
     def put_back_unsent(cls, answer: Message) -> None:
         """Make an undelivered reply unsent again from its first failed part on (the parts after it go
-        again too, to keep the order), so the next job sends the rest."""
-        first_failed = (
-            ReplyPart.select(fn.MIN(ReplyPart.number))
-            .where(ReplyPart.message == answer.id, ReplyPart.status.in_(DELIVERY_FAILURES))
-            .scalar()
-        )
-        parts_sent = answer.parts_sent if first_failed is None else min(answer.parts_sent, first_failed - 1)
+        again too, to keep the order), so the next job sends the rest.
+
+        Its state is read again under its row's lock, never taken from `answer`: of several retries at
+        once (a double click), one puts it back and the others raise NothingToRetry, finding it unsent
+        again or sent since. From a stale `parts_sent` a second retry would mark it sent, unsent.
+        """
         with database.atomic():
+            # Postgres locks the row; SQLite's transaction holds the write lock from its BEGIN (IMMEDIATE).
+            current = cls.select(cls.status, cls.parts_sent).where(cls.id == answer.id)
+            current = (current.for_update() if database.for_update else current).first()
+            first_failed = (
+                ReplyPart.select(fn.MIN(ReplyPart.number))
+                .where(ReplyPart.message == answer.id, ReplyPart.status.in_(DELIVERY_FAILURES))
+                .scalar()
+            )
+            if current is None or current.status == Status.SUPERSEDED.value or (
+                    first_failed is None and current.status not in UNDELIVERED_STATUSES):
+                raise NothingToRetry(f"message {answer.id} is undelivered no longer")
+            parts_sent = current.parts_sent if first_failed is None else min(current.parts_sent, first_failed - 1)
             ReplyPart.delete().where(ReplyPart.message == answer.id, ReplyPart.number > parts_sent).execute()
             cls.update(status=Status.UNSENT.value, error=None, parts_sent=parts_sent, sending_part=None,
                        sending_since=None).where(cls.id == answer.id).execute()
@@ -411,6 +451,8 @@ class Message(BaseModel):
             .join(Conversation)
             .where(
                 cls.from_whatsapp(),
+                # An operator's reply in a playground conversation was stored as from WhatsApp.
+                Conversation.on_whatsapp(),
                 (question & (cls.status == Status.FAILED.value))
                 | (answer & cls.never_arrived())
                 | (question & (cls.status == Status.PENDING.value) & (cls.created_at < stuck_before)),

@@ -10,13 +10,20 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import peewee
-from peewee import DatabaseProxy
+from peewee import DatabaseProxy, OperationalError
 from playhouse.db_url import connect
 from playhouse.pool import PooledSqliteDatabase
+
+from config import Config
 
 database = DatabaseProxy()
 
 POOL_SIZE = 32
+# How long a writer waits for its turn unless told (SQLITE_WRITER_WAIT_SECONDS).
+WRITER_WAIT_SECONDS = Config.sqlite_writer_wait
+# Writers that gave up waiting leave their wait behind (flock cannot be called off) until the turn is
+# free; past this many such waits left in one process, later writers give up at once.
+MAX_WAITS_GIVEN_UP = 64
 POOL_STALE_SECONDS = 300
 # When every pooled connection is in use, wait this long for one instead of failing at once.
 POOL_WAIT_SECONDS = 10
@@ -29,11 +36,12 @@ SQLITE_PRAGMAS = {
 }
 
 
-def open_database(url: str, pool_size: int = POOL_SIZE):
+def open_database(url: str, pool_size: int = POOL_SIZE, writer_wait: float = WRITER_WAIT_SECONDS):
     """Build the pooled Peewee database for a sqlite:// or postgres(ql):// URL and bind the models.
 
     Pooled, so a request or job reuses an open connection instead of paying for a new one; the
-    pool opens connections only as they are needed, up to `pool_size`.
+    pool opens connections only as they are needed, up to `pool_size`. An SQLite file's writers wait
+    at most `writer_wait` seconds for their turn.
     """
     scheme, rest = url.split("://", 1)
     if scheme == "sqlite":
@@ -45,7 +53,8 @@ def open_database(url: str, pool_size: int = POOL_SIZE):
         options = dict(pragmas=SQLITE_PRAGMAS, lock_type="IMMEDIATE", check_same_thread=False,
                        max_connections=pool_size, stale_timeout=POOL_STALE_SECONDS, timeout=POOL_WAIT_SECONDS)
         if path and path != "/:memory:":
-            db = QueuedWritersSqliteDatabase(path, writers_lock=path + ".writers", **options)
+            db = QueuedWritersSqliteDatabase(path, writers_lock=path + ".writers", writer_wait=writer_wait,
+                                             **options)
         else:
             db = connect(f"sqlite+pool://{rest}", **options)
     else:
@@ -71,14 +80,26 @@ def check_peewee_version(version: str) -> None:
 check_peewee_version(peewee.__version__)
 
 
+class WriterTurnTimeout(OperationalError):
+    """A writer waited its longest for its turn: to its caller, the database is unavailable."""
+
+
 class WriterQueue:
     """One writer at a time across every process and thread on this machine, the others asleep in
     the kernel until it is done (flock on a file beside the database; each thread opens its own
-    descriptor, so threads of one process queue too, and a killed process's turn ends with it)."""
+    descriptor, so threads of one process queue too, and a killed process's turn ends with it).
 
-    def __init__(self, path: str):
+    flock has no timeout, so a writer that finds the turn taken waits for it in a thread of its own
+    and gives up after `wait` seconds (WriterTurnTimeout); the abandoned wait lets the turn go the
+    moment it gets it.
+    """
+
+    def __init__(self, path: str, wait: float = WRITER_WAIT_SECONDS):
         self.path = path
+        self.wait = wait
         self._local = threading.local()
+        self._given_up = 0
+        self._given_up_lock = threading.Lock()
 
     def enter(self) -> bool:
         """Wait for this thread's turn; False when it already has it."""
@@ -90,7 +111,12 @@ class WriterQueue:
             # Closed when the thread ends and its locals go, or a process of many short threads
             # would run out of descriptors.
             local.closer = weakref.finalize(local.__dict__.setdefault("token", _Token()), os.close, local.fd)
-        fcntl.flock(local.fd, fcntl.LOCK_EX)
+        if not self._take(local.fd, self.wait):
+            # The abandoned wait owns the descriptor now, and closes it; this thread opens another.
+            local.closer.detach()
+            local.fd = None
+            raise WriterTurnTimeout(f"no turn to write to the SQLite database within {self.wait:g} s: "
+                                    f"another writer holds {self.path}")
         local.held = True
         return True
 
@@ -99,6 +125,68 @@ class WriterQueue:
         if getattr(local, "held", False):
             local.held = False
             fcntl.flock(local.fd, fcntl.LOCK_UN)
+
+    def turn_within(self, seconds: float) -> bool:
+        """Whether a writer would get its turn within `seconds`: the turn is taken and let go at once,
+        on a descriptor of its own (the health check's probe)."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        if not self._take(fd, seconds):
+            return False  # the abandoned wait closes `fd`
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+        return True
+
+    def _take(self, fd: int, seconds: float) -> bool:
+        """Take the turn on `fd` within `seconds`; False (and `fd` handed to the abandoned wait) if not."""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            pass
+        with self._given_up_lock:
+            if self._given_up >= MAX_WAITS_GIVEN_UP:
+                # The turn has been stuck for a while: no more waits left behind, no descriptors run out.
+                os.close(fd)
+                return False
+        wait = _Wait(fd, self._wait_ended)
+        threading.Thread(target=wait.run, name="sqlite-writer-wait", daemon=True).start()
+        if wait.taken_within(seconds):
+            return True
+        with self._given_up_lock:
+            self._given_up += 1
+        return False
+
+    def _wait_ended(self) -> None:
+        with self._given_up_lock:
+            self._given_up -= 1
+
+
+class _Wait:
+    """One blocking wait for the turn, in a thread of its own, which its writer may give up."""
+
+    def __init__(self, fd: int, on_abandoned_end):
+        self.fd = fd
+        self.on_abandoned_end = on_abandoned_end
+        self._settled = threading.Condition()
+        self._taken = self._abandoned = False
+
+    def run(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        with self._settled:
+            if not self._abandoned:
+                self._taken = True
+                self._settled.notify()
+                return
+        # Nobody waits for this turn any more: let the next writer have it at once.
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        self.on_abandoned_end()
+
+    def taken_within(self, seconds: float) -> bool:
+        with self._settled:
+            self._settled.wait_for(lambda: self._taken, seconds)
+            self._abandoned = not self._taken
+            return self._taken
 
 
 class _Token:
@@ -116,8 +204,8 @@ class QueuedWritersSqliteDatabase(PooledSqliteDatabase):
     backstop for a writer outside the queue (the sqlite3 shell, a second machine on the same file).
     """
 
-    def __init__(self, database, writers_lock: str, **kwargs):
-        self.writers = WriterQueue(writers_lock)
+    def __init__(self, database, writers_lock: str, writer_wait: float = WRITER_WAIT_SECONDS, **kwargs):
+        self.writers = WriterQueue(writers_lock, writer_wait)
         super().__init__(database, **kwargs)
 
     def begin(self, lock_type=None):
@@ -182,6 +270,14 @@ def connection_released():
     if not database.is_closed() and not database.in_transaction() and not database.obj._state.ctx:
         database.close()
     yield
+
+
+def writer_turn_within(seconds: float) -> bool | None:
+    """Whether a writer of this SQLite database would get its turn within `seconds`; None where no
+    writer queue exists (Postgres, an in-memory database)."""
+    if not isinstance(database.obj, QueuedWritersSqliteDatabase):
+        return None
+    return database.obj.writers.turn_within(seconds)
 
 
 def init_app(app) -> None:

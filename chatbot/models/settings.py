@@ -91,6 +91,9 @@ class OptOut(BaseModel):
     class Meta:
         table_name = "opt_out"
 PROVIDERS = ("openrouter",)
+# No model writes a million tokens in one answer; a larger number from a form is a typo (or an
+# attack on the integer column), refused with the other field problems.
+MAX_ANSWER_TOKENS = 1_000_000
 
 
 class AIConfiguration(BaseModel):
@@ -129,8 +132,9 @@ class AIConfiguration(BaseModel):
             return "Model must be an OpenRouter slug such as openai/gpt-4o-mini."
         if name == "fallback_models":
             return fallback_models_problem(value)
-        if name == "max_tokens" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            return "Max tokens must be a whole number of at least 1."
+        if name == "max_tokens" and (isinstance(value, bool) or not isinstance(value, int)
+                                     or not 1 <= value <= MAX_ANSWER_TOKENS):
+            return f"Max tokens must be a whole number from 1 to {MAX_ANSWER_TOKENS:,}."
         if name == "temperature" and (isinstance(value, bool) or not isinstance(value, (int, float))
                                       or not 0 <= value <= 2):
             return "Temperature must be a number from 0 to 2."

@@ -1,8 +1,10 @@
-"""The webhook log: an audit row per request, compact and budgeted for requests nothing shows came from Twilio."""
+"""The webhook log: an audit row per request, its headers capped, and a per-minute budget of rows for
+requests nothing shows came from Twilio and for signed ones that change nothing."""
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 from flask import Response, current_app, request
 from peewee import PeeweeException
@@ -17,16 +19,50 @@ from chatbot.web.signature import signed_url
 log = logging.getLogger(__name__)
 
 MAX_LOGGED_BODY = 8192
-# A refused request's headers are kept, but a hostile client must not fill a row with them.
+# A request's headers are kept, but no client may fill a row with them: Twilio's signature covers
+# neither the headers nor the time, so whoever captured one signed request (a tunnel inspector, a
+# proxy log) can replay it with any headers added. At most this many headers, each cut this short,
+# and this much of them in all: Twilio's own come to well under 1 KB.
 MAX_LOGGED_HEADERS = 50
 MAX_LOGGED_HEADER_CHARS = 512
-# A request nothing shows came from Twilio keeps at most this much of its headers, and a flood of
-# them at most REFUSED_ROWS_PER_MINUTE rows a minute (the rest are counted): bytes, not megabytes.
-MAX_REFUSED_HEADER_CHARS = 2048
-REFUSED_ROWS_PER_MINUTE = 60
-REFUSED_PREFIX = "chatbot:webhook:refused:"
+MAX_HEADER_CHARS = 2048
+# A flood of refused requests, or of signed ones that change nothing (a replayed duplicate or
+# receipt), keeps at most this many rows of each kind a minute; the rest are counted on one summary
+# row: bytes, not megabytes.
+ROWS_PER_MINUTE = 60
 # How a refused signature's error names the URL it was checked against, for people reading the log.
 CHECKED_AGAINST = "; checked against "
+
+
+@dataclass(frozen=True)
+class RowBudget:
+    """At most ROWS_PER_MINUTE audit rows a minute for one kind of request; the rest only counted."""
+
+    key_prefix: str
+    # How the minute's summary row names the requests it counts, and its verdict.
+    counted_as: str
+    summary_verdict: str
+
+
+# Requests nothing shows came from Twilio.
+REFUSED = RowBudget("chatbot:webhook:refused:", "refused request(s)", "refused_uncounted")
+# Signed requests that changed nothing: a redelivered message, a receipt that moved no part, a message
+# for a number that is not ours or is switched off, a malformed form. Each can be replayed at will.
+UNCHANGED = RowBudget("chatbot:webhook:unchanged:", "signed request(s) that changed nothing",
+                      "unchanged_uncounted")
+
+
+def logged_headers() -> dict:
+    """The request's headers, redacted, at most MAX_LOGGED_HEADERS of MAX_LOGGED_HEADER_CHARS each
+    and MAX_HEADER_CHARS in all: what every audit row keeps of them."""
+    excerpt, room = {}, MAX_HEADER_CHARS
+    for name, value in list(redact_headers(request.headers).items())[:MAX_LOGGED_HEADERS]:
+        value = value[:MAX_LOGGED_HEADER_CHARS]
+        if len(name) + len(value) > room:
+            break
+        excerpt[name[:MAX_LOGGED_HEADER_CHARS]] = value
+        room -= len(name) + len(value)
+    return excerpt
 
 
 def audit_row(status: int, started: float, signature_valid: bool | None, **extra) -> dict:
@@ -34,7 +70,7 @@ def audit_row(status: int, started: float, signature_valid: bool | None, **extra
         "method": request.method,
         "path": request.path[:255],
         "remote_addr": (request.remote_addr or "")[:64],
-        "headers": redact_headers(request.headers),
+        "headers": logged_headers(),
         "body": request.get_data(as_text=True)[:MAX_LOGGED_BODY],
         "response_status": status,
         "processing_ms": (time.perf_counter() - started) * 1000,
@@ -69,21 +105,13 @@ def record_refusal(status: int, verdict: str, reason: str) -> None:
 
 
 def compact_audit_row(status: int, verdict: str, reason: str, started: float | None = None,
-                   signature_valid: bool | None = None) -> dict:
-    """The audit row of a request nothing shows came from Twilio: no body, only its size, and a
-    redacted excerpt of the headers of at most MAX_REFUSED_HEADER_CHARS in all."""
-    excerpt, room = {}, MAX_REFUSED_HEADER_CHARS
-    for name, value in list(redact_headers(request.headers).items())[:MAX_LOGGED_HEADERS]:
-        value = value[:MAX_LOGGED_HEADER_CHARS]
-        if len(name) + len(value) > room:
-            break
-        excerpt[name[:MAX_LOGGED_HEADER_CHARS]] = value
-        room -= len(name) + len(value)
+                      signature_valid: bool | None = None) -> dict:
+    """The audit row of a request nothing shows came from Twilio: no body, only its size."""
     return {
         "method": request.method[:8],
         "path": request.path[:255],
         "remote_addr": (request.remote_addr or "")[:64],
-        "headers": excerpt,
+        "headers": logged_headers(),
         "body": "",
         "response_status": status,
         "processing_ms": (time.perf_counter() - started) * 1000 if started else 0.0,
@@ -94,52 +122,65 @@ def compact_audit_row(status: int, verdict: str, reason: str, started: float | N
 
 
 def record_refused(audit: dict) -> None:
-    """Store a refused request's compact row, unless a flood is under way: past
-    REFUSED_ROWS_PER_MINUTE in a minute the rest are only counted, on one summary row per minute."""
-    redis = current_app.extensions["chatbot"].redis
-    minute = current_minute()
-    try:
-        with redis.pipeline() as pipe:
-            pipe.incr(f"{REFUSED_PREFIX}{minute}")
-            pipe.expire(f"{REFUSED_PREFIX}{minute}", 120)
-            refused = pipe.execute()[0]
-    except RedisError:
-        refused = 0  # not counted: the row is stored, and it is compact
-    if refused <= REFUSED_ROWS_PER_MINUTE:
+    """Store a refused request's compact row within the REFUSED budget."""
+    if within_budget(REFUSED, audit):
         log.warning("webhook refused status=%d verdict=%s reason=%s", audit["response_status"], audit["verdict"],
                     audit["error"])
         record(audit)
-        return
-    _count_unstored(redis, minute, refused - REFUSED_ROWS_PER_MINUTE, audit)
+
+
+def record_unchanged(audit: dict) -> None:
+    """Store the row of a signed request that changed nothing within the UNCHANGED budget: one captured
+    request replayed in a loop adds ROWS_PER_MINUTE rows a minute and a count, not a disk's worth."""
+    if within_budget(UNCHANGED, audit):
+        record(audit)
+
+
+def within_budget(budget: RowBudget, audit: dict) -> bool:
+    """Count the request against this minute's budget; past ROWS_PER_MINUTE it is counted on the
+    minute's summary row instead, and False says not to store its own."""
+    redis = current_app.extensions["chatbot"].redis
+    minute = current_minute()
+    key = f"{budget.key_prefix}{minute}"
+    try:
+        with redis.pipeline() as pipe:
+            pipe.incr(key)
+            pipe.expire(key, 120)
+            seen = pipe.execute()[0]
+    except RedisError:
+        seen = 0  # not counted: the row is stored, and it is small
+    if seen <= ROWS_PER_MINUTE:
+        return True
+    _count_unstored(redis, budget, minute, seen - ROWS_PER_MINUTE, audit)
+    return False
 
 
 def current_minute() -> int:
-    """The number of the minute now, since the epoch: the refused-row budget is per minute."""
+    """The number of the minute now, since the epoch: the row budgets are per minute."""
     return int(time.time() // 60)
 
 
-def _count_unstored(redis, minute: int, unstored: int, audit: dict) -> None:
-    summary_key = f"{REFUSED_PREFIX}{minute}:summary"
-    text = (f"{unstored} more refused request(s) in the minute from "
+def _count_unstored(redis, budget: RowBudget, minute: int, unstored: int, audit: dict) -> None:
+    summary_key = f"{budget.key_prefix}{minute}:summary"
+    text = (f"{unstored} more {budget.counted_as} in the minute from "
             f"{time.strftime('%H:%M', time.gmtime(minute * 60))} UTC were counted, not stored")
     try:
         if redis.set(summary_key, "", nx=True, ex=120):
-            log.warning("webhook refusing a flood: past %d refused requests a minute only a count is kept",
-                        REFUSED_ROWS_PER_MINUTE)
-            row_id = WebhookLog.insert(**{**audit, "headers": {}, "verdict": "refused_uncounted", "error": text}
-                                       ).execute()
+            log.warning("webhook flood: past %d %s a minute only a count is kept", ROWS_PER_MINUTE, budget.counted_as)
+            row_id = WebhookLog.insert(**{**audit, "headers": {}, "body": "", "verdict": budget.summary_verdict,
+                                          "error": text}).execute()
             redis.set(summary_key, row_id, ex=120)
         elif (row_id := redis.get(summary_key)):
             WebhookLog.update(error=text).where(WebhookLog.id == int(row_id)).execute()
     except (RedisError, PeeweeException) as error:
-        log.warning("could not count refused requests (%s)", error.__class__.__name__)
+        log.warning("could not count %s (%s)", budget.counted_as, error.__class__.__name__)
 
 
 def refuse(status: int, reason: str, started: float, signature_valid: bool | None, verdict: str) -> Response:
     metrics.count_webhook(verdict)
     if signature_valid:
         log.warning("webhook refused status=%d reason=%s", status, reason)
-        record(audit_row(status, started, signature_valid, error=reason, verdict=verdict))
+        record_unchanged(audit_row(status, started, signature_valid, error=reason, verdict=verdict))
     elif verdict == "bad_signature":
         # A URL other than the one Twilio signed (PUBLIC_BASE_URL, a proxy) is the usual cause: the
         # row names the URL the signature was checked against. The client is told the reason only.

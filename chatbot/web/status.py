@@ -9,8 +9,9 @@ from peewee import PeeweeException
 
 from chatbot.error_explanations import twilio_error
 from chatbot.models import ReplyPart
+from chatbot.sanitizer import whole_number
 from chatbot.web import EMPTY_TWIML
-from chatbot.web.audit import audit_row, log_unrecorded, record, refuse
+from chatbot.web.audit import audit_row, log_unrecorded, record, record_unchanged, refuse
 from chatbot.web.inbound import MalformedWebhook, read_fields
 from chatbot.web.signature import signature_problem
 from chatbot.whatsapp import PERMANENT_CODES, STATUS_CALLBACK_PATH
@@ -60,17 +61,23 @@ def acknowledge_status(fields: dict, started: float) -> Response:
     """
     sid = (fields.get("MessageSid") or "").strip()[:64]
     status = (fields.get("MessageStatus") or "").strip().lower()[:32]
-    code = (fields.get("ErrorCode") or "").strip()
+    given_code = (fields.get("ErrorCode") or "").strip()
+    code = whole_number(given_code) if given_code else None
+    if given_code and code is None:
+        log.warning("message_sid=%s ErrorCode %r is not a whole number in range: the status is applied without it",
+                    sid or "-", given_code[:20])
     try:
-        unchanged = ReplyPart.apply_status(sid, status, int(code) if code.isdigit() else None)
-        record(audit_row(200, started, signature_valid=True, verdict="status_callback", message_sid=sid or None,
-                       error=unchanged))
+        unchanged = ReplyPart.apply_status(sid, status, code)
+        # A receipt that moved a part is stored whole; one that moved none may be a replay, and is budgeted.
+        (record if unchanged is None else record_unchanged)(
+            audit_row(200, started, signature_valid=True, verdict="status_callback", message_sid=sid or None,
+                      error=unchanged))
     except PeeweeException as error:
         # Nothing was stored; a 503 lets Twilio report it again if it retries.
         log_unrecorded(audit_row(503, started, signature_valid=True, message_sid=sid or None,
                                verdict="database_unavailable", error="database unavailable"), error)
         return Response("database unavailable\n", status=503, mimetype="text/plain")
     log.info("message_sid=%s delivery status=%s%s", sid or "-", status or "-",
-             f" error_code={code}" if code else "")
+             f" error_code={code}" if code is not None else "")
     return Response(EMPTY_TWIML, status=200, mimetype="text/xml")
 

@@ -17,7 +17,7 @@ from chatbot.numbers import Assistant, NumberDirectory
 from chatbot.rate_limiter import LIMIT_NOTICES, Allowance, Decision, RateLimiter
 from chatbot.redact import mask_phone
 from chatbot.web import EMPTY_TWIML, WEBHOOK_PATH
-from chatbot.web.audit import audit_row, log_unrecorded, record, refuse
+from chatbot.web.audit import audit_row, log_unrecorded, record_unchanged, refuse
 from chatbot.web.inbound import InboundMessage, MalformedWebhook, parse_inbound, read_fields
 from chatbot.web.signature import signature_problem
 from chatbot.web.status import acknowledge_status
@@ -60,9 +60,7 @@ def store_inbound(inbound: InboundMessage, audit: dict, conversation_ttl: int,
             WebhookLog.insert(**audit).execute()
             return message_id
     except IntegrityError:
-        # The MessageSid is stored already: Twilio delivered this message before.
-        with database.atomic():
-            WebhookLog.insert(**{**audit, "verdict": "duplicate"}, error="duplicate delivery").execute()
+        # The MessageSid is stored already: Twilio delivered this message before (or it is replayed).
         return None
 
 
@@ -105,22 +103,19 @@ def receive_message():
     if unanswerable:
         log.warning("message_sid=%s %s: acknowledged, not answered", inbound.sid, unanswerable)
         metrics.count_webhook(unanswerable)
-        record(audit_row(200, started, signature_valid=True, message_sid=inbound.sid, verdict=unanswerable,
-                       error=f"To {mask_phone(inbound.recipient)}, From {mask_phone(inbound.sender)}: not answered"))
+        record_unchanged(audit_row(200, started, signature_valid=True, message_sid=inbound.sid, verdict=unanswerable,
+                                   error=f"To {mask_phone(inbound.recipient)}, From {mask_phone(inbound.sender)}: "
+                                         "not answered"))
         return Response(EMPTY_TWIML, status=200, mimetype="text/xml")
     decision = _rate_limit(services.rate_limiter, inbound.sender, assistant.key)
+    audit = audit_row(200, started, signature_valid=True, message_sid=inbound.sid, verdict=decision.allowance.value)
     try:
-        message_id = store_inbound(
-            inbound,
-            audit_row(200, started, signature_valid=True, message_sid=inbound.sid, verdict=decision.allowance.value),
-            config.conversation_ttl,
-            decision,
-            assistant.key,
-        )
+        message_id = store_inbound(inbound, audit, config.conversation_ttl, decision, assistant.key)
     except PeeweeException as error:
         return _database_unavailable(services, inbound, started, error)
     if message_id is None:
         log.info("message_sid=%s duplicate delivery ignored", inbound.sid)
+        record_unchanged({**audit, "verdict": "duplicate", "error": "duplicate delivery"})
     elif decision.allowed or decision.notify:
         try:
             enqueue_processing(services.queue, message_id, inbound.sender)
