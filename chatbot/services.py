@@ -21,6 +21,8 @@ from chatbot.rate_limiter import RateLimiter
 from chatbot.stages.access import AccessPolicy
 from chatbot.stages.budget import Budgets
 from chatbot.stages.commands import UserCommands
+from chatbot.stages.optouts import OptOuts
+from chatbot.stages.words import CommandWords
 from chatbot.whatsapp import STATUS_CALLBACK_PATH, WhatsAppClient
 from config import Config
 
@@ -84,9 +86,11 @@ def build_services(config: Config, ai_options: dict | None = None,
         status_callback=config.public_base_url and config.public_base_url + STATUS_CALLBACK_PATH,
         **(whatsapp_options or {}),
     )
+    words = CommandWords(config.user_commands)
     channel = whatsapp_channel(
         whatsapp,
-        UserCommands(redis, context, whatsapp, config.user_commands, config.site_name),
+        OptOuts(words),
+        UserCommands(redis, context, whatsapp, words, config.site_name),
         access,
         budgets,
         MediaFetcher(pooled_session(http_pool_size(config)), config.twilio_account_sid, config.twilio_auth_token,
