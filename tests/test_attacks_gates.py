@@ -4,10 +4,13 @@ a budget promise kept under a crowd (5), /reset and a confirmed /forget inside a
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 
+import pytest
 from rq import Worker
 
-from chatbot.models import Conversation, Message
+from chatbot.models import Conversation, Message, utcnow
+from chatbot.stages.budget import MONTHLY_NOTICE
 from tests.conftest import jobs_done, wait_for
 
 ADA = "whatsapp:+15550001111"
@@ -34,6 +37,30 @@ def type_burst(post_webhook, texts: list[str]) -> None:
 def start_coalescing_worker(workers, services) -> None:
     workers.start(COALESCE_SECONDS="1")
     assert wait_for(lambda: Worker.all(connection=services.redis), timeout=30), "the worker did not start"
+
+
+# --- 5: a budget is a promise about money ------------------------------------------------------------
+
+ANSWER_COST = 0.001
+
+
+@pytest.mark.postgres
+def test_with_room_for_five_answers_forty_senders_at_once_get_at_most_seven(post_webhook, workers, fake_openrouter,
+                                                                          fake_twilio):
+    # Priced so the price list expects what an answer then costs: 100 answer tokens at $0.00001.
+    fake_openrouter.pricing["openai/gpt-4o-mini"] = {"prompt": "0", "completion": "0.00001"}
+    fake_openrouter.cost = ANSWER_COST
+    fake_openrouter.delay_for = lambda messages: 1.0  # every slot busy at once
+    cap, senders = 5.5 * ANSWER_COST, 40
+    for number in range(senders):
+        post_webhook.message("what does it cost?", sender=f"whatsapp:+1555400{number:04d}")
+    workers.start(WORKER_CONCURRENCY="10", BUDGET_MONTHLY=repr(cap), AI_MAX_TOKENS="100")
+    assert wait_for(lambda: len(fake_twilio.sent) == senders, timeout=60), len(fake_twilio.sent)
+    calls = len(fake_openrouter.completions)
+    assert 5 <= calls <= 7, calls
+    assert bodies(fake_twilio).count(MONTHLY_NOTICE) == senders - calls
+    assert Message.spend(utcnow() - timedelta(hours=1)) == (pytest.approx(calls * ANSWER_COST), 0)
+    assert Message.spend(utcnow() - timedelta(hours=1))[0] <= cap
 
 
 # --- 6: /reset or a confirmed /forget inside a burst ------------------------------------------------

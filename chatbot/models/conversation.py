@@ -555,6 +555,19 @@ class Message(BaseModel):
             return float(sender_today or 0), 0.0, 0.0
         return float(sender_today or 0), float(everyone or 0), float(this_number or 0)
 
+    @classmethod
+    def average_cost(cls, model: str, answers: int) -> float | None:
+        """Return what the last `answers` answers `model` wrote cost on average in USD (trials in the
+        playground included: they cost the same); None when none reported a cost."""
+        costs = [cost for (cost,) in (
+            cls.select(cls.cost)
+            .where(cls.model == model, cls.cost.is_null(False))
+            .order_by(cls.id.desc())
+            .limit(answers)
+            .tuples()
+        )]
+        return sum(costs) / len(costs) if costs else None
+
     def current_answer(self) -> Message | None:
         """Return the assistant's current answer to this user message, if any."""
         return (
