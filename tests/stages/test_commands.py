@@ -1,4 +1,6 @@
 """The commands gate: a whole-message command is answered without the AI; a /forget needs its YES next."""
+import pytest
+
 from chatbot.models import Conversation, Message, Status
 from chatbot.stages.commands import UserCommands
 from chatbot.stages.words import CommandWords
@@ -44,6 +46,7 @@ def test_a_message_another_gate_stopped_cancels_the_forget_too(services, stored_
     assert Conversation.select().where(Conversation.user_phone == ADA).count() == 1
 
 
+@pytest.mark.postgres
 def test_reset_ends_the_conversation_and_moves_the_later_messages_to_the_next(services, stored_turn):
     commands = commands_of(services)
     reset = stored_turn("/reset")
