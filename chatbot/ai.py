@@ -5,6 +5,7 @@ import base64
 import email.utils
 import json
 import logging
+import math
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -53,6 +54,16 @@ class Transcript:
     text: str
     model: str
     cost: float | None
+
+
+@dataclass(frozen=True)
+class ListedModel:
+    """What OpenRouter's catalogue says of one model: what it reads, and what one token of the prompt
+    and of the answer costs in USD (None: not priced, or priced per request as a router is)."""
+
+    inputs: frozenset[str]
+    prompt_price: float | None = None
+    completion_price: float | None = None
 
 
 @dataclass(frozen=True)
@@ -179,13 +190,18 @@ class OpenRouterAdapter(AIAdapter):
 
         return self._with_retries(attempt, until)
 
-    def model_inputs(self) -> dict[str, frozenset[str]]:
-        """Return what each offered model takes as input (`architecture.input_modalities`, GET /models)."""
+    def listed_models(self) -> dict[str, ListedModel]:
+        """Return what each offered model takes as input (`architecture.input_modalities`) and what
+        its tokens cost (`pricing`), from GET /models."""
         models = self._request("GET", "/models").get("data")
         if not isinstance(models, list):
             raise AIError("model list was not a list", retryable=True, status=200)
         return {
-            model["id"]: frozenset((model.get("architecture") or {}).get("input_modalities") or ("text",))
+            model["id"]: ListedModel(
+                inputs=frozenset((model.get("architecture") or {}).get("input_modalities") or ("text",)),
+                prompt_price=_token_price(model.get("pricing"), "prompt"),
+                completion_price=_token_price(model.get("pricing"), "completion"),
+            )
             for model in models if isinstance(model, dict) and model.get("id")
         }
 
@@ -264,6 +280,16 @@ def _error_from_body(error: dict | None, status: int, retry_after: float | None 
     return AIError(message, retryable=retryable, status=status, code=code, retry_after=retry_after)
 
 
+def _token_price(pricing, kind: str) -> float | None:
+    """Read one of a listed model's per-token prices (USD, sent as a string); OpenRouter's routers
+    list -1, a price known only once a model is chosen."""
+    try:
+        price = float((pricing or {}).get(kind))
+    except (TypeError, ValueError, AttributeError):
+        return None
+    return price if math.isfinite(price) and price >= 0 else None
+
+
 def _retry_after(value: str | None) -> float | None:
     if not value:
         return None
@@ -277,37 +303,49 @@ def _retry_after(value: str | None) -> float | None:
 
 
 class ModelCatalogue:
-    """What each model takes as input, asked of OpenRouter at most once per `ttl` seconds per process."""
+    """What each model takes as input and costs, asked of OpenRouter at most once per `ttl` seconds per process."""
 
     def __init__(self, ttl: float = MODEL_CATALOGUE_TTL, clock: Callable[[], float] = time.monotonic):
         self.ttl = ttl
         self.clock = clock
-        self._inputs: dict[str, frozenset[str]] = {}
+        self._models: dict[str, ListedModel] = {}
         self._fetched_at: float | None = None
         self._lock = threading.Lock()
 
-    def inputs(self, adapter: OpenRouterAdapter) -> dict[str, frozenset[str]]:
-        """Return every model's input modalities, from the cache while it is fresh."""
+    def models(self, adapter: OpenRouterAdapter) -> dict[str, ListedModel]:
+        """Return every listed model, from the cache while it is fresh."""
         with self._lock:
             if self._fetched_at is None or self.clock() - self._fetched_at > self.ttl:
-                self._inputs = adapter.model_inputs()
+                self._models = adapter.listed_models()
                 self._fetched_at = self.clock()
-            return self._inputs
+            return self._models
 
     def takes(self, adapter: OpenRouterAdapter, model: str, modality: str) -> bool:
         """Whether `model` accepts `modality` input; a model the catalogue does not list is given the
         benefit of the doubt (its provider refuses what it cannot read)."""
         try:
-            inputs = self.inputs(adapter)
+            models = self.models(adapter)
         except AIError as error:
             # The model itself may still read it: an unanswered catalogue must not stop the message.
             log.warning("model catalogue unavailable, assuming model=%s takes %s: %s", model, modality, error)
             return True
-        return model not in inputs or modality in inputs[model]
+        return model not in models or modality in models[model].inputs
 
     def models_taking(self, adapter: OpenRouterAdapter, modality: str, limit: int = 3) -> list[str]:
         """Return up to `limit` model slugs that accept `modality` input, for an operator's hint."""
-        return sorted(slug for slug, modalities in self.inputs(adapter).items() if modality in modalities)[:limit]
+        return sorted(slug for slug, listed in self.models(adapter).items() if modality in listed.inputs)[:limit]
+
+    def prices(self, adapter: OpenRouterAdapter, model: str) -> tuple[float, float] | None:
+        """Return what one prompt token and one answer token of `model` cost in USD; None when the
+        catalogue does not price it or cannot be read."""
+        try:
+            listed = self.models(adapter).get(model)
+        except AIError as error:
+            log.warning("model catalogue unavailable, no price list for model=%s: %s", model, error)
+            return None
+        if listed is None or listed.prompt_price is None or listed.completion_price is None:
+            return None
+        return listed.prompt_price, listed.completion_price
 
 
 class AIAdapterFactory:

@@ -18,6 +18,7 @@ from chatbot.stages.base import Stage
 from chatbot.stages.budget import Budgets
 from chatbot.stages.commands import UserCommands
 from chatbot.stages.deadline import DeadlineStage
+from chatbot.stages.optouts import OptOuts
 from chatbot.stages.takeover import TakeoverStage
 
 
@@ -36,11 +37,13 @@ class Channel:
     numbers: NumberDirectory | None = None
 
 
-def whatsapp_channel(sender, commands: UserCommands, access: AccessPolicy, budgets: Budgets, media: MediaFetcher,
-                     numbers: NumberDirectory, clock: Callable[[], float] = time.monotonic) -> Channel:
-    """Customers on WhatsApp: their commands, then takeover, access, the caps and the job's deadline."""
-    return Channel(Origin.WHATSAPP, sender, (commands, TakeoverStage(), access, budgets, DeadlineStage(clock)),
-                   media, numbers)
+def whatsapp_channel(sender, opt_outs: OptOuts, commands: UserCommands, access: AccessPolicy, budgets: Budgets,
+                     media: MediaFetcher, numbers: NumberDirectory,
+                     clock: Callable[[], float] = time.monotonic) -> Channel:
+    """Customers on WhatsApp: STOP and START first (they work for everyone), then access (a kept-out
+    sender gets nothing else), their commands, takeover, the caps and the job's deadline."""
+    return Channel(Origin.WHATSAPP, sender,
+                   (opt_outs, access, commands, TakeoverStage(), budgets, DeadlineStage(clock)), media, numbers)
 
 
 def operator_channel(origin: Origin, sender, clock: Callable[[], float] = time.monotonic) -> Channel:

@@ -17,6 +17,10 @@ log = logging.getLogger(__name__)
 # every process within this (a number added is found at once: an unknown `To` reads the table again).
 DIRECTORY_TTL = 5.0
 DEFAULT_LABEL = "Default number"
+# What switching a number off does, in the admin's and the CLI's words: the webhook keeps no message
+# for it, so no conversation, transcript or opt-out can hold one (chatbot.web.webhook._not_for_us).
+SWITCHED_OFF = ("Off: its messages are acknowledged to Twilio and kept only in the webhook log (verdict "
+                "number_inactive), never stored in a conversation or answered.")
 
 
 @dataclass(frozen=True)
@@ -28,7 +32,7 @@ class Assistant:
     # Where its replies go out from: the `whatsapp:+E.164` address people write to.
     address: str
     label: str
-    # False for a number the operator switched off: its messages are recorded, never answered.
+    # False for a number the operator switched off (see SWITCHED_OFF).
     answers: bool = True
     # None: the active AI configuration, else the environment's settings.
     ai_configuration_id: int | None = None

@@ -111,29 +111,35 @@ class MessageProcessor:
             up_to = self._wait_for_pause(conversation, message.id, coalesce_seconds, until)
         outstanding = list(Message.outstanding(conversation, up_to))
         answered_in_burst = set()
-        for position, question in enumerate(outstanding):
+        while outstanding:
+            question = outstanding.pop(0)
             if question.id in answered_in_burst:
                 continue
             answer = question.current_answer()
-            verdict = None if answer is not None else self._first_verdict(
-                Turn(conversation, question, self.assistant_of(conversation), until))
-            if verdict is not None and verdict.erased:
-                return outcome  # nothing of this sender is left to answer
+            turn = Turn(conversation, question, self.assistant_of(conversation), until)
+            verdict = None if answer is not None else self._first_verdict(turn)
             if verdict is not None and verdict.later:
                 raise JobDeadlineReached(f"message_id={question.id} left for the next run of the job")
-            if verdict is not None:
+            if verdict is not None and not verdict.erased:
                 answer = self._settle(conversation, question, verdict)
-                if answer is None:
-                    continue  # stopped in silence
-            elif answer is None:
-                burst = self._burst(outstanding[position:]) if coalesce_seconds else [question]
+            elif verdict is None and answer is None:
+                burst = self._burst([question, *outstanding]) if coalesce_seconds else [question]
                 answered_in_burst.update(member.id for member in burst)
-                # Attachments read for the answer stay held until _answer's frame (and its prompt) is gone.
-                with ExitStack() as attachments:
-                    answer = self._answer(conversation, burst, final_attempt, outcome, attachments, until)
+                try:
+                    # Attachments read for the answer stay held until _answer's frame (and its prompt) is gone.
+                    with ExitStack() as attachments:
+                        answer = self._answer(conversation, burst, final_attempt, outcome, attachments, until)
+                finally:
+                    self._close_gates(turn, answer)
                 question = burst[-1]  # the one the answer replies to
-            self._remember_answered(conversation, answer)
-            outcome.parts_sent += self._deliver(conversation, question, answer, final_attempt)
+            if answer is not None:  # else stopped in silence, or erased
+                self._remember_answered(conversation, answer)
+                outcome.parts_sent += self._deliver(conversation, question, answer, final_attempt)
+            if verdict is not None and verdict.restarted and outstanding:
+                # The rest moved to the sender's next conversation: answered there, from a fresh context.
+                outstanding = list(Message.select().where(Message.id.in_([later.id for later in outstanding]))
+                                   .order_by(Message.id))
+                conversation = outstanding[0].conversation if outstanding else conversation
         return outcome
 
     def _first_verdict(self, turn: Turn) -> Verdict | None:
@@ -141,8 +147,17 @@ class MessageProcessor:
         for stage in self.channel.stages:
             verdict = stage.verdict(turn)
             if verdict is not None:
+                # What the gates before it held for the message (a budget's reservation) is let go.
+                self._close_gates(turn, None)
                 return verdict
         return None
+
+    def _close_gates(self, turn: Turn, answer: Message | None) -> None:
+        """Tell every gate what became of a message they let through: `answer`, the AI's answer, or
+        None (or a canned reply) when it never got one."""
+        cost = answer.cost if answer is not None and answer.model is not None else None
+        for stage in self.channel.stages:
+            stage.settle(turn, cost)
 
     def _settle(self, conversation: Conversation, question: Message, verdict: Verdict) -> Message | None:
         """Leave `question` where a gate stopped it; return the canned reply stored as its answer, if any."""

@@ -17,11 +17,14 @@ from chatbot.media import MediaFetcher
 from chatbot.models.db import POOL_SIZE, open_database
 from chatbot.numbers import NumberDirectory
 from chatbot.outbound import OutboundGuard, guarded_session
+from chatbot.pricing import CostEstimator
 from chatbot.processor import MessageProcessor
 from chatbot.rate_limiter import RateLimiter
 from chatbot.stages.access import AccessPolicy
 from chatbot.stages.budget import Budgets
 from chatbot.stages.commands import UserCommands
+from chatbot.stages.optouts import OptOuts
+from chatbot.stages.words import CommandWords
 from chatbot.whatsapp import STATUS_CALLBACK_PATH, WhatsAppClient
 from config import Config
 
@@ -72,10 +75,11 @@ def build_services(config: Config, ai_options: dict | None = None,
     cipher = FieldCipher(config.field_encryption_key)
     context = ConversationManager(redis, config.max_context_messages, config.conversation_ttl)
     errors = ErrorHandler(redis, config.alert_webhook_url)
-    budgets = Budgets(redis, errors, config.budget_per_sender_daily, config.budget_monthly)
     access = AccessPolicy(redis, config.access_mode, config.access_list, config.access_notice)
     numbers = NumberDirectory(config.twilio_whatsapp_number, config.window_template_sid)
     ai_factory = AIAdapterFactory(config, cipher, pooled_session(http_pool_size(config)), **(ai_options or {}))
+    budgets = Budgets(redis, errors, config.budget_per_sender_daily, config.budget_monthly,
+                      CostEstimator(ai_factory, context))
     whatsapp = WhatsAppClient(
         config.twilio_account_sid,
         config.twilio_auth_token,
@@ -86,9 +90,11 @@ def build_services(config: Config, ai_options: dict | None = None,
         status_callback=config.public_base_url and config.public_base_url + STATUS_CALLBACK_PATH,
         **(whatsapp_options or {}),
     )
+    words = CommandWords(config.user_commands)
     channel = whatsapp_channel(
         whatsapp,
-        UserCommands(redis, context, whatsapp, config.user_commands, config.site_name),
+        OptOuts(words),
+        UserCommands(redis, context, whatsapp, words, config.site_name),
         access,
         budgets,
         MediaFetcher(pooled_session(http_pool_size(config)),

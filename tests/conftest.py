@@ -30,6 +30,7 @@ from chatbot.services import build_services
 from config import Config
 from tests import support
 from tests.fakes import FakeOpenRouter, FakeTwilio
+from tests.stages.conftest import make_turn
 from tests.support import ACCOUNT_SID, AUTH_TOKEN, BOT_NUMBER, BurstWorker, RedisServer, inbound_form, sign
 from tests.support import free_port as free_port
 
@@ -252,6 +253,12 @@ def services(config):
     tasks.install(None)
     if not db.database.is_closed():
         db.database.close()
+
+
+@pytest.fixture
+def stored_turn(services):
+    """A user message for a gate to judge (make_turn), stored on the test deployment."""
+    return lambda *args, **kwargs: make_turn(*args, stored=True, **kwargs)
 
 
 @pytest.fixture

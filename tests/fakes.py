@@ -207,6 +207,9 @@ class FakeOpenRouter(FakeServer):
             "openai/gpt-4o-mini": ["text", "image", "file"],
             "anthropic/claude-3.5-sonnet": ["text", "image", "file"],
         }
+        # What GET /models says a token of each model costs in USD (`pricing`, as strings): none by
+        # default, so only the tests about prices meet a price list.
+        self.pricing: dict[str, dict[str, str]] = {}
         # What POST /audio/transcriptions hears and costs; `transcription_error` answers instead when set.
         self.transcript = "What is the weather like in Lisbon?"
         self.transcription_cost: float | None = 0.0002
@@ -251,8 +254,12 @@ class FakeOpenRouter(FakeServer):
         if request.path.endswith("/key"):
             return Scripted(200, {"data": {"label": "sk-or-v1-abc...", "usage": 0.5, "limit": None}})
         if request.path.endswith("/models"):
-            return Scripted(200, {"data": [{"id": slug, "architecture": {"input_modalities": modalities}}
-                                           for slug, modalities in self.input_modalities.items()]})
+            listed = [{"id": slug, "architecture": {"input_modalities": modalities}}
+                      for slug, modalities in self.input_modalities.items()]
+            for model in listed:
+                if model["id"] in self.pricing:
+                    model["pricing"] = self.pricing[model["id"]]
+            return Scripted(200, {"data": listed})
         if request.path.endswith("/audio/transcriptions"):
             if self.transcription_error is not None:
                 return self.transcription_error

@@ -180,3 +180,21 @@ def test_a_sender_who_is_kept_out_can_still_stop_the_bot(post_webhook, run_jobs,
     run_jobs()
     assert fake_openrouter.completions == []
     assert bodies(fake_twilio)[0].startswith("You won't get any more answers")
+
+
+KEPT_OUT_TRIES = ["/help", "/reset", "/forget", "YES", "hello?", "STOP", "/help", "START", "/help"]
+
+
+@pytest.mark.parametrize("access_settings", [{"ACCESS_MODE": "allowlist", "ACCESS_NOTICE": ""},
+                                             {"ACCESS_MODE": "blocklist", "ACCESS_LIST": BOB, "ACCESS_NOTICE": ""}])
+def test_a_silently_kept_out_sender_gets_only_the_stop_and_start_confirmations(post_webhook, run_jobs,
+                                                                               fake_openrouter, fake_twilio):
+    for text in KEPT_OUT_TRIES:
+        post_webhook.message(text, sender=BOB)
+        run_jobs()
+    assert fake_openrouter.completions == []
+    stop, start = bodies(fake_twilio)
+    assert stop.startswith("You won't get any more answers") and start.startswith("Welcome back")
+    assert [statuses(text) for text in ("/forget", "hello?", "STOP", "START")] == [
+        {Status.NOT_ALLOWED.value}, {Status.NOT_ALLOWED.value}, {Status.ANSWERED.value}, {Status.ANSWERED.value}]
+    assert statuses("/help") == {Status.NOT_ALLOWED.value, Status.OPTED_OUT.value}

@@ -453,11 +453,18 @@ def test_empty_transcript_is_a_permanent_error(make_adapter, fake_openrouter):
         make_adapter().transcribe(b"audio", "ogg", "openai/whisper-1")
 
 
-def test_model_inputs_come_from_the_catalogue(make_adapter, fake_openrouter):
+def test_model_inputs_and_prices_come_from_the_catalogue(make_adapter, fake_openrouter):
     fake_openrouter.input_modalities["meta-llama/llama-3-8b-instruct"] = ["text"]
-    inputs = make_adapter().model_inputs()
-    assert inputs["openai/gpt-4o-mini"] == {"text", "image", "file"}
-    assert inputs["meta-llama/llama-3-8b-instruct"] == {"text"}
+    fake_openrouter.pricing["openai/gpt-4o-mini"] = {"prompt": "0.00000015", "completion": "0.0000006"}
+    fake_openrouter.pricing["openrouter/auto"] = {"prompt": "-1", "completion": "-1"}
+    fake_openrouter.input_modalities["openrouter/auto"] = ["text"]
+    listed = make_adapter().listed_models()
+    assert listed["openai/gpt-4o-mini"].inputs == {"text", "image", "file"}
+    assert (listed["openai/gpt-4o-mini"].prompt_price, listed["openai/gpt-4o-mini"].completion_price) == (
+        0.00000015, 0.0000006)
+    assert listed["meta-llama/llama-3-8b-instruct"].inputs == {"text"}
+    assert listed["meta-llama/llama-3-8b-instruct"].prompt_price is None  # not priced
+    assert listed["openrouter/auto"].completion_price is None  # a router's price is the model it picks
 
 
 def test_model_catalogue_is_asked_once_per_ttl(make_adapter, fake_openrouter):

@@ -12,6 +12,7 @@ from chatbot.models import (
     AIConfiguration,
     Conversation,
     Message,
+    OptOut,
     Role,
     Status,
     WebhookLog,
@@ -23,6 +24,7 @@ from chatbot.models import (
 from tests.support import conversation_for
 
 pytestmark = pytest.mark.postgres
+SALES = "whatsapp:+15557770001"
 
 
 def test_init_db_is_idempotent(app, services):
@@ -242,3 +244,26 @@ def test_upgrade_puts_every_stored_conversation_with_the_default_number(empty_da
             Conversation.create(user_phone="whatsapp:+15550001111", number="whatsapp:+15557770001")
         WhatsAppNumber.create(address="whatsapp:+15557770001", label="Sales")
         assert Message.select().where(Message.role == Role.USER.value).count() == 0
+
+
+def test_upgrade_keeps_an_older_opt_out_for_every_number_and_allows_one_per_number(empty_database_url):
+    db.open_database(empty_database_url)
+    migrations.upgrade()
+    version = migrations.MIGRATIONS.index(migrations._add_opt_out_numbers)
+    with db.database.connection_context():
+        # The table as the version before left it: one opt-out per sender, for every number.
+        db.database.execute_sql("DROP INDEX optout_user_phone_number")
+        db.database.execute_sql("ALTER TABLE opt_out DROP COLUMN number")
+        db.database.execute_sql("CREATE UNIQUE INDEX optout_user_phone ON opt_out (user_phone)")
+        db.database.execute_sql(f"INSERT INTO opt_out (user_phone, created_at) VALUES ({db.database.param}, "
+                                f"{db.database.param})", ("whatsapp:+15550001111", utcnow()))
+        migrations.SchemaVersion.delete().where(migrations.SchemaVersion.version > version).execute()
+    assert migrations.upgrade() == (version, len(migrations.MIGRATIONS))
+    with db.database.connection_context():
+        assert OptOut.get().number is None
+        assert OptOut.applies("whatsapp:+15550001111", "") and OptOut.applies("whatsapp:+15550001111", SALES)
+        OptOut.insert(user_phone="whatsapp:+15550002222", number="").execute()
+        OptOut.insert(user_phone="whatsapp:+15550002222", number=SALES).execute()
+        with pytest.raises(IntegrityError), db.database.atomic():
+            OptOut.insert(user_phone="whatsapp:+15550002222", number=SALES).execute()
+        assert not OptOut.applies("whatsapp:+15550002222", "whatsapp:+15557770002")

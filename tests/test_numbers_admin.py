@@ -1,12 +1,14 @@
 """The admin's Numbers page, and the conversation list and dashboard narrowed to one number, over HTTP."""
 from __future__ import annotations
 
+import html
 import re
 from datetime import timedelta
 
 import pytest
 
-from chatbot.models import AIConfiguration, Conversation, Message, WhatsAppNumber, utcnow
+from chatbot.models import AIConfiguration, Conversation, Message, WebhookLog, WhatsAppNumber, utcnow
+from chatbot.numbers import SWITCHED_OFF
 from tests.conftest import csrf_token
 from tests.support import BOT_NUMBER
 
@@ -119,6 +121,16 @@ def test_editing_a_number_changes_how_it_answers_at_once(operator, services):
 
 
 @pytest.mark.postgres
+def test_the_active_field_says_what_happens_to_a_switched_off_numbers_messages(operator, post_webhook):
+    number = WhatsAppNumber.create(address=SECOND, label="Sales", is_active=False)
+    page = operator.get(f"/admin/whatsappnumber/edit/?id={number.id}").get_data(as_text=True)
+    assert html.escape(SWITCHED_OFF, quote=False) in page
+    form = post_webhook.message("Anyone there?", To=SECOND)
+    entry = WebhookLog.get(WebhookLog.message_sid == form["MessageSid"])
+    assert entry.verdict == "number_inactive" and "Anyone+there" in entry.body
+    assert Message.select().count() == 0 and Conversation.select().count() == 0
+
+
 def test_deleting_a_number_keeps_its_conversations(operator, services):
     number = WhatsAppNumber.create(address=SECOND, label="Sales")
     Conversation.create(user_phone="whatsapp:+15550001111", number=SECOND)

@@ -1,17 +1,20 @@
 """Users' own commands, answered without the AI: /reset, /help, STOP and START, /forget and YES."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from chatbot import auth
-from chatbot.models import Conversation, Message, OptOut, Status, WebhookLog
+from chatbot.models import Conversation, Message, OptOut, Status, WebhookLog, WhatsAppNumber
 from chatbot.redact import sender_key
 from chatbot.stages.commands import FORGET_PREFIX
-from tests.conftest import wait_for
+from tests.conftest import BOT_NUMBER, wait_for
 from tests.test_admin import PASSWORD, csrf_token, log_in
 
 ADA = "whatsapp:+15550001111"
 BOB = "whatsapp:+15550002222"
+SALES = "whatsapp:+15557770001"
 
 
 def bodies(fake_twilio) -> list[str]:
@@ -68,6 +71,28 @@ def test_stop_silences_the_bot_until_start(post_webhook, run_jobs, fake_openrout
     post_webhook.message("back again", sender=ADA)
     run_jobs()
     assert bodies(fake_twilio)[2].startswith("Welcome back") and bodies(fake_twilio)[3] == "Answer to: back again"
+    assert OptOut.select().count() == 0
+
+
+def test_stop_to_one_number_leaves_the_others_answering_and_start_reopens_that_one(
+        post_webhook, run_jobs, fake_twilio, operator):
+    WhatsAppNumber.create(address=SALES, label="Sales")
+    post_webhook.message("STOP", sender=ADA, To=SALES)
+    run_jobs()
+    post_webhook.message("any offers?", sender=ADA, To=SALES)
+    post_webhook.message("my order is late", sender=ADA)  # to the default number (support)
+    run_jobs()
+    assert [(sent["From"], sent["Body"]) for sent in fake_twilio.sent][1:] == [
+        (BOT_NUMBER, "Answer to: my order is late")]
+    assert Message.get(Message.content == "any offers?").status == Status.OPTED_OUT.value
+    assert [(row.user_phone, row.number) for row in OptOut.select()] == [(ADA, SALES)]
+    page = operator.get("/admin/optout/").get_data(as_text=True)
+    assert re.search(r'<td class="col-number">\s*Sales\s*</td>', page)
+    post_webhook.message("START", sender=ADA, To=SALES)
+    post_webhook.message("any offers now?", sender=ADA, To=SALES)
+    run_jobs()
+    welcome, answer = bodies(fake_twilio)[-2:]
+    assert welcome.startswith("Welcome back") and answer == "Answer to: any offers now?"
     assert OptOut.select().count() == 0
 
 

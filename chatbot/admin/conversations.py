@@ -305,13 +305,25 @@ class MessageView(PanelModelView):
         return Message.select(Message, Conversation).join(Conversation)
 
 
+def _opted_out_of(view, context, model, name) -> str:
+    if model.number is None:
+        return "every number (written before opt-outs were per number)"
+    return context.get("number_labels", {}).get(model.number, model.number)
+
+
 class OptOutView(PanelModelView):
-    """Senders who wrote STOP; deleting one lets the bot answer them again (as their START would)."""
+    """Senders who wrote STOP to a number; deleting one lets that number answer them again (as their
+    START to it would)."""
 
     can_create = False
     can_edit = False
     can_delete = True
-    column_list = ("user_phone", "created_at")
-    column_labels = {"user_phone": "Phone", "created_at": "Opted out at"}
-    column_formatters = {"user_phone": phone_column, "created_at": when_column}
+    column_list = ("user_phone", "number", "created_at")
+    column_labels = {"user_phone": "Phone", "number": "Number", "created_at": "Opted out at"}
+    column_formatters = {"user_phone": phone_column, "number": _opted_out_of, "created_at": when_column}
     column_default_sort = ("created_at", True)
+
+    def render(self, template, **kwargs):
+        if template == self.list_template and kwargs.get("data"):
+            kwargs["number_labels"] = number_labels()
+        return super().render(template, **kwargs)

@@ -6,6 +6,7 @@ from wtforms.validators import ValidationError
 
 from chatbot.admin.panel import ModelRule, PanelModelView, services, when_column
 from chatbot.models import WhatsAppNumber, utcnow
+from chatbot.numbers import SWITCHED_OFF
 from config import whatsapp_address
 
 
@@ -59,7 +60,7 @@ class NumbersView(PanelModelView):
                            "BUDGET_MONTHLY still holds over all numbers)",
             "validators": [ModelRule(WhatsAppNumber)],
         },
-        "is_active": {"label": "Active", "description": "Off: its messages are recorded, never answered."},
+        "is_active": {"label": "Active", "description": SWITCHED_OFF},
     }
 
     def render(self, template, **kwargs):

@@ -10,6 +10,7 @@ from peewee import IntegrityError
 from chatbot.cli.shared import operator_errors, services
 from chatbot.models import AIConfiguration, Conversation, WhatsAppNumber, utcnow
 from chatbot.models.db import database
+from chatbot.numbers import SWITCHED_OFF
 from config import amount_problem, whatsapp_address
 
 OPTION_FOR_FIELD = {"label": "--label", "greeting": "--greeting", "template_sid": "--template",
@@ -165,7 +166,7 @@ def numbers_add(address, label, ai_config, greeting, template, monthly_budget):
 @click.option("--no-ai-config", is_flag=True, help="Answer with the active AI configuration.")
 @click.option("--no-monthly-budget", is_flag=True, help="Drop its own monthly cap.")
 @click.option("--active/--inactive", "active", default=None,
-              help="Answer its messages, or only record them.")
+              help=f"Answer its messages, or not. {SWITCHED_OFF}")
 @with_appcontext
 @operator_errors
 def numbers_update(address, label, ai_config, greeting, template, monthly_budget, no_ai_config, no_monthly_budget,

@@ -169,6 +169,25 @@ class Conversation(BaseModel):
         return cls.update(is_active=False).where(cls.id.in_(conversation_ids)).execute()
 
     @classmethod
+    def end_with(cls, conversations: list[Conversation], message_id: int, context) -> None:
+        """End these conversations with the message `message_id` (a /reset, a confirmed /forget) and
+        forget their context. Messages written after it arrived before it was carried out; they are
+        not part of what ends: they move to the sender's next conversation with the same number."""
+        with database.atomic():
+            # Ended first: a webhook storing a message now either finished (its message is moved
+            # below) or waits for this row and then starts the next conversation itself.
+            cls.end([conversation.id for conversation in conversations], context)
+            for conversation in conversations:
+                later = [row.id for row in Message.select(Message.id).where(
+                    Message.conversation == conversation.id, Message.role == Role.USER.value, Message.id > message_id)]
+                if later:
+                    successor = cls.resume_or_start_id(conversation.user_phone, conversation.profile_name,
+                                                       number=conversation.number)
+                    # With their replies (a rate limit's notice); answers to earlier messages stay.
+                    Message.update(conversation=successor).where(
+                        Message.id.in_(later) | Message.reply_to.in_(later)).execute()
+
+    @classmethod
     def delete_with_history(cls, conversation_ids, context) -> tuple[int, int]:
         """Delete these conversations, their messages, context windows and the webhook log entries
         of their messages (which hold the sender's number); return how many messages and log entries went."""
@@ -322,6 +341,17 @@ class Message(BaseModel):
                 (cls.status == Status.PENDING.value) | cls.id.in_(unsent_answers),
             )
             .order_by(cls.id)
+        )
+
+    @classmethod
+    def written_between(cls, user_phone: str, after_id: int, before_id: int) -> bool:
+        """Whether `user_phone` wrote any message (to any number) after `after_id` and before `before_id`."""
+        return (
+            cls.select(cls.id)
+            .join(Conversation)
+            .where(Conversation.user_phone == user_phone, cls.role == Role.USER.value,
+                   cls.id > after_id, cls.id < before_id)
+            .exists()
         )
 
     @classmethod
@@ -551,6 +581,19 @@ class Message(BaseModel):
         if month_start is None:
             return float(sender_today or 0), 0.0, 0.0
         return float(sender_today or 0), float(everyone or 0), float(this_number or 0)
+
+    @classmethod
+    def average_cost(cls, model: str, answers: int) -> float | None:
+        """Return what the last `answers` answers `model` wrote cost on average in USD (trials in the
+        playground included: they cost the same); None when none reported a cost."""
+        costs = [cost for (cost,) in (
+            cls.select(cls.cost)
+            .where(cls.model == model, cls.cost.is_null(False))
+            .order_by(cls.id.desc())
+            .limit(answers)
+            .tuples()
+        )]
+        return sum(costs) / len(costs) if costs else None
 
     def current_answer(self) -> Message | None:
         """Return the assistant's current answer to this user message, if any."""

@@ -114,11 +114,22 @@ def _add_webhook_checked_url(migrator) -> None:
             WebhookLog.update(checked_url=words[0][:512]).where(WebhookLog.id == entry.id).execute()
 
 
+def _add_opt_out_numbers(migrator) -> None:
+    # Opt-outs are per number now. The ones stored before keep a NULL number, meaning every number:
+    # nothing records which number their STOP went to, and silencing a number the sender meant to
+    # keep costs them less than answering one they asked to stop (the law's side of the doubt).
+    if "number" not in {column.name for column in database.get_columns("opt_out")}:
+        migrate(migrator.add_column("opt_out", "number", OptOut.number))
+    # One opt-out per sender and number now, not per sender.
+    database.execute_sql("DROP INDEX IF EXISTS optout_user_phone")
+    OptOut._schema.create_indexes(safe=True)
+
+
 # Append a function for every schema change (playhouse.migrate operations on the migrator it
 # receives); never edit one that has shipped.
 MIGRATIONS = [_create_initial_tables, _create_admin_users, _add_webhook_verdict, _add_message_origin,
               _add_attempts_and_send_intents, _add_operator_controls, _add_spend_and_access,
-              _add_numbers, _add_message_sent_at, _add_webhook_checked_url]
+              _add_numbers, _add_message_sent_at, _add_webhook_checked_url, _add_opt_out_numbers]
 
 
 def current_version() -> int:

@@ -83,13 +83,35 @@ class Setting(BaseModel):
 
 
 class OptOut(BaseModel):
-    """A sender who wrote STOP: the bot answers nothing until they write START."""
+    """A sender who wrote STOP to one of the numbers: that number answers them nothing until they
+    write START to it (WhatsApp opt-outs are per business number)."""
 
-    user_phone = CharField(max_length=64, unique=True)
+    user_phone = CharField(max_length=64)
+    # The number written to, as conversations store it ("" the default number). None: every number,
+    # for opt-outs recorded before they were per number (it cannot be known which number they meant).
+    number = CharField(max_length=64, null=True)
     created_at = DateTimeField(default=utcnow)
 
     class Meta:
         table_name = "opt_out"
+        indexes = ((("user_phone", "number"), True),)
+
+    @classmethod
+    def applies(cls, user_phone: str, number: str) -> bool:
+        """Whether `user_phone` opted out of `number` (a conversation key), or of every number."""
+        return cls.select().where(cls.user_phone == user_phone,
+                                  (cls.number == number) | cls.number.is_null()).exists()
+
+    @classmethod
+    def stop(cls, user_phone: str, number: str) -> None:
+        """Record that `user_phone` opted out of `number`."""
+        cls.insert(user_phone=user_phone, number=number).on_conflict_ignore().execute()
+
+    @classmethod
+    def start(cls, user_phone: str, number: str) -> None:
+        """End `user_phone`'s opt-out of `number`. An opt-out of every number ends too: it was made
+        when one STOP silenced all numbers, and one START answered again on all of them."""
+        cls.delete().where(cls.user_phone == user_phone, (cls.number == number) | cls.number.is_null()).execute()
 PROVIDERS = ("openrouter",)
 # No model writes a million tokens in one answer; a larger number from a form is a typo (or an
 # attack on the integer column), refused with the other field problems.

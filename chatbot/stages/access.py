@@ -68,6 +68,9 @@ class AccessPolicy(Stage):
         """Keep the message from the AI when its sender may not reach it, saying why; the first
         refusal of a sender's (UTC) day carries the notice."""
         sender = turn.conversation.user_phone
+        if turn.conversation.paused_at is not None:
+            # An operator took this conversation over: its messages wait for them, whoever sent them.
+            return None
         rules = self.rules()
         if rules.kind is None:
             return None

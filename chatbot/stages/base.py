@@ -29,8 +29,11 @@ class Verdict:
     note: dict = field(default_factory=dict)
     # Counted in the refusals metric under this name ("access", "budget"); None: not a refusal.
     refused: str | None = None
-    # Nothing of the sender is left (they erased it): no later message of this run is answered.
+    # The message itself is gone with everything of its sender (they erased it): nothing to settle.
     erased: bool = False
+    # The conversation ended with this message (/reset, an erasure): the sender's later messages
+    # moved to a new conversation and are answered there, with nothing of the old one in context.
+    restarted: bool = False
     # Not settled now: the job runs again and the message meets the gates afresh.
     later: bool = False
 
@@ -53,6 +56,11 @@ class Stage(ABC):
     @abstractmethod
     def verdict(self, turn: Turn) -> Verdict | None:
         """Return where `turn`'s message stops, or None to let it go on."""
+
+    def settle(self, turn: Turn, cost: float | None) -> None:
+        """Learn what became of a message this gate let through: its answer cost `cost` USD, or
+        (None) it reached no AI answer, or one whose cost is unknown."""
+        return None  # most gates hold nothing for a message they let through
 
     def claims(self, question: Message) -> bool:
         """Whether this gate answers `question` on its own whatever it holds (a command does): such

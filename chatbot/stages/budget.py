@@ -1,5 +1,18 @@
-"""The budget gate: whether a user message may still go to the AI under the spending caps, judged
-from the answers' stored costs."""
+"""The budget gate: whether a user message may still go to the AI under the spending caps.
+
+Budgets are a promise about money, so a message's expected cost is reserved before the AI is asked
+and settled with the real cost once its answer is stored (or let go when it never gets one).
+Concurrent jobs therefore cannot spend money that is not there: a message goes on only when what
+the stored answers cost (Message.cost), plus every reservation held, plus its own expected cost fits
+under each cap that applies (the sender's day on the number, the number's month, everyone's month).
+
+Reservations live in Redis, one hash per cap and period, each entry `amount:expires_at:settled`, and
+are checked and taken for all caps at once by one Lua script, so two jobs never both take the last
+room. An entry expires RESERVATION_TTL seconds after it was taken, so a killed worker's hold is let
+go. A settled entry holds the real cost for SETTLED_GRACE seconds more with a sequence number: a
+check counts it only when it was settled after the check began reading the stored costs, which may
+not include that answer yet (counted twice at worst, for a moment; never missed).
+"""
 from __future__ import annotations
 
 import logging
@@ -30,6 +43,64 @@ ALERT_PREFIX = "chatbot:budget:alerted:"
 # Past midnight UTC in every time zone: the day's notice marker never outlives its day by much.
 NOTICE_LIFETIME = 2 * 86400
 ALERT_LIFETIME = 32 * 86400
+HELD_PREFIX = "chatbot:budget:held:"
+SETTLED_KEY = "chatbot:budget:settled"
+# Twice a job's whole deadline (chatbot.jobs.tasks.JOB_DEADLINE, 150 s): a reservation outlives any
+# answer it stands for, and a killed worker's is let go within this.
+RESERVATION_TTL = 300
+# Far longer than a check takes from reading the stored costs to counting the reservations.
+SETTLED_GRACE = 60
+# A hundred-millionth of a dollar: sums of float costs must not refuse an answer that fits exactly.
+ROOM_TOLERANCE = 1e-8
+
+# KEYS: one hash per cap, then SETTLED_KEY. ARGV: the message id, its expected cost, the TTL, the
+# settle sequence read before the stored costs, then each cap's (cap, stored spend). Returns 0 and
+# holds the expected cost in every hash, or the (1-based) number of the first cap without room.
+RESERVE = """
+local now = tonumber(redis.call('TIME')[1])
+local id, amount, ttl, mark = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+for i = 1, #KEYS - 1 do
+  local held = 0
+  local entries = redis.call('HGETALL', KEYS[i])
+  for j = 1, #entries, 2 do
+    local reserved, expires, settled = string.match(entries[j + 1], '^([^:]+):([^:]+):([^:]+)$')
+    if tonumber(expires) <= now then
+      redis.call('HDEL', KEYS[i], entries[j])
+    elseif entries[j] ~= id and (tonumber(settled) == 0 or tonumber(settled) > mark) then
+      held = held + tonumber(reserved)
+    end
+  end
+  local cap, spent = tonumber(ARGV[3 + 2 * i]), tonumber(ARGV[4 + 2 * i])
+  if spent + held >= cap or spent + held + amount > cap + tonumber(ARGV[#ARGV]) then
+    return i
+  end
+end
+for i = 1, #KEYS - 1 do
+  redis.call('HSET', KEYS[i], id, ARGV[2] .. ':' .. (now + ttl) .. ':0')
+  redis.call('EXPIRE', KEYS[i], ttl)
+end
+return 0
+"""
+# KEYS: the hashes the message's reservation is in, then SETTLED_KEY. ARGV: the message id, the
+# answer's cost ("" lets the reservation go: nothing was spent, or nothing known), SETTLED_GRACE.
+SETTLE = """
+local now = tonumber(redis.call('TIME')[1])
+local sequence = nil
+for i = 1, #KEYS - 1 do
+  if redis.call('HEXISTS', KEYS[i], ARGV[1]) == 1 then
+    if ARGV[2] == '' then
+      redis.call('HDEL', KEYS[i], ARGV[1])
+    else
+      sequence = sequence or redis.call('INCR', KEYS[#KEYS])
+      redis.call('HSET', KEYS[i], ARGV[1], ARGV[2] .. ':' .. (now + tonumber(ARGV[3])) .. ':' .. sequence)
+      if redis.call('TTL', KEYS[i]) < tonumber(ARGV[3]) then
+        redis.call('EXPIRE', KEYS[i], ARGV[3])
+      end
+    end
+  end
+end
+return 0
+"""
 
 SENDER_DAILY_NOTICE = ("You have reached today's usage limit for this assistant. "
                        "It will answer again tomorrow.")
@@ -67,22 +138,23 @@ def month_start(now: datetime) -> datetime:
 
 
 class Budgets(Stage):
-    """The budget gate. Checks the caps before each AI call against what answers already cost (Message.cost).
-
-    Answers are counted once stored, so jobs already past the check when a cap is reached still
-    finish: each sender's jobs run one at a time, so a sender overshoots their daily cap by at most
-    one answer; everyone together overshoots the monthly cap by at most one answer per job running
-    at that moment (WORKER_CONCURRENCY per worker process).
-    """
+    """The budget gate. Reserves each message's expected cost under the caps before the AI call (see
+    the module's docstring); refuses the message when a cap has no room for it."""
 
     def __init__(self, redis: Redis, errors: ErrorHandler, sender_daily: float | None, monthly: float | None,
-                 now: Callable[[], datetime] = utcnow, clock: Callable[[], float] = time.monotonic):
+                 expected_cost: Callable[[Turn], float], now: Callable[[], datetime] = utcnow,
+                 clock: Callable[[], float] = time.monotonic):
         self.redis = redis
         self.errors = errors
         self.environment = Caps(sender_daily, monthly)
+        self.expected_cost = expected_cost
         self.now = now
         self.clock = clock
         self._overrides: tuple[float, Caps] | None = None
+        self._reserve = redis.register_script(RESERVE)
+        self._settle = redis.register_script(SETTLE)
+        # The hashes each message's reservation is in, by message id, until it is settled.
+        self._held: dict[int, list[str]] = {}
 
     def caps(self, fresh: bool = False) -> Caps:
         """Return the caps in force: the admin's overrides, else the environment's."""
@@ -107,39 +179,64 @@ class Budgets(Stage):
         self._overrides = None
 
     def verdict(self, turn: Turn) -> Verdict | None:
-        """Keep the message from the AI when a cap is reached; the first refusal of a sender's day
-        on a number carries the notice."""
+        """Reserve the message's expected cost, or keep it from the AI when a cap has no room for it;
+        the first refusal of a sender's day on a number carries the notice."""
         sender, number, now = turn.conversation.user_phone, turn.conversation.number, self.now()
-        cap = self.cap_reached(sender, number, turn.assistant.monthly_budget, now)
+        cap = self._reserve_room(turn, now)
         if cap is None:
             return None
         notice = NOTICES[cap] if self._first_notice_today(sender, number, now) else None
         return Verdict(status=Status.OVER_BUDGET, reply=notice, kind=f"budget_{cap.value}", refused="budget")
 
-    def cap_reached(self, sender: str, number: str = "", number_monthly: float | None = None,
-                    now: datetime | None = None) -> Cap | None:
-        """Return the cap that keeps `sender`'s next message to `number` (a conversation key, "" for
-        the default number) from the AI, or None when none does. The daily cap counts each sender's
-        spend per number; the monthly cap everyone's on all numbers, `number_monthly` everyone's on this one."""
+    def settle(self, turn: Turn, cost: float | None) -> None:
+        """Replace the message's reservation with what its answer cost, or let it go (None)."""
+        held = self._held.pop(turn.question.id, None)
+        if held is None:
+            return
+        try:
+            self._settle(keys=[*held, SETTLED_KEY],
+                         args=[turn.question.id, "" if not cost else repr(float(cost)), SETTLED_GRACE])
+        except RedisError as error:
+            # Not lost: the reservation expires by itself within RESERVATION_TTL.
+            log.warning("budget reservation of message_id=%s not settled: %s", turn.question.id, error)
+
+    def _reserve_room(self, turn: Turn, now: datetime) -> Cap | None:
+        """Reserve the message's expected cost under every cap that applies; return the first cap
+        without room for it (nothing reserved then), or None when none is set or all have room."""
         caps = self.caps()
+        sender, number = turn.conversation.user_phone, turn.conversation.number
+        number_monthly = turn.assistant.monthly_budget
         if caps.sender_daily is None and caps.monthly is None and number_monthly is None:
             return None
-        now = now or self.now()
+        expected = self.expected_cost(turn)
+        # Read before the stored costs: a reservation settled after it may be missing from them.
+        mark = int(self.redis.get(SETTLED_KEY) or 0)
         monthly_wanted = caps.monthly is not None or number_monthly is not None
         sender_today, everyone, this_number = Message.spent_for_budgets(
             sender, number, day_start(now), month_start(now) if monthly_wanted else None)
-        if caps.monthly is not None and everyone >= caps.monthly:
-            self._alert_monthly(caps.monthly, everyone, now)
-            cap = Cap.MONTHLY
-        elif number_monthly is not None and this_number >= number_monthly:
-            self._alert_monthly(number_monthly, this_number, now, number)
-            cap = Cap.NUMBER_MONTHLY
-        elif caps.sender_daily is not None and sender_today >= caps.sender_daily:
-            cap = Cap.SENDER_DAILY
-        else:
+        on_number = f":{sender_key(number)}" if number else ""
+        scopes = [
+            (Cap.MONTHLY, caps.monthly, everyone, f"{HELD_PREFIX}{now:%Y-%m}:all"),
+            (Cap.NUMBER_MONTHLY, number_monthly, this_number, f"{HELD_PREFIX}{now:%Y-%m}:number{on_number}"),
+            (Cap.SENDER_DAILY, caps.sender_daily, sender_today,
+             f"{HELD_PREFIX}{now:%Y-%m-%d}:{sender_key(sender)}{on_number}"),
+        ]
+        scopes = [scope for scope in scopes if scope[1] is not None]
+        args = [turn.question.id, repr(expected), RESERVATION_TTL, mark]
+        for _, cap, spent, _ in scopes:
+            args += [repr(float(cap)), repr(spent)]
+        keys = [key for *_, key in scopes]
+        refused = self._reserve(keys=[*keys, SETTLED_KEY], args=[*args, repr(ROOM_TOLERANCE)])
+        if not refused:
+            self._held[turn.question.id] = keys
             return None
-        log.info("budget reached cap=%s sender=%s number=%s", cap.value, mask_phone(sender),
-                 mask_phone(number) if number else "default")
+        cap, limit, spent, _ = scopes[refused - 1]
+        if cap is Cap.MONTHLY:
+            self._alert_monthly(limit, spent, now)
+        elif cap is Cap.NUMBER_MONTHLY:
+            self._alert_monthly(limit, spent, now, number)
+        log.info("budget reached cap=%s sender=%s number=%s expected=%.6f", cap.value, mask_phone(sender),
+                 mask_phone(number) if number else "default", expected)
         return cap
 
     def _first_notice_today(self, sender: str, number: str, now: datetime) -> bool:
@@ -162,16 +259,18 @@ class Budgets(Stage):
             first = True  # send_admin_alert still keeps it to one per hour
         if not first:
             return
+        # Refused with room left: the jobs answering now reserved it.
+        spent_text = f"${spent:.4f} spent this month" + (", the rest held by answers under way" if spent < cap else "")
         if number is None:
             self.errors.send_admin_alert(
                 "budget:monthly",
-                f"monthly budget reached: ${spent:.4f} spent this month of a ${cap:g} cap; the bot answers "
+                f"monthly budget reached: {spent_text} of a ${cap:g} cap; the bot answers "
                 "no one until the month ends or the cap is raised (admin → Spending)")
         else:
             self.errors.send_admin_alert(
                 f"budget:monthly:{scope}",
-                f"monthly budget of number {mask_phone(number) if number else 'default'} reached: ${spent:.4f} "
-                f"spent this month of its ${cap:g} cap; it answers no one until the month ends or its cap is "
+                f"monthly budget of number {mask_phone(number) if number else 'default'} reached: {spent_text} "
+                f"of its ${cap:g} cap; it answers no one until the month ends or its cap is "
                 "raised (admin → Numbers, or .venv/bin/flask numbers update)")
 
 

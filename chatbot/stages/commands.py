@@ -1,5 +1,5 @@
-"""The commands gate: what a WhatsApp user can ask of the bot itself, answered without the AI:
-start over, help, stop, start again, and erase everything stored about them."""
+"""The commands gate: what a WhatsApp user can ask of the bot itself, answered without the AI: start
+over, help, and erase everything stored about them (STOP and START are the opt-out gate's)."""
 from __future__ import annotations
 
 import logging
@@ -9,10 +9,12 @@ from redis import Redis
 from chatbot.context import ConversationManager
 from chatbot.errors import WhatsAppError
 from chatbot.jobs.queueing import forget_sender_limit
-from chatbot.models import Conversation, Message, OptOut, Status
+from chatbot.models import Conversation, Message, Status
 from chatbot.rate_limiter import PREFIX as RATE_LIMIT_PREFIX
 from chatbot.redact import sender_key
 from chatbot.stages.base import Stage, Turn, Verdict
+from chatbot.stages.optouts import OPT_OUT_COMMANDS
+from chatbot.stages.words import CommandWords, carried_out
 
 log = logging.getLogger(__name__)
 
@@ -24,70 +26,51 @@ FORGET_PREFIX = "chatbot:forget:"
 class UserCommands(Stage):
     """Recognises a whole message as a command (any case) and carries it out."""
 
-    def __init__(self, redis: Redis, context: ConversationManager, whatsapp, words: dict[str, str],
+    def __init__(self, redis: Redis, context: ConversationManager, whatsapp, words: CommandWords,
                  site_name: str = "WhatsApp AI Assistant"):
         self.redis = redis
         self.context = context
         self.whatsapp = whatsapp
         self.words = words
         self.site_name = site_name
-        self._by_word = {word.casefold(): command for command, word in words.items()}
 
     def claims(self, question: Message) -> bool:
-        """Whether the message is, as a whole, one of the command words (whatever it would do now)."""
-        return self._command_in(question.content) is not None
-
-    def _command_in(self, text: str) -> str | None:
-        return self._by_word.get(text.strip().casefold())
+        """Whether the message is, as a whole, one of this gate's command words (whatever it would do now)."""
+        return self.words.command_in(question.content) not in (None, *OPT_OUT_COMMANDS)
 
     def verdict(self, turn: Turn) -> Verdict | None:
-        """Carry out the message if it is a command; silence it if its sender opted out."""
+        """Carry out the message if it is a command."""
         conversation, question = turn.conversation, turn.question
         sender = conversation.user_phone
-        command = self._command_in(question.content)
-        if command == "start":
-            OptOut.delete().where(OptOut.user_phone == sender).execute()
-            return self._did("start", f"Welcome back! I'll answer your messages again. {self._list()}")
-        if OptOut.select().where(OptOut.user_phone == sender).exists():
-            return Verdict(status=Status.OPTED_OUT)
-        forget_key = FORGET_PREFIX + sender_key(sender)
-        if command == "confirm" and self.redis.get(forget_key):
-            self._erase(sender, conversation.number)
-            return Verdict(status=Status.ANSWERED, erased=True)
-        if command not in (None, "confirm"):
-            # Any other command drops a pending /forget: a YES later must not erase by surprise.
-            self.redis.delete(forget_key)
-        if command == "stop":
-            OptOut.insert(user_phone=sender).on_conflict_ignore().execute()
-            return self._did("stop", f"You won't get any more answers from me. Send {self.words['start']} to "
-                                     "start again.")
+        command = self.words.command_in(question.content)
+        if command == "confirm" and self._confirms_forget(sender, question):
+            self._erase(sender, conversation.number, question.id)
+            return Verdict(status=Status.ANSWERED, erased=True, restarted=True)
         if command == "reset":
-            Conversation.end([conversation.id], self.context)
-            return self._did("reset", "Starting over: I've forgotten our conversation so far.")
+            Conversation.end_with([conversation], question.id, self.context)
+            return carried_out("reset", "Starting over: I've forgotten our conversation so far.", restarted=True)
         if command == "help":
-            return self._did("help", f"I'm {self.site_name}, an AI assistant: write me anything and I'll answer. "
-                                     f"{self._list()}")
+            return carried_out("help", f"I'm {self.site_name}, an AI assistant: write me anything and I'll answer. "
+                                       f"{self.words.listing()}")
         if command == "forget":
-            self.redis.set(forget_key, 1, ex=FORGET_WINDOW)
-            return self._did("forget", "This erases everything stored about you: our conversations and your "
-                                       f"messages. Reply {self.words['confirm']} within 5 minutes to confirm.")
+            self.redis.set(FORGET_PREFIX + sender_key(sender), question.id, ex=FORGET_WINDOW)
+            return carried_out("forget", "This erases everything stored about you: our conversations and your "
+                                         f"messages. Reply {self.words['confirm']} within 5 minutes to confirm.")
         return None
 
-    def _did(self, command: str, reply: str) -> Verdict:
-        log.info("user command=%s", command)
-        return Verdict(status=Status.ANSWERED, reply=reply, kind=f"command:{command}")
+    def _confirms_forget(self, sender: str, question: Message) -> bool:
+        """Whether `question` (a YES) answers a /forget of the last five minutes directly: any other
+        message in between, whatever became of it, cancelled that /forget."""
+        pending = self.redis.get(FORGET_PREFIX + sender_key(sender))
+        return pending is not None and not Message.written_between(sender, int(pending), question.id)
 
-    def _list(self) -> str:
-        words = self.words
-        return (f"Commands: {words['reset']} starts over, {words['help']} shows this, {words['stop']} stops my "
-                f"answers ({words['start']} resumes), {words['forget']} erases what I stored about you.")
-
-    def _erase(self, sender: str, number: str) -> None:
+    def _erase(self, sender: str, number: str, confirmation_id: int) -> None:
         """Delete the sender's conversations, messages, context windows, webhook-log rows and rate-limit
-        counters; then say so, without storing the confirmation (nothing of theirs may remain)."""
-        of_sender = Conversation.select(Conversation.id).where(Conversation.user_phone == sender)
-        conversations = [row.id for row in of_sender]
-        messages, log_rows = Conversation.delete_with_history(conversations, self.context)
+        counters, up to the confirmation; then say so, without storing the confirmation (nothing of
+        theirs may remain). Messages written after it are kept: they start afresh."""
+        conversations = list(Conversation.select().where(Conversation.user_phone == sender))
+        Conversation.end_with(conversations, confirmation_id, self.context)
+        messages, log_rows = Conversation.delete_with_history([row.id for row in conversations], self.context)
         who = sender_key(sender)
         self.redis.delete(*self.redis.scan_iter(f"{RATE_LIMIT_PREFIX}{who}:*"), FORGET_PREFIX + who)
         forget_sender_limit(self.redis, sender)

@@ -1,8 +1,6 @@
 """A turn to judge, built plainly (no database) or stored (for the gates that query it)."""
 from __future__ import annotations
 
-import pytest
-
 from chatbot.models import Conversation, Message, Role, Status, utcnow
 from chatbot.numbers import Assistant
 from chatbot.stages.base import Turn
@@ -25,9 +23,3 @@ def make_turn(text: str = "Hello", sender: str = ADA, number: str = "", taken_ov
         question.save()
     assistant = Assistant(key=number, address=number or BOT_NUMBER, label="Test", monthly_budget=monthly_budget)
     return Turn(conversation, question, assistant, until)
-
-
-@pytest.fixture
-def stored_turn(services):
-    """make_turn on the test deployment's database and Redis."""
-    return lambda *args, **kwargs: make_turn(*args, stored=True, **kwargs)
