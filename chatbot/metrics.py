@@ -66,6 +66,10 @@ def _running(pid: str) -> bool:
 @cache
 def _instruments() -> SimpleNamespace:
     # Imported here, not at the top: share_between_processes must run first in the entry points.
+    # A process started with the folder named but not made (`flask chat` before any web process)
+    # would fail at its first count.
+    if os.environ.get(MULTIPROC_VARIABLE):
+        Path(os.environ[MULTIPROC_VARIABLE]).mkdir(mode=0o700, parents=True, exist_ok=True)
     from prometheus_client import CollectorRegistry, Counter, Histogram
 
     registry = CollectorRegistry()
