@@ -64,6 +64,11 @@ MAX_RETENTION_DAYS = 36500
 MAX_TAKEOVER_TIMEOUT = 7 * 24 * 60
 # Each part of a reply arrives as its own WhatsApp message: past this many a reply is a flood.
 MAX_REPLY_PARTS_CEILING = 50
+# Knowledge bounds: passages past this many tokens crowd out the conversation; a file past this
+# many bytes is held whole in the database and in a worker's memory while it is read.
+MAX_KNOWLEDGE_TOKENS = 20_000
+MAX_KNOWLEDGE_FILE_BYTES = 100 * 1024 * 1024
+MAX_KNOWLEDGE_PAGES = 1000
 # Who may talk to the bot: everyone, only the listed numbers, or everyone but the listed numbers.
 ACCESS_MODES = ("open", "allowlist", "blocklist")
 DEFAULT_ACCESS_NOTICE = "Sorry, this assistant isn't available to you."
@@ -159,6 +164,23 @@ class Config:
     # Lets media redirects (and other URLs an outsider may pick) reach loopback and private addresses;
     # link-local and cloud metadata addresses stay refused.
     allow_private_hosts: bool = False
+    # OpenRouter's embeddings model for knowledge passages and questions; changing it re-embeds everything.
+    embedding_model: str = "openai/text-embedding-3-small"
+    # Asks the embeddings model for vectors this long (text-embedding-3 models can shorten theirs);
+    # 0 takes the model's own length. Shorter vectors hold more passages in a worker's memory.
+    embedding_dimensions: int = 0
+    # Tokens of knowledge passages given with one question (an estimate: about 4 characters a token).
+    knowledge_max_tokens: int = 800
+    # The largest file (or all the pages of one web source together) that is indexed.
+    knowledge_max_file_bytes: int = 10 * 1024 * 1024
+    # Pages of a sitemap indexed at most.
+    knowledge_max_pages: int = 50
+    # Seconds a knowledge page fetch may take.
+    knowledge_fetch_timeout: int = 15
+    # A question whose best passage scores below this (cosine similarity) is listed as not covered.
+    knowledge_min_score: float = 0.3
+    # A question this similar to an approved one is answered with its approved answer, with no model call.
+    approved_answer_min_score: float = 0.85
     # OpenRouter's speech-to-text model for voice notes.
     transcription_model: str = "openai/whisper-1"
     max_reply_parts: int = 10
@@ -265,6 +287,20 @@ class Config:
                                                         minimum=1024),
             "allow_private_hosts": reader.boolean("ALLOW_PRIVATE_HOSTS", cls.allow_private_hosts),
             "transcription_model": reader.text("TRANSCRIPTION_MODEL", default=cls.transcription_model),
+            "embedding_model": reader.text("EMBEDDING_MODEL", default=cls.embedding_model),
+            "embedding_dimensions": reader.integer("EMBEDDING_DIMENSIONS", cls.embedding_dimensions, minimum=0,
+                                                   maximum=8192),
+            "knowledge_max_tokens": reader.integer("KNOWLEDGE_MAX_TOKENS", cls.knowledge_max_tokens, minimum=50,
+                                                   maximum=MAX_KNOWLEDGE_TOKENS),
+            "knowledge_max_file_bytes": reader.integer("KNOWLEDGE_MAX_FILE_BYTES", cls.knowledge_max_file_bytes,
+                                                       minimum=1024, maximum=MAX_KNOWLEDGE_FILE_BYTES),
+            "knowledge_max_pages": reader.integer("KNOWLEDGE_MAX_PAGES", cls.knowledge_max_pages, minimum=1,
+                                                  maximum=MAX_KNOWLEDGE_PAGES),
+            "knowledge_fetch_timeout": reader.integer("KNOWLEDGE_FETCH_TIMEOUT", cls.knowledge_fetch_timeout,
+                                                      minimum=1, maximum=120),
+            "knowledge_min_score": reader.number("KNOWLEDGE_MIN_SCORE", cls.knowledge_min_score, 0.0, 1.0),
+            "approved_answer_min_score": reader.number("APPROVED_ANSWER_MIN_SCORE", cls.approved_answer_min_score,
+                                                       0.5, 1.0),
             "max_reply_parts": reader.integer("MAX_REPLY_PARTS", cls.max_reply_parts, minimum=1,
                                               maximum=MAX_REPLY_PARTS_CEILING),
             "max_request_bytes": reader.integer("MAX_REQUEST_BYTES", cls.max_request_bytes, minimum=1024),

@@ -45,6 +45,8 @@ class AISettings:
     source: str
     # Tried in order when `model` fails; the reply's `model` says which one answered.
     fallback_models: tuple[str, ...] = ()
+    # Name the knowledge sources an answer was given below it.
+    cite_sources: bool = False
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,17 @@ class Transcript:
 
     text: str
     model: str
+    cost: float | None
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """The vectors of a batch of texts, in the texts' order, and what computing them cost."""
+
+    vectors: list[list[float]]
+    model: str
+    tokens: int
+    # USD; None when the provider did not say.
     cost: float | None
 
 
@@ -187,6 +200,33 @@ class OpenRouterAdapter(AIAdapter):
                 raise AIError("transcript was empty", retryable=False, status=200)
             cost = (body.get("usage") or {}).get("cost")
             return Transcript(text=text, model=model, cost=cost if isinstance(cost, (int, float)) else None)
+
+        return self._with_retries(attempt, until)
+
+    def embed(self, texts: list[str], model: str, dimensions: int = 0, until: float | None = None) -> Embeddings:
+        """Return `model`'s vector of each of `texts` (POST /embeddings), `dimensions` long when
+        given, retrying what is transient."""
+        payload = {"model": model, "input": texts, **({"dimensions": dimensions} if dimensions else {})}
+
+        def attempt(seconds_left: float) -> Embeddings:
+            body = self._request("POST", "/embeddings", seconds_left=seconds_left, json=payload)
+            if body.get("error"):
+                raise _error_from_body(body["error"], status=200)
+            rows = body.get("data")
+            if not isinstance(rows, list) or len(rows) != len(texts):
+                raise AIError(f"embeddings answer had {len(rows) if isinstance(rows, list) else 'no'} vectors "
+                              f"for {len(texts)} texts", retryable=True, status=200)
+            try:
+                ordered = sorted(rows, key=lambda row: row["index"])
+                vectors = [[float(value) for value in row["embedding"]] for row in ordered]
+            except (KeyError, TypeError, ValueError) as exc:
+                raise AIError("embeddings answer was malformed", retryable=True, status=200) from exc
+            if len({len(vector) for vector in vectors}) > 1 or not vectors[0]:
+                raise AIError("embeddings answer mixed vector sizes", retryable=True, status=200)
+            usage = body.get("usage") or {}
+            cost = usage.get("cost")
+            return Embeddings(vectors=vectors, model=model, tokens=int(usage.get("prompt_tokens") or 0),
+                              cost=cost if isinstance(cost, (int, float)) else None)
 
         return self._with_retries(attempt, until)
 
@@ -377,6 +417,7 @@ class AIAdapterFactory:
             system_prompt=configuration.system_prompt or self.config.ai_system_prompt,
             source=f"db:{configuration.name}",
             fallback_models=comma_list(configuration.fallback_models),
+            cite_sources=bool(configuration.cite_sources),
         )
 
     def environment_settings(self) -> AISettings:

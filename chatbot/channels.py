@@ -14,6 +14,7 @@ from chatbot.media import MediaFetcher
 from chatbot.models import Origin
 from chatbot.numbers import NumberDirectory
 from chatbot.stages.access import AccessPolicy
+from chatbot.stages.approved import ApprovedAnswers
 from chatbot.stages.base import Stage
 from chatbot.stages.budget import Budgets
 from chatbot.stages.commands import UserCommands
@@ -38,15 +39,17 @@ class Channel:
 
 
 def whatsapp_channel(sender, opt_outs: OptOuts, commands: UserCommands, access: AccessPolicy, budgets: Budgets,
-                     media: MediaFetcher, numbers: NumberDirectory,
+                     media: MediaFetcher, numbers: NumberDirectory, approved: ApprovedAnswers | None = None,
                      clock: Callable[[], float] = time.monotonic) -> Channel:
     """Customers on WhatsApp: STOP and START first (they work for everyone), then access (a kept-out
-    sender gets nothing else), their commands, takeover, the caps and the job's deadline."""
-    return Channel(Origin.WHATSAPP, sender,
-                   (opt_outs, access, commands, TakeoverStage(), budgets, DeadlineStage(clock)), media, numbers)
+    sender gets nothing else), their commands, takeover, the caps, the job's deadline, and last the
+    business's approved answers (an answer like any other: budgeted, and only within the deadline)."""
+    stages = (opt_outs, access, commands, TakeoverStage(), budgets, DeadlineStage(clock))
+    return Channel(Origin.WHATSAPP, sender, stages + ((approved,) if approved else ()), media, numbers)
 
 
-def operator_channel(origin: Origin, sender, clock: Callable[[], float] = time.monotonic) -> Channel:
+def operator_channel(origin: Origin, sender, approved: ApprovedAnswers | None = None,
+                     clock: Callable[[], float] = time.monotonic) -> Channel:
     """An operator trying the assistant (the console, the playground): no commands, access list or
-    caps stand in their way; a takeover and the deadline still apply."""
-    return Channel(origin, sender, (TakeoverStage(), DeadlineStage(clock)))
+    caps stand in their way; a takeover and the deadline still apply, and approved answers answer."""
+    return Channel(origin, sender, (TakeoverStage(), DeadlineStage(clock)) + ((approved,) if approved else ()))

@@ -11,7 +11,13 @@ KEY_PREFIX = "chatbot:context:"
 
 
 class ConversationManager:
-    """A sliding window of the last messages per conversation, rebuilt from the DB when lost."""
+    """A window of the last messages per conversation, rebuilt from the DB when lost.
+
+    The window moves in steps: when it would pass `max_messages`, its older half goes at once, and
+    its start then stays put until it is full again. A window that slid by one message each turn
+    would change the prompt's prefix every turn; this one keeps it byte-identical for half a
+    window's turns, which is what a provider's prompt cache serves (only an identical prefix is).
+    """
 
     def __init__(self, redis: Redis, max_messages: int, ttl: int):
         self.redis = redis
@@ -22,15 +28,24 @@ class ConversationManager:
     def key(conversation_id) -> str:
         return f"{KEY_PREFIX}{conversation_id}"
 
+    @staticmethod
+    def start_key(conversation_id) -> str:
+        """Where the window starts (a position): it moves only when the window is full."""
+        return f"{KEY_PREFIX}{conversation_id}:start"
+
     def get_history(self, conversation: Conversation, before_message_id: int | None = None) -> list[dict]:
         """Return the window as chat messages, oldest first, limited to those before a message."""
         key = self.key(conversation.id)
         if not self.redis.exists(key) and conversation.is_active:
             self._rebuild(conversation)
         upper = f"({before_message_id}" if before_message_id is not None else "+inf"
-        members = self.redis.zrangebyscore(key, "-inf", upper)
-        history = [json.loads(member) for member in members][-self.max_messages:]
-        return [{"role": item["role"], "content": item["content"]} for item in history]
+        start = self.redis.get(self.start_key(conversation.id))
+        members = self.redis.zrangebyscore(key, start.decode() if start else "-inf", upper, withscores=True)
+        if len(members) > self.max_messages:
+            members = members[-(self.max_messages - self.max_messages // 2):]
+            self.redis.set(self.start_key(conversation.id), repr(members[0][1]), ex=self.ttl)
+        return [{"role": item["role"], "content": item["content"]}
+                for item in (json.loads(member) for member, _ in members)]
 
     def add_message(self, conversation_id, role: str, content: str, position: float, message_id: int) -> None:
         """Add one message at `position` (its place in the conversation), trim, and renew the TTL."""
@@ -47,8 +62,10 @@ class ConversationManager:
         }
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.zadd(key, entries)
-            pipe.zremrangebyrank(key, 0, -(self.max_messages + 1))
+            # Twice the window: the messages since its start are all still here when it moves.
+            pipe.zremrangebyrank(key, 0, -(2 * self.max_messages + 1))
             pipe.expire(key, self.ttl)
+            pipe.expire(self.start_key(conversation_id), self.ttl)
             pipe.execute()
 
     def add_exchange(self, conversation_id, question: Message | None, answer: Message) -> None:
@@ -62,9 +79,10 @@ class ConversationManager:
 
     def clear_history(self, conversation_id) -> None:
         """Forget the window (the DB keeps the messages)."""
-        self.redis.delete(self.key(conversation_id))
+        self.redis.delete(self.key(conversation_id), self.start_key(conversation_id))
 
     def _rebuild(self, conversation: Conversation) -> None:
+        self.redis.delete(self.start_key(conversation.id))
         entries = []
         for questions, answer in Message.answered_exchanges(conversation, limit=self.max_messages):
             entries += question_entries(questions[:-1]) + exchange_entries(questions[-1], answer)

@@ -9,6 +9,7 @@ from chatbot.models import AIConfiguration, Conversation, Message, Origin, Role,
 from chatbot.models.db import database
 from chatbot.processor import MessageProcessor
 from chatbot.sanitizer import clean_text
+from chatbot.stages.approved import ApprovedAnswers
 
 PLAYGROUND_PREFIX = "playground:"
 
@@ -63,9 +64,12 @@ def ask(services, username: str, text: str, configuration: AIConfiguration | Non
             metadata={"trimmed": True} if body.trimmed else {},
             origin=Origin.PLAYGROUND.value,
         ).execute()
-    processor = MessageProcessor(ChosenConfiguration(services.ai_factory, configuration),
-                                 operator_channel(Origin.PLAYGROUND, NothingSent()), services.context, services.errors,
-                                 max_inbound_chars=config.max_inbound_chars)
+    chosen = ChosenConfiguration(services.ai_factory, configuration)
+    processor = MessageProcessor(chosen,
+                                 operator_channel(Origin.PLAYGROUND, NothingSent(),
+                                                  ApprovedAnswers(services.retriever, chosen)),
+                                 services.context, services.errors, max_inbound_chars=config.max_inbound_chars,
+                                 retriever=services.retriever)
     # The same lock as the jobs: two tabs of one operator must not answer the same message twice.
     with conversation_lock(services.redis, conversation_id, message_id, ttl=config.conversation_lock_ttl):
         # No job deadline here: the adapter's own (AI_DEADLINE) ends the model call, retries included.

@@ -12,10 +12,22 @@ from chatbot import metrics
 from chatbot.ai import AIAdapterFactory, OpenRouterAdapter
 from chatbot.alerts import ErrorHandler
 from chatbot.channels import Channel
-from chatbot.context import ConversationManager
+from chatbot.context import ConversationManager, remembered_text
 from chatbot.errors import AIError, Category, JobDeadlineReached, WhatsAppError
+from chatbot.knowledge.prompt import given, says_not_covered, sources_message, with_citation
+from chatbot.knowledge.retrieval import Retrieval, Retriever
 from chatbot.media import AUDIO_FORMATS, Media, MediaError, MediaKind, MediaTooLarge, media_kind
-from chatbot.models import Conversation, Message, ReplyPart, Role, ServiceWindow, Status, utcnow
+from chatbot.models import (
+    Conversation,
+    GapReason,
+    KnowledgeGap,
+    Message,
+    ReplyPart,
+    Role,
+    ServiceWindow,
+    Status,
+    utcnow,
+)
 from chatbot.models.db import connection_released, database
 from chatbot.numbers import Assistant
 from chatbot.redact import mask_phone, mask_phones_in
@@ -81,6 +93,7 @@ class MessageProcessor:
         clock: Callable[[], float] = time.monotonic,
         max_inbound_chars: int = 4096,
         transcription_model: str = "openai/whisper-1",
+        retriever: Retriever | None = None,
     ):
         self.ai_factory = ai_factory
         self.channel = channel
@@ -89,6 +102,8 @@ class MessageProcessor:
         self.errors = errors
         self.max_inbound_chars = max_inbound_chars
         self.transcription_model = transcription_model
+        # Finds the business's knowledge for each question; None answers from the system prompt alone.
+        self.retriever = retriever
 
     def process(self, message_id: int, final_attempt: bool = True, until: float | None = None,
                 coalesce_seconds: int = 0) -> Outcome:
@@ -166,7 +181,9 @@ class MessageProcessor:
         if verdict.note:
             question.metadata = {**question.metadata, **verdict.note}
         if verdict.reply:
-            return self._store_canned(conversation, question, verdict.reply, verdict.kind, status=verdict.status)
+            return self._store_canned(conversation, question, verdict.reply, verdict.kind, status=verdict.status,
+                                      answer_metadata=verdict.note if verdict.answer else None,
+                                      cost=verdict.cost, model=verdict.model)
         Message.update(status=verdict.status.value, metadata=question.metadata).where(
             Message.id == question.id).execute()
         return None
@@ -279,9 +296,14 @@ class MessageProcessor:
                 turn = self._read_attachments(conversation, question, adapter, final_attempt, until, attachments)
             if isinstance(turn, Message):
                 return turn
+            history = self.context.get_history(conversation, before_message_id=first.id)
+            asked = "\n".join(remembered_text(member) for member in burst)
+            found = self._knowledge(conversation, asked, history, adapter, final_attempt, until)
+            # The passages go last, next to the question: what comes before stays the same every turn.
             prompt = (
                 [{"role": "system", "content": adapter.settings.system_prompt}]
-                + self.context.get_history(conversation, before_message_id=first.id)
+                + history
+                + ([sources_message(found.passages)] if found.best_score is not None else [])
                 + [{"role": "user", "content": turn.content}]
             )
             # Waiting on the model can take many seconds: hold no database connection meanwhile.
@@ -306,10 +328,14 @@ class MessageProcessor:
             text = TRIMMED_NOTE.format(limit=self.max_inbound_chars) + "\n\n" + text
         if question.metadata.get("media_skipped"):
             text = self._too_large(MEDIA_SKIPPED_NOTE, files_named(question.metadata["media_skipped"])) + "\n\n" + text
+        if found.passages and adapter.settings.cite_sources:
+            text = with_citation(text, found.passages)
         text = self._greeted(conversation, first, text)
         metadata = {"ai_source": adapter.settings.source, "requested_model": adapter.settings.model}
         if len(burst) > 1:
             metadata["answers"] = [member.id for member in burst]
+        if found.best_score is not None:
+            metadata["knowledge"] = {"best_score": found.best_score, "passages": given(found.passages)}
         with database.atomic():
             answer = Message.create(
                 conversation=conversation,
@@ -324,9 +350,15 @@ class MessageProcessor:
                 total_tokens=usage.get("total_tokens"),
                 latency_ms=latency_ms,
                 # None when a provider reported no cost: an unknown cost is not a zero one.
-                cost=total_cost(usage.get("cost"), turn.media_cost),
+                cost=total_cost(usage.get("cost"), turn.media_cost, found.cost),
                 metadata=metadata,
             )
+            if found.best_score is not None and self.retriever is not None:
+                gap = (GapReason.LOW_SCORE if not found.covered(self.retriever.min_score)
+                       else GapReason.NOT_COVERED if says_not_covered(reply.text) else None)
+                if gap is not None:
+                    KnowledgeGap.create(message=question, number=conversation.number, question=asked[:4000],
+                                        reason=gap.value, best_score=found.best_score)
             for member in burst:
                 # save(), not a status update: reading an attachment may have added a transcript.
                 member.status = Status.ANSWERED.value
@@ -336,6 +368,25 @@ class MessageProcessor:
         log.info("message_id=%s answered model=%s tokens=%s latency_ms=%.0f burst=%d",
                  question.id, reply.model, usage.get("total_tokens"), latency_ms, len(burst))
         return answer
+
+    def _knowledge(self, conversation: Conversation, asked: str, history: list[dict], adapter: OpenRouterAdapter,
+                   final_attempt: bool, until: float | None) -> Retrieval:
+        """Find the passages for what was `asked`, read with the user's turn before it (so "and how
+        much is it?" finds the price of what they asked about). When the embeddings cannot be had,
+        the model answers without knowledge and the operator is told."""
+        if self.retriever is None:
+            return Retrieval()
+        earlier = [item["content"] for item in history if item["role"] == "user"][-1:]
+        try:
+            return self.retriever.search(adapter, "\n".join([*earlier, asked]), conversation.number, until)
+        except AIError as error:
+            if error.retryable and not final_attempt and not error.deadline_exceeded:
+                raise
+            self.errors.send_admin_alert(
+                f"knowledge:embeddings:{error.status}",
+                f"knowledge not searched, answers go out without it: embeddings model "
+                f"{self.retriever.embedding_model}: {error}")
+            return Retrieval()
 
     def _read_attachments(self, conversation: Conversation, question: Message, adapter: OpenRouterAdapter,
                           final_attempt: bool, until: float | None, attachments: ExitStack) -> UserTurn | Message:
@@ -450,17 +501,20 @@ class MessageProcessor:
         return text if earlier else f"{greeting}\n\n{text}"
 
     def _store_canned(self, conversation: Conversation, question: Message, text: str, kind: str,
-                      status: Status = Status.ANSWERED) -> Message:
+                      status: Status = Status.ANSWERED, answer_metadata: dict | None = None,
+                      cost: float | None = None, model: str | None = None) -> Message:
         """Store a reply the AI did not write (a command's answer, a budget notice) as the question's
-        unsent answer, the question marked `status`."""
+        unsent answer, the question marked `status`. With `answer_metadata` the reply answers the
+        question as the AI would have (an approved answer): it is remembered in the context, not canned."""
         if not kind.startswith(NOT_GREETED):
             text = self._greeted(conversation, question, text)
         with database.atomic():
             question.status = status.value
             question.save()
             return Message.create(conversation=conversation, role=Role.ASSISTANT.value, content=text,
-                                  status=Status.UNSENT.value, reply_to=question, metadata={"canned": kind},
-                                  origin=self.channel.origin.value)
+                                  status=Status.UNSENT.value, reply_to=question,
+                                  metadata={"canned": kind} if answer_metadata is None else answer_metadata,
+                                  origin=self.channel.origin.value, cost=cost, model=model)
 
     def _apologise(self, conversation: Conversation, question: Message, reason: str,
                    category: Category) -> Message:

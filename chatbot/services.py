@@ -13,6 +13,8 @@ from chatbot.alerts import ErrorHandler
 from chatbot.channels import whatsapp_channel
 from chatbot.context import ConversationManager
 from chatbot.crypto import FieldCipher
+from chatbot.knowledge.index import Indexer, IndexLimits
+from chatbot.knowledge.retrieval import Retriever
 from chatbot.media import MediaFetcher
 from chatbot.models.db import POOL_SIZE, open_database
 from chatbot.numbers import NumberDirectory
@@ -21,6 +23,7 @@ from chatbot.pricing import CostEstimator
 from chatbot.processor import MessageProcessor
 from chatbot.rate_limiter import RateLimiter
 from chatbot.stages.access import AccessPolicy
+from chatbot.stages.approved import ApprovedAnswers
 from chatbot.stages.budget import Budgets
 from chatbot.stages.commands import UserCommands
 from chatbot.stages.optouts import OptOuts
@@ -48,6 +51,8 @@ class Services:
     errors: ErrorHandler
     budgets: Budgets
     numbers: NumberDirectory
+    retriever: Retriever
+    indexer: Indexer
 
 
 def http_pool_size(config: Config) -> int:
@@ -90,6 +95,9 @@ def build_services(config: Config, ai_options: dict | None = None,
         status_callback=config.public_base_url and config.public_base_url + STATUS_CALLBACK_PATH,
         **(whatsapp_options or {}),
     )
+    retriever = Retriever(config.embedding_model, config.embedding_dimensions, config.knowledge_max_tokens,
+                          config.knowledge_min_score, config.approved_answer_min_score)
+    guarded = guarded_session(OutboundGuard(config.allow_private_hosts), http_pool_size(config))
     words = CommandWords(config.user_commands)
     channel = whatsapp_channel(
         whatsapp,
@@ -98,11 +106,11 @@ def build_services(config: Config, ai_options: dict | None = None,
         access,
         budgets,
         MediaFetcher(pooled_session(http_pool_size(config)),
-                     guarded_session(OutboundGuard(config.allow_private_hosts), http_pool_size(config)),
-                     config.twilio_account_sid, config.twilio_auth_token, config.twilio_api_base_url,
+                     guarded, config.twilio_account_sid, config.twilio_auth_token, config.twilio_api_base_url,
                      max_bytes=config.max_media_bytes, max_message_bytes=config.max_media_bytes_per_message,
                      max_bytes_in_memory=config.max_media_bytes_in_memory, deadline=config.ai_deadline),
         numbers,
+        ApprovedAnswers(retriever, ai_factory),
     )
     return Services(
         config=config,
@@ -113,11 +121,14 @@ def build_services(config: Config, ai_options: dict | None = None,
         ai_factory=ai_factory,
         whatsapp=whatsapp,
         processor=MessageProcessor(ai_factory, channel, context, errors, max_inbound_chars=config.max_inbound_chars,
-                                   transcription_model=config.transcription_model),
+                                   transcription_model=config.transcription_model, retriever=retriever),
         access=access,
         rate_limiter=RateLimiter(redis, config.rate_limit_messages, config.rate_limit_global,
                                  config.rate_limit_window),
         errors=errors,
         budgets=budgets,
         numbers=numbers,
+        retriever=retriever,
+        indexer=Indexer(retriever, guarded, IndexLimits(config.knowledge_max_file_bytes, config.knowledge_max_pages,
+                                                        config.knowledge_fetch_timeout)),
     )

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import base64
 import json
+import math
+import re
 import threading
 import time
 import uuid
+import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -190,6 +193,23 @@ class FakeServer(_Loopback):
         return True
 
 
+EMBEDDING_SIZE = 256
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+def hashed_words(text: str) -> list[float]:
+    """A deterministic stand-in for a model's embedding: a hashed bag of words, unit length, so texts
+    sharing words are similar and texts sharing none are orthogonal."""
+    vector = [0.0] * EMBEDDING_SIZE
+    for word in words(text):
+        vector[zlib.crc32(word.encode()) % EMBEDDING_SIZE] += 1.0
+    norm = math.sqrt(sum(value * value for value in vector)) or 1.0
+    return [value / norm for value in vector]
+
+
 class FakeOpenRouter(FakeServer):
     """Answers chat completions as OpenRouter does; by default the reply names the last question."""
 
@@ -214,10 +234,17 @@ class FakeOpenRouter(FakeServer):
         self.transcript = "What is the weather like in Lisbon?"
         self.transcription_cost: float | None = 0.0002
         self.transcription_error: Scripted | None = None
+        # What POST /embeddings costs per input token (USD); None leaves the cost out.
+        self.embedding_token_cost: float | None = 0.00000002
+        self.embedding_error: Scripted | None = None
 
     @property
     def transcriptions(self) -> list[Recorded]:
         return [r for r in self.requests if r.path.endswith("/audio/transcriptions")]
+
+    @property
+    def embedding_requests(self) -> list[Recorded]:
+        return [r for r in self.requests if r.path.endswith("/embeddings")]
 
     @property
     def completions(self) -> list[Recorded]:
@@ -260,6 +287,17 @@ class FakeOpenRouter(FakeServer):
                 if model["id"] in self.pricing:
                     model["pricing"] = self.pricing[model["id"]]
             return Scripted(200, {"data": listed})
+        if request.path.endswith("/embeddings"):
+            if self.embedding_error is not None:
+                return self.embedding_error
+            texts = request.body["input"]
+            tokens = sum(len(words(text)) for text in texts)
+            usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+            if self.embedding_token_cost is not None:
+                usage["cost"] = tokens * self.embedding_token_cost
+            return Scripted(200, {"object": "list", "model": request.body["model"], "usage": usage,
+                                  "data": [{"object": "embedding", "index": index, "embedding": hashed_words(text)}
+                                           for index, text in enumerate(texts)]})
         if request.path.endswith("/audio/transcriptions"):
             if self.transcription_error is not None:
                 return self.transcription_error

@@ -19,10 +19,29 @@ def exchange(conversation, number):
 def test_window_keeps_the_last_messages_in_order(services, redis):
     manager = ConversationManager(redis, max_messages=4, ttl=600)
     conversation = conversation_for("whatsapp:+15550001111")
-    for number in range(1, 4):
+    for number in range(1, 3):
         manager.add_exchange(conversation.id, *exchange(conversation, number))
-    assert [m["content"] for m in manager.get_history(conversation)] == ["q2", "a2", "q3", "a3"]
+    assert [m["content"] for m in manager.get_history(conversation)] == ["q1", "a1", "q2", "a2"]
     assert 590 < redis.ttl(manager.key(conversation.id)) <= 600
+
+
+def test_a_full_window_drops_its_older_half_and_then_keeps_its_start(services, redis):
+    manager = ConversationManager(redis, max_messages=4, ttl=600)
+    conversation = conversation_for("whatsapp:+15550001111")
+    seen = []
+    for number in range(1, 7):
+        manager.add_exchange(conversation.id, *exchange(conversation, number))
+        seen.append([m["content"] for m in manager.get_history(conversation)])
+    assert seen == [
+        ["q1", "a1"],
+        ["q1", "a1", "q2", "a2"],
+        ["q3", "a3"],  # full: the older half went at once
+        ["q3", "a3", "q4", "a4"],  # the start stayed: the prompt's prefix is the same as the turn before
+        ["q5", "a5"],
+        ["q5", "a5", "q6", "a6"],
+    ]
+    manager.clear_history(conversation.id)
+    assert not redis.exists(manager.start_key(conversation.id))
 
 
 def test_answer_sits_after_its_question_even_when_a_later_question_was_stored_first(services, redis):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from chatbot.cli import ai_config, conversations, numbers, setup
+from chatbot.cli import ai_config, conversations, knowledge, numbers, setup
 from config import ConfigError
 
 COMMANDS = [
@@ -15,6 +15,7 @@ COMMANDS = [
     setup.test_whatsapp_command,
     ai_config.ai_config_group,
     numbers.numbers_group,
+    knowledge.knowledge_group,
     conversations.chat_command,
     conversations.conversations_group,
     conversations.cleanup_command,

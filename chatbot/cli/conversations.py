@@ -22,6 +22,7 @@ from chatbot.jobs import queueing, tasks
 from chatbot.models import Conversation, Message, Origin, utcnow
 from chatbot.processor import MessageProcessor
 from chatbot.redact import mask_phone
+from chatbot.stages.approved import ApprovedAnswers
 
 
 @click.command("chat")
@@ -40,8 +41,11 @@ def chat_command(phone):
     built = services()
     interactive = sys.stdin.isatty()
     console = ConsoleWhatsApp(click.echo, "bot> " if interactive else "")
-    processor = MessageProcessor(built.ai_factory, operator_channel(Origin.CONSOLE, console), built.context,
-                                 built.errors, max_inbound_chars=built.config.max_inbound_chars)
+    processor = MessageProcessor(built.ai_factory,
+                                 operator_channel(Origin.CONSOLE, console,
+                                                  ApprovedAnswers(built.retriever, built.ai_factory)),
+                                 built.context, built.errors, max_inbound_chars=built.config.max_inbound_chars,
+                                 retriever=built.retriever)
     settings = built.ai_factory.settings()
     click.echo(f"Chatting as {phone} with {settings.model} (settings from {settings.source}). "
                "Replies are printed, not sent. End with Ctrl-D.", err=True)

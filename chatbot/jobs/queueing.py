@@ -20,6 +20,11 @@ log = logging.getLogger(__name__)
 PROCESS_MESSAGE = "chatbot.jobs.tasks.process_message"
 APOLOGISE_WHEN_FAILED = "chatbot.jobs.tasks.apologise_when_failed_for_good"
 SEND_OPERATOR_REPLY = "chatbot.jobs.tasks.send_operator_reply"
+INDEX_KNOWLEDGE_SOURCE = "chatbot.jobs.tasks.index_knowledge_source"
+EMBED_APPROVED_ANSWERS = "chatbot.jobs.tasks.embed_approved_answers"
+# Indexing a large sitemap takes many embeddings requests: longer than an answer may.
+KNOWLEDGE_JOB_TIMEOUT = 1800
+KNOWLEDGE_RETRY = Retry(max=3, interval=[30, 120, 600])
 JOB_TIMEOUT = 180
 # Transient upstream trouble is retried over about four minutes before the user gets the fallback.
 JOB_RETRY = Retry(max=4, interval=[10, 30, 60, 120])
@@ -111,6 +116,27 @@ def enqueue_operator_reply(queue: Queue, reply_id: int) -> Job:
         failure_ttl=7 * 86400,
         description=f"send operator reply {reply_id}",
     )
+
+
+def enqueue_knowledge_index(queue: Queue, source_id: int) -> bool:
+    """Queue the indexing of a knowledge source, unless it is queued or running already; say whether it was."""
+    job_id = f"knowledge-source-{source_id:012d}"
+    if job_is_active(queue.connection, job_id):
+        return False
+    queue.enqueue_call(INDEX_KNOWLEDGE_SOURCE, args=(source_id,), job_id=job_id, timeout=KNOWLEDGE_JOB_TIMEOUT,
+                       retry=KNOWLEDGE_RETRY, result_ttl=86400, failure_ttl=7 * 86400,
+                       description=f"index knowledge source {source_id}")
+    return True
+
+
+def enqueue_approved_embedding(queue: Queue) -> bool:
+    """Queue the embedding of approved answers' questions, unless it is queued already."""
+    job_id = "embed-approved-answers"
+    if job_is_active(queue.connection, job_id):
+        return False
+    queue.enqueue_call(EMBED_APPROVED_ANSWERS, job_id=job_id, timeout=KNOWLEDGE_JOB_TIMEOUT, retry=KNOWLEDGE_RETRY,
+                       result_ttl=3600, failure_ttl=7 * 86400, description="embed approved answers")
+    return True
 
 
 @dataclass(frozen=True)

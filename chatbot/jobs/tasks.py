@@ -12,9 +12,9 @@ from rq.job import Job
 from chatbot import metrics
 from chatbot.errors import SenderBusy, WhatsAppError
 from chatbot.jobs.locks import conversation_lock
-from chatbot.jobs.queueing import queue_unless_active
+from chatbot.jobs.queueing import enqueue_approved_embedding, enqueue_knowledge_index, queue_unless_active
 from chatbot.jobs.retention import delete_past_retention
-from chatbot.models import Conversation, Message, Origin, Status, utcnow
+from chatbot.models import ApprovedAnswer, Conversation, KnowledgeSource, Message, Origin, Status, utcnow
 from chatbot.models.db import connection_scope
 from chatbot.takeover import hand_back
 
@@ -83,6 +83,38 @@ def process_message(message_id: int) -> dict:
     return asdict(outcome)
 
 
+def index_knowledge_source(source_id: int) -> str | None:
+    """Read, split and embed one knowledge source, replacing its passages in one transaction."""
+    services = current_services()
+    job = get_current_job()
+    with connection_scope():
+        return services.indexer.index(source_id, services.ai_factory.current(),
+                                      final_attempt=job is None or not job.retries_left)
+
+
+def embed_approved_answers() -> int:
+    """Embed the approved answers' questions that have no vector from the current embedding model."""
+    services = current_services()
+    with connection_scope():
+        return services.indexer.embed_approved(services.ai_factory.current())
+
+
+def refresh_knowledge() -> int:
+    """Queue what the current EMBEDDING_MODEL has not embedded yet: sources indexed with another
+    model (never served meanwhile: vectors of two models never mix), waiting sources whose job was
+    lost, and approved answers; return how many sources were queued."""
+    services = current_services()
+    with connection_scope():
+        stale = [source.id for source in KnowledgeSource.needing_index(services.retriever.key)]
+        approved_waiting = ApprovedAnswer.unembedded(services.retriever.key).exists()
+    queued = sum(enqueue_knowledge_index(services.queue, source_id) for source_id in stale)
+    if approved_waiting:
+        enqueue_approved_embedding(services.queue)
+    if queued:
+        log.info("queued %d knowledge source(s) for indexing", queued)
+    return queued
+
+
 def apologise_when_failed_for_good(job: Job, connection, error_type, error, traceback) -> None:
     """RQ's failure callback: when a message's job fails with no retry left (it raised, timed out or
     its worker died), the user gets an apology instead of silence."""
@@ -128,10 +160,12 @@ def cleanup_expired_conversations() -> dict[str, int]:
 
 def sweep_pending_messages() -> int:
     """Queue stored messages that no job is working on: unanswered ones whose job never reached
-    Redis (or was lost with it), and answers still waiting to be sent (e.g. Twilio was down)."""
+    Redis (or was lost with it), and answers still waiting to be sent (e.g. Twilio was down); and
+    the knowledge the current embedding model has not indexed."""
     services = current_services()
     queued = 0
     hand_back_idle_takeovers()
+    refresh_knowledge()
     with connection_scope():
         for message in Message.needing_work(PENDING_GRACE, RESEND_HORIZON):
             queued += queue_unless_active(services.queue, message.id, message.conversation.user_phone)

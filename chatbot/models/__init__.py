@@ -18,6 +18,16 @@ from chatbot.models.conversation import (
     ReplyPart,
     ServiceWindow,
 )
+from chatbot.models.knowledge import (
+    ApprovedAnswer,
+    GapReason,
+    KnowledgeGap,
+    KnowledgeSource,
+    KnowledgeSpend,
+    Passage,
+    SourceKind,
+    SourceStatus,
+)
 from chatbot.models.settings import (
     MAX_GREETING_CHARS,
     PROVIDERS,
@@ -32,7 +42,9 @@ from chatbot.models.users import AdminUser
 __all__ = [
     "DELETE_BATCH", "DELIVERY_FAILURES", "DELIVERY_PROGRESS", "DELIVERY_SETTLED", "FAILURE_STATUSES",
     "MAX_GREETING_CHARS", "ONE_ACTIVE_INDEX", "PROVIDERS", "SERVICE_WINDOW", "TWILIO_MESSAGE_SID",
-    "UNDELIVERED_STATUSES", "AccessEntry", "AdminUser", "AIConfiguration", "BaseModel", "Conversation", "JSONField",
+    "UNDELIVERED_STATUSES", "AccessEntry", "AdminUser", "AIConfiguration", "ApprovedAnswer", "GapReason",
+    "KnowledgeGap", "KnowledgeSource", "KnowledgeSpend", "Passage", "SourceKind", "SourceStatus", "BaseModel",
+    "Conversation", "JSONField",
     "Message", "OptOut", "Origin", "ReplyPart", "Role", "ServiceWindow", "Setting", "Status",
     "WebhookLog", "WhatsAppNumber", "utcnow",
 ]

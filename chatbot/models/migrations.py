@@ -11,15 +11,21 @@ from chatbot.models import (
     AccessEntry,
     AdminUser,
     AIConfiguration,
+    ApprovedAnswer,
     Conversation,
+    KnowledgeGap,
+    KnowledgeSource,
+    KnowledgeSpend,
     Message,
     OptOut,
+    Passage,
     ReplyPart,
     Setting,
     WebhookLog,
     WhatsAppNumber,
 )
 from chatbot.models.db import database
+from chatbot.models.knowledge import POSTGRES_TEXT_SEARCH, SQLITE_FTS_TABLE
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +131,24 @@ def _add_opt_out_numbers(migrator) -> None:
     OptOut._schema.create_indexes(safe=True)
 
 
+def _add_knowledge(migrator) -> None:
+    if "cite_sources" not in {column.name for column in database.get_columns("ai_configuration")}:
+        migrate(migrator.add_column("ai_configuration", "cite_sources", AIConfiguration.cite_sources))
+    database.create_tables([KnowledgeSource, Passage, ApprovedAnswer, KnowledgeGap, KnowledgeSpend], safe=True)
+    if isinstance(migrator, PostgresqlMigrator):
+        database.execute_sql("CREATE INDEX IF NOT EXISTS passage_text_search ON passage "
+                             f"USING gin ({POSTGRES_TEXT_SEARCH.format(table='')})")
+    else:
+        database.execute_sql(f"CREATE VIRTUAL TABLE IF NOT EXISTS {SQLITE_FTS_TABLE} "
+                             "USING fts5(text, tokenize = 'porter unicode61')")
+
+
 # Append a function for every schema change (playhouse.migrate operations on the migrator it
 # receives); never edit one that has shipped.
 MIGRATIONS = [_create_initial_tables, _create_admin_users, _add_webhook_verdict, _add_message_origin,
               _add_attempts_and_send_intents, _add_operator_controls, _add_spend_and_access,
-              _add_numbers, _add_message_sent_at, _add_webhook_checked_url, _add_opt_out_numbers]
+              _add_numbers, _add_message_sent_at, _add_webhook_checked_url, _add_opt_out_numbers,
+              _add_knowledge]
 
 
 def current_version() -> int:

@@ -130,6 +130,8 @@ class AIConfiguration(BaseModel):
     # Comma-separated OpenRouter slugs tried, in order, when the model above cannot answer.
     fallback_models = TextField(default="")
     is_active = BooleanField(default=False, index=True)
+    # Append the knowledge sources an answer drew on ("Source: Returns policy").
+    cite_sources = BooleanField(default=False)
     api_key_encrypted = TextField(null=True)
     created_at = DateTimeField(default=utcnow)
     updated_at = DateTimeField(default=utcnow)

@@ -36,6 +36,11 @@ class Verdict:
     restarted: bool = False
     # Not settled now: the job runs again and the message meets the gates afresh.
     later: bool = False
+    # The reply answers the question as the AI would have (an approved answer): it enters the
+    # conversation's context, and what finding it cost (`cost`, USD, by `model`) counts in spend.
+    answer: bool = False
+    cost: float | None = None
+    model: str | None = None
 
 
 @dataclass(frozen=True)
