@@ -105,4 +105,15 @@ def exchange_entries(question: Message | None, answer: Message) -> list[tuple[st
     answer to no question goes where it was written."""
     if question is None:
         return [("assistant", answer.content, float(answer.id), answer.id)]
-    return [*question_entries([question]), ("assistant", answer.content, question.id + 0.5, answer.id)]
+    return [*sources_entries(answer), *question_entries([question]),
+            ("assistant", answer.content, question.id + 0.5, answer.id)]
+
+
+def sources_entries(answer: Message) -> list[tuple[str, str, float, int]]:
+    """Place the knowledge an answer was given right before the first message it answers, as the
+    model read it: the next request then begins with the whole of this one."""
+    given = (answer.metadata.get("knowledge") or {}).get("message")
+    if not given:
+        return []
+    first = min(answer.metadata.get("answers") or [answer.reply_to_id])
+    return [("system", given, first - 0.5, answer.id)]

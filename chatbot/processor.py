@@ -14,7 +14,7 @@ from chatbot.alerts import ErrorHandler
 from chatbot.channels import Channel
 from chatbot.context import ConversationManager, remembered_text
 from chatbot.errors import AIError, Category, JobDeadlineReached, WhatsAppError
-from chatbot.knowledge.prompt import given, says_not_covered, sources_message, with_citation
+from chatbot.knowledge.prompt import fresh_passages, given, says_not_covered, sources_message, with_citation
 from chatbot.knowledge.retrieval import Retrieval, Retriever
 from chatbot.media import AUDIO_FORMATS, Media, MediaError, MediaKind, MediaTooLarge, media_kind
 from chatbot.models import (
@@ -299,11 +299,13 @@ class MessageProcessor:
             history = self.context.get_history(conversation, before_message_id=first.id)
             asked = "\n".join(remembered_text(member) for member in burst)
             found = self._knowledge(conversation, asked, history, adapter, final_attempt, until)
+            fresh = fresh_passages(found.passages, history)
+            sources = sources_message(found.passages, fresh)
             # The passages go last, next to the question: what comes before stays the same every turn.
             prompt = (
                 [{"role": "system", "content": adapter.settings.system_prompt}]
                 + history
-                + ([sources_message(found.passages)] if found.best_score is not None else [])
+                + ([sources] if found.best_score is not None else [])
                 + [{"role": "user", "content": turn.content}]
             )
             # Waiting on the model can take many seconds: hold no database connection meanwhile.
@@ -336,6 +338,9 @@ class MessageProcessor:
             metadata["answers"] = [member.id for member in burst]
         if found.best_score is not None:
             metadata["knowledge"] = {"best_score": found.best_score, "passages": given(found.passages)}
+            if fresh:
+                # Kept in the conversation's window before the question, as the model read it.
+                metadata["knowledge"]["message"] = sources["content"]
         with database.atomic():
             answer = Message.create(
                 conversation=conversation,

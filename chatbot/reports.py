@@ -25,6 +25,7 @@ from chatbot.models import (
     DELIVERY_FAILURES,
     UNDELIVERED_STATUSES,
     Conversation,
+    KnowledgeSpend,
     Message,
     ReplyPart,
     Role,
@@ -181,14 +182,21 @@ def compute_stats(now: datetime | None = None, number: str | None = None, period
         models=_model_use(starts[0], counted),
         active_conversations=(conversations if number is None
                               else conversations.where(Conversation.number == number)).count(),
-        spend_today=Spend(*Message.spend(today, number=number)),
-        spend_week=Spend(*Message.spend(week, number=number)),
-        spend_month=Spend(*Message.spend(month, number=number)),
+        spend_today=spend_since(today, number),
+        spend_week=spend_since(week, number),
+        spend_month=spend_since(month, number),
         # The month's models, costliest first: the same figures as the period's, over the month.
         spend_by_model=sorted(_model_use(month, counted), key=lambda use: (-use.usd, use.model)),
         top_spenders=Message.top_spenders(month, TOP_SPENDERS, number),
         **_fallback_use(week, counted),
     )
+
+
+def spend_since(since: datetime, number: str | None = None) -> Spend:
+    """What the AI cost since `since` (`number`'s share only, when given): its answers, and embedding
+    the knowledge's passages, which no answer carries."""
+    usd, unknown = Message.spend(since, number=number)
+    return Spend(usd + KnowledgeSpend.since(since, number), unknown)
 
 
 def bucket_starts(period: Period, now: datetime, zone: ZoneInfo) -> list[datetime]:

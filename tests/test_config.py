@@ -316,3 +316,40 @@ def test_room_in_memory_smaller_than_one_messages_budget_is_named():
     assert error.value.problems == [
         "MAX_MEDIA_BYTES_IN_MEMORY (2000000) must be at least MAX_MEDIA_BYTES_PER_MESSAGE (3000000): raise it, "
         "or lower MAX_MEDIA_BYTES_PER_MESSAGE"]
+
+
+@pytest.mark.parametrize(("name", "raw", "problem"), [
+    ("KNOWLEDGE_MAX_TOKENS", "10", "KNOWLEDGE_MAX_TOKENS must be at least 50, got 10"),
+    ("KNOWLEDGE_MAX_TOKENS", "50000", "KNOWLEDGE_MAX_TOKENS must be at most 20000, got 50000"),
+    ("KNOWLEDGE_MAX_FILE_BYTES", "100", "KNOWLEDGE_MAX_FILE_BYTES must be at least 1024, got 100"),
+    ("KNOWLEDGE_MAX_PAGES", "0", "KNOWLEDGE_MAX_PAGES must be at least 1, got 0"),
+    ("KNOWLEDGE_FETCH_TIMEOUT", "soon", "KNOWLEDGE_FETCH_TIMEOUT must be a whole number, got 'soon'"),
+    ("EMBEDDING_DIMENSIONS", "-1", "EMBEDDING_DIMENSIONS must be at least 0, got -1"),
+])
+def test_knowledge_settings_out_of_range_are_named(name, raw, problem):
+    with pytest.raises(ConfigError) as error:
+        Config.from_mapping({**MINIMAL, name: raw})
+    assert error.value.problems == [problem]
+
+
+@pytest.mark.parametrize(("name", "raw", "problem"), [
+    ("KNOWLEDGE_MIN_SCORE", "1.5", "KNOWLEDGE_MIN_SCORE must be between 0 and 1, got 1.5"),
+    ("APPROVED_ANSWER_MIN_SCORE", "0.2", "APPROVED_ANSWER_MIN_SCORE must be between 0.5 and 1, got 0.2"),
+    ("KNOWLEDGE_MIN_SCORE", "high", "KNOWLEDGE_MIN_SCORE must be a number, got 'high'"),
+])
+def test_knowledge_thresholds_out_of_range_are_named(name, raw, problem):
+    with pytest.raises(ConfigError) as error:
+        Config.from_mapping({**MINIMAL, name: raw})
+    assert error.value.problems == [problem]
+
+
+def test_knowledge_settings_defaults_and_values():
+    defaults = Config.from_mapping(MINIMAL)
+    assert (defaults.embedding_model, defaults.embedding_dimensions, defaults.knowledge_max_tokens,
+            defaults.knowledge_max_file_bytes, defaults.knowledge_max_pages, defaults.knowledge_fetch_timeout,
+            defaults.knowledge_min_score, defaults.approved_answer_min_score) == (
+        "openai/text-embedding-3-small", 0, 800, 10 * 1024 * 1024, 50, 15, 0.3, 0.85)
+    changed = Config.from_mapping({**MINIMAL, "EMBEDDING_MODEL": "mistralai/mistral-embed", "EMBEDDING_DIMENSIONS": "512",
+                                   "KNOWLEDGE_MAX_TOKENS": "1200", "APPROVED_ANSWER_MIN_SCORE": "0.9"})
+    assert (changed.embedding_model, changed.embedding_dimensions, changed.knowledge_max_tokens,
+            changed.approved_answer_min_score) == ("mistralai/mistral-embed", 512, 1200, 0.9)

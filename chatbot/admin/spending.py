@@ -7,6 +7,7 @@ from flask_admin.form import SecureForm
 
 from chatbot.admin.panel import LoginRequired, services
 from chatbot.models import Message, utcnow
+from chatbot.reports import spend_since
 from chatbot.stages.budget import MONTHLY_SETTING, OVERRIDES_TTL, SENDER_DAILY_SETTING, day_start, month_start
 from config import amount_problem
 
@@ -21,7 +22,7 @@ class SpendingView(LoginRequired, BaseView):
         budgets, now = services().budgets, utcnow()
         costliest = Message.top_spenders(day_start(now), 1)
         return self.render("chatbot_admin/spending.html", caps=budgets.caps(fresh=True),
-                           environment=budgets.environment, month=Message.spend(month_start(now)),
+                           environment=budgets.environment, month=spend_since(month_start(now)),
                            costliest_today=costliest[0] if costliest else None,
                            sender_daily_setting=SENDER_DAILY_SETTING, monthly_setting=MONTHLY_SETTING)
 

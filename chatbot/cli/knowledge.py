@@ -50,8 +50,10 @@ def add_command(path_or_url: str, number: str | None, title: str, sitemap: bool)
             path = Path(path_or_url)
             if not path.is_file():
                 raise click.ClickException(f"no file {path_or_url!r} (give a file's path or an http(s) URL)")
-            source = sources.add_file(built.queue, path.read_bytes(), path.name,
-                                      built.config.knowledge_max_file_bytes, key, title,
+            limit = built.config.knowledge_max_file_bytes
+            with path.open("rb") as file:
+                data = file.read(limit + 1)  # one byte past the limit says "too large": no need for the rest
+            source = sources.add_file(built.queue, data, path.name, limit, key, title,
                                       mimetypes.guess_type(path.name)[0] or "")
     except sources.KnowledgeInputError as error:
         raise click.ClickException(str(error)) from error

@@ -2,7 +2,9 @@
 
 The passages go in a message of their own right before the newest question, never into the leading
 system message: the system message and the history stay byte-identical from turn to turn, so a
-provider's prompt cache serves them (only an identical prefix is cached).
+provider's prompt cache serves them (only an identical prefix is cached). The message then stays in
+the conversation's window, where it was, so the next request begins with this one whole; a passage
+the window already holds is not given again.
 """
 from __future__ import annotations
 
@@ -28,13 +30,33 @@ NOT_COVERED = re.compile(
     re.IGNORECASE)
 
 
-def sources_message(passages: list[Found]) -> dict:
-    """Return the message that carries `passages` to the model (or says none matched)."""
+ALREADY_GIVEN = (
+    "The passages of the business's own sources that match the next question were given earlier in "
+    "this conversation. Answer from them; if they do not cover it, say that you do not have that "
+    "information rather than guessing."
+)
+
+
+def passage_block(passage: Found) -> str:
+    """One passage as the model reads it: the same text whenever it is given, so it can be recognised."""
+    heading = f" › {passage.heading}" if passage.heading else ""
+    return f"Source: {passage.title}{heading}\n{passage.text}"
+
+
+def fresh_passages(passages: list[Found], history: list[dict]) -> list[Found]:
+    """Leave out the passages the conversation's window already holds: given once, they stay in it."""
+    earlier = "\n".join(item["content"] for item in history if item["role"] == "system")
+    return [passage for passage in passages if passage_block(passage) not in earlier]
+
+
+def sources_message(passages: list[Found], fresh: list[Found]) -> dict:
+    """Return the message that carries the `fresh` of `passages` to the model (or says that none
+    matched, or that those that did were given earlier)."""
     if not passages:
         return {"role": "system", "content": NOTHING_FOUND}
-    blocks = [f"[{number}] {passage.title}" + (f" › {passage.heading}" if passage.heading else "")
-              + f"\n{passage.text}" for number, passage in enumerate(passages, start=1)]
-    return {"role": "system", "content": SOURCES_INTRO + "\n\n" + "\n\n".join(blocks)}
+    if not fresh:
+        return {"role": "system", "content": ALREADY_GIVEN}
+    return {"role": "system", "content": SOURCES_INTRO + "\n\n" + "\n\n".join(map(passage_block, fresh))}
 
 
 def says_not_covered(answer: str) -> bool:

@@ -26,7 +26,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from chatbot.alerts import ErrorHandler
-from chatbot.models import Message, Setting, Status, utcnow
+from chatbot.models import KnowledgeSpend, Message, Setting, Status, utcnow
 from chatbot.redact import mask_phone, sender_key
 from chatbot.stages.base import Stage, Turn, Verdict
 from config import amount_problem
@@ -214,6 +214,11 @@ class Budgets(Stage):
         monthly_wanted = caps.monthly is not None or number_monthly is not None
         sender_today, everyone, this_number = Message.spent_for_budgets(
             sender, number, day_start(now), month_start(now) if monthly_wanted else None)
+        if monthly_wanted:
+            # Embedding the knowledge is money of the month too: every number's sources count against
+            # the monthly budget, a number's own sources against that number's too.
+            everyone += KnowledgeSpend.since(month_start(now))
+            this_number += KnowledgeSpend.since(month_start(now), number)
         on_number = f":{sender_key(number)}" if number else ""
         scopes = [
             (Cap.MONTHLY, caps.monthly, everyone, f"{HELD_PREFIX}{now:%Y-%m}:all"),
