@@ -47,7 +47,7 @@ class AIConfigurationView(PanelModelView):
     column_searchable_list = ("name", "model_name")
     search_hint = "Name or model"
     form_columns = ("name", "provider", "model_name", "fallback_models", "max_tokens", "temperature", "system_prompt",
-                    "is_active")
+                    "cite_sources", "is_active")
     form_overrides = {"provider": SelectField}
     form_args = {
         "provider": {"choices": [SelectChoice("openrouter", "OpenRouter")]},
@@ -64,6 +64,8 @@ class AIConfigurationView(PanelModelView):
         "max_tokens": {"validators": [InputRequired(), ModelRule(AIConfiguration)]},
         "temperature": {"validators": [InputRequired(), ModelRule(AIConfiguration)]},
         "is_active": {"label": "Active", "description": "Activating this one deactivates the others."},
+        "cite_sources": {"label": "Cite sources",
+                         "description": "Name the knowledge sources an answer was given under it (\"Source: Returns policy\")."},
     }
     form_extra_fields = {
         "api_key": WriteOnlyField(
