@@ -166,9 +166,10 @@ class Config:
     allow_private_hosts: bool = False
     # OpenRouter's embeddings model for knowledge passages and questions; changing it re-embeds everything.
     embedding_model: str = "openai/text-embedding-3-small"
-    # Asks the embeddings model for vectors this long (text-embedding-3 models can shorten theirs);
-    # 0 takes the model's own length. Shorter vectors hold more passages in a worker's memory.
-    embedding_dimensions: int = 0
+    # Asks the embeddings model for vectors this long; 0 takes the model's own length. text-embedding-3
+    # models shorten theirs on request and lose little by it: 512 of their 1536 take a third of the
+    # memory and of the time a question's search takes (docs/knowledge.md#limits).
+    embedding_dimensions: int = 512
     # Tokens of knowledge passages given with one question (an estimate: about 4 characters a token).
     knowledge_max_tokens: int = 800
     # The largest file (or all the pages of one web source together) that is indexed.

@@ -348,8 +348,8 @@ def test_knowledge_settings_defaults_and_values():
     assert (defaults.embedding_model, defaults.embedding_dimensions, defaults.knowledge_max_tokens,
             defaults.knowledge_max_file_bytes, defaults.knowledge_max_pages, defaults.knowledge_fetch_timeout,
             defaults.knowledge_min_score, defaults.approved_answer_min_score) == (
-        "openai/text-embedding-3-small", 0, 800, 10 * 1024 * 1024, 50, 15, 0.3, 0.85)
-    changed = Config.from_mapping({**MINIMAL, "EMBEDDING_MODEL": "mistralai/mistral-embed", "EMBEDDING_DIMENSIONS": "512",
+        "openai/text-embedding-3-small", 512, 800, 10 * 1024 * 1024, 50, 15, 0.3, 0.85)
+    changed = Config.from_mapping({**MINIMAL, "EMBEDDING_MODEL": "mistralai/mistral-embed", "EMBEDDING_DIMENSIONS": "0",
                                    "KNOWLEDGE_MAX_TOKENS": "1200", "APPROVED_ANSWER_MIN_SCORE": "0.9"})
     assert (changed.embedding_model, changed.embedding_dimensions, changed.knowledge_max_tokens,
-            changed.approved_answer_min_score) == ("mistralai/mistral-embed", 512, 1200, 0.9)
+            changed.approved_answer_min_score) == ("mistralai/mistral-embed", 0, 1200, 0.9)

@@ -2,13 +2,16 @@
 fakes → Twilio fake."""
 from __future__ import annotations
 
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import pytest
 
 from chatbot.knowledge import sources
 from chatbot.knowledge.prompt import ALREADY_GIVEN, NOTHING_FOUND, SOURCES_INTRO
 from chatbot.models import AIConfiguration, KnowledgeGap, Message, Role, Status
 from tests.fakes import FakeOpenRouter
-from tests.knowledge.samples import Site, pdf_with_text
+from tests.knowledge.documents import pdf_with_text
 
 ADA = "whatsapp:+15550001111"
 BOB = "whatsapp:+15550002222"
@@ -26,11 +29,37 @@ The Breeze desk fan costs 49 euros. The Gale tower fan costs 89 euros.
 """
 
 
+class Site(ThreadingHTTPServer):
+    """A web site on loopback whose pages a test sets: path -> (content type, body)."""
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), SitePage)
+        self.pages: dict[str, tuple[str, str]] = {}
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class SitePage(BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        found = self.server.pages.get(self.path)
+        body = (found[1] if found else "not here").encode()
+        self.send_response(200 if found else 404)
+        self.send_header("Content-Type", found[0] if found else "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
 @pytest.fixture
 def site():
-    """A web site on loopback whose pages a test sets: path -> (content type, body)."""
-    with Site() as running:
-        yield running
+    server = Site()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
 
 
 def ask(post_webhook, run_jobs, text: str, sender: str = ADA) -> None:

@@ -65,7 +65,8 @@ class AIConfigurationView(PanelModelView):
         "temperature": {"validators": [InputRequired(), ModelRule(AIConfiguration)]},
         "is_active": {"label": "Active", "description": "Activating this one deactivates the others."},
         "cite_sources": {"label": "Cite sources",
-                         "description": "Name the knowledge sources an answer was given under it (\"Source: Returns policy\")."},
+                         "description": "Name the knowledge sources under each answer given them "
+                                        "(\"Source: Returns policy\")."},
     }
     form_extra_fields = {
         "api_key": WriteOnlyField(
