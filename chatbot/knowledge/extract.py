@@ -88,7 +88,7 @@ def extract_html(html: bytes | str, url: str = "") -> Document:
         html = XML_DECLARATION.sub("", html, count=1)
     try:
         text = trafilatura.extract(html, url=url or None, output_format="markdown", include_tables=True,
-                                   include_comments=False, include_images=False) or ""
+                                   include_comments=False, include_images=False, favor_recall=True) or ""
         metadata = extract_metadata(html, default_url=url or None)
     except (ValueError, TypeError, ParserError) as error:
         raise ExtractionError(f"broken HTML: {short(error)}") from error
