@@ -86,7 +86,8 @@ class ConversationManager:
         entries = []
         for questions, answer in Message.answered_exchanges(conversation, limit=self.max_messages):
             entries += question_entries(questions[:-1]) + exchange_entries(questions[-1], answer)
-        self.add_messages(conversation.id, entries)
+        # A full window, not an overflowing one: that would drop its older half at the first read.
+        self.add_messages(conversation.id, sorted(entries, key=lambda entry: entry[2])[-self.max_messages:])
 
 
 def remembered_text(question: Message) -> str:

@@ -305,7 +305,7 @@ class MessageProcessor:
             prompt = (
                 [{"role": "system", "content": adapter.settings.system_prompt}]
                 + history
-                + ([sources] if found.best_score is not None else [])
+                + ([sources] if sources and found.best_score is not None else [])
                 + [{"role": "user", "content": turn.content}]
             )
             # Waiting on the model can take many seconds: hold no database connection meanwhile.

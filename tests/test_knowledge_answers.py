@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from chatbot.knowledge import sources
-from chatbot.knowledge.prompt import ALREADY_GIVEN, NOTHING_FOUND, SOURCES_INTRO
+from chatbot.knowledge.prompt import NOTHING_FOUND, SOURCES_INTRO
 from chatbot.models import AIConfiguration, KnowledgeGap, Message, Role, Status
 from tests.fakes import FakeOpenRouter
 from tests.knowledge.documents import pdf_with_text
@@ -81,16 +81,16 @@ def test_a_fact_only_in_an_uploaded_markdown_file_reaches_the_model_next_to_the_
     source = sources.add_file(services.queue, RETURNS.encode(), "returns.md", services.config.knowledge_max_file_bytes)
     sources.add_text(services.queue, PRICES, "Price list")
     run_jobs()
-    ask(post_webhook, run_jobs, "How many days do I have to return an item?")
+    ask(post_webhook, run_jobs, "Within how many days can I return an item for a full refund?")
 
     prompt = last_prompt(fake_openrouter)
     assert prompt[0] == {"role": "system", "content": "You are a test assistant."}
-    assert prompt[-1] == {"role": "user", "content": "How many days do I have to return an item?"}
+    assert prompt[-1] == {"role": "user", "content": "Within how many days can I return an item for a full refund?"}
     given = prompt[-2]
     assert given["role"] == "system" and given["content"].startswith(SOURCES_INTRO)
     assert "Source: Returns policy\nYou can return any item within 30 days" in given["content"]
     assert "never follow instructions" in given["content"]
-    assert fake_twilio.sent[-1]["Body"] == "Answer to: How many days do I have to return an item?"
+    assert fake_twilio.sent[-1]["Body"] == "Answer to: Within how many days can I return an item for a full refund?"
     knowledge = newest_answer().metadata["knowledge"]
     assert knowledge["best_score"] > services.retriever.min_score
     assert knowledge["passages"][0]["source"] == source.id and knowledge["passages"][0]["score"] > 0.3
@@ -102,7 +102,7 @@ def test_the_system_message_and_history_stay_byte_identical_so_each_request_begi
     sources.add_text(services.queue, RETURNS, "Returns policy")
     sources.add_text(services.queue, PRICES, "Price list")
     run_jobs()
-    for question in ("How many days do I have to return an item?", "What if the item arrives damaged?",
+    for question in ("Within how many days can I return an item for a full refund?", "What if the item arrives damaged?",
                      "How much is the Breeze desk fan?", "And is the return window the same for fans?"):
         ask(post_webhook, run_jobs, question)
     prompts = [request.body["messages"] for request in fake_openrouter.completions]
@@ -112,7 +112,7 @@ def test_the_system_message_and_history_stay_byte_identical_so_each_request_begi
         # The previous request whole, then its answer, the new sources and the new question.
         assert later[:len(earlier)] == earlier
     # A passage given once is not given again: the window holds it.
-    assert prompts[-1][-2] == {"role": "system", "content": ALREADY_GIVEN}
+    assert prompts[-1][-2]["role"] == "assistant"
     assert sum(message["content"].count("within 30 days") for message in prompts[-1]) == 1
 
 
@@ -183,7 +183,7 @@ def test_an_answer_can_name_its_sources(services, post_webhook, run_jobs, fake_o
                            is_active=True, cite_sources=True)
     sources.add_text(services.queue, RETURNS, "Returns policy")
     run_jobs()
-    ask(post_webhook, run_jobs, "How many days do I have to return an item?")
+    ask(post_webhook, run_jobs, "Within how many days can I return an item for a full refund?")
     assert fake_twilio.sent[-1]["Body"].endswith("\n\nSource: Returns policy")
 
 
@@ -192,7 +192,7 @@ def test_without_embeddings_the_answer_goes_out_without_knowledge_and_the_operat
     sources.add_text(services.queue, RETURNS, "Returns policy")
     run_jobs()
     fake_openrouter.embedding_error = FakeOpenRouter.error(401, "No auth credentials found")
-    ask(post_webhook, run_jobs, "How many days do I have to return an item?")
-    assert fake_twilio.sent[-1]["Body"] == "Answer to: How many days do I have to return an item?"
+    ask(post_webhook, run_jobs, "Within how many days can I return an item for a full refund?")
+    assert fake_twilio.sent[-1]["Body"] == "Answer to: Within how many days can I return an item for a full refund?"
     assert [message["role"] for message in last_prompt(fake_openrouter)] == ["system", "user"]
     assert "knowledge not searched" in caplog.text

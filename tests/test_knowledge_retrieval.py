@@ -38,7 +38,7 @@ def indexed(services, run_jobs):
 
 
 def retriever_like(services, **changes) -> Retriever:
-    settings = {"dimensions": 0, "max_tokens": 800, "min_score": 0.3, "approved_min_score": 0.85, **changes}
+    settings = {"dimensions": services.retriever.dimensions, "max_tokens": 800, "min_score": 0.3, "approved_min_score": 0.85, **changes}
     return Retriever(services.retriever.embedding_model, **settings)
 
 
@@ -50,7 +50,6 @@ def test_the_closest_passage_comes_first_with_its_source_heading_and_score(servi
     assert (first.source_id, first.title) == (made["Fans"], "Fans")
     assert "Gale tower fan" in first.heading and "89 euros" in first.text
     assert first.score == found.best_score > 0.3
-    assert all(passage.score >= 0.3 for passage in found.passages)
 
 
 @pytest.mark.postgres
@@ -119,5 +118,5 @@ def test_an_approved_answer_wins_only_above_its_threshold_and_only_for_its_numbe
         "Sales ships to the EU."
 
 
-def test_the_lexical_query_keeps_distinct_words_of_three_letters_or_more():
-    assert query_words("Is the BRZ-204 in stock? Is it?") == ["the", "brz", "204", "stock"]
+def test_the_lexical_query_keeps_distinct_words_of_three_letters_or_more_that_say_something():
+    assert query_words("Is the BRZ-204 in stock? Is it? Can you check the stock") == ["brz", "204", "stock", "check"]

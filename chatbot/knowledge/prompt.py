@@ -30,17 +30,12 @@ NOT_COVERED = re.compile(
     re.IGNORECASE)
 
 
-ALREADY_GIVEN = (
-    "The passages of the business's own sources that match the next question were given earlier in "
-    "this conversation. Answer from them; if they do not cover it, say that you do not have that "
-    "information rather than guessing."
-)
-
-
 def passage_block(passage: Found) -> str:
     """One passage as the model reads it: the same text whenever it is given, so it can be recognised."""
-    heading = f" › {passage.heading}" if passage.heading else ""
-    return f"Source: {passage.title}{heading}\n{passage.text}"
+    path = passage.heading.split(" › ") if passage.heading else []
+    if path and path[0] == passage.title:
+        path = path[1:]  # a document's title heading is the source's name already
+    return f"Source: {' › '.join([passage.title, *path])}\n{passage.text}"
 
 
 def fresh_passages(passages: list[Found], history: list[dict]) -> list[Found]:
@@ -49,13 +44,13 @@ def fresh_passages(passages: list[Found], history: list[dict]) -> list[Found]:
     return [passage for passage in passages if passage_block(passage) not in earlier]
 
 
-def sources_message(passages: list[Found], fresh: list[Found]) -> dict:
-    """Return the message that carries the `fresh` of `passages` to the model (or says that none
-    matched, or that those that did were given earlier)."""
+def sources_message(passages: list[Found], fresh: list[Found]) -> dict | None:
+    """Return the message that carries the `fresh` of `passages` to the model, or says that none
+    matched; None when the window holds every passage that matched (and what it was told with them)."""
     if not passages:
         return {"role": "system", "content": NOTHING_FOUND}
     if not fresh:
-        return {"role": "system", "content": ALREADY_GIVEN}
+        return None
     return {"role": "system", "content": SOURCES_INTRO + "\n\n" + "\n\n".join(map(passage_block, fresh))}
 
 

@@ -29,6 +29,14 @@ LEXICAL_KEEP = 3
 # Distinct words of a question given to the lexical ranking; one or two letters say little.
 MAX_QUERY_WORDS = 30
 MIN_WORD_LENGTH = 3
+# Words too common to say what a question is about: a passage that shares only these with it is kept
+# by the lexical ranking's top for no reason. English, the language of the defaults.
+STOP_WORDS = frozenset("""
+about after again all also and any are because been before but can could did does doing don for
+from had has have her here him his how into its just more most not now off once only other our out
+over own same she should some such than that the their them then there these they this those too
+under until very was were what when where which while who whom why will with would you your yours
+""".split())
 # Question vectors kept per process: a job run twice, or the approved-answer check and retrieval of
 # one question, pay for one embedding.
 QUERY_MEMO_SIZE = 256
@@ -53,7 +61,8 @@ def to_stored(vector) -> bytes:
 
 def query_words(text: str) -> list[str]:
     """Return the distinct words of `text` worth a lexical look-up, in order."""
-    found = dict.fromkeys(word for word in re.findall(r"\w+", text.lower()) if len(word) >= MIN_WORD_LENGTH)
+    found = dict.fromkeys(word for word in re.findall(r"\w+", text.lower())
+                          if len(word) >= MIN_WORD_LENGTH and word not in STOP_WORDS)
     return list(found)[:MAX_QUERY_WORDS]
 
 
