@@ -9,6 +9,7 @@ from flask_admin.theme import Bootstrap4Theme
 from chatbot.admin.access import AccessView
 from chatbot.admin.ai_configurations import AIConfigurationView
 from chatbot.admin.conversations import ConversationView, MessageView, OptOutView
+from chatbot.admin.knowledge import KnowledgeView
 from chatbot.admin.numbers import NumbersView
 from chatbot.admin.panel import PanelIndexView, RowIdConverter, masked, signed_in_admin
 from chatbot.admin.playground import PlaygroundView
@@ -37,6 +38,7 @@ def build_admin(app) -> Admin:
     admin.add_view(ConversationView(Conversation, name="Conversations", endpoint="conversation"))
     admin.add_view(NumbersView(WhatsAppNumber, name="Numbers", endpoint="whatsappnumber"))
     admin.add_view(MessageView(Message, name="Messages", endpoint="message"))
+    admin.add_view(KnowledgeView(name="Knowledge", endpoint="knowledge", url="/admin/knowledge"))
     admin.add_view(ProblemsView(name="Problems", endpoint="problems", url="/admin/problems"))
     admin.add_view(PlaygroundView(name="Playground", endpoint="playground", url="/admin/playground"))
     admin.add_view(OptOutView(OptOut, name="Opted out", endpoint="optout"))

@@ -77,12 +77,15 @@ def reply_time(answer: Message, question: Message | None) -> str:
 
 def transcript_of(conversation: Conversation) -> dict:
     """Return the transcript's messages with, by message id, the questions each answer answers, its
-    end-to-end reply time, its reply parts and what went wrong with it in plain words."""
+    end-to-end reply time, its reply parts, the knowledge it was given and what went wrong with it in
+    plain words."""
     transcript = list(Message.select().where(Message.conversation == conversation).order_by(Message.id))
     by_id = {message.id: message for message in transcript}
     parts = ReplyPart.of_conversation(conversation)
-    questions, reply_times, explanations = {}, {}, {}
+    questions, reply_times, explanations, knowledge = {}, {}, {}, {}
     for message in transcript:
+        if message.role == Role.ASSISTANT.value and isinstance(message.metadata.get("knowledge"), dict):
+            knowledge[message.id] = message.metadata["knowledge"]
         failed = [part for part in parts.get(message.id, []) if part.status in DELIVERY_FAILURES]
         explanations[message.id] = explanation_of(message, failed)
         if message.role == Role.ASSISTANT.value and message.reply_to_id is not None:
@@ -91,7 +94,7 @@ def transcript_of(conversation: Conversation) -> dict:
             questions[message.id] = [by_id[question_id] for question_id in answered if question_id in by_id]
             reply_times[message.id] = reply_time(message, by_id.get(message.reply_to_id))
     return {"transcript": transcript, "parts": parts, "questions": questions, "reply_times": reply_times,
-            "explanations": explanations}
+            "explanations": explanations, "knowledge": knowledge}
 
 
 class ConversationView(PanelModelView):
