@@ -262,3 +262,8 @@ class MediaFetcher:
     def _deadline_passed(host: str) -> MediaError:
         # Not retried: the user has waited long enough, and a host that is this slow would be again.
         return MediaError(f"media from {host} did not arrive within the deadline", retryable=False)
+
+
+def megabytes(size: int) -> str:
+    """Say a byte count in MB for people: 16777216 → `16`, 1572864 → `1.5`."""
+    return f"{size / (1024 * 1024):.1f}".removesuffix(".0")

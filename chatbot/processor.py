@@ -16,7 +16,7 @@ from chatbot.context import ConversationManager, remembered_text
 from chatbot.errors import AIError, Category, JobDeadlineReached, WhatsAppError
 from chatbot.knowledge.prompt import fresh_passages, given, says_not_covered, sources_message, with_citation
 from chatbot.knowledge.retrieval import Retrieval, Retriever
-from chatbot.media import AUDIO_FORMATS, Media, MediaError, MediaKind, MediaTooLarge, media_kind
+from chatbot.media import AUDIO_FORMATS, Media, MediaError, MediaKind, MediaTooLarge, media_kind, megabytes
 from chatbot.models import (
     Conversation,
     GapReason,
@@ -666,11 +666,6 @@ def files_named(positions: list[int]) -> str:
     if len(numbers) == 1:
         return f"file {numbers[0]}"
     return f"files {', '.join(numbers[:-1])} and {numbers[-1]}"
-
-
-def megabytes(size: int) -> str:
-    """Say a byte count in MB for people: 16777216 → `16`, 1572864 → `1.5`."""
-    return f"{size / (1024 * 1024):.1f}".removesuffix(".0")
 
 
 def total_cost(*costs: float | None) -> float | None:

@@ -102,8 +102,9 @@ def test_the_system_message_and_history_stay_byte_identical_so_each_request_begi
     sources.add_text(services.queue, RETURNS, "Returns policy")
     sources.add_text(services.queue, PRICES, "Price list")
     run_jobs()
-    for question in ("Within how many days can I return an item for a full refund?", "What if the item arrives damaged?",
-                     "How much is the Breeze desk fan?", "And is the return window the same for fans?"):
+    for question in ("Within how many days can I return an item for a full refund?",
+                     "What if the item arrives damaged?", "How much is the Breeze desk fan?",
+                     "And is the return window the same for fans?"):
         ask(post_webhook, run_jobs, question)
     prompts = [request.body["messages"] for request in fake_openrouter.completions]
     assert len(prompts) == 4

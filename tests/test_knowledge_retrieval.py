@@ -38,7 +38,8 @@ def indexed(services, run_jobs):
 
 
 def retriever_like(services, **changes) -> Retriever:
-    settings = {"dimensions": services.retriever.dimensions, "max_tokens": 800, "min_score": 0.3, "approved_min_score": 0.85, **changes}
+    settings = {"dimensions": services.retriever.dimensions, "max_tokens": 800, "min_score": 0.3,
+                "approved_min_score": 0.85, **changes}
     return Retriever(services.retriever.embedding_model, **settings)
 
 

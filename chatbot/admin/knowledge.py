@@ -15,7 +15,7 @@ from chatbot.admin.panel import DEFAULT_NUMBER_CHOICE, LoginRequired, masked, nu
 from chatbot.errors import AIError
 from chatbot.jobs.queueing import enqueue_approved_embedding
 from chatbot.knowledge import sources
-from chatbot.knowledge.index import megabytes
+from chatbot.media import megabytes
 from chatbot.models import ApprovedAnswer, GapReason, KnowledgeGap, KnowledgeSource, Message, Role, SourceKind
 from chatbot.models.db import database
 from chatbot.sanitizer import whole_number

@@ -26,6 +26,8 @@ from lxml.etree import ParserError
 from pypdf.errors import FileNotDecryptedError
 from trafilatura.metadata import extract_metadata
 
+from chatbot.media import megabytes
+
 KNOWN_TYPES = "give a PDF, DOCX, Markdown, text or HTML file"
 # The kind of file each extension or content type names; the extension wins (browsers guess types).
 SUFFIXES = {".pdf": "pdf", ".docx": "docx", ".md": "text", ".markdown": "text", ".txt": "text", ".text": "text",
@@ -210,5 +212,6 @@ def short(error: Exception) -> str:
     return text if len(text) <= SHORT_REASON else text[:SHORT_REASON - 1] + "…"
 
 
-def megabytes(size: int) -> str:
-    return f"{size / (1024 * 1024):g}"
+def file_too_large(max_bytes: int) -> str:
+    """The reason a file (or page) over the knowledge's size limit is not read."""
+    return f"file over {megabytes(max_bytes)} MB (KNOWLEDGE_MAX_FILE_BYTES)"

@@ -14,7 +14,7 @@ import requests
 
 from chatbot.ai import AIAdapter
 from chatbot.errors import AIError
-from chatbot.knowledge.extract import Document, ExtractionError, extract
+from chatbot.knowledge.extract import Document, ExtractionError, extract, file_too_large
 from chatbot.knowledge.pages import fetch_pages
 from chatbot.knowledge.passages import Passage as TextPassage
 from chatbot.knowledge.passages import split_passages
@@ -125,7 +125,7 @@ class Indexer:
         if kind in (SourceKind.FILE.value, SourceKind.TEXT.value):
             data = bytes(source.content or b"")
             if len(data) > self.limits.max_bytes:
-                raise ExtractionError(f"file over {megabytes(self.limits.max_bytes)} MB (KNOWLEDGE_MAX_FILE_BYTES)")
+                raise ExtractionError(file_too_large(self.limits.max_bytes))
             name = source.location if kind == SourceKind.FILE.value else "pasted.md"
             return [("", extract(data, name, source.content_type))], []
         fetched = fetch_pages(self.session, source.location, sitemap=kind == SourceKind.SITEMAP.value,
@@ -159,7 +159,3 @@ def skipped_note(skipped: list[tuple[str, str]]) -> str:
     first_url, first_reason = skipped[0]
     more = f" and {len(skipped) - 1} more" if len(skipped) > 1 else ""
     return f"skipped {len(skipped)} page(s): {first_url} ({first_reason}){more}"
-
-
-def megabytes(size: int) -> str:
-    return f"{size / (1024 * 1024):g}"

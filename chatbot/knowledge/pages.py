@@ -22,10 +22,10 @@ from chatbot.knowledge.extract import (
     ExtractionError,
     decode_text,
     extract_html,
-    megabytes,
     short,
     url_title,
 )
+from chatbot.media import megabytes
 from chatbot.outbound import AddressRefused
 
 USER_AGENT = "whatsapp-assistant knowledge fetcher"

@@ -9,7 +9,7 @@ from rq import Queue
 
 from chatbot.ai import AIAdapter
 from chatbot.jobs.queueing import enqueue_approved_embedding, enqueue_knowledge_index
-from chatbot.knowledge.index import megabytes
+from chatbot.knowledge.extract import file_too_large
 from chatbot.knowledge.retrieval import Retrieval, Retriever
 from chatbot.models import (
     ApprovedAnswer,
@@ -39,7 +39,7 @@ def add_file(queue: Queue, data: bytes, filename: str, max_bytes: int, number: s
         number=number, kind=SourceKind.FILE.value, title=(title.strip() or name)[:MAX_TITLE], location=name,
         content=None if too_large else data, content_type=content_type[:128],
         status=SourceStatus.FAILED.value if too_large else SourceStatus.WAITING.value,
-        reason=f"file over {megabytes(max_bytes)} MB (KNOWLEDGE_MAX_FILE_BYTES)" if too_large else "")
+        reason=file_too_large(max_bytes) if too_large else "")
     if not too_large:
         enqueue_knowledge_index(queue, source.id)
     return source
