@@ -265,5 +265,6 @@ class MediaFetcher:
 
 
 def megabytes(size: int) -> str:
-    """Say a byte count in MB for people: 16777216 → `16`, 1572864 → `1.5`."""
-    return f"{size / (1024 * 1024):.1f}".removesuffix(".0")
+    """Say a byte count in MB for people: 16777216 → `16`, 1572864 → `1.5`, 2048 → `0.002`."""
+    mib = size / (1024 * 1024)
+    return f"{mib:.1f}".removesuffix(".0") if mib >= 0.1 else f"{mib:.1g}"

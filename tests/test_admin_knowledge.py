@@ -159,7 +159,7 @@ def test_a_file_over_the_limit_is_listed_failed_with_the_reason(app_with, servic
                     content_type="multipart/form-data", follow_redirects=True)
     source = KnowledgeSource.get()
     assert source.status == "failed" and source.content is None
-    assert source.reason == "file over 0.00195312 MB (KNOWLEDGE_MAX_FILE_BYTES)"
+    assert source.reason == "file over 0.002 MB (KNOWLEDGE_MAX_FILE_BYTES)"
     assert job_ids(services) == []
     row = text_of(response).split(f'id="source-{source.id}"')[1].split("</tr>")[0]
     assert "status-failed" in row and source.reason in row
@@ -170,7 +170,7 @@ def test_an_upload_far_over_the_limit_is_refused_with_a_reason(app_with, service
     assert log_in(client).status_code == 302
     response = post(client, "sources/file/", {"file": (io.BytesIO(b"x" * 3 * 1024 * 1024), "huge.pdf")},
                     content_type="multipart/form-data", follow_redirects=True)
-    assert "the upload is far over the 0.00195312 MB a file may have" in text_of(response)
+    assert "the upload is far over the 0.002 MB a file may have" in text_of(response)
     assert KnowledgeSource.select().count() == 0
 
 
