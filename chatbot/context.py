@@ -40,12 +40,13 @@ class ConversationManager:
             self._rebuild(conversation)
         upper = f"({before_message_id}" if before_message_id is not None else "+inf"
         start = self.redis.get(self.start_key(conversation.id))
-        members = self.redis.zrangebyscore(key, start.decode() if start else "-inf", upper, withscores=True)
-        if len(members) > self.max_messages:
-            members = members[-(self.max_messages - self.max_messages // 2):]
+        members = [(json.loads(member), position) for member, position in
+                   self.redis.zrangebyscore(key, start.decode() if start else "-inf", upper, withscores=True)]
+        roles = [item["role"] for item, _ in members]
+        if window_start(roles, self.max_messages):
+            members = members[window_start(roles, self.max_messages - self.max_messages // 2):]
             self.redis.set(self.start_key(conversation.id), repr(members[0][1]), ex=self.ttl)
-        return [{"role": item["role"], "content": item["content"]}
-                for item in (json.loads(member) for member, _ in members)]
+        return [{"role": item["role"], "content": item["content"]} for item, _ in members]
 
     def add_message(self, conversation_id, role: str, content: str, position: float, message_id: int) -> None:
         """Add one message at `position` (its place in the conversation), trim, and renew the TTL."""
@@ -62,8 +63,9 @@ class ConversationManager:
         }
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.zadd(key, entries)
-            # Twice the window: the messages since its start are all still here when it moves.
-            pipe.zremrangebyrank(key, 0, -(2 * self.max_messages + 1))
+            # Twice the window, and the knowledge given with its questions: the messages since its
+            # start are all still here when it moves.
+            pipe.zremrangebyrank(key, 0, -(3 * self.max_messages + 1))
             pipe.expire(key, self.ttl)
             pipe.expire(self.start_key(conversation_id), self.ttl)
             pipe.execute()
@@ -86,8 +88,22 @@ class ConversationManager:
         entries = []
         for questions, answer in Message.answered_exchanges(conversation, limit=self.max_messages):
             entries += question_entries(questions[:-1]) + exchange_entries(questions[-1], answer)
+        entries.sort(key=lambda entry: entry[2])
         # A full window, not an overflowing one: that would drop its older half at the first read.
-        self.add_messages(conversation.id, sorted(entries, key=lambda entry: entry[2])[-self.max_messages:])
+        self.add_messages(conversation.id, entries[window_start([entry[0] for entry in entries], self.max_messages):])
+
+
+def window_start(roles: list[str], size: int) -> int:
+    """Return where a window of the last `size` messages starts among entries with these roles. The
+    knowledge given with a question ("system", right before it) rides with it: it is not one of the
+    window's messages, and it stays or goes with its question."""
+    counted = [index for index, role in enumerate(roles) if role != "system"]
+    if len(counted) <= size:
+        return 0
+    start = counted[-size] if size else len(roles)
+    while start > 0 and roles[start - 1] == "system":
+        start -= 1
+    return start
 
 
 def remembered_text(question: Message) -> str:

@@ -44,6 +44,28 @@ def test_a_full_window_drops_its_older_half_and_then_keeps_its_start(services, r
     assert not redis.exists(manager.start_key(conversation.id))
 
 
+def test_the_knowledge_an_answer_was_given_sits_before_its_question_and_does_not_fill_the_window(services, redis):
+    manager = ConversationManager(redis, max_messages=4, ttl=600)
+    conversation = conversation_for("whatsapp:+15550001111")
+    seen = []
+    for number in range(1, 5):
+        question, answer = exchange(conversation, number)
+        if number % 2:
+            answer.metadata = {"knowledge": {"best_score": 0.7, "passages": [], "message": f"sources {number}"}}
+            answer.save()
+        manager.add_exchange(conversation.id, question, answer)
+        seen.append([m["content"] for m in manager.get_history(conversation)])
+    assert seen == [
+        ["sources 1", "q1", "a1"],
+        ["sources 1", "q1", "a1", "q2", "a2"],  # four messages: the sources ride with their question
+        ["sources 3", "q3", "a3"],  # the older half went, its sources with it
+        ["sources 3", "q3", "a3", "q4", "a4"],
+    ]
+    assert manager.get_history(conversation)[0] == {"role": "system", "content": "sources 3"}
+    redis.flushdb()
+    assert [m["content"] for m in manager.get_history(conversation)] == ["sources 3", "q3", "a3", "q4", "a4"]
+
+
 def test_answer_sits_after_its_question_even_when_a_later_question_was_stored_first(services, redis):
     manager = ConversationManager(redis, max_messages=10, ttl=600)
     conversation = conversation_for("whatsapp:+15550001111")

@@ -25,6 +25,8 @@ from chatbot.models.db import database
 # The lexical index of passages: an FTS5 table on SQLite (rowid = passage id), an expression GIN
 # index on Postgres (`simple`: no language's stemming assumed).
 SQLITE_FTS_TABLE = "passage_fts"
+# How many of FTS5's best matches are read for each one asked for, before the scope filters them.
+LEXICAL_DEPTH = 4
 POSTGRES_TEXT_SEARCH = "to_tsvector('simple', {table}heading || ' ' || {table}text)"
 
 
@@ -132,14 +134,16 @@ class Passage(BaseModel):
 
     @classmethod
     def version(cls, number: str | None, embedding_model: str) -> tuple:
-        """A cheap stamp that changes whenever the passages `serving` selects change."""
-        row = (cls.select(fn.COUNT(cls.id), fn.MAX(cls.id), fn.MAX(KnowledgeSource.indexed_at))
-               .join(KnowledgeSource)
-               .where(KnowledgeSource.status == SourceStatus.READY.value,
-                      in_scope(KnowledgeSource.number, number),
-                      cls.embedding_model == embedding_model)
+        """A stamp that changes whenever the passages `serving` selects change, read from the
+        sources alone (a handful of rows, not every passage: it is read with every question). A
+        source's passages change only with its indexing, which sets its count and time anew."""
+        source = KnowledgeSource
+        row = (source.select(fn.COALESCE(fn.SUM(source.passage_count), 0), fn.COUNT(source.id), fn.MAX(source.id),
+                             fn.MAX(source.indexed_at))
+               .where(source.status == SourceStatus.READY.value, in_scope(source.number, number),
+                      source.embedding_model == embedding_model)
                .tuples().first())
-        return tuple(row or ())
+        return tuple(row or (0,))
 
     @classmethod
     def lexical_ranking(cls, words: list[str], number: str | None, embedding_model: str, limit: int) -> list[int]:
@@ -159,11 +163,14 @@ class Passage(BaseModel):
                    f"ORDER BY ts_rank({document}, to_tsquery('simple', %s)) DESC, p.id LIMIT %s")
             params = [query, *scope_params, query, limit]
         else:
+            # FTS5's own ranking first, the scope after: joining every match to its source costs more
+            # than the ranking when a word is in most passages. The caller keeps only the passages
+            # it serves, so the look-up reads deeper than it is asked to.
             query = " OR ".join(f'"{word}"' for word in words)
-            sql = (f"SELECT p.id FROM {SQLITE_FTS_TABLE} f JOIN passage p ON p.id = f.rowid "
-                   f"JOIN knowledge_source s ON s.id = p.source_id "
-                   f"WHERE {SQLITE_FTS_TABLE} MATCH ? AND {scope} ORDER BY bm25({SQLITE_FTS_TABLE}), p.id LIMIT ?")
-            params = [query, *scope_params, limit]
+            sql = (f"SELECT p.id FROM (SELECT rowid, rank FROM {SQLITE_FTS_TABLE} WHERE {SQLITE_FTS_TABLE} MATCH ? "
+                   f"ORDER BY rank LIMIT ?) f JOIN passage p ON p.id = f.rowid "
+                   f"JOIN knowledge_source s ON s.id = p.source_id WHERE {scope} ORDER BY f.rank, p.id LIMIT ?")
+            params = [query, limit * LEXICAL_DEPTH, *scope_params, limit]
         return [row[0] for row in database.execute_sql(sql, params).fetchall()]
 
     @classmethod
