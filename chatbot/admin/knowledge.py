@@ -13,11 +13,9 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from chatbot.admin.panel import DEFAULT_NUMBER_CHOICE, LoginRequired, masked, number_labels, services, signed_in_admin
 from chatbot.errors import AIError
-from chatbot.jobs.queueing import enqueue_approved_embedding
 from chatbot.knowledge import sources
 from chatbot.media import megabytes
 from chatbot.models import ApprovedAnswer, GapReason, KnowledgeGap, KnowledgeSource, Message, Role, SourceKind
-from chatbot.models.db import database
 from chatbot.sanitizer import whole_number
 from chatbot.web.security import DASHBOARD_CSP
 
@@ -243,7 +241,8 @@ class KnowledgeView(LoginRequired, BaseView):
         try:
             number = chosen_scope(form.get("number"))
             if answer_id:
-                self._edit_approved(answer_id, form.get("question", ""), form.get("answer", ""), number)
+                sources.edit_approved(services().queue, answer_id, form.get("question", ""), form.get("answer", ""),
+                                      number)
             else:
                 sources.approve(services().queue, form.get("question", ""), form.get("answer", ""), number,
                                 created_by=signed_in_admin().username, gap_id=gap_id)
@@ -317,20 +316,3 @@ class KnowledgeView(LoginRequired, BaseView):
                 flash(f"{source.title}: failed: {source.reason}", "error")
             else:
                 flash(f"{source.title}: added, waiting for the worker to index it.", "success")
-
-    @staticmethod
-    def _edit_approved(answer_id: int, question: str, answer: str, number: str | None) -> None:
-        """Change an approved answer; a changed question is embedded again before it answers."""
-        if not question.strip() or not answer.strip():
-            raise sources.KnowledgeInputError("an approved answer needs both a question and its answer")
-        with database.atomic():
-            approved = ApprovedAnswer.get_or_none(ApprovedAnswer.id == answer_id)
-            if approved is None:
-                raise LookupError(answer_id)
-            changed_question = approved.question != question.strip()
-            approved.question, approved.answer, approved.number = question.strip(), answer.strip(), number
-            if changed_question:
-                approved.vector, approved.embedding_model = None, ""
-            approved.save()
-        if changed_question:
-            enqueue_approved_embedding(services().queue)

@@ -95,8 +95,7 @@ def remove(source_id: int) -> bool:
 def approve(queue: Queue, question: str, answer: str, number: str | None = None, created_by: str = "",
             gap_id: int | None = None) -> ApprovedAnswer:
     """Store an approved answer (closing the gap it answers, if any) and queue its embedding."""
-    if not question.strip() or not answer.strip():
-        raise KnowledgeInputError("an approved answer needs both a question and its answer")
+    check_approved(question, answer)
     with database.atomic():
         approved = ApprovedAnswer.create(number=number, question=question.strip(), answer=answer.strip(),
                                          created_by=created_by[:64])
@@ -104,6 +103,28 @@ def approve(queue: Queue, question: str, answer: str, number: str | None = None,
             KnowledgeGap.update(answered_at=utcnow()).where(KnowledgeGap.id == gap_id).execute()
     enqueue_approved_embedding(queue)
     return approved
+
+
+def edit_approved(queue: Queue, answer_id: int, question: str, answer: str, number: str | None) -> None:
+    """Change an approved answer (LookupError when it is gone); a changed question answers only once
+    the worker has embedded it again."""
+    check_approved(question, answer)
+    with database.atomic():
+        approved = ApprovedAnswer.get_or_none(ApprovedAnswer.id == answer_id)
+        if approved is None:
+            raise LookupError(answer_id)
+        changed_question = approved.question != question.strip()
+        approved.question, approved.answer, approved.number = question.strip(), answer.strip(), number
+        if changed_question:
+            approved.vector, approved.embedding_model = None, ""
+        approved.save()
+    if changed_question:
+        enqueue_approved_embedding(queue)
+
+
+def check_approved(question: str, answer: str) -> None:
+    if not question.strip() or not answer.strip():
+        raise KnowledgeInputError("an approved answer needs both a question and its answer")
 
 
 def try_question(retriever: Retriever, adapter: AIAdapter, question: str,
