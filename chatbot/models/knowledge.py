@@ -22,12 +22,13 @@ from chatbot.models.base import BaseModel, utcnow
 from chatbot.models.conversation import Message
 from chatbot.models.db import database
 
-# The lexical index of passages: an FTS5 table on SQLite (rowid = passage id), an expression GIN
-# index on Postgres (`simple`: no language's stemming assumed).
+# The lexical index of passages: an FTS5 table on SQLite (rowid = passage id); on Postgres a stored
+# tsvector column the database computes itself, GIN-indexed (`simple`: no language's stemming assumed).
 SQLITE_FTS_TABLE = "passage_fts"
-# How many of FTS5's best matches are read for each one asked for, before the scope filters them.
+POSTGRES_TEXT_SEARCH = "to_tsvector('simple', heading || ' ' || text)"
+POSTGRES_SEARCH_COLUMN = "search"
+# How many of the text search's best matches are read for each one asked for, before the scope filters them.
 LEXICAL_DEPTH = 4
-POSTGRES_TEXT_SEARCH = "to_tsvector('simple', {table}heading || ' ' || {table}text)"
 
 
 class SourceKind(StrEnum):
@@ -156,16 +157,17 @@ class Passage(BaseModel):
         scope = (f"s.status = {mark} AND p.embedding_model = {mark} AND "
                  + (f"(s.number IS NULL OR s.number = {mark})" if number is not None else "s.number IS NULL"))
         scope_params = [SourceStatus.READY.value, embedding_model] + ([number] if number is not None else [])
+        # The text search's own ranking first, the scope after: joining every match to its source
+        # costs more than the ranking when a word is in most passages. The caller keeps only the
+        # passages it serves, so the look-up reads deeper than it is asked to.
         if postgres:
-            query, document = " | ".join(words), POSTGRES_TEXT_SEARCH.format(table="p.")
-            sql = (f"SELECT p.id FROM passage p JOIN knowledge_source s ON s.id = p.source_id "
-                   f"WHERE {document} @@ to_tsquery('simple', %s) AND {scope} "
-                   f"ORDER BY ts_rank({document}, to_tsquery('simple', %s)) DESC, p.id LIMIT %s")
-            params = [query, *scope_params, query, limit]
+            query, search = " | ".join(words), POSTGRES_SEARCH_COLUMN
+            sql = (f"SELECT p.id FROM (SELECT id, ts_rank({search}, to_tsquery('simple', %s)) AS rank FROM passage "
+                   f"WHERE {search} @@ to_tsquery('simple', %s) ORDER BY rank DESC LIMIT %s) f "
+                   f"JOIN passage p ON p.id = f.id JOIN knowledge_source s ON s.id = p.source_id "
+                   f"WHERE {scope} ORDER BY f.rank DESC, p.id LIMIT %s")
+            params = [query, query, limit * LEXICAL_DEPTH, *scope_params, limit]
         else:
-            # FTS5's own ranking first, the scope after: joining every match to its source costs more
-            # than the ranking when a word is in most passages. The caller keeps only the passages
-            # it serves, so the look-up reads deeper than it is asked to.
             query = " OR ".join(f'"{word}"' for word in words)
             sql = (f"SELECT p.id FROM (SELECT rowid, rank FROM {SQLITE_FTS_TABLE} WHERE {SQLITE_FTS_TABLE} MATCH ? "
                    f"ORDER BY rank LIMIT ?) f JOIN passage p ON p.id = f.rowid "
