@@ -144,6 +144,7 @@ class Bench:
                 Passage.insert_many(rows).execute()
             Passage.add_lexical([passage_id for (passage_id,) in
                                  Passage.select(Passage.id).where(Passage.source == source.id).tuples()])
+        Passage.refresh_statistics()  # as the indexer does
         asked = [text(10) for _ in range(questions)]
         for text in asked:  # the question's embedding is the provider's round trip, not the search
             retriever._memo[text] = np.asarray(np.frombuffer(to_stored(vectors.standard_normal(dimensions)),

@@ -6,6 +6,7 @@ import pytest
 
 from chatbot.knowledge import sources
 from chatbot.knowledge.retrieval import Retriever, query_words
+from chatbot.models import Passage
 
 SALES = "whatsapp:+15550007777"
 FANS = """# Fans
@@ -121,3 +122,20 @@ def test_an_approved_answer_wins_only_above_its_threshold_and_only_for_its_numbe
 
 def test_the_lexical_query_keeps_distinct_words_of_three_letters_or_more_that_say_something():
     assert query_words("Is the BRZ-204 in stock? Is it? Can you check the stock") == ["brz", "204", "stock", "check"]
+
+
+@pytest.mark.postgres
+def test_words_in_most_passages_leave_postgres_lexical_ranking_and_rare_ones_still_rank(services, indexed,
+                                                                                       database_url):
+    catalogue = "# Catalogue\n\n" + "\n\n".join(
+        f"## Fan model {number}\n\nThe fan model {number} has product code FX{number:03d} and blows air quietly."
+        for number in range(120))
+    indexed({"Catalogue": (catalogue, None)})
+    common = Passage.common_words(0.02)
+    if database_url.startswith("postgres"):
+        assert {"fan", "model", "quietly"} <= common and "fx007" not in common
+    else:
+        assert common == frozenset()  # FTS5 ranks common words in milliseconds: nothing left out
+    strict = retriever_like(services, min_score=0.99)
+    found = strict.search(services.ai_factory.current(), "fan FX007", "")
+    assert "FX007" in found.passages[0].text

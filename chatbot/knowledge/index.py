@@ -102,6 +102,7 @@ class Indexer:
             KnowledgeSource.mark(source.id, SourceStatus.READY, note, title=title[:200], content_hash=digest,
                                  embedding_model=self.retriever.key, passage_count=len(passages),
                                  indexed_at=utcnow())
+        Passage.refresh_statistics()
         log.info("knowledge source=%s ready passages=%d tokens=%d", source.id, len(passages), tokens)
         return SourceStatus.READY.value
 

@@ -26,6 +26,13 @@ RRF_K = 60
 CANDIDATES = 50
 # Passages found only by the lexical ranking are kept from its top this many, whatever their similarity.
 LEXICAL_KEEP = 3
+# A word in this share of the passages or more is left out of the lexical ranking: it would have
+# many of them ranked, for little (the dense ranking weighs it anyway).
+COMMON_WORD_SHARE = 0.02
+# ... and in this many passages at least: in a small knowledge every word is in a large share.
+COMMON_WORD_PASSAGES = 200
+# Passages read from the database at a time while the matrix is loaded.
+LOAD_PAGE = 1000
 # Distinct words of a question given to the lexical ranking; one or two letters say little.
 MAX_QUERY_WORDS = 30
 MIN_WORD_LENGTH = 3
@@ -102,6 +109,8 @@ class _Loaded:
     details: dict
     # passage id -> its row in `matrix`
     rows: dict
+    # Words in so many passages that ranking by them costs more than it tells (Postgres's statistics).
+    common: frozenset = frozenset()
 
 
 class Retriever:
@@ -161,7 +170,8 @@ class Retriever:
         dense_top = np.argpartition(-similarities, depth - 1)[:depth]
         dense_ranked = [int(loaded.ids[index]) for index in dense_top[np.argsort(-similarities[dense_top])]]
         lexical_ranked = [passage_id for passage_id in
-                          Passage.lexical_ranking(query_words(question), number, self.key, CANDIDATES)
+                          Passage.lexical_ranking([word for word in query_words(question) if word not in loaded.common],
+                                                  number, self.key, CANDIDATES)
                           if passage_id in loaded.details]
         fused: dict[int, float] = {}
         for ranking in (dense_ranked, lexical_ranked):
@@ -205,19 +215,30 @@ class Retriever:
             return None, (round(best_score, 4) if best is not None else None), cost
         return best, round(best_score, 4), cost
 
+    def _serving_rows(self, number: str | None):
+        """Yield the serving passages' rows a page at a time: a driver that fetches a whole result at
+        once (psycopg2) then holds one page of vectors besides the matrix, not all of them twice."""
+        last = 0
+        while True:
+            page = list(Passage.serving(number, self.key)
+                        .select(Passage.id, Passage.source, Passage.heading, Passage.tokens, Passage.vector,
+                                KnowledgeSource.title)
+                        .where(Passage.id > last)
+                        .order_by(Passage.id)
+                        .limit(LOAD_PAGE)
+                        .tuples())
+            yield from page
+            if len(page) < LOAD_PAGE:
+                return
+            last = page[-1][0]
+
     def _matrix(self, number: str | None, version: tuple) -> _Loaded:
         with self._lock:
             loaded = self._loaded.get(number)
             if loaded is not None and loaded.version == version:
                 return loaded
-        rows = (Passage.serving(number, self.key)
-                .select(Passage.id, Passage.source, Passage.heading, Passage.tokens, Passage.vector,
-                        KnowledgeSource.title)
-                .order_by(Passage.id)
-                .tuples()
-                .iterator())  # row by row: the vectors are held once, in the matrix
         ids, details, matrix = [], {}, None
-        for index, (passage_id, source_id, heading, tokens, stored, title) in enumerate(rows):
+        for index, (passage_id, source_id, heading, tokens, stored, title) in enumerate(self._serving_rows(number)):
             vector = as_vector(stored)
             if matrix is None:
                 matrix = np.zeros((version[0], vector.shape[0]), dtype=np.float32)
@@ -229,7 +250,8 @@ class Retriever:
             details[passage_id] = (source_id, title, heading, tokens)
         matrix = np.zeros((0, 0), dtype=np.float32) if matrix is None else matrix[:len(ids)]
         loaded = _Loaded(version, np.array(ids, dtype=np.int64), matrix, details,
-                         {passage_id: index for index, passage_id in enumerate(ids)})
+                         {passage_id: index for index, passage_id in enumerate(ids)},
+                         Passage.common_words(max(COMMON_WORD_SHARE, COMMON_WORD_PASSAGES / max(1, len(ids)))))
         with self._lock:
             self._loaded[number] = loaded
         return loaded
