@@ -104,7 +104,34 @@ class ConfigError(Exception):
 
 # What a WhatsApp user writes (the whole message, any case) for each command the bot answers itself.
 DEFAULT_USER_COMMANDS = {"reset": "/reset", "help": "/help", "stop": "STOP", "start": "START",
-                         "forget": "/forget", "confirm": "YES"}
+                         "forget": "/forget", "confirm": "YES", "human": "/human"}
+DEFAULT_HANDOFF_PHRASES = ("talk to a human", "talk to a person", "speak to a human", "speak to a person",
+                           "speak to someone", "talk to someone", "real person", "human agent", "live agent",
+                           "customer service representative")
+DEFAULT_HANDOFF_MESSAGE = ("I've asked a person from our team to take over. They'll answer you here as soon as "
+                           "they can.")
+DEFAULT_HANDOFF_MESSAGE_OUT_OF_HOURS = ("I've asked a person from our team to take over. They're away right now "
+                                        "({hours}); they'll answer you here when they're back.")
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+BUSINESS_HOURS_SHAPE = re.compile(r"^(mon|tue|wed|thu|fri|sat|sun)(?:-(mon|tue|wed|thu|fri|sat|sun))?\s+"
+                                  r"([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$", re.IGNORECASE)
+
+
+def parse_business_hours(text: str) -> tuple[tuple[int, int, int], ...]:
+    """Read `Mon-Fri 09:00-17:30, Sat 10:00-14:00` into (weekday, first minute, end minute) spans,
+    Monday 0; raise ValueError saying what is wrong."""
+    spans = []
+    for item in comma_list(text):
+        match = BUSINESS_HOURS_SHAPE.match(item)
+        if not match:
+            raise ValueError(f"{item!r} is not like 'Mon-Fri 09:00-17:30'")
+        first, last = WEEKDAYS.index(match[1].lower()), WEEKDAYS.index((match[2] or match[1]).lower())
+        start, end = int(match[3]) * 60 + int(match[4]), int(match[5]) * 60 + int(match[6])
+        if end <= start or end > 24 * 60:
+            raise ValueError(f"{item!r} ends before it starts")
+        days = range(first, last + 1) if first <= last else [*range(first, 7), *range(0, last + 1)]
+        spans += [(day, start, end) for day in days]
+    return tuple(spans)
 
 
 # An OpenRouter model slug, `vendor/model` (with an optional `:variant`). The one home of the rule:
@@ -184,6 +211,22 @@ class Config:
     approved_answer_min_score: float = 0.85
     # OpenRouter's speech-to-text model for voice notes.
     transcription_model: str = "openai/whisper-1"
+    # What a customer writes to be handed to a person (matched anywhere in a message, any case).
+    handoff_phrases: tuple[str, ...] = DEFAULT_HANDOFF_PHRASES
+    # Consecutive failed or "not covered" answers in a conversation that call a person; 0 never does.
+    handoff_after_failures: int = 3
+    handoff_message: str = DEFAULT_HANDOFF_MESSAGE
+    handoff_message_out_of_hours: str = DEFAULT_HANDOFF_MESSAGE_OUT_OF_HOURS
+    # When a person answers, in ADMIN_TIMEZONE (the text as set, and as spans); empty: always.
+    business_hours: str = ""
+    business_hours_spans: tuple = ()
+    # Where a handoff is announced: a Slack- or Teams-compatible incoming webhook, and/or e-mail.
+    notify_webhook_url: str = field(default="", repr=False)
+    smtp_url: str = field(default="", repr=False)
+    notify_emails: tuple[str, ...] = ()
+    notify_from: str = ""
+    # Minutes after which a handoff nobody claimed is announced again; 0 never.
+    handoff_remind_minutes: int = 30
     max_reply_parts: int = 10
     max_request_bytes: int = 64 * 1024
     force_https: bool = False
@@ -288,6 +331,21 @@ class Config:
                                                         minimum=1024),
             "allow_private_hosts": reader.boolean("ALLOW_PRIVATE_HOSTS", cls.allow_private_hosts),
             "transcription_model": reader.text("TRANSCRIPTION_MODEL", default=cls.transcription_model),
+            "handoff_phrases": (tuple(phrase.casefold() for phrase in comma_list(reader.values["HANDOFF_PHRASES"]))
+                                if "HANDOFF_PHRASES" in reader.values else cls.handoff_phrases),
+            "handoff_after_failures": reader.integer("HANDOFF_AFTER_FAILURES", cls.handoff_after_failures, minimum=0,
+                                                     maximum=100),
+            "handoff_message": reader.text("HANDOFF_MESSAGE", default=cls.handoff_message),
+            "handoff_message_out_of_hours": reader.text("HANDOFF_MESSAGE_OUT_OF_HOURS",
+                                                        default=cls.handoff_message_out_of_hours),
+            "business_hours": reader.text("BUSINESS_HOURS"),
+            "business_hours_spans": reader.business_hours("BUSINESS_HOURS"),
+            "notify_webhook_url": reader.url("NOTIFY_WEBHOOK_URL", ("http", "https"), ""),
+            "smtp_url": reader.url("SMTP_URL", ("smtp", "smtps"), ""),
+            "notify_emails": reader.email_list("NOTIFY_EMAILS"),
+            "notify_from": reader.text("NOTIFY_FROM"),
+            "handoff_remind_minutes": reader.integer("HANDOFF_REMIND_MINUTES", cls.handoff_remind_minutes, minimum=0,
+                                                     maximum=7 * 24 * 60),
             "embedding_model": reader.text("EMBEDDING_MODEL", default=cls.embedding_model),
             "embedding_dimensions": reader.integer("EMBEDDING_DIMENSIONS", cls.embedding_dimensions, minimum=0,
                                                    maximum=8192),
@@ -455,6 +513,21 @@ class _Reader:
         if len({word.casefold() for word in words.values()}) < len(words):
             self.problems.append(f"{name}: two commands share a word ({', '.join(words.values())})")
         return words
+
+    def business_hours(self, name: str) -> tuple:
+        try:
+            return parse_business_hours(self._raw(name))
+        except ValueError as error:
+            self.problems.append(f"{name}: {error}")
+            return ()
+
+    def email_list(self, name: str) -> tuple[str, ...]:
+        """Read `ops@example.com, boss@example.com`."""
+        addresses = comma_list(self._raw(name))
+        for address in addresses:
+            if not re.fullmatch(r"[^@\s,]+@[^@\s,]+\.[^@\s,]+", address):
+                self.problems.append(f"{name}: {address!r} is not an e-mail address")
+        return addresses
 
     def model_slugs(self, name: str) -> tuple[str, ...]:
         """Read `vendor/model,vendor/model`: OpenRouter slugs in the order they are tried."""

@@ -89,6 +89,11 @@ def _instruments() -> SimpleNamespace:
                       registry=registry),
         refusals=Counter("chatbot_refusals_total", "Messages kept from the AI by a budget or the access list.",
                          ["reason"], registry=registry),
+        handoffs=Counter("chatbot_handoffs_total", "Conversations handed to a person, by reason.", ["reason"],
+                         registry=registry),
+        first_human_reply=Histogram("chatbot_handoff_first_reply_seconds", "Seconds from a handoff to the first "
+                                    "reply of a person.", buckets=(60, 300, 900, 1800, 3600, 4 * 3600, 24 * 3600),
+                                    registry=registry),
     )
 
 
@@ -136,6 +141,16 @@ def count_send(error=None) -> None:
     """Count a reply part Twilio took (no `error`) or refused."""
     outcome = "sent" if error is None else ("failed_transient" if error.retryable else "failed_permanent")
     _instruments().sends.labels(outcome).inc()
+
+
+def count_handoff(reason: str) -> None:
+    """Count a conversation handed to a person, by why."""
+    _instruments().handoffs.labels(reason).inc()
+
+
+def observe_first_human_reply(seconds: float) -> None:
+    """Record how long a customer waited for a person's first reply after a handoff."""
+    _instruments().first_human_reply.observe(seconds)
 
 
 def count_refusal(reason: str) -> None:

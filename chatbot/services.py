@@ -17,6 +17,7 @@ from chatbot.knowledge.index import Indexer, IndexLimits
 from chatbot.knowledge.retrieval import Retriever
 from chatbot.media import MediaFetcher
 from chatbot.models.db import POOL_SIZE, open_database
+from chatbot.notify import Notifier
 from chatbot.numbers import NumberDirectory
 from chatbot.outbound import OutboundGuard, guarded_session
 from chatbot.pricing import CostEstimator
@@ -53,6 +54,7 @@ class Services:
     numbers: NumberDirectory
     retriever: Retriever
     indexer: Indexer
+    notifier: Notifier
 
 
 def http_pool_size(config: Config) -> int:
@@ -131,4 +133,5 @@ def build_services(config: Config, ai_options: dict | None = None,
         retriever=retriever,
         indexer=Indexer(retriever, guarded, IndexLimits(config.knowledge_max_file_bytes, config.knowledge_max_pages,
                                                         config.knowledge_fetch_timeout)),
+        notifier=Notifier(config, guarded, errors),
     )

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import logging
 
-from chatbot.models import Conversation, Message, Role, Status, utcnow
+from chatbot import metrics
+from chatbot.models import Conversation, Handoff, Message, Role, Status, utcnow
 from chatbot.models.db import database
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,18 @@ def store_operator_reply(conversation: Conversation, text: str, operator: str) -
         )
     # A reply counts as activity: TAKEOVER_TIMEOUT runs from here.
     conversation.touch()
+    note_first_reply(conversation.id)
     return reply
+
+
+def note_first_reply(conversation_id) -> None:
+    """Record when a person first answered the conversation's open handoff (time to first reply)."""
+    now = utcnow()
+    for handoff in Handoff.select().where(Handoff.conversation == conversation_id, Handoff.resolved_at.is_null(),
+                                          Handoff.first_reply_at.is_null()):
+        if Handoff.update(first_reply_at=now).where(Handoff.id == handoff.id,
+                                                   Handoff.first_reply_at.is_null()).execute():
+            metrics.observe_first_human_reply((now - handoff.opened_at).total_seconds())
 
 
 def hand_back(*conditions) -> int:

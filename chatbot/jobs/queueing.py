@@ -21,6 +21,9 @@ PROCESS_MESSAGE = "chatbot.jobs.tasks.process_message"
 APOLOGISE_WHEN_FAILED = "chatbot.jobs.tasks.apologise_when_failed_for_good"
 SEND_OPERATOR_REPLY = "chatbot.jobs.tasks.send_operator_reply"
 INDEX_KNOWLEDGE_SOURCE = "chatbot.jobs.tasks.index_knowledge_source"
+NOTIFY_HANDOFF = "chatbot.jobs.tasks.notify_handoff"
+# A notification channel that is down is tried again over about an hour before it is given up.
+NOTIFY_RETRY = Retry(max=5, interval=[30, 60, 300, 900, 1800])
 EMBED_APPROVED_ANSWERS = "chatbot.jobs.tasks.embed_approved_answers"
 # Indexing a large sitemap takes many embeddings requests: longer than an answer may.
 KNOWLEDGE_JOB_TIMEOUT = 1800
@@ -127,6 +130,13 @@ def enqueue_knowledge_index(queue: Queue, source_id: int) -> bool:
                        retry=KNOWLEDGE_RETRY, result_ttl=86400, failure_ttl=7 * 86400,
                        description=f"index knowledge source {source_id}")
     return True
+
+
+def enqueue_handoff_notice(queue: Queue, handoff_id: int, reminder: bool = False) -> Job:
+    """Queue telling the team of a handoff (or reminding them of one nobody claimed)."""
+    return queue.enqueue_call(NOTIFY_HANDOFF, args=(handoff_id, reminder), timeout=120, retry=NOTIFY_RETRY,
+                              result_ttl=86400, failure_ttl=7 * 86400,
+                              description=f"{'remind of' if reminder else 'announce'} handoff {handoff_id}")
 
 
 def enqueue_approved_embedding(queue: Queue) -> bool:

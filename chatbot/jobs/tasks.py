@@ -12,9 +12,14 @@ from rq.job import Job
 from chatbot import metrics
 from chatbot.errors import SenderBusy, WhatsAppError
 from chatbot.jobs.locks import conversation_lock
-from chatbot.jobs.queueing import enqueue_approved_embedding, enqueue_knowledge_index, queue_unless_active
+from chatbot.jobs.queueing import (
+    enqueue_approved_embedding,
+    enqueue_handoff_notice,
+    enqueue_knowledge_index,
+    queue_unless_active,
+)
 from chatbot.jobs.retention import delete_past_retention
-from chatbot.models import ApprovedAnswer, Conversation, KnowledgeSource, Message, Origin, Status, utcnow
+from chatbot.models import ApprovedAnswer, Conversation, Handoff, KnowledgeSource, Message, Origin, Status, utcnow
 from chatbot.models.db import connection_scope
 from chatbot.takeover import hand_back
 
@@ -115,6 +120,30 @@ def refresh_knowledge() -> int:
     return queued
 
 
+def notify_handoff(handoff_id: int, reminder: bool = False) -> dict:
+    """Tell the team a customer waits for a person (or remind them): every configured channel."""
+    services = current_services()
+    job = get_current_job()
+    with connection_scope():
+        return services.notifier.announce(handoff_id, reminder, final_attempt=job is None or not job.retries_left)
+
+
+def remind_of_unclaimed_handoffs() -> int:
+    """Queue a reminder for each handoff nobody claimed within HANDOFF_REMIND_MINUTES (then again
+    every as many minutes); return how many."""
+    services = current_services()
+    minutes = services.config.handoff_remind_minutes
+    if not minutes:
+        return 0
+    with connection_scope():
+        due = [handoff.id for handoff in Handoff.unclaimed_since(utcnow() - timedelta(minutes=minutes))]
+        for handoff_id in due:
+            Handoff.update(reminded_at=utcnow()).where(Handoff.id == handoff_id).execute()
+    for handoff_id in due:
+        enqueue_handoff_notice(services.queue, handoff_id, reminder=True)
+    return len(due)
+
+
 def apologise_when_failed_for_good(job: Job, connection, error_type, error, traceback) -> None:
     """RQ's failure callback: when a message's job fails with no retry left (it raised, timed out or
     its worker died), the user gets an apology instead of silence."""
@@ -165,6 +194,7 @@ def sweep_pending_messages() -> int:
     services = current_services()
     queued = 0
     hand_back_idle_takeovers()
+    remind_of_unclaimed_handoffs()
     refresh_knowledge()
     with connection_scope():
         for message in Message.needing_work(PENDING_GRACE, RESEND_HORIZON):
@@ -208,7 +238,10 @@ def hand_back_idle_takeovers() -> int:
     cutoff = utcnow() - timedelta(minutes=minutes)
     with connection_scope():
         # updated_at moves with every user message and every operator reply.
-        handed_back = hand_back(Conversation.paused_at < cutoff, Conversation.updated_at < cutoff)
+        # A conversation waiting for a person it called stays theirs: a person resolves it.
+        handed_back = hand_back(Conversation.paused_at < cutoff, Conversation.updated_at < cutoff,
+                                Conversation.id.not_in(Handoff.select(Handoff.conversation)
+                                                       .where(Handoff.resolved_at.is_null())))
     if handed_back:
         log.info("handed back %d idle taken-over conversations after %d minutes", handed_back, minutes)
     return handed_back

@@ -18,6 +18,7 @@ from chatbot.models.conversation import (
     ReplyPart,
     ServiceWindow,
 )
+from chatbot.models.handoff import MODEL_REASONS, REASON_WORDS, CannedReply, Handoff, HandoffReason, Note
 from chatbot.models.knowledge import (
     ApprovedAnswer,
     GapReason,
@@ -41,10 +42,10 @@ from chatbot.models.users import AdminUser
 
 __all__ = [
     "DELETE_BATCH", "DELIVERY_FAILURES", "DELIVERY_PROGRESS", "DELIVERY_SETTLED", "FAILURE_STATUSES",
-    "MAX_GREETING_CHARS", "ONE_ACTIVE_INDEX", "PROVIDERS", "SERVICE_WINDOW", "TWILIO_MESSAGE_SID",
-    "UNDELIVERED_STATUSES", "AccessEntry", "AdminUser", "AIConfiguration", "ApprovedAnswer", "GapReason",
-    "KnowledgeGap", "KnowledgeSource", "KnowledgeSpend", "Passage", "SourceKind", "SourceStatus", "BaseModel",
-    "Conversation", "JSONField",
-    "Message", "OptOut", "Origin", "ReplyPart", "Role", "ServiceWindow", "Setting", "Status",
-    "WebhookLog", "WhatsAppNumber", "utcnow",
+    "MAX_GREETING_CHARS", "MODEL_REASONS", "ONE_ACTIVE_INDEX", "PROVIDERS", "REASON_WORDS", "SERVICE_WINDOW",
+    "TWILIO_MESSAGE_SID", "UNDELIVERED_STATUSES", "AccessEntry", "AdminUser", "AIConfiguration", "ApprovedAnswer",
+    "BaseModel", "CannedReply", "Conversation", "GapReason", "Handoff", "HandoffReason", "JSONField",
+    "KnowledgeGap", "KnowledgeSource", "KnowledgeSpend", "Message", "Note", "OptOut", "Origin", "Passage",
+    "ReplyPart", "Role", "ServiceWindow", "Setting", "SourceKind", "SourceStatus", "Status", "utcnow",
+    "WebhookLog", "WhatsAppNumber",
 ]

@@ -12,11 +12,14 @@ from chatbot.models import (
     AdminUser,
     AIConfiguration,
     ApprovedAnswer,
+    CannedReply,
     Conversation,
+    Handoff,
     KnowledgeGap,
     KnowledgeSource,
     KnowledgeSpend,
     Message,
+    Note,
     OptOut,
     Passage,
     ReplyPart,
@@ -147,12 +150,19 @@ def _add_knowledge(migrator) -> None:
                              "USING fts5(text, tokenize = 'porter unicode61')")
 
 
+def _add_handoffs(migrator) -> None:
+    database.create_tables([Handoff, Note, CannedReply], safe=True)
+    # One open handoff per conversation, whatever calls a person at once.
+    database.execute_sql("CREATE UNIQUE INDEX IF NOT EXISTS handoff_one_open ON handoff (conversation_id) "
+                         "WHERE resolved_at IS NULL")
+
+
 # Append a function for every schema change (playhouse.migrate operations on the migrator it
 # receives); never edit one that has shipped.
 MIGRATIONS = [_create_initial_tables, _create_admin_users, _add_webhook_verdict, _add_message_origin,
               _add_attempts_and_send_intents, _add_operator_controls, _add_spend_and_access,
               _add_numbers, _add_message_sent_at, _add_webhook_checked_url, _add_opt_out_numbers,
-              _add_knowledge]
+              _add_knowledge, _add_handoffs]
 
 
 def current_version() -> int:
