@@ -77,6 +77,16 @@ class ListedModel:
     inputs: frozenset[str]
     prompt_price: float | None = None
     completion_price: float | None = None
+    # The request parameters it takes (`supported_parameters`): "tools" when it can call tools.
+    parameters: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A tool the model asked to be called, with its arguments (decoded JSON; {} when unreadable)."""
+
+    name: str
+    arguments: dict
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,7 @@ class Reply:
     text: str
     model: str
     usage: dict
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 class AIAdapter(ABC):
@@ -107,16 +118,17 @@ class AIAdapter(ABC):
         self.deadline = deadline
         self.clock = clock
 
-    def send_message(self, messages: list[dict], until: float | None = None) -> Reply:
-        """Return the model's reply to `messages`, retrying what is transient.
+    def send_message(self, messages: list[dict], until: float | None = None, tools: list[dict] | None = None) -> Reply:
+        """Return the model's reply to `messages` (offering it `tools`, OpenAI's function format),
+        retrying what is transient.
 
         Every attempt and every wait between attempts ends by `deadline` seconds from now (or by
         `until`, a `clock()` time, when that is sooner); past it the call fails for good.
         """
-        return self._with_retries(lambda seconds_left: self._complete(messages, seconds_left), until)
+        return self._with_retries(lambda seconds_left: self._complete(messages, seconds_left, tools), until)
 
     @abstractmethod
-    def _complete(self, messages: list[dict], seconds_left: float) -> Reply:
+    def _complete(self, messages: list[dict], seconds_left: float, tools: list[dict] | None = None) -> Reply:
         """Make one attempt at a completion that ends within `seconds_left`."""
 
     @abstractmethod
@@ -164,7 +176,7 @@ class OpenRouterAdapter(AIAdapter):
         headers.update({name: value for name, value in self.attribution.items() if value})
         return headers
 
-    def _complete(self, messages: list[dict], seconds_left: float) -> Reply:
+    def _complete(self, messages: list[dict], seconds_left: float, tools: list[dict] | None = None) -> Reply:
         payload = {
             "model": self.settings.model,
             "messages": messages,
@@ -174,6 +186,8 @@ class OpenRouterAdapter(AIAdapter):
         if self.settings.fallback_models:
             # OpenRouter routes to the next model of the list when one fails (down, rate limited, refusing).
             payload["models"] = [self.settings.model, *self.settings.fallback_models]
+        if tools:
+            payload["tools"] = tools
         body = self._request("POST", "/chat/completions", seconds_left=seconds_left, json=payload)
         if body.get("error"):
             raise _error_from_body(body["error"], status=200)
@@ -183,10 +197,13 @@ class OpenRouterAdapter(AIAdapter):
         choice = choices[0]
         if choice.get("error"):
             raise _error_from_body(choice["error"], status=200)
-        text = ((choice.get("message") or {}).get("content") or "").strip()
-        if not text:
+        message = choice.get("message") or {}
+        text = (message.get("content") or "").strip()
+        calls = tuple(_tool_call(call) for call in message.get("tool_calls") or () if isinstance(call, dict))
+        if not text and not calls:
             raise AIError("answer was empty", retryable=True, status=200)
-        return Reply(text=text, model=body.get("model") or self.settings.model, usage=body.get("usage") or {})
+        return Reply(text=text, model=body.get("model") or self.settings.model, usage=body.get("usage") or {},
+                     tool_calls=calls)
 
     def transcribe(self, audio: bytes, audio_format: str, model: str, until: float | None = None) -> Transcript:
         """Return what `model` hears in `audio` (POST /audio/transcriptions), retrying what is transient."""
@@ -241,6 +258,7 @@ class OpenRouterAdapter(AIAdapter):
                 inputs=frozenset((model.get("architecture") or {}).get("input_modalities") or ("text",)),
                 prompt_price=_token_price(model.get("pricing"), "prompt"),
                 completion_price=_token_price(model.get("pricing"), "completion"),
+                parameters=frozenset(model.get("supported_parameters") or ()),
             )
             for model in models if isinstance(model, dict) and model.get("id")
         }
@@ -371,6 +389,16 @@ class ModelCatalogue:
             return True
         return model not in models or modality in models[model].inputs
 
+    def calls_tools(self, adapter: OpenRouterAdapter, model: str) -> bool:
+        """Whether the catalogue says `model` takes tools; an unlisted model, or no catalogue, is
+        offered none (a tool it cannot take would fail the whole answer)."""
+        try:
+            listed = self.models(adapter).get(model)
+        except AIError as error:
+            log.warning("model catalogue unavailable, no tools offered to model=%s: %s", model, error)
+            return False
+        return listed is not None and "tools" in listed.parameters
+
     def models_taking(self, adapter: OpenRouterAdapter, modality: str, limit: int = 3) -> list[str]:
         """Return up to `limit` model slugs that accept `modality` input, for an operator's hint."""
         return sorted(slug for slug, listed in self.models(adapter).items() if modality in listed.inputs)[:limit]
@@ -449,3 +477,12 @@ class AIAdapterFactory:
             site_name=self.config.site_name,
             **{"deadline": self.config.ai_deadline, **self.adapter_options, **options},
         )
+
+
+def _tool_call(call: dict) -> ToolCall:
+    function = call.get("function") or {}
+    try:
+        arguments = json.loads(function.get("arguments") or "{}")
+    except (TypeError, ValueError):
+        arguments = {}
+    return ToolCall(name=str(function.get("name") or ""), arguments=arguments if isinstance(arguments, dict) else {})

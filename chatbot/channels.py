@@ -19,6 +19,7 @@ from chatbot.stages.base import Stage
 from chatbot.stages.budget import Budgets
 from chatbot.stages.commands import UserCommands
 from chatbot.stages.deadline import DeadlineStage
+from chatbot.stages.handoff import HandoffRequests
 from chatbot.stages.optouts import OptOuts
 from chatbot.stages.takeover import TakeoverStage
 
@@ -40,11 +41,13 @@ class Channel:
 
 def whatsapp_channel(sender, opt_outs: OptOuts, commands: UserCommands, access: AccessPolicy, budgets: Budgets,
                      media: MediaFetcher, numbers: NumberDirectory, approved: ApprovedAnswers | None = None,
-                     clock: Callable[[], float] = time.monotonic) -> Channel:
+                     handoff: HandoffRequests | None = None, clock: Callable[[], float] = time.monotonic) -> Channel:
     """Customers on WhatsApp: STOP and START first (they work for everyone), then access (a kept-out
-    sender gets nothing else), their commands, takeover, the caps, the job's deadline, and last the
-    business's approved answers (an answer like any other: budgeted, and only within the deadline)."""
-    stages = (opt_outs, access, commands, TakeoverStage(), budgets, DeadlineStage(clock))
+    sender gets nothing else), their commands, a request for a person, takeover (or a handoff) holding
+    messages for the person, the caps, the job's deadline, and last the business's approved answers
+    (an answer like any other: budgeted, and only within the deadline)."""
+    stages = (opt_outs, access, commands, *((handoff,) if handoff else ()), TakeoverStage(), budgets,
+              DeadlineStage(clock))
     return Channel(Origin.WHATSAPP, sender, stages + ((approved,) if approved else ()), media, numbers)
 
 

@@ -17,7 +17,7 @@ from rq import Queue
 
 from chatbot import metrics
 from chatbot.jobs.queueing import enqueue_handoff_notice
-from chatbot.models import Conversation, Handoff, HandoffReason, Message, Role, utcnow
+from chatbot.models import MODEL_REASONS, Conversation, Handoff, HandoffReason, Message, Role, utcnow
 from chatbot.models.db import database
 from chatbot.redact import mask_phone
 from chatbot.takeover import hand_back
@@ -113,3 +113,59 @@ def holding_message(config, now: datetime | None = None) -> str:
     if within_hours(config.business_hours_spans, now or utcnow(), config.admin_timezone):
         return config.handoff_message
     return config.handoff_message_out_of_hours.replace("{hours}", config.business_hours)
+
+
+# Offered to every model that takes tools: calling it is a handoff, decided by the model, never read
+# out of the answer's text (a marker in free text breaks on the first prompt that mentions it).
+REQUEST_HUMAN = {
+    "type": "function",
+    "function": {
+        "name": "request_human",
+        "description": ("Hand the conversation to a person from the team. Call it when the customer asks for a "
+                        "person, when you cannot answer from what you know, when they ask for something you "
+                        "cannot do, or when a policy needs a person. The customer is told a person will answer."),
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "reason": {"type": "string", "enum": [reason.value for reason in MODEL_REASONS]},
+                "summary": {"type": "string", "description": "One or two sentences for the person taking over: "
+                                                             "who the customer is and what they need."},
+            },
+            "required": ["reason", "summary"],
+        },
+    },
+}
+
+
+REQUEST_HUMAN_NAME = REQUEST_HUMAN["function"]["name"]
+
+
+class Handoffs:
+    """Calls a person for a conversation: what the handoff gate, the model's tool and repeated
+    failures share."""
+
+    def __init__(self, queue: Queue | None, config):
+        self.queue = queue
+        self.config = config
+
+    def call(self, conversation: Conversation, question: Message | None, reason: HandoffReason, trigger: str,
+             summary: str = "") -> Handoff | None:
+        return open_handoff(self.queue, conversation, question, reason, trigger, summary)
+
+    def holding_message(self) -> str:
+        return holding_message(self.config)
+
+    def due_after_failures(self, conversation: Conversation) -> bool:
+        """Whether HANDOFF_AFTER_FAILURES answers in a row (since a person last resolved a handoff
+        here) failed or were not covered by the knowledge."""
+        limit = self.config.handoff_after_failures
+        return bool(limit) and failures_in_a_row(conversation.id, last_resolution(conversation.id), limit) >= limit
+
+    @staticmethod
+    def reason_of(arguments: dict) -> HandoffReason:
+        """The model's reason, if it is one it may give; else the customer's request."""
+        try:
+            reason = HandoffReason(str(arguments.get("reason")))
+        except ValueError:
+            return HandoffReason.CUSTOMER_REQUEST
+        return reason if reason in MODEL_REASONS else HandoffReason.CUSTOMER_REQUEST

@@ -14,12 +14,14 @@ from chatbot.alerts import ErrorHandler
 from chatbot.channels import Channel
 from chatbot.context import ConversationManager, remembered_text
 from chatbot.errors import AIError, Category, JobDeadlineReached, WhatsAppError
+from chatbot.handoff import REQUEST_HUMAN, REQUEST_HUMAN_NAME, Handoffs
 from chatbot.knowledge.prompt import fresh_passages, given, says_not_covered, sources_message, with_citation
 from chatbot.knowledge.retrieval import Retrieval, Retriever
 from chatbot.media import AUDIO_FORMATS, Media, MediaError, MediaKind, MediaTooLarge, media_kind, megabytes
 from chatbot.models import (
     Conversation,
     GapReason,
+    HandoffReason,
     KnowledgeGap,
     Message,
     ReplyPart,
@@ -94,6 +96,7 @@ class MessageProcessor:
         max_inbound_chars: int = 4096,
         transcription_model: str = "openai/whisper-1",
         retriever: Retriever | None = None,
+        handoffs: Handoffs | None = None,
     ):
         self.ai_factory = ai_factory
         self.channel = channel
@@ -104,6 +107,8 @@ class MessageProcessor:
         self.transcription_model = transcription_model
         # Finds the business's knowledge for each question; None answers from the system prompt alone.
         self.retriever = retriever
+        # Calls a person when the model asks for one or answers keep failing; None never does.
+        self.handoffs = handoffs
 
     def process(self, message_id: int, final_attempt: bool = True, until: float | None = None,
                 coalesce_seconds: int = 0) -> Outcome:
@@ -308,9 +313,10 @@ class MessageProcessor:
                 + ([sources] if sources and found.best_score is not None else [])
                 + [{"role": "user", "content": turn.content}]
             )
+            tools = [REQUEST_HUMAN] if self._may_call_a_person(conversation, adapter) else None
             # Waiting on the model can take many seconds: hold no database connection meanwhile.
             with connection_released():
-                reply = adapter.send_message(prompt, until=until)
+                reply = adapter.send_message(prompt, until=until, tools=tools)
         except AIError as error:
             metrics.count_ai_failure(error)
             if error.retryable and not final_attempt:
@@ -321,10 +327,15 @@ class MessageProcessor:
                 # One apology for the whole burst; `flask retry-failed` puts every message of it back.
                 Message.update(status=Status.FAILED.value, error=str(error)).where(
                     Message.id.in_([member.id for member in burst[:-1]])).execute()
-                return self._apologise(conversation, question, str(error), Category.AI)
+                apology = self._apologise(conversation, question, str(error), Category.AI)
+            return self._after_failures(conversation, question, apology)
         latency_ms = (self.clock() - started) * 1000
         metrics.record_ai_reply(reply, latency_ms / 1000)
         usage = reply.usage
+        asked_for_person = next((call for call in reply.tool_calls if call.name == REQUEST_HUMAN_NAME), None)
+        if asked_for_person is not None:
+            return self._hand_to_person(conversation, burst, reply, asked_for_person.arguments, latency_ms,
+                                        total_cost(usage.get("cost"), turn.media_cost, found.cost), outcome)
         text = to_whatsapp(clean_text(reply.text).text)
         if any(member.metadata.get("trimmed") for member in burst):
             text = TRIMMED_NOTE.format(limit=self.max_inbound_chars) + "\n\n" + text
@@ -364,6 +375,8 @@ class MessageProcessor:
                 if gap is not None:
                     KnowledgeGap.create(message=question, number=conversation.number, question=asked[:4000],
                                         reason=gap.value, best_score=found.best_score)
+                    answer.metadata = {**answer.metadata, "not_covered": gap.value}
+                    answer.save()
             for member in burst:
                 # save(), not a status update: reading an attachment may have added a transcript.
                 member.status = Status.ANSWERED.value
@@ -372,6 +385,53 @@ class MessageProcessor:
         outcome.answered += len(burst)
         log.info("message_id=%s answered model=%s tokens=%s latency_ms=%.0f burst=%d",
                  question.id, reply.model, usage.get("total_tokens"), latency_ms, len(burst))
+        return self._after_failures(conversation, question, answer)
+
+    def _may_call_a_person(self, conversation: Conversation, adapter: OpenRouterAdapter) -> bool:
+        """Whether the model is offered request_human: a customer on WhatsApp (nobody can take a
+        playground's conversation over), and a model the catalogue says takes tools."""
+        return (self.handoffs is not None and conversation.is_on_whatsapp
+                and self.ai_factory.catalogue.calls_tools(adapter, adapter.settings.model))
+
+    def _hand_to_person(self, conversation: Conversation, burst: list[Message], reply, arguments: dict,
+                        latency_ms: float, cost: float | None, outcome: Outcome) -> Message:
+        """The model called request_human: call a person, and tell the customer so (the call was
+        paid for: the holding message carries its model and cost)."""
+        question = burst[-1]
+        summary = str(arguments.get("summary") or "")[:2000]
+        handoff = self.handoffs.call(conversation, question, Handoffs.reason_of(arguments), "model", summary)
+        usage = reply.usage
+        with database.atomic():
+            answer = Message.create(
+                conversation=conversation, role=Role.ASSISTANT.value, origin=self.channel.origin.value,
+                content=self._greeted(conversation, burst[0], self.handoffs.holding_message()),
+                status=Status.UNSENT.value, reply_to=question, model=reply.model,
+                prompt_tokens=usage.get("prompt_tokens"), completion_tokens=usage.get("completion_tokens"),
+                total_tokens=usage.get("total_tokens"), latency_ms=latency_ms, cost=cost,
+                metadata={"canned": "handoff", "handoff": handoff.id if handoff else None,
+                          **({"answers": [member.id for member in burst]} if len(burst) > 1 else {})})
+            # The customer's words wait for the person, as their next ones will.
+            Message.update(status=Status.WAITING.value).where(
+                Message.id.in_([member.id for member in burst])).execute()
+        conversation.touch()
+        outcome.answered += len(burst)
+        log.info("message_id=%s handed to a person by the model reason=%s", question.id, arguments.get("reason"))
+        return answer
+
+    def _after_failures(self, conversation: Conversation, question: Message, answer: Message) -> Message:
+        """After HANDOFF_AFTER_FAILURES failed or not-covered answers in a row, call a person; the
+        answer (or apology) then ends with the holding message."""
+        if self.handoffs is None or not conversation.is_on_whatsapp or not self.handoffs.due_after_failures(
+                conversation):
+            return answer
+        handoff = self.handoffs.call(conversation, question, HandoffReason.REPEATED_FAILURE, "failures",
+                                     f"{self.handoffs.config.handoff_after_failures} answers in a row failed or "
+                                     "were not covered by the knowledge")
+        if handoff is None:
+            return answer
+        answer.content = f"{answer.content}\n\n{self.handoffs.holding_message()}"
+        answer.metadata = {**answer.metadata, "handoff": handoff.id}
+        answer.save()
         return answer
 
     def _knowledge(self, conversation: Conversation, asked: str, history: list[dict], adapter: OpenRouterAdapter,

@@ -13,6 +13,7 @@ from chatbot.alerts import ErrorHandler
 from chatbot.channels import whatsapp_channel
 from chatbot.context import ConversationManager
 from chatbot.crypto import FieldCipher
+from chatbot.handoff import Handoffs
 from chatbot.knowledge.index import Indexer, IndexLimits
 from chatbot.knowledge.retrieval import Retriever
 from chatbot.media import MediaFetcher
@@ -27,6 +28,7 @@ from chatbot.stages.access import AccessPolicy
 from chatbot.stages.approved import ApprovedAnswers
 from chatbot.stages.budget import Budgets
 from chatbot.stages.commands import UserCommands
+from chatbot.stages.handoff import HandoffRequests
 from chatbot.stages.optouts import OptOuts
 from chatbot.stages.words import CommandWords
 from chatbot.whatsapp import STATUS_CALLBACK_PATH, WhatsAppClient
@@ -101,6 +103,8 @@ def build_services(config: Config, ai_options: dict | None = None,
                           config.knowledge_min_score, config.approved_answer_min_score)
     guarded = guarded_session(OutboundGuard(config.allow_private_hosts), http_pool_size(config))
     words = CommandWords(config.user_commands)
+    queue = Queue(QUEUE_NAME, connection=redis)
+    handoffs = Handoffs(queue, config)
     channel = whatsapp_channel(
         whatsapp,
         OptOuts(words),
@@ -113,17 +117,19 @@ def build_services(config: Config, ai_options: dict | None = None,
                      max_bytes_in_memory=config.max_media_bytes_in_memory, deadline=config.ai_deadline),
         numbers,
         ApprovedAnswers(retriever, ai_factory),
+        HandoffRequests(handoffs, words, config.handoff_phrases),
     )
     return Services(
         config=config,
         redis=redis,
-        queue=Queue(QUEUE_NAME, connection=redis),
+        queue=queue,
         cipher=cipher,
         context=context,
         ai_factory=ai_factory,
         whatsapp=whatsapp,
         processor=MessageProcessor(ai_factory, channel, context, errors, max_inbound_chars=config.max_inbound_chars,
-                                   transcription_model=config.transcription_model, retriever=retriever),
+                                   transcription_model=config.transcription_model, retriever=retriever,
+                                   handoffs=handoffs),
         access=access,
         rate_limiter=RateLimiter(redis, config.rate_limit_messages, config.rate_limit_global,
                                  config.rate_limit_window),

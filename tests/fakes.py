@@ -234,9 +234,18 @@ class FakeOpenRouter(FakeServer):
         self.transcript = "What is the weather like in Lisbon?"
         self.transcription_cost: float | None = 0.0002
         self.transcription_error: Scripted | None = None
+        # Models GET /models says take tools (`supported_parameters`): none by default, so only the
+        # tests about tools meet a request that offers them.
+        self.tool_models: set[str] = set()
+        # What GET /models answers instead of the catalogue, when set. Scripted answers (then(...))
+        # never go to it: the catalogue is asked before a completion whenever it is stale.
+        self.models_error: Scripted | None = None
         # What POST /embeddings costs per input token (USD); None leaves the cost out.
         self.embedding_token_cost: float | None = 0.00000002
         self.embedding_error: Scripted | None = None
+
+    def scripts_answer(self, request: Recorded) -> bool:
+        return not (request.method == "GET" and request.path.endswith("/models"))
 
     @property
     def transcriptions(self) -> list[Recorded]:
@@ -281,7 +290,11 @@ class FakeOpenRouter(FakeServer):
         if request.path.endswith("/key"):
             return Scripted(200, {"data": {"label": "sk-or-v1-abc...", "usage": 0.5, "limit": None}})
         if request.path.endswith("/models"):
-            listed = [{"id": slug, "architecture": {"input_modalities": modalities}}
+            if self.models_error is not None:
+                return self.models_error
+            listed = [{"id": slug, "architecture": {"input_modalities": modalities},
+                       "supported_parameters": ["max_tokens", "temperature",
+                                                *(["tools", "tool_choice"] if slug in self.tool_models else [])]}
                       for slug, modalities in self.input_modalities.items()]
             for model in listed:
                 if model["id"] in self.pricing:

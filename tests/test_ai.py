@@ -340,7 +340,7 @@ def test_list_models_returns_the_slugs_on_offer(make_adapter, fake_openrouter):
 
 
 def test_list_models_rejects_an_answer_without_a_list(make_adapter, fake_openrouter):
-    fake_openrouter.then(Scripted(200, {"data": "nope"}))
+    fake_openrouter.models_error = Scripted(200, {"data": "nope"})
     with pytest.raises(AIError, match="model list was not a list"):
         make_adapter().list_models()
 

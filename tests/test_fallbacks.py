@@ -88,7 +88,7 @@ def test_admin_warns_of_an_unlisted_slug_and_still_saves(operator, fake_openrout
 
 
 def test_admin_warns_when_openrouter_cannot_be_asked_and_still_saves(operator, fake_openrouter):
-    fake_openrouter.then(fake_openrouter.error(503, "upstream down"))
+    fake_openrouter.models_error = fake_openrouter.error(503, "upstream down")
     text = create_configuration(operator, fallback_models=FALLBACK).get_data(as_text=True)
     assert "the models could not be checked with OpenRouter" in text
     assert AIConfiguration.get().fallback_models == FALLBACK

@@ -27,8 +27,9 @@ class CommandWords:
     def listing(self) -> str:
         """Say what each command does, for /help and the welcome back."""
         words = self.words
-        return (f"Commands: {words['reset']} starts over, {words['help']} shows this, {words['stop']} stops my "
-                f"answers ({words['start']} resumes), {words['forget']} erases what I stored about you.")
+        return (f"Commands: {words['reset']} starts over, {words['help']} shows this, {words['human']} calls a person "
+                f"from our team, {words['stop']} stops my answers ({words['start']} resumes), {words['forget']} erases "
+                "what I stored about you.")
 
 
 def carried_out(command: str, reply: str, restarted: bool = False) -> Verdict:
