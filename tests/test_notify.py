@@ -5,14 +5,17 @@ import logging
 from datetime import timedelta
 
 import pytest
+from rq.job import Job
 
 from chatbot.handoff import claim, open_handoff, resolve
 from chatbot.models import Conversation, Handoff, HandoffReason, Message, WhatsAppNumber, utcnow
 from chatbot.notify import Notifier, NotifyError
 from chatbot.outbound import OutboundGuard, guarded_session
+from chatbot.services import build_services
 from tests.fakes import FakeServer, Recorded, Scripted
 from tests.smtp_server import SmtpServer, self_signed_certificate, server_tls
-from tests.support import free_port
+from tests.support import BurstWorker, free_port
+from worker import build_worker
 
 CUSTOMER = "whatsapp:+15550001234"
 MASKED = "whatsapp:+1555•••1234"
@@ -397,3 +400,22 @@ def test_emails_without_an_smtp_url_are_no_channel(notifier, chat):
     outcome = notifier(smtp_url="", notify_emails=TEAM).announce(handoff.id)
 
     assert outcome == {"sent": [], "skipped": "no channel"}
+
+
+# --- through the job -------------------------------------------------------------------------------
+
+def test_the_job_announces_a_handoff_and_a_failure_waits_for_rq_to_retry(config, services, chat, mailbox):
+    told = build_services(config.replace(notify_webhook_url=chat.url, smtp_url=mailbox.url(), notify_emails=TEAM))
+    chat.then(Scripted(500, "internal error"))
+    conversation = Conversation.get_by_id(Conversation.resume_or_start_id(CUSTOMER, "Ada"))
+    question = Message.create(conversation=conversation, role="user", status="answered", content="a person please")
+    handoff = open_handoff(told.queue, conversation, question, HandoffReason.CUSTOMER_REQUEST, "phrase")
+    [job_id] = told.queue.job_ids
+
+    build_worker(told, worker_class=BurstWorker).work(burst=True, with_scheduler=False)
+
+    job = Job.fetch(job_id, connection=told.redis)
+    assert job.retries_left == 4  # raised on a first attempt: RQ will try again
+    stored = reread(handoff)
+    assert stored.notify_error.startswith("webhook: ") and stored.notified_at is not None
+    assert len(mailbox.received) == 1 and len(chat.requests) == 1
