@@ -331,8 +331,7 @@ class Config:
                                                         minimum=1024),
             "allow_private_hosts": reader.boolean("ALLOW_PRIVATE_HOSTS", cls.allow_private_hosts),
             "transcription_model": reader.text("TRANSCRIPTION_MODEL", default=cls.transcription_model),
-            "handoff_phrases": (tuple(phrase.casefold() for phrase in comma_list(reader.values["HANDOFF_PHRASES"]))
-                                if "HANDOFF_PHRASES" in reader.values else cls.handoff_phrases),
+            "handoff_phrases": reader.phrases("HANDOFF_PHRASES", cls.handoff_phrases),
             "handoff_after_failures": reader.integer("HANDOFF_AFTER_FAILURES", cls.handoff_after_failures, minimum=0,
                                                      maximum=100),
             "handoff_message": reader.text("HANDOFF_MESSAGE", default=cls.handoff_message),
@@ -410,6 +409,10 @@ class Config:
                 f"MAX_MEDIA_BYTES_IN_MEMORY ({settings['max_media_bytes_in_memory']}) must be at least "
                 f"MAX_MEDIA_BYTES_PER_MESSAGE ({settings['max_media_bytes_per_message']}): raise it, or lower "
                 "MAX_MEDIA_BYTES_PER_MESSAGE")
+        if bool(settings["smtp_url"]) != bool(settings["notify_emails"]):
+            # Half of it would send nothing and say nothing until a customer waited for a person.
+            reader.problems.append("SMTP_URL and NOTIFY_EMAILS go together: set both to have handoffs e-mailed, "
+                                   "or neither")
         # Without it the web process would check Twilio's signatures against the host the client names.
         if serving_web and not settings["public_base_url"]:
             reader.problems.append("PUBLIC_BASE_URL is required by the web process but not set: set it to the "
@@ -513,6 +516,12 @@ class _Reader:
         if len({word.casefold() for word in words.values()}) < len(words):
             self.problems.append(f"{name}: two commands share a word ({', '.join(words.values())})")
         return words
+
+    def phrases(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        """Read a comma list of phrases, any case; set to nothing, it is empty (unset: `default`)."""
+        if name not in self.values:
+            return default
+        return tuple(phrase.casefold() for phrase in comma_list(self.values[name]))
 
     def business_hours(self, name: str) -> tuple:
         try:

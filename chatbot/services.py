@@ -139,5 +139,5 @@ def build_services(config: Config, ai_options: dict | None = None,
         retriever=retriever,
         indexer=Indexer(retriever, guarded, IndexLimits(config.knowledge_max_file_bytes, config.knowledge_max_pages,
                                                         config.knowledge_fetch_timeout)),
-        notifier=Notifier(config, guarded, errors),
+        notifier=Notifier(config, guarded, errors, redis),
     )

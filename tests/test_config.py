@@ -353,3 +353,35 @@ def test_knowledge_settings_defaults_and_values():
                                    "KNOWLEDGE_MAX_TOKENS": "1200", "APPROVED_ANSWER_MIN_SCORE": "0.9"})
     assert (changed.embedding_model, changed.embedding_dimensions, changed.knowledge_max_tokens,
             changed.approved_answer_min_score) == ("mistralai/mistral-embed", 0, 1200, 0.9)
+
+
+def test_handoff_settings_defaults_and_values():
+    defaults = Config.from_mapping(MINIMAL)
+    assert (defaults.handoff_after_failures, defaults.handoff_remind_minutes, defaults.business_hours_spans,
+            defaults.user_commands["human"]) == (3, 30, (), "/human")
+    assert "talk to a human" in defaults.handoff_phrases
+    changed = Config.from_mapping({**MINIMAL, "HANDOFF_PHRASES": "Agent please, HUMAN", "HANDOFF_AFTER_FAILURES": "0",
+                                   "BUSINESS_HOURS": "Mon-Fri 09:00-17:30, Sun 10:00-12:00",
+                                   "SMTP_URL": "smtp://bot:secret@mail.example.com:587",
+                                   "NOTIFY_EMAILS": "ops@example.com, boss@example.com"})
+    assert changed.handoff_phrases == ("agent please", "human")
+    assert changed.handoff_after_failures == 0
+    assert changed.business_hours_spans == tuple((day, 540, 1050) for day in range(5)) + ((6, 600, 720),)
+    assert changed.notify_emails == ("ops@example.com", "boss@example.com")
+
+
+@pytest.mark.parametrize(("values", "problem"), [
+    ({"BUSINESS_HOURS": "weekdays 9 to 5"}, "BUSINESS_HOURS: 'weekdays 9 to 5' is not like 'Mon-Fri 09:00-17:30'"),
+    ({"BUSINESS_HOURS": "Mon 17:00-09:00"}, "BUSINESS_HOURS: 'Mon 17:00-09:00' ends before it starts"),
+    ({"NOTIFY_EMAILS": "ops@example.com", "SMTP_URL": "smtp://mail.example.com", "NOTIFY_WEBHOOK_URL": "ftp://x"},
+     "NOTIFY_WEBHOOK_URL must be a URL starting with http:// or https://"),
+    ({"NOTIFY_EMAILS": "ops@example.com"}, "SMTP_URL and NOTIFY_EMAILS go together: set both to have handoffs "
+                                           "e-mailed, or neither"),
+    ({"SMTP_URL": "smtp://mail.example.com", "NOTIFY_EMAILS": "not-an-address"},
+     "NOTIFY_EMAILS: 'not-an-address' is not an e-mail address"),
+    ({"HANDOFF_AFTER_FAILURES": "-1"}, "HANDOFF_AFTER_FAILURES must be at least 0, got -1"),
+])
+def test_bad_handoff_settings_are_named(values, problem):
+    with pytest.raises(ConfigError) as error:
+        Config.from_mapping({**MINIMAL, **values})
+    assert error.value.problems == [problem]
