@@ -25,6 +25,7 @@ from chatbot.models import (
     DELIVERY_FAILURES,
     UNDELIVERED_STATUSES,
     Conversation,
+    Handoff,
     KnowledgeSpend,
     Message,
     ReplyPart,
@@ -73,6 +74,21 @@ class Spend:
 
     usd: float
     unknown: int
+
+
+@dataclass(frozen=True)
+class Handoffs:
+    """Calls for a person in a period: how many by reason, and the wait for a person's first reply."""
+
+    by_reason: dict[str, int]
+    replied: int
+    # Minutes; None when no handoff of the period has a first reply yet.
+    first_reply_p50: float | None
+    first_reply_max: float | None
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_reason.values())
 
 
 @dataclass(frozen=True)
@@ -140,6 +156,8 @@ class DashboardStats:
     # This week's AI answers that record the model asked for, and those a fallback model wrote.
     ai_answers_week: int
     fallback_answers_week: int
+    # The period's handoffs to a person by reason, and how long customers waited for a person's first reply.
+    handoffs: Handoffs
 
     @property
     def inbound(self) -> int:
@@ -189,7 +207,26 @@ def compute_stats(now: datetime | None = None, number: str | None = None, period
         spend_by_model=sorted(_model_use(month, counted), key=lambda use: (-use.usd, use.model)),
         top_spenders=Message.top_spenders(month, TOP_SPENDERS, number),
         **_fallback_use(week, counted),
+        handoffs=_handoffs(starts[0], number),
     )
+
+
+def _handoffs(since: datetime, number: str | None) -> Handoffs:
+    """The handoffs opened since `since` (on `number`'s conversations when given)."""
+    opened = Handoff.select(Handoff.reason, Handoff.opened_at, Handoff.first_reply_at).join(Conversation).where(
+        Handoff.opened_at >= since)
+    if number is not None:
+        opened = opened.where(Conversation.number == number)
+    by_reason: dict[str, int] = {}
+    waits = []
+    for reason, opened_at, first_reply_at in opened.tuples():
+        by_reason[reason] = by_reason.get(reason, 0) + 1
+        if first_reply_at is not None:
+            waits.append((first_reply_at - opened_at).total_seconds() / 60)
+    waits.sort()
+    return Handoffs(by_reason=dict(sorted(by_reason.items(), key=lambda item: (-item[1], item[0]))),
+                    replied=len(waits), first_reply_p50=waits[(len(waits) - 1) // 2] if waits else None,
+                    first_reply_max=waits[-1] if waits else None)
 
 
 def spend_since(since: datetime, number: str | None = None) -> Spend:

@@ -170,3 +170,19 @@ def test_each_deployment_has_a_metrics_folder_of_its_own_unless_one_is_named(env
     sales, support = (folder(DATABASE_URL=f"postgresql://bot@db.example.com/{name}") for name in ("sales", "support"))
     assert sales != support and Path(sales).parent == Path(support).parent == PROJECT_DIR / "instance"
     assert folder(DATABASE_URL=f"sqlite:///{tmp_path / 'bot.sqlite3'}", PROMETHEUS_MULTIPROC_DIR="/srv/m") == "/srv/m"
+
+
+def test_handoffs_are_counted_by_reason_and_the_first_human_reply_timed(client, post_webhook, run_jobs):
+    from chatbot.models import Conversation, Handoff
+    from chatbot.takeover import store_operator_reply
+
+    before = scrape(client)
+    post_webhook(inbound_form("I'd like to talk to a person", "whatsapp:+15550001111"))
+    run_jobs()
+    conversation = Conversation.get_by_id(Handoff.get().conversation_id)
+    store_operator_reply(conversation, "Hi, this is Sam from the team.", "ops")
+    store_operator_reply(conversation, "Anything else?", "ops")  # only the first reply is timed
+    changes = moved(before, scrape(client))
+    assert changes[("chatbot_handoffs_total", (("reason", "customer_request"),))] == 1
+    assert changes[("chatbot_handoff_first_reply_seconds_count", ())] == 1
+    assert Handoff.get().first_reply_at is not None

@@ -22,6 +22,7 @@ from chatbot.admin.drilldowns import chart_data, links
 from chatbot.error_explanations import OUTSIDE_WINDOW_CODE, Explanation, explain_stored_error, twilio_error
 from chatbot.jobs.queueing import queue_health
 from chatbot.models import AdminUser, Conversation, Message, Status, WhatsAppNumber
+from chatbot.models.handoff import reason_in_words
 from chatbot.redact import mask_phone, mask_phones_in
 from chatbot.reports import DEFAULT_PERIOD, PERIODS, compute_stats
 from chatbot.sanitizer import MAX_STORED_INT, whole_number
@@ -33,6 +34,15 @@ REVEAL_PHONES = "reveal_phones"
 # Why a playground's or the console's conversation is never taken over, replied to or retried.
 NOT_ON_WHATSAPP = ("this is a playground or console conversation, with nobody on WhatsApp at the other end: "
                    "nothing of it is ever sent through Twilio.")
+
+
+def minutes(value: float | None) -> str:
+    """Say a wait in minutes for people: `45 s`, `12 min`, `3.5 h`."""
+    if value is None:
+        return "—"
+    if value < 1:
+        return f"{value * 60:.0f} s"
+    return f"{value:.0f} min" if value < 90 else f"{value / 60:.1f} h"
 
 
 def services():
@@ -92,7 +102,7 @@ class PanelIndexView(LoginRequired, AdminIndexView):
         page = self.render("chatbot_admin/dashboard.html", stats=stats, queue=queue, links=figure_links,
                            charts=chart_data(stats, figure_links), periods=PERIODS, period=period,
                            default_period=DEFAULT_PERIOD,
-                           numbers=number_labels(), chosen=number)
+                           numbers=number_labels(), chosen=number, reason_words=reason_in_words, minutes=minutes)
         response = make_response(page)
         # This page runs only our own script files; Flask-Admin's list and form pages need inline ones.
         response.headers["Content-Security-Policy"] = DASHBOARD_CSP

@@ -33,6 +33,14 @@ REASON_WORDS = {
 }
 
 
+def reason_in_words(reason: str) -> str:
+    """Say why a person was called, in words (a reason of a later version as it is)."""
+    try:
+        return REASON_WORDS[HandoffReason(reason)]
+    except ValueError:
+        return reason
+
+
 class Handoff(BaseModel):
     """One call for a person in one conversation, from its opening to its resolution."""
 
@@ -81,10 +89,7 @@ class Handoff(BaseModel):
 
     @property
     def reason_words(self) -> str:
-        try:
-            return REASON_WORDS[HandoffReason(self.reason)]
-        except ValueError:
-            return self.reason
+        return reason_in_words(self.reason)
 
 
 class Note(BaseModel):
