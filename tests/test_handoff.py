@@ -168,3 +168,25 @@ def test_the_dashboard_counts_handoffs_by_reason_and_the_wait_for_a_person(servi
     section = page[page.index('id="handoffs"'):page.index('id="fallback-use"')]
     assert "the customer asked for a person</td><td class=\"text-right\">2</td>" in section
     assert "(1 of 2 answered)" in section
+
+
+def test_a_handoff_nobody_claimed_is_reminded_of_once_per_interval(services, post_webhook, run_jobs, chat):
+    from datetime import timedelta
+
+    from chatbot.handoff import claim
+    from chatbot.jobs import tasks
+    from chatbot.models import utcnow
+
+    post_webhook.message("/human", sender=ADA)
+    run_jobs()
+    assert len(chat.requests) == 1
+    assert tasks.remind_of_unclaimed_handoffs() == 0  # not yet: HANDOFF_REMIND_MINUTES is 30
+    Handoff.update(opened_at=utcnow() - timedelta(minutes=31)).execute()
+    assert tasks.remind_of_unclaimed_handoffs() == 1
+    run_jobs()
+    assert len(chat.requests) == 2 and "nobody has claimed it" in chat.requests[-1].body["text"]
+    assert tasks.remind_of_unclaimed_handoffs() == 0  # reminded just now
+
+    Handoff.update(reminded_at=utcnow() - timedelta(minutes=31)).execute()
+    assert claim(Handoff.get().id, "ops")
+    assert tasks.remind_of_unclaimed_handoffs() == 0  # claimed: nobody needs reminding
