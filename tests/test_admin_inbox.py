@@ -148,7 +148,7 @@ def test_notes_are_stored_and_shown_and_never_sent(operator, services, run_jobs,
     path = details(handoff.conversation)
     response = post(operator, f"/admin/conversation/note/{handoff.conversation_id}/",
                     {"note": "Refund approved by Dana, <b>do not</b> promise a date"}, token_from=path)
-    assert response.status_code == 302 and response.location.endswith("#notes")
+    assert response.status_code == 302 and response.location.endswith("#chat")
     note = Note.get()
     assert (note.author, note.text) == ("ops", "Refund approved by Dana, <b>do not</b> promise a date")
     page = page_text(operator, path)

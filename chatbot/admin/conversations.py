@@ -217,7 +217,7 @@ class ConversationView(PanelModelView):
         else:
             Note.create(conversation=conversation_id, author=signed_in_admin().username, text=text[:NOTE_LIMIT])
             flash("Note added: the team sees it here; the customer never does.", "success")
-        return self._back_to(conversation_id, "notes")
+        return self._back_to(conversation_id)
 
     @expose("/reveal/", methods=("POST",))
     def reveal_view(self):
@@ -306,9 +306,9 @@ class ConversationView(PanelModelView):
             flash(f"Deleted {len(ids)} conversation(s) with their messages and webhook log entries.", "success")
         return redirect(auth.safe_next(request.form.get("url"), self.get_url(".index_view")))
 
-    def _back_to(self, conversation_id, anchor: str = "chat"):
-        # At the newest messages and the reply box, not at the top of a long transcript.
-        return redirect(self.get_url(".details_view", id=conversation_id) + f"#{anchor}")
+    def _back_to(self, conversation_id):
+        # At the newest messages and the reply box (the page's messages above them), not at the top.
+        return redirect(self.get_url(".details_view", id=conversation_id) + "#chat")
 
     def _handle_view(self, name, **kwargs):
         refused = super()._handle_view(name, **kwargs)

@@ -6,6 +6,12 @@
 
   var INTERVAL_MS = 3000;
   var transcript = document.getElementById("transcript");
+  var chat = document.getElementById("chat");
+  // Opened without an anchor (a bookmark, a typed address): start at the newest messages and the
+  // reply box, as the panel's own links (#chat) do.
+  if (chat && !window.location.hash) {
+    chat.scrollIntoView();
+  }
   if (!transcript || !transcript.dataset.pollUrl) {
     return;
   }
