@@ -9,6 +9,7 @@ from flask_admin.theme import Bootstrap4Theme
 from chatbot.admin.access import AccessView
 from chatbot.admin.ai_configurations import AIConfigurationView
 from chatbot.admin.conversations import ConversationView, MessageView, OptOutView
+from chatbot.admin.inbox import CATEGORY, CannedReplyView, CountedLabel, InboxView
 from chatbot.admin.knowledge import KnowledgeView
 from chatbot.admin.numbers import NumbersView
 from chatbot.admin.panel import PanelIndexView, RowIdConverter, masked, signed_in_admin
@@ -16,7 +17,7 @@ from chatbot.admin.playground import PlaygroundView
 from chatbot.admin.problems import ProblemsView
 from chatbot.admin.spending import SpendingView
 from chatbot.admin.webhook_log import WebhookLogView
-from chatbot.models import AIConfiguration, Conversation, Message, OptOut, WebhookLog, WhatsAppNumber
+from chatbot.models import AIConfiguration, CannedReply, Conversation, Message, OptOut, WebhookLog, WhatsAppNumber
 
 
 def build_admin(app) -> Admin:
@@ -34,6 +35,10 @@ def build_admin(app) -> Admin:
     app.jinja_env.filters["masked"] = masked
     app.context_processor(
         lambda: {"current_admin": signed_in_admin() if request.path.startswith("/admin") else None})
+    # The inbox's category and entry count the customers waiting for a person, on every page drawn.
+    admin.add_category(CountedLabel(CATEGORY))
+    admin.add_view(InboxView(name=CountedLabel("Waiting"), category=CATEGORY, endpoint="inbox", url="/admin/inbox"))
+    admin.add_view(CannedReplyView(CannedReply, name="Canned replies", category=CATEGORY, endpoint="cannedreply"))
     admin.add_view(AIConfigurationView(AIConfiguration, name="AI configurations", endpoint="aiconfiguration"))
     admin.add_view(ConversationView(Conversation, name="Conversations", endpoint="conversation"))
     admin.add_view(NumbersView(WhatsAppNumber, name="Numbers", endpoint="whatsappnumber"))

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import datetime
 
-from flask import abort, flash, redirect, request, session
+from flask import abort, flash, make_response, redirect, request, session, url_for
 from flask_admin import expose
 from flask_admin.actions import action
 from flask_admin.contrib.peewee.filters import FilterEqual
@@ -14,7 +15,7 @@ from markupsafe import Markup
 from peewee import SQL, PeeweeException
 from redis.exceptions import RedisError
 
-from chatbot import auth, takeover
+from chatbot import auth, handoff, takeover
 from chatbot.admin.panel import (
     NOT_ON_WHATSAPP,
     REVEAL_PHONES,
@@ -32,10 +33,24 @@ from chatbot.admin.panel import (
     when_column,
 )
 from chatbot.jobs import queueing
-from chatbot.models import DELIVERY_FAILURES, Conversation, Message, ReplyPart, Role, Status
+from chatbot.models import (
+    DELIVERY_FAILURES,
+    CannedReply,
+    Conversation,
+    Handoff,
+    Message,
+    Note,
+    ReplyPart,
+    Role,
+    Status,
+)
+from chatbot.sanitizer import whole_number
+from chatbot.web.security import DASHBOARD_CSP
 from chatbot.web.status import delivery_fixes
 
 log = logging.getLogger(__name__)
+
+NOTE_LIMIT = 4000
 
 
 def _phone_with_delivery_flag(view, context, model, name):
@@ -75,6 +90,32 @@ def reply_time(answer: Message, question: Message | None) -> str:
     return f"{(answer.sent_at - question.created_at).total_seconds():.1f} s"
 
 
+def timeline_events(conversation: Conversation) -> list[tuple[datetime, str, object]]:
+    """Return the conversation's handoffs (opened, resolved) and internal notes as (when, kind, row),
+    in time order, for the transcript to show between its messages."""
+    events = []
+    for opened in conversation.handoffs.order_by(Handoff.opened_at):
+        events.append((opened.opened_at, "handoff", opened))
+        if opened.resolved_at is not None:
+            events.append((opened.resolved_at, "resolved", opened))
+    for note in conversation.notes:
+        events.append((note.created_at, "note", note))
+    return sorted(events, key=lambda event: event[0])
+
+
+def interleaved(messages: list[Message], events: list) -> list[tuple[str, object]]:
+    """Merge `events` into the messages (kept in id order) by time: each event comes after the
+    messages stored before it."""
+    timeline, pending = [], list(events)
+    for message in messages:
+        while pending and pending[0][0] < message.created_at:
+            _, kind, row = pending.pop(0)
+            timeline.append((kind, row))
+        timeline.append(("message", message))
+    timeline.extend((kind, row) for _, kind, row in pending)
+    return timeline
+
+
 def transcript_of(conversation: Conversation) -> dict:
     """Return the transcript's messages with, by message id, the questions each answer answers, its
     end-to-end reply time, its reply parts, the knowledge it was given and what went wrong with it in
@@ -93,8 +134,20 @@ def transcript_of(conversation: Conversation) -> dict:
             answered = message.metadata.get("answers") or [message.reply_to_id]
             questions[message.id] = [by_id[question_id] for question_id in answered if question_id in by_id]
             reply_times[message.id] = reply_time(message, by_id.get(message.reply_to_id))
-    return {"transcript": transcript, "parts": parts, "questions": questions, "reply_times": reply_times,
-            "explanations": explanations, "knowledge": knowledge}
+    return {"transcript": transcript, "timeline": interleaved(transcript, timeline_events(conversation)),
+            "parts": parts, "questions": questions, "reply_times": reply_times, "explanations": explanations,
+            "knowledge": knowledge}
+
+
+def handoff_desk(conversation: Conversation) -> dict:
+    """Return what the conversation page needs beside the transcript: the open handoff, the canned
+    replies, the reply box's text (a canned reply chosen by ?canned=<id>) and the new messages' poll."""
+    chosen = whole_number(request.args.get("canned", ""))
+    canned = CannedReply.get_or_none(CannedReply.id == chosen) if chosen else None
+    return {"handoff": Handoff.open_for(conversation.id),
+            "canned_replies": list(CannedReply.select().order_by(CannedReply.title)),
+            "canned": canned, "reply_text": canned.text if canned else "",
+            "poll_url": url_for("inbox.since_view", conversation_id=conversation.id, message_id=0)}
 
 
 class ConversationView(PanelModelView):
@@ -138,12 +191,33 @@ class ConversationView(PanelModelView):
     def render(self, template, **kwargs):
         if template == self.details_template and kwargs.get("model") is not None:
             kwargs.update(transcript_of(kwargs["model"]))
+            kwargs.update(handoff_desk(kwargs["model"]))
             kwargs["phone"] = phone_column(self, None, kwargs["model"], "user_phone")
             kwargs["delivery_fix"] = delivery_fixes([kwargs["model"].id]).get(kwargs["model"].id)
         if template == self.list_template and kwargs.get("data"):
             kwargs["delivery_fixes"] = delivery_fixes([conversation.id for conversation in kwargs["data"]])
             kwargs["number_labels"] = number_labels()
         return super().render(template, **kwargs)
+
+    @expose("/details/")
+    def details_view(self):
+        """The transcript, under the dashboard's policy: it runs only our own script files."""
+        response = make_response(super().details_view())
+        response.headers["Content-Security-Policy"] = DASHBOARD_CSP
+        return response
+
+    @expose("/note/<conversation_id>/", methods=("POST",))
+    def note_view(self, conversation_id):
+        text = (request.form.get("note") or "").strip()
+        conversation = Conversation.get_or_none(Conversation.id == conversation_id)
+        if not SecureForm(request.form).validate() or conversation is None:
+            flash("The request expired; please try again.", "error")
+        elif not text:
+            flash("Write the note first.", "error")
+        else:
+            Note.create(conversation=conversation_id, author=signed_in_admin().username, text=text[:NOTE_LIMIT])
+            flash("Note added: the team sees it here; the customer never does.", "success")
+        return self._back_to(conversation_id)
 
     @expose("/reveal/", methods=("POST",))
     def reveal_view(self):
@@ -166,7 +240,14 @@ class ConversationView(PanelModelView):
 
     @expose("/handback/<conversation_id>/", methods=("POST",))
     def hand_back_view(self, conversation_id):
-        if SecureForm(request.form).validate() and takeover.hand_back(Conversation.id == conversation_id):
+        if not SecureForm(request.form).validate():
+            return self._back_to(conversation_id)
+        # Handing back with a handoff open resolves it: a paused conversation nobody waits on is a lie.
+        if Handoff.open_for(conversation_id) is not None:
+            resolved = handoff.resolve(conversation_id, signed_in_admin().username)
+        else:
+            resolved = takeover.hand_back(Conversation.id == conversation_id)
+        if resolved:
             flash("Handed back: the bot answers the next message.", "success")
         return self._back_to(conversation_id)
 
@@ -226,7 +307,8 @@ class ConversationView(PanelModelView):
         return redirect(auth.safe_next(request.form.get("url"), self.get_url(".index_view")))
 
     def _back_to(self, conversation_id):
-        return redirect(self.get_url(".details_view", id=conversation_id))
+        # At the newest messages and the reply box (the page's messages above them), not at the top.
+        return redirect(self.get_url(".details_view", id=conversation_id) + "#chat")
 
     def _handle_view(self, name, **kwargs):
         refused = super()._handle_view(name, **kwargs)
