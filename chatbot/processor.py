@@ -370,12 +370,16 @@ class MessageProcessor:
                 metadata=metadata,
             )
             if found.best_score is not None and self.retriever is not None:
+                said_not_covered = says_not_covered(reply.text)
                 gap = (GapReason.LOW_SCORE if not found.covered(self.retriever.min_score)
-                       else GapReason.NOT_COVERED if says_not_covered(reply.text) else None)
+                       else GapReason.NOT_COVERED if said_not_covered else None)
                 if gap is not None:
                     KnowledgeGap.create(message=question, number=conversation.number, question=asked[:4000],
                                         reason=gap.value, best_score=found.best_score)
-                    answer.metadata = {**answer.metadata, "not_covered": gap.value}
+                if said_not_covered:
+                    # Counted towards HANDOFF_AFTER_FAILURES: the model said it could not answer (a low
+                    # score alone is also "thanks" or "hello", which need no person).
+                    answer.metadata = {**answer.metadata, "not_covered": True}
                     answer.save()
             for member in burst:
                 # save(), not a status update: reading an attachment may have added a transcript.

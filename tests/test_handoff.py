@@ -190,3 +190,21 @@ def test_a_handoff_nobody_claimed_is_reminded_of_once_per_interval(services, pos
     Handoff.update(reminded_at=utcnow() - timedelta(minutes=31)).execute()
     assert claim(Handoff.get().id, "ops")
     assert tasks.remind_of_unclaimed_handoffs() == 0  # claimed: nobody needs reminding
+
+
+def test_answers_that_say_the_knowledge_does_not_cover_them_call_a_person_and_small_talk_does_not(
+        services, post_webhook, run_jobs, fake_openrouter, fake_twilio):
+    from chatbot.knowledge import sources
+
+    sources.add_text(services.queue, "# Returns\n\nReturns are accepted within 30 days.", "Returns policy")
+    run_jobs()
+    for text in ("hello", "thanks", "ok great"):  # nothing in the knowledge matches: no person needed
+        post_webhook.message(text, sender=ADA)
+        run_jobs()
+    assert Handoff.select().count() == 0
+    fake_openrouter.reply_for = lambda messages: "Sorry, I don't have that information."
+    for text in ("Can I return shoes after 40 days?", "What about returns of a gift?", "Returns for sale items?"):
+        post_webhook.message(text, sender=ADA)
+        run_jobs()
+    assert Handoff.get().reason == "repeated_failure"
+    assert bodies(fake_twilio)[-1] == f"Sorry, I don't have that information.\n\n{DEFAULT_HANDOFF_MESSAGE}"
