@@ -199,7 +199,10 @@ class OpenRouterAdapter(AIAdapter):
             raise _error_from_body(choice["error"], status=200)
         message = choice.get("message") or {}
         text = (message.get("content") or "").strip()
-        calls = tuple(_tool_call(call) for call in message.get("tool_calls") or () if isinstance(call, dict))
+        offered = {tool["function"]["name"] for tool in tools or ()}
+        # Only a tool it was offered: a call to one it made up is no answer at all.
+        calls = tuple(call for call in (_tool_call(raw) for raw in message.get("tool_calls") or ()
+                                        if isinstance(raw, dict)) if call.name in offered)
         if not text and not calls:
             raise AIError("answer was empty", retryable=True, status=200)
         return Reply(text=text, model=body.get("model") or self.settings.model, usage=body.get("usage") or {},

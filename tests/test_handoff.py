@@ -208,3 +208,16 @@ def test_answers_that_say_the_knowledge_does_not_cover_them_call_a_person_and_sm
         run_jobs()
     assert Handoff.get().reason == "repeated_failure"
     assert bodies(fake_twilio)[-1] == f"Sorry, I don't have that information.\n\n{DEFAULT_HANDOFF_MESSAGE}"
+
+
+def test_a_call_to_a_tool_the_model_was_not_offered_is_no_answer(services, post_webhook, run_jobs, fake_openrouter,
+                                                                  fake_twilio):
+    made_up = tool_call()
+    made_up.body["choices"][0]["message"]["tool_calls"][0]["function"]["name"] = "launch_rockets"
+    fake_openrouter.tool_models = {"openai/gpt-4o-mini"}
+    fake_openrouter.then(made_up)
+    post_webhook.message("Hello", sender=ADA)
+    run_jobs()
+    # Retried as an empty answer: the next attempt answers.
+    assert bodies(fake_twilio) == ["Answer to: Hello"] and Handoff.select().count() == 0
+    assert len(fake_openrouter.completions) == 2
