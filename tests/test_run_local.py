@@ -82,8 +82,8 @@ class LocalRun:
         assert self.process.poll() is None, self.output
         try:
             return requests.get(self.url("/health"), timeout=2).status_code == 200
-        except requests.ConnectionError:
-            return False
+        except (requests.ConnectionError, requests.Timeout):
+            return False  # not up yet, or a busy machine answering slowly: asked again
 
     def ctrl_c(self) -> int:
         """Send SIGINT to the whole foreground group, as Ctrl-C in a terminal does; return the exit code."""
