@@ -227,6 +227,8 @@ class Config:
     notify_from: str = ""
     # Minutes after which a handoff nobody claimed is announced again; 0 never.
     handoff_remind_minutes: int = 30
+    # Every admin user must enrol a second factor (TOTP) at their next login.
+    require_2fa: bool = False
     max_reply_parts: int = 10
     max_request_bytes: int = 64 * 1024
     force_https: bool = False
@@ -343,6 +345,7 @@ class Config:
             "smtp_url": reader.url("SMTP_URL", ("smtp", "smtps"), ""),
             "notify_emails": reader.email_list("NOTIFY_EMAILS"),
             "notify_from": reader.text("NOTIFY_FROM"),
+            "require_2fa": reader.boolean("REQUIRE_2FA", cls.require_2fa),
             "handoff_remind_minutes": reader.integer("HANDOFF_REMIND_MINUTES", cls.handoff_remind_minutes, minimum=0,
                                                      maximum=7 * 24 * 60),
             "embedding_model": reader.text("EMBEDDING_MODEL", default=cls.embedding_model),

@@ -19,6 +19,12 @@ from chatbot.models import AdminUser, utcnow
 SESSION_ID = "admin_session"
 # An admin session unused this long ends; every admin request restarts the clock.
 ADMIN_IDLE_SECONDS = 30 * 60
+# Between a right password and the second factor: the id of a half-login, which opens no page.
+PENDING_ID = "admin_pending"
+# A half-login not finished with a code within this time ends; it is never extended.
+PENDING_SECONDS = 5 * 60
+# A successful login from an address lets that (user, address) pass the username ceiling this long.
+KNOWN_ADDRESS_SECONDS = 30 * 24 * 3600
 
 
 class SessionsForPeopleOnly(SecureCookieSessionInterface):
@@ -72,17 +78,40 @@ class AdminSessions:
     def end(self, session_id: str) -> None:
         self.redis.delete(self._key(session_id))
 
+    @staticmethod
+    def _pending_key(pending_id: str) -> str:
+        return f"chatbot:admin-pending:{pending_id}"
+
+    def start_pending(self, user: AdminUser) -> str:
+        """Store a half-login for `user` (password right, code still due) and return its id."""
+        pending_id = secrets.token_urlsafe(32)
+        self.redis.set(self._pending_key(pending_id), f"{user.id}:{user.session_stamp()}", ex=PENDING_SECONDS)
+        return pending_id
+
+    def pending(self, pending_id: str) -> tuple[int, str] | None:
+        """Return the half-login's (user id, password stamp); None once it ended or timed out."""
+        value = self.redis.get(self._pending_key(pending_id))
+        if value is None:
+            return None
+        user_id, _, stamp = value.decode().partition(":")
+        return int(user_id), stamp
+
+    def end_pending(self, pending_id: str) -> None:
+        self.redis.delete(self._pending_key(pending_id))
+
 
 # One call decides and counts, so parallel attempts cannot all pass one check before any is counted.
 # KEYS: pair attempts, pair lock, username attempts, address attempts.
-# ARGV: free pair attempts, longest pair wait, pair memory, username ceiling, address ceiling, ceiling window.
+# ARGV: free pair attempts, longest pair wait, pair memory, username ceiling, address ceiling, ceiling window,
+# 1 when this attempt passes the username ceiling (see `claim_attempt`), else 0.
 # Returns the milliseconds to wait, or 0 when this attempt may check the password.
 CLAIM_ATTEMPT = """
 local locked = redis.call('PTTL', KEYS[2])
 if locked > 0 then return locked end
 for index, ceiling in ipairs({ARGV[4], ARGV[5]}) do
   local key = KEYS[index + 2]
-  if tonumber(redis.call('GET', key) or '0') >= tonumber(ceiling) then
+  local passes = index == 1 and ARGV[7] == '1'
+  if not passes and tonumber(redis.call('GET', key) or '0') >= tonumber(ceiling) then
     return math.max(redis.call('PTTL', key), 1)
   end
 end
@@ -132,17 +161,46 @@ class LoginThrottle:
         return [f"chatbot:login:pair:{user}:{address}", f"chatbot:login:lock:{user}:{address}",
                 f"chatbot:login:user:{user}", f"chatbot:login:addr:{address}"]
 
-    def claim(self, username: str, address: str) -> int:
-        """Count an attempt; return 0 when it may check the password, else the seconds to wait."""
+    def claim(self, username: str, address: str, past_username_ceiling: bool = False) -> int:
+        """Count an attempt; return 0 when it may check the password, else the seconds to wait.
+
+        `past_username_ceiling` lets the attempt through a full per-username ceiling (it is still
+        counted, and the pair's backoff and the address ceiling still apply).
+        """
         # The pair's record outlives its longest wait, so backoff keeps growing across waits.
         wait_ms = self._claim(keys=self._keys(username, address), args=[
             self.free_attempts, self.longest_wait, 4 * self.longest_wait,
-            self.per_username, self.per_address, self.ceiling_window])
+            self.per_username, self.per_address, self.ceiling_window, int(past_username_ceiling)])
         return math.ceil(int(wait_ms) / 1000)
 
     def forgive(self, username: str, address: str) -> None:
         """Clear the record of (username, address) after a successful login."""
         self._forgive(keys=self._keys(username, address))
+
+    @staticmethod
+    def _known_key(username: str, address: str) -> str:
+        user = hashlib.sha256(username.strip().lower().encode()).hexdigest()[:24]
+        return f"chatbot:login:known:{user}:{address}"
+
+    def remember(self, username: str, address: str) -> None:
+        """Note that `username` logged in from `address`, for KNOWN_ADDRESS_SECONDS from now."""
+        self.redis.set(self._known_key(username, address), 1, ex=KNOWN_ADDRESS_SECONDS)
+
+    def known(self, username: str, address: str) -> bool:
+        """Whether `username` logged in from `address` within KNOWN_ADDRESS_SECONDS."""
+        return bool(self.redis.exists(self._known_key(username, address)))
+
+
+def claim_attempt(throttle: LoginThrottle, username: str, address: str) -> int:
+    """Count a password or code attempt; return 0 when it may be checked, else the seconds to wait.
+
+    Strangers filling the per-username ceiling must not lock an owner out, so the ceiling does not
+    stop a user with two-factor login on (the code still guards them) nor an address that user
+    logged in from before. The pair's backoff and the per-address ceiling hold for everyone.
+    """
+    user = AdminUser.get_or_none(AdminUser.username == username.strip())
+    passes = (user is not None and user.has_two_factor) or throttle.known(username, address)
+    return throttle.claim(username, address, past_username_ceiling=passes)
 
 
 def authenticate(username: str, password: str) -> AdminUser | None:
@@ -164,11 +222,33 @@ def log_in(user: AdminUser, sessions: AdminSessions) -> None:
 
 
 def log_out(sessions: AdminSessions) -> None:
-    """End the session on the server too, so a copy of the cookie stops working."""
+    """End the session (and any half-login) on the server too, so a copy of the cookie stops working."""
     session_id = session.pop(SESSION_ID, None)
+    pending_id = session.pop(PENDING_ID, None)
     session.clear()
     if session_id:
         sessions.end(session_id)
+    if pending_id:
+        sessions.end_pending(pending_id)
+
+
+def start_half_login(user: AdminUser, sessions: AdminSessions) -> None:
+    """After a right password for a user with two-factor login: remember who, until the code comes."""
+    log_out(sessions)
+    session[PENDING_ID] = sessions.start_pending(user)
+
+
+def half_logged_in(sessions: AdminSessions) -> AdminUser | None:
+    """Return the user whose password was right and whose code is still due; None when there is none."""
+    pending_id = session.get(PENDING_ID)
+    if not pending_id:
+        return None
+    held = sessions.pending(pending_id)
+    user = AdminUser.get_or_none(AdminUser.id == held[0]) if held else None
+    if user is None or held[1] != user.session_stamp() or not user.has_two_factor:
+        log_out(sessions)
+        return None
+    return user
 
 
 def current_admin(sessions: AdminSessions) -> AdminUser | None:

@@ -78,7 +78,7 @@ def test_conversations_untouched_for_retention_days_go_with_their_messages_conte
     counts = tasks.cleanup_expired_conversations()
 
     assert counts == {"conversations_ended": 2, "conversations_deleted": 1, "messages_deleted": 4,
-                      "webhook_logs_deleted": 2}
+                      "webhook_logs_deleted": 2, "audit_events_deleted": 0}
     assert Conversation.get_or_none(Conversation.id == old.id) is None
     assert (messages_of(ADA), messages_of(BOB), messages_of(CAT)) == (0, 4, 4)
     assert "15550001111" not in "".join(entry.body for entry in WebhookLog.select())
@@ -111,7 +111,7 @@ def test_zero_keeps_conversations_and_webhook_log_forever(services, stored):
     counts = tasks.cleanup_expired_conversations()
 
     assert counts == {"conversations_ended": 1, "conversations_deleted": 0, "messages_deleted": 0,
-                      "webhook_logs_deleted": 0}
+                      "webhook_logs_deleted": 0, "audit_events_deleted": 0}
     assert messages_of(ADA) == 4
     assert WebhookLog.select().count() == 4
 
@@ -182,7 +182,7 @@ def test_an_idle_cleanup_stays_quiet_and_a_busy_one_logs_one_line_of_counts(serv
         tasks.cleanup_expired_conversations()
     lines = [record.getMessage() for record in caplog.records if record.name == "chatbot.jobs.tasks"]
     assert lines == ["cleanup conversations_ended=1 conversations_deleted=1 messages_deleted=4 "
-                     "webhook_logs_deleted=3"]
+                     "webhook_logs_deleted=3 audit_events_deleted=0"]
 
 
 def test_cleanup_command_prints_the_counts(cli, services, stored):

@@ -6,16 +6,19 @@ from flask_admin import Admin
 from flask_admin.form import SecureForm
 from flask_admin.theme import Bootstrap4Theme
 
+from chatbot.admin import audit_log
 from chatbot.admin.access import AccessView
 from chatbot.admin.ai_configurations import AIConfigurationView
 from chatbot.admin.conversations import ConversationView, MessageView, OptOutView
 from chatbot.admin.inbox import CATEGORY, CannedReplyView, CountedLabel, InboxView
 from chatbot.admin.knowledge import KnowledgeView
 from chatbot.admin.numbers import NumbersView
-from chatbot.admin.panel import PanelIndexView, RowIdConverter, masked, signed_in_admin
+from chatbot.admin.panel import PanelIndexView, RowIdConverter, masked, may_do, numbers_revealed, signed_in_admin
 from chatbot.admin.playground import PlaygroundView
 from chatbot.admin.problems import ProblemsView
 from chatbot.admin.spending import SpendingView
+from chatbot.admin.two_factor import TwoFactorView
+from chatbot.admin.users import UsersView
 from chatbot.admin.webhook_log import WebhookLogView
 from chatbot.models import AIConfiguration, CannedReply, Conversation, Message, OptOut, WebhookLog, WhatsAppNumber
 
@@ -33,6 +36,8 @@ def build_admin(app) -> Admin:
     )
     app.jinja_env.globals["admin_secure_form"] = SecureForm
     app.jinja_env.filters["masked"] = masked
+    app.jinja_env.globals.update(may_do=may_do, numbers_revealed=numbers_revealed)
+    audit_log.init_app(app)
     app.context_processor(
         lambda: {"current_admin": signed_in_admin() if request.path.startswith("/admin") else None})
     # The inbox's category and entry count the customers waiting for a person, on every page drawn.
@@ -50,5 +55,8 @@ def build_admin(app) -> Admin:
     admin.add_view(SpendingView(name="Spending", endpoint="spending", url="/admin/spending"))
     admin.add_view(AccessView(name="Access", endpoint="access", url="/admin/access"))
     admin.add_view(WebhookLogView(WebhookLog, name="Webhook log", endpoint="webhooklog"))
+    admin.add_view(audit_log.AuditLogView(name="Audit log", endpoint="audit", url="/admin/audit"))
+    admin.add_view(UsersView(name="Users", endpoint="users", url="/admin/users"))
+    admin.add_view(TwoFactorView(name="Two-factor login", endpoint="two_factor", url="/admin/two-factor"))
     return admin
 

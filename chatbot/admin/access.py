@@ -1,19 +1,22 @@
 """The Access page: who may talk to the bot, overriding ACCESS_MODE and ACCESS_NOTICE."""
 from __future__ import annotations
 
-from flask import flash, redirect, request, session
+from flask import flash, redirect, request
 from flask_admin import BaseView, expose
 from flask_admin.form import SecureForm
 
-from chatbot.admin.panel import REVEAL_PHONES, LoginRequired, masked, services
+from chatbot.admin.panel import LoginRequired, masked, numbers_revealed, services
 from chatbot.models import AccessEntry, Setting
 from chatbot.redact import mask_phone
+from chatbot.roles import Role
 from chatbot.stages.access import MODE_KEY, NOTICE_KEY, parse_numbers
 from config import ACCESS_MODES
 
 
 class AccessView(LoginRequired, BaseView):
     """Who may talk to the bot: the mode, the notice, and the admin's lists (ACCESS_LIST shown, not editable)."""
+
+    role_needed = Role.ADMIN
 
     @expose("/")
     def index(self):
@@ -25,8 +28,8 @@ class AccessView(LoginRequired, BaseView):
             environment_mode=policy.mode,
             environment_numbers=sorted(policy.listed),
             lists={kind: list(AccessEntry.of_kind(kind)) for kind in ("allow", "block")},
-            phone=lambda number: number if session.get(REVEAL_PHONES) else mask_phone(number),
-            revealed=session.get(REVEAL_PHONES, False),
+            phone=lambda number: number if numbers_revealed() else mask_phone(number),
+            revealed=numbers_revealed(),
         )
 
     @expose("/mode/", methods=("POST",))

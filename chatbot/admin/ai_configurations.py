@@ -15,6 +15,7 @@ from chatbot.checks import openrouter_checks
 from chatbot.crypto import SecretDecryptionError
 from chatbot.errors import AIError
 from chatbot.models import AIConfiguration, utcnow
+from chatbot.roles import Role
 from chatbot.sanitizer import whole_number
 from config import comma_list
 
@@ -33,6 +34,8 @@ class WriteOnlyField(PasswordField):
 
 class AIConfigurationView(PanelModelView):
     """AI provider settings; the API key is write-only and shown only masked."""
+
+    role_needed = Role.ADMIN
 
     list_template = "chatbot_admin/aiconfiguration_list.html"
     column_extra_row_actions = [TemplateLinkRowAction("chatbot_row_actions.test_connection", "Test connection")]

@@ -16,6 +16,7 @@ from peewee import SQL, PeeweeException
 from redis.exceptions import RedisError
 
 from chatbot import auth, handoff, takeover
+from chatbot.admin.audit_log import record_here
 from chatbot.admin.panel import (
     NOT_ON_WHATSAPP,
     REVEAL_PHONES,
@@ -44,6 +45,7 @@ from chatbot.models import (
     Role,
     Status,
 )
+from chatbot.roles import Role as TeamRole
 from chatbot.sanitizer import whole_number
 from chatbot.web.security import DASHBOARD_CSP
 from chatbot.web.status import delivery_fixes
@@ -157,8 +159,14 @@ class ConversationView(PanelModelView):
     details_template = "chatbot_admin/conversation_details.html"
     can_create = False
     can_edit = False
-    can_delete = True
     can_view_details = True
+    roles_needed = {
+        "note_view": TeamRole.AGENT, "take_over_view": TeamRole.AGENT, "hand_back_view": TeamRole.AGENT,
+        "reply_view": TeamRole.AGENT, "reset_context_view": TeamRole.AGENT, "deactivate_view": TeamRole.AGENT,
+        "reset_context": TeamRole.AGENT, "deactivate": TeamRole.AGENT,
+        "confirm_delete_view": TeamRole.ADMIN, "delete_confirmed_view": TeamRole.ADMIN,
+        "reveal_view": TeamRole.OWNER,
+    }
     column_list = ("user_phone", "profile_name", "number", "message_count", "last_message", "failures", "is_active",
                    "paused_by", "waiting", "updated_at")
     column_labels = {"user_phone": "Phone", "profile_name": "Name", "number": "Number", "message_count": "Messages",
@@ -185,8 +193,10 @@ class ConversationView(PanelModelView):
 
     def get_list_row_actions(self):
         # Words, not bare icons; deleting asks on a page of its own rather than in a pop-up.
-        return [TemplateLinkRowAction("chatbot_row_actions.transcript", "Transcript"),
-                TemplateLinkRowAction("chatbot_row_actions.confirm_delete", "Delete")]
+        actions = [TemplateLinkRowAction("chatbot_row_actions.transcript", "Transcript")]
+        if self.can_delete:
+            actions.append(TemplateLinkRowAction("chatbot_row_actions.confirm_delete", "Delete"))
+        return actions
 
     def render(self, template, **kwargs):
         if template == self.details_template and kwargs.get("model") is not None:
@@ -223,6 +233,7 @@ class ConversationView(PanelModelView):
     def reveal_view(self):
         if SecureForm(request.form).validate():
             session[REVEAL_PHONES] = not session.get(REVEAL_PHONES)
+            record_here("reveal_numbers" if session[REVEAL_PHONES] else "mask_numbers", target=request.path)
         return redirect(auth.safe_next(request.form.get("next"), self.get_url(".index_view")))
 
     @expose("/takeover/<conversation_id>/", methods=("POST",))
@@ -402,7 +413,6 @@ class OptOutView(PanelModelView):
 
     can_create = False
     can_edit = False
-    can_delete = True
     column_list = ("user_phone", "number", "created_at")
     column_labels = {"user_phone": "Phone", "number": "Number", "created_at": "Opted out at"}
     column_formatters = {"user_phone": phone_column, "number": _opted_out_of, "created_at": when_column}

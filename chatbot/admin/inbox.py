@@ -18,6 +18,7 @@ from chatbot import auth, handoff
 from chatbot.admin.conversations import is_uuid, shortened
 from chatbot.admin.panel import LoginRequired, PanelModelView, masked, number_labels, phone_column, signed_in_admin
 from chatbot.models import Handoff, Message, Role, utcnow
+from chatbot.roles import Role as TeamRole
 from chatbot.sanitizer import MAX_STORED_INT
 from chatbot.web.security import DASHBOARD_CSP
 
@@ -78,6 +79,8 @@ def strict(page):
 
 class InboxView(LoginRequired, BaseView):
     """The open handoffs, the longest waiting first, with Claim, Open and Resolve."""
+
+    roles_needed = {"claim_view": TeamRole.AGENT, "resolve_view": TeamRole.AGENT}
 
     @expose("/")
     def index(self):
@@ -147,6 +150,8 @@ class InboxView(LoginRequired, BaseView):
 
 class CannedReplyView(PanelModelView):
     """The replies the team sends often: picked on a conversation page to fill the reply box."""
+
+    role_needed = TeamRole.ADMIN
 
     column_list = ("title", "text")
     column_searchable_list = ("title", "text")

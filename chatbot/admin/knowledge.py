@@ -16,6 +16,7 @@ from chatbot.errors import AIError
 from chatbot.knowledge import sources
 from chatbot.media import megabytes
 from chatbot.models import ApprovedAnswer, GapReason, KnowledgeGap, KnowledgeSource, Message, Role, SourceKind
+from chatbot.roles import Role as TeamRole
 from chatbot.sanitizer import whole_number
 from chatbot.web.security import DASHBOARD_CSP
 
@@ -96,6 +97,10 @@ def question_before(answer: Message) -> str:
 
 class KnowledgeView(LoginRequired, BaseView):
     """Sources, approved answers, a search preview and the questions the knowledge did not cover."""
+
+    # Reading and the search preview are for everyone; every change, and its forms, for admins.
+    roles_needed = {"search_view": TeamRole.VIEWER, "new_approved_view": TeamRole.ADMIN,
+                    "edit_approved_view": TeamRole.ADMIN}
 
     @expose("/")
     def index(self):

@@ -7,6 +7,7 @@ from wtforms.validators import ValidationError
 from chatbot.admin.panel import ModelRule, PanelModelView, services, when_column
 from chatbot.models import WhatsAppNumber, utcnow
 from chatbot.numbers import SWITCHED_OFF
+from chatbot.roles import Role
 from config import whatsapp_address
 
 
@@ -17,6 +18,8 @@ def _whatsapp_address(text):
 
 class NumbersView(PanelModelView):
     """The WhatsApp numbers the assistant answers on, and how it answers on each."""
+
+    role_needed = Role.ADMIN
 
     list_template = "chatbot_admin/whatsappnumber_list.html"
     column_list = ("address", "label", "ai_configuration", "greeting", "template_sid", "monthly_budget", "is_active",

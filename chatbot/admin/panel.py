@@ -5,7 +5,18 @@ import json
 import logging
 import math
 
-from flask import current_app, flash, g, get_template_attribute, make_response, redirect, request, session, url_for
+from flask import (
+    current_app,
+    flash,
+    g,
+    get_template_attribute,
+    has_request_context,
+    make_response,
+    redirect,
+    request,
+    session,
+    url_for,
+)
 from flask_admin import AdminIndexView, expose
 from flask_admin.contrib.peewee import ModelView
 from flask_admin.contrib.peewee.filters import FilterEqual
@@ -17,7 +28,7 @@ from redis.exceptions import RedisError
 from werkzeug.routing import IntegerConverter
 from wtforms.validators import ValidationError
 
-from chatbot import auth
+from chatbot import audit, auth
 from chatbot.admin.drilldowns import chart_data, links
 from chatbot.error_explanations import OUTSIDE_WINDOW_CODE, Explanation, explain_stored_error, twilio_error
 from chatbot.jobs.queueing import queue_health
@@ -25,6 +36,7 @@ from chatbot.models import AdminUser, Conversation, Message, Status, WhatsAppNum
 from chatbot.models.handoff import reason_in_words
 from chatbot.redact import mask_phone, mask_phones_in
 from chatbot.reports import DEFAULT_PERIOD, PERIODS, compute_stats
+from chatbot.roles import Role, may
 from chatbot.sanitizer import MAX_STORED_INT, whole_number
 from chatbot.web.security import DASHBOARD_CSP
 
@@ -57,30 +69,99 @@ def admin_sessions() -> auth.AdminSessions:
     return auth.AdminSessions(services().redis)
 
 
-def signed_in_admin() -> AdminUser | None:
-    """Return this request's logged-in admin, looked up once; None (fail closed) when Redis is down."""
-    if "admin_user" not in g:
+def session_admin() -> AdminUser | None:
+    """Return this request's logged-in user, looked up once, even one who still has to enrol in
+    two-factor login; None (fail closed) when Redis is down."""
+    if "session_user" not in g:
         g.sessions_down = False
         try:
-            g.admin_user = auth.current_admin(admin_sessions())
+            g.session_user = auth.current_admin(admin_sessions())
         except RedisError as error:
             log.error("admin sessions unavailable: %s", error)
-            g.admin_user, g.sessions_down = None, True
+            g.session_user, g.sessions_down = None, True
+    return g.session_user
+
+
+def enrolment_due(user: AdminUser) -> bool:
+    """Whether REQUIRE_2FA keeps `user` on the two-factor enrolment page until they enrol."""
+    return services().config.require_2fa and not user.has_two_factor
+
+
+def signed_in_admin() -> AdminUser | None:
+    """Return this request's logged-in admin; None when logged out, or while their enrolment is due."""
+    if "admin_user" not in g:
+        user = session_admin()
+        g.enrolment_due = user is not None and enrolment_due(user)
+        g.admin_user = None if g.enrolment_due else user
     return g.admin_user
 
 
+def signed_in_role() -> str | None:
+    """The logged-in admin's role, or None when nobody is logged in (or outside a request)."""
+    user = signed_in_admin() if has_request_context() else None
+    return user.role if user is not None else None
+
+
+def may_do(needed: Role | str) -> bool:
+    """Whether the logged-in admin's role may do what needs `needed` (templates ask it to hide buttons)."""
+    role = signed_in_role()
+    return role is not None and may(role, Role(needed))
+
+
 class LoginRequired:
-    """Every admin page needs a logged-in operator; others are sent to the login page."""
+    """Every admin page needs a logged-in operator (others are sent to the login page) whose role
+    may use it: `role_needed` for the view, `roles_needed` for an endpoint (by its method name) or an
+    action (by its name) that needs more, and `role_to_change` for any other request that is not a
+    GET, so a new form posts for the cautious role until someone says otherwise. A logged-in
+    operator whose role is too low gets 403 and a page that names the role needed."""
+
+    role_needed: Role = Role.VIEWER
+    role_to_change: Role = Role.ADMIN
+    roles_needed: dict[str, Role] = {}
 
     def is_accessible(self) -> bool:
-        return signed_in_admin() is not None
+        return may_do(self.role_needed)
 
     def inaccessible_callback(self, name, **kwargs):
-        return redirect(url_for("admin.login_view", next=request.full_path.rstrip("?")))
+        if signed_in_admin() is None:
+            if g.get("enrolment_due"):
+                return redirect(url_for("two_factor.index"))
+            return redirect(url_for("admin.login_view", next=request.full_path.rstrip("?")))
+        return self.refused(self.role_needed)
+
+    def role_for(self, name: str) -> Role:
+        """The role the endpoint `name` needs for this request."""
+        if name in self.roles_needed:
+            return self.roles_needed[name]
+        return self.role_needed if request.method in ("GET", "HEAD") else max_role(self.role_needed,
+                                                                                 self.role_to_change)
+
+    def _handle_view(self, name, **kwargs):
+        refused = super()._handle_view(name, **kwargs)
+        if refused is None and not may_do(self.role_for(name)):
+            return self.refused(self.role_for(name))
+        return refused
+
+    def refused(self, needed: Role):
+        """The 403 page for a logged-in operator whose role is below `needed`."""
+        log.warning("admin %s refused: role %s below %s", mask_phones_in(request.path), signed_in_role(), needed)
+        return self.render("chatbot_admin/forbidden.html", needed=needed, role=signed_in_role()), 403
+
+
+def max_role(first: Role, second: Role) -> Role:
+    """The higher of two roles."""
+    return first if may(first, second) else second
 
 
 class PanelIndexView(LoginRequired, AdminIndexView):
-    """The dashboard, plus the login and logout pages (the only pages open without a session)."""
+    """The dashboard, plus the login and logout pages (the only pages open without a session).
+
+    A right password logs in a user without two-factor login; one with it gets a half-login, which
+    opens only the code page (chatbot/admin/two_factor.py).
+    """
+
+    # Its forms are the operator's own session and account: any role may post them.
+    role_to_change = Role.VIEWER
 
     def _handle_view(self, name, **kwargs):
         if name in ("login_view", "logout_view"):
@@ -114,40 +195,57 @@ class PanelIndexView(LoginRequired, AdminIndexView):
         error, status = None, 200
         if request.method == "POST" and form.validate():
             try:
-                error, status = self._try_login(form)
+                error, status, then = self._try_login(form)
             except RedisError as failure:
                 log.error("admin login unavailable: %s", failure)
                 error, status = SESSIONS_DOWN, 503
             if error is None:
-                return redirect(auth.safe_next(request.args.get("next"), url_for("admin.index")))
+                return redirect(then)
         elif request.method == "POST":
             error, status = "The form expired or was incomplete; please try again.", 400
         elif signed_in_admin() is None and g.sessions_down:
             error, status = SESSIONS_DOWN, 503
+        elif g.enrolment_due:
+            return redirect(url_for("two_factor.index"))
         return self.render("chatbot_admin/login.html", form=form, error=error), status
 
     @staticmethod
-    def _try_login(form) -> tuple[str | None, int]:
-        """Check the credentials under the throttle; start a session and return (None, 302) on success."""
+    def _try_login(form) -> tuple[str | None, int, str | None]:
+        """Check the credentials under the throttle; on success return (None, 302, where to go next)."""
         throttle = auth.LoginThrottle(services().redis)
         address = request.remote_addr or "unknown"
-        wait = throttle.claim(form.username.data, address)
+        typed = form.username.data
+        next_page = auth.safe_next(request.args.get("next"), url_for("admin.index"))
+        wait = auth.claim_attempt(throttle, typed, address)
         if wait:
-            return f"Too many failed attempts. Try again in {math.ceil(wait / 60)} minute(s).", 429
-        user = auth.authenticate(form.username.data, form.password.data)
+            audit.record("login_failed", target=typed, detail="throttled", address=address)
+            return f"Too many failed attempts. Try again in {math.ceil(wait / 60)} minute(s).", 429, None
+        user = auth.authenticate(typed, form.password.data)
         if user is None:
             log.warning("admin login failed addr=%s", address)
-            return "Wrong username or password.", 401
-        throttle.forgive(form.username.data, address)
+            audit.record("login_failed", target=typed, detail="password", address=address)
+            return "Wrong username or password.", 401, None
+        if user.has_two_factor:
+            # The pair's record is cleared only once the code is right too: a known password alone
+            # must not buy fresh attempts at the code.
+            auth.start_half_login(user, admin_sessions())
+            return None, 302, url_for("two_factor.verify_view", next=next_page)
+        throttle.forgive(typed, address)
+        throttle.remember(typed, address)
         auth.log_in(user, admin_sessions())
-        return None, 302
+        audit.record("login", actor=user.username, target=user.username, detail="password", address=address)
+        return None, 302, url_for("two_factor.index") if enrolment_due(user) else next_page
 
     @expose("/logout/", methods=("POST",))
     def logout_view(self):
         form = SecureForm(request.form)
         if form.validate():
             try:
+                user = session_admin()
                 auth.log_out(admin_sessions())
+                if user is not None:
+                    audit.record("logout", actor=user.username, target=user.username,
+                                 address=request.remote_addr or "unknown")
             except RedisError as error:
                 # The cookie is cleared already; the server-side session ends at its idle timeout.
                 log.error("admin logout could not end the session in Redis: %s", error)
@@ -168,11 +266,42 @@ class PanelModelView(LoginRequired, ModelView):
 
     form_base_class = SecureForm
     page_size = 50
+    # Flask-Admin's own pages that change rows (their forms too: a GET of /new/ is refused as its POST).
+    CHANGES = ("create_view", "edit_view", "delete_view", "ajax_update")
     can_set_page_size = True
     search_hint = "Search"
 
     def search_placeholder(self) -> str:
         return self.search_hint
+
+    def role_for(self, name: str) -> Role:
+        if name in self.CHANGES and name not in self.roles_needed:
+            return max_role(self.role_needed, self.role_to_change)
+        if name == "action_view":
+            return self.action_role(request.form.get("action", ""))
+        return super().role_for(name)
+
+    def action_role(self, action: str) -> Role:
+        """The role a list action (Delete, Deactivate, …) needs."""
+        return self.roles_needed.get(action, max_role(self.role_needed, self.role_to_change))
+
+    def is_action_allowed(self, name: str) -> bool:
+        return may_do(self.action_role(name)) and super().is_action_allowed(name)
+
+    # Flask-Admin hides the buttons of what is not allowed: read per request, for whoever asks (a view
+    # serves every operator at once, so nothing per-operator is ever stored on it). A view that never
+    # allows one says so with a plain `can_create = False`.
+    @property
+    def can_create(self) -> bool:
+        return may_do(self.role_for("create_view"))
+
+    @property
+    def can_edit(self) -> bool:
+        return may_do(self.role_for("edit_view"))
+
+    @property
+    def can_delete(self) -> bool:
+        return may_do(self.role_for("delete_view"))
 
     def get_one(self, id):
         if isinstance(self.model._meta.primary_key, AutoField) and whole_number(str(id)) is None:
@@ -207,16 +336,22 @@ def _in_range(cleaned) -> bool:
     return all(abs(number) <= MAX_STORED_INT for number in (cleaned if isinstance(cleaned, list) else [cleaned]))
 
 
+def numbers_revealed() -> bool:
+    """Whether this request shows full phone numbers: an owner chose to reveal them (a session
+    that chose so before its role was lowered shows them masked)."""
+    return bool(session.get(REVEAL_PHONES)) and may_do(Role.OWNER)
+
+
 def phone_column(view, context, model, name):
     phone = getattr(model, name)
-    return phone if session.get(REVEAL_PHONES) else mask_phone(phone)
+    return phone if numbers_revealed() else mask_phone(phone)
 
 
 def masked(text) -> str:
     """`text` with every phone number in it masked, unless this operator chose to reveal numbers:
     stored errors, raw request bodies and metadata quote numbers too."""
     text = "" if text is None else str(text)
-    return text if session.get(REVEAL_PHONES) else mask_phones_in(text)
+    return text if numbers_revealed() else mask_phones_in(text)
 
 
 def masked_column(view, context, model, name):

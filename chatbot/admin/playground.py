@@ -9,11 +9,14 @@ from chatbot import playground
 from chatbot.admin.panel import LoginRequired, services, signed_in_admin
 from chatbot.errors import SenderBusy
 from chatbot.models import AIConfiguration, Message
+from chatbot.roles import Role
 from chatbot.sanitizer import whole_number
 
 
 class PlaygroundView(LoginRequired, BaseView):
     """Chat with the bot as a test user, with any stored AI configuration; nothing goes to WhatsApp."""
+
+    role_needed = Role.ADMIN
 
     @expose("/")
     def index(self):

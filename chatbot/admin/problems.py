@@ -14,6 +14,7 @@ from chatbot.error_explanations import NOT_ANSWERED, OUTSIDE_WINDOW_CODE, twilio
 from chatbot.errors import NothingToRetry
 from chatbot.jobs import queueing
 from chatbot.models import DELIVERY_FAILURES, Message, Origin, ReplyPart, Role, Status, utcnow
+from chatbot.roles import Role as TeamRole
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ def problem_kind(message: Message) -> str:
 class ProblemsView(LoginRequired, BaseView):
     """What needs the operator: failed answers, undelivered replies, messages stuck unanswered; each
     explained in plain words, with a one-click retry where a retry can help."""
+
+    roles_needed = {"retry_view": TeamRole.AGENT}
 
     @expose("/")
     def index(self):

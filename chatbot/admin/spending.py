@@ -8,6 +8,7 @@ from flask_admin.form import SecureForm
 from chatbot.admin.panel import LoginRequired, services
 from chatbot.models import Message, utcnow
 from chatbot.reports import spend_since
+from chatbot.roles import Role
 from chatbot.stages.budget import MONTHLY_SETTING, OVERRIDES_TTL, SENDER_DAILY_SETTING, day_start, month_start
 from config import amount_problem
 
@@ -15,6 +16,7 @@ from config import amount_problem
 class SpendingView(LoginRequired, BaseView):
     """What answers cost against each spending cap, and the operator's overrides of the caps."""
 
+    roles_needed = {"set_view": Role.ADMIN}
     CAPS = {SENDER_DAILY_SETTING: "Daily budget per sender", MONTHLY_SETTING: "Monthly budget"}
 
     @expose("/")

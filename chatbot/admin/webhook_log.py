@@ -4,11 +4,10 @@ from __future__ import annotations
 import json
 from urllib.parse import parse_qsl
 
-from flask import session
 from flask_admin.contrib.peewee.filters import FilterEqual, IntEqualFilter
 from markupsafe import Markup
 
-from chatbot.admin.panel import REVEAL_PHONES, PanelModelView, masked_column, when_column
+from chatbot.admin.panel import PanelModelView, masked_column, numbers_revealed, when_column
 from chatbot.models import WebhookLog
 from chatbot.redact import mask_phone
 
@@ -83,7 +82,7 @@ def webhook_fields(entry: WebhookLog) -> list[tuple[str, str]] | None:
 
 def _sender(view, context, model, name):
     sender = dict(webhook_fields(model) or ()).get("From", "")
-    return sender if session.get(REVEAL_PHONES) else mask_phone(sender) if sender else ""
+    return sender if numbers_revealed() else mask_phone(sender) if sender else ""
 
 
 class WebhookLogView(PanelModelView):

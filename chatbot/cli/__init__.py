@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from chatbot.cli import ai_config, conversations, knowledge, numbers, setup
+from chatbot.cli import ai_config, conversations, knowledge, numbers, setup, users
 from config import ConfigError
 
 COMMANDS = [
@@ -20,6 +20,7 @@ COMMANDS = [
     conversations.conversations_group,
     conversations.cleanup_command,
     setup.create_admin_command,
+    users.users_group,
     setup.rotate_key_command,
     conversations.retry_failed_command,
 ]

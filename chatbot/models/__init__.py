@@ -38,12 +38,13 @@ from chatbot.models.settings import (
     Setting,
     WhatsAppNumber,
 )
-from chatbot.models.users import AdminUser
+from chatbot.models.users import AdminUser, AuditEvent
 
 __all__ = [
     "DELETE_BATCH", "DELIVERY_FAILURES", "DELIVERY_PROGRESS", "DELIVERY_SETTLED", "FAILURE_STATUSES",
     "MAX_GREETING_CHARS", "MODEL_REASONS", "ONE_ACTIVE_INDEX", "PROVIDERS", "REASON_WORDS", "SERVICE_WINDOW",
-    "TWILIO_MESSAGE_SID", "UNDELIVERED_STATUSES", "AccessEntry", "AdminUser", "AIConfiguration", "ApprovedAnswer",
+    "TWILIO_MESSAGE_SID", "UNDELIVERED_STATUSES", "AccessEntry", "AdminUser", "AuditEvent", "AIConfiguration",
+    "ApprovedAnswer",
     "BaseModel", "CannedReply", "Conversation", "GapReason", "Handoff", "HandoffReason", "JSONField",
     "KnowledgeGap", "KnowledgeSource", "KnowledgeSpend", "Message", "Note", "OptOut", "Origin", "Passage",
     "ReplyPart", "Role", "ServiceWindow", "Setting", "SourceKind", "SourceStatus", "Status", "utcnow",

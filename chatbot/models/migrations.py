@@ -12,6 +12,7 @@ from chatbot.models import (
     AdminUser,
     AIConfiguration,
     ApprovedAnswer,
+    AuditEvent,
     CannedReply,
     Conversation,
     Handoff,
@@ -157,12 +158,24 @@ def _add_handoffs(migrator) -> None:
                          "WHERE resolved_at IS NULL")
 
 
+def _add_roles_two_factor_and_audit(migrator) -> None:
+    columns = {column.name for column in database.get_columns("admin_user")}
+    added = [(name, field) for name, field in (
+        ("role", AdminUser.role), ("totp_secret_encrypted", AdminUser.totp_secret_encrypted),
+        ("totp_enabled_at", AdminUser.totp_enabled_at), ("totp_last_step", AdminUser.totp_last_step),
+        ("recovery_codes", AdminUser.recovery_codes)) if name not in columns]
+    if added:
+        # Every admin from before roles could do everything: they are owners.
+        migrate(*(migrator.add_column("admin_user", name, field) for name, field in added))
+    database.create_tables([AuditEvent], safe=True)
+
+
 # Append a function for every schema change (playhouse.migrate operations on the migrator it
 # receives); never edit one that has shipped.
 MIGRATIONS = [_create_initial_tables, _create_admin_users, _add_webhook_verdict, _add_message_origin,
               _add_attempts_and_send_intents, _add_operator_controls, _add_spend_and_access,
               _add_numbers, _add_message_sent_at, _add_webhook_checked_url, _add_opt_out_numbers,
-              _add_knowledge, _add_handoffs]
+              _add_knowledge, _add_handoffs, _add_roles_two_factor_and_audit]
 
 
 def current_version() -> int:
