@@ -15,10 +15,10 @@ $(STAMP): requirements.txt requirements-dev.txt
 run: $(STAMP)
 	$(PYTHON) scripts/run_local.py
 
-# Two test processes (pytest-xdist), each taking whole files: most tests wait on real servers and
+# Three test processes on two cores (pytest-xdist), each taking whole files: most tests wait on real servers and
 # worker processes rather than on the CPU. Everything runs, the Postgres twins included.
 test: $(STAMP)
-	$(PYTHON) -m pytest -q -n 2 --dist loadfile
+	$(PYTHON) -m pytest -q -n 3 --dist loadfile
 
 lint: $(STAMP)
 	$(PYTHON) -m ruff check .

@@ -117,7 +117,7 @@ def test_make_test_runs_pytest_which_collects_the_suite():
     recipe = subprocess.run(make("-n", "test"), cwd=PROJECT_DIR, capture_output=True, text=True, timeout=30)
     assert recipe.returncode == 0, recipe.stderr
     command = shlex.split(recipe.stdout.strip())
-    assert command == [f"{VENV}/bin/python", "-m", "pytest", "-q", "-n", "2", "--dist", "loadfile"]
+    assert command == [f"{VENV}/bin/python", "-m", "pytest", "-q", "-n", "3", "--dist", "loadfile"]
     collected = subprocess.run([*command, "--collect-only"], cwd=PROJECT_DIR, capture_output=True, text=True,
                                timeout=120)
     assert collected.returncode == 0, collected.stdout[-2000:]
