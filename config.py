@@ -215,6 +215,8 @@ class Config:
     handoff_phrases: tuple[str, ...] = DEFAULT_HANDOFF_PHRASES
     # Consecutive failed or "not covered" answers in a conversation that call a person; 0 never does.
     handoff_after_failures: int = 3
+    # Rounds of tool calls one answer may take before the model must answer with what it has.
+    tool_max_rounds: int = 3
     handoff_message: str = DEFAULT_HANDOFF_MESSAGE
     handoff_message_out_of_hours: str = DEFAULT_HANDOFF_MESSAGE_OUT_OF_HOURS
     # When a person answers, in ADMIN_TIMEZONE (the text as set, and as spans); empty: always.
@@ -346,6 +348,7 @@ class Config:
             "notify_emails": reader.email_list("NOTIFY_EMAILS"),
             "notify_from": reader.text("NOTIFY_FROM"),
             "require_2fa": reader.boolean("REQUIRE_2FA", cls.require_2fa),
+            "tool_max_rounds": reader.integer("TOOL_MAX_ROUNDS", cls.tool_max_rounds, minimum=1, maximum=10),
             "handoff_remind_minutes": reader.integer("HANDOFF_REMIND_MINUTES", cls.handoff_remind_minutes, minimum=0,
                                                      maximum=7 * 24 * 60),
             "embedding_model": reader.text("EMBEDDING_MODEL", default=cls.embedding_model),

@@ -47,6 +47,10 @@ class AISettings:
     fallback_models: tuple[str, ...] = ()
     # Name the knowledge sources an answer was given below it.
     cite_sources: bool = False
+    # The stored configuration these come from (None: the environment's), and its built-in tools.
+    configuration_id: int | None = None
+    offer_request_human: bool = True
+    offer_follow_ups: bool = True
 
 
 @dataclass(frozen=True)
@@ -83,10 +87,12 @@ class ListedModel:
 
 @dataclass(frozen=True)
 class ToolCall:
-    """A tool the model asked to be called, with its arguments (decoded JSON; {} when unreadable)."""
+    """A tool the model asked to be called, with its arguments (decoded JSON; {} when unreadable) and
+    the id its result must carry back."""
 
     name: str
     arguments: dict
+    id: str = ""
 
 
 @dataclass(frozen=True)
@@ -118,17 +124,20 @@ class AIAdapter(ABC):
         self.deadline = deadline
         self.clock = clock
 
-    def send_message(self, messages: list[dict], until: float | None = None, tools: list[dict] | None = None) -> Reply:
-        """Return the model's reply to `messages` (offering it `tools`, OpenAI's function format),
-        retrying what is transient.
+    def send_message(self, messages: list[dict], until: float | None = None, tools: list[dict] | None = None,
+                     tool_choice: str | None = None) -> Reply:
+        """Return the model's reply to `messages` (offering it `tools`, OpenAI's function format;
+        `tool_choice` "none" makes it answer in words), retrying what is transient.
 
         Every attempt and every wait between attempts ends by `deadline` seconds from now (or by
         `until`, a `clock()` time, when that is sooner); past it the call fails for good.
         """
-        return self._with_retries(lambda seconds_left: self._complete(messages, seconds_left, tools), until)
+        return self._with_retries(lambda seconds_left: self._complete(messages, seconds_left, tools, tool_choice),
+                                  until)
 
     @abstractmethod
-    def _complete(self, messages: list[dict], seconds_left: float, tools: list[dict] | None = None) -> Reply:
+    def _complete(self, messages: list[dict], seconds_left: float, tools: list[dict] | None = None,
+                  tool_choice: str | None = None) -> Reply:
         """Make one attempt at a completion that ends within `seconds_left`."""
 
     @abstractmethod
@@ -176,7 +185,8 @@ class OpenRouterAdapter(AIAdapter):
         headers.update({name: value for name, value in self.attribution.items() if value})
         return headers
 
-    def _complete(self, messages: list[dict], seconds_left: float, tools: list[dict] | None = None) -> Reply:
+    def _complete(self, messages: list[dict], seconds_left: float, tools: list[dict] | None = None,
+                  tool_choice: str | None = None) -> Reply:
         payload = {
             "model": self.settings.model,
             "messages": messages,
@@ -188,6 +198,8 @@ class OpenRouterAdapter(AIAdapter):
             payload["models"] = [self.settings.model, *self.settings.fallback_models]
         if tools:
             payload["tools"] = tools
+            if tool_choice:
+                payload["tool_choice"] = tool_choice
         body = self._request("POST", "/chat/completions", seconds_left=seconds_left, json=payload)
         if body.get("error"):
             raise _error_from_body(body["error"], status=200)
@@ -449,6 +461,9 @@ class AIAdapterFactory:
             source=f"db:{configuration.name}",
             fallback_models=comma_list(configuration.fallback_models),
             cite_sources=bool(configuration.cite_sources),
+            configuration_id=configuration.id,
+            offer_request_human=bool(configuration.offer_request_human),
+            offer_follow_ups=bool(configuration.offer_follow_ups),
         )
 
     def environment_settings(self) -> AISettings:
@@ -488,4 +503,5 @@ def _tool_call(call: dict) -> ToolCall:
         arguments = json.loads(function.get("arguments") or "{}")
     except (TypeError, ValueError):
         arguments = {}
-    return ToolCall(name=str(function.get("name") or ""), arguments=arguments if isinstance(arguments, dict) else {})
+    return ToolCall(name=str(function.get("name") or ""), arguments=arguments if isinstance(arguments, dict) else {},
+                    id=str(call.get("id") or ""))

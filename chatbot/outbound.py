@@ -125,3 +125,33 @@ def guarded_session(guard: OutboundGuard, pool_size: int = 10) -> requests.Sessi
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     return session
+
+
+def refused_in(error: BaseException) -> AddressRefused | None:
+    """Return the guard's refusal somewhere in an exception's chain (requests wraps it), if any."""
+    return next((link for link in chain_of(error) if isinstance(link, AddressRefused)), None)
+
+
+def chain_of(error: BaseException) -> list[BaseException]:
+    """Return an exception and the ones it was raised from, outermost first."""
+    chain: list[BaseException] = []
+    while error is not None and error not in chain:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    return chain
+
+
+def unreachable(error: BaseException) -> str:
+    """Say briefly why a connection failed: the root cause in the chain, without urllib3's wrapping."""
+    chain = chain_of(error)
+    names = {type(link).__name__ for link in chain}
+    if "NameResolutionError" in names or "gaierror" in names:
+        return "its name does not resolve"
+    if "ConnectionRefusedError" in names:
+        return "connection refused"
+    if "SSLError" in names or "SSLCertVerificationError" in names:
+        return "TLS certificate problem"
+    if "InvalidSchema" in names or "InvalidURL" in names or "MissingSchema" in names:
+        return "not a web address"
+    lines = str(chain[-1]).strip().splitlines()
+    return (lines[0] if lines else type(chain[-1]).__name__)[:120]

@@ -14,7 +14,7 @@ from chatbot.alerts import ErrorHandler
 from chatbot.channels import Channel
 from chatbot.context import ConversationManager, remembered_text
 from chatbot.errors import AIError, Category, JobDeadlineReached, WhatsAppError
-from chatbot.handoff import REQUEST_HUMAN, REQUEST_HUMAN_NAME, Handoffs
+from chatbot.handoff import REQUEST_HUMAN_NAME, Handoffs
 from chatbot.knowledge.prompt import fresh_passages, given, says_not_covered, sources_message, with_citation
 from chatbot.knowledge.retrieval import Retrieval, Retriever
 from chatbot.media import AUDIO_FORMATS, Media, MediaError, MediaKind, MediaTooLarge, media_kind, megabytes
@@ -24,6 +24,7 @@ from chatbot.models import (
     HandoffReason,
     KnowledgeGap,
     Message,
+    OptOut,
     ReplyPart,
     Role,
     ServiceWindow,
@@ -36,6 +37,7 @@ from chatbot.redact import mask_phone, mask_phones_in
 from chatbot.sanitizer import TRIMMED_NOTE, clean_text
 from chatbot.stages.base import Turn, Verdict
 from chatbot.stages.deadline import MIN_AI_SECONDS
+from chatbot.tools.loop import Toolbox
 from chatbot.whatsapp import WINDOW_CLOSED_CODE
 from chatbot.whatsapp_format import to_whatsapp
 
@@ -97,6 +99,7 @@ class MessageProcessor:
         transcription_model: str = "openai/whisper-1",
         retriever: Retriever | None = None,
         handoffs: Handoffs | None = None,
+        toolbox: Toolbox | None = None,
     ):
         self.ai_factory = ai_factory
         self.channel = channel
@@ -109,6 +112,8 @@ class MessageProcessor:
         self.retriever = retriever
         # Calls a person when the model asks for one or answers keep failing; None never does.
         self.handoffs = handoffs
+        # Offers the model its tools and runs what it calls; without one, only the built-in tools.
+        self.toolbox = toolbox or Toolbox()
 
     def process(self, message_id: int, final_attempt: bool = True, until: float | None = None,
                 coalesce_seconds: int = 0) -> Outcome:
@@ -284,6 +289,21 @@ class MessageProcessor:
             outcome.parts_sent += self._deliver(conversation, unsent.reply_to, unsent, final_attempt)
         return outcome
 
+    def deliver_follow_up(self, message_id: int, final_attempt: bool = True) -> Outcome:
+        """Send a due follow-up's message once: inside the 24-hour window as it is, past it as the
+        number's approved template; it enters the conversation's context as the assistant's."""
+        outcome = Outcome()
+        message = Message.get_or_none(Message.id == message_id)
+        if message is None or message.status != Status.UNSENT.value:
+            return outcome
+        conversation = message.conversation
+        if OptOut.applies(conversation.user_phone, conversation.number):
+            Message.update(status=Status.OPTED_OUT.value, error="the customer wrote STOP").where(
+                Message.id == message_id).execute()
+            return outcome
+        outcome.parts_sent += self._deliver(conversation, None, message, final_attempt)
+        return outcome
+
     def _answer(self, conversation: Conversation, burst: list[Message], final_attempt: bool,
                 outcome: Outcome, attachments: ExitStack, until: float | None = None) -> Message:
         """Answer the messages of `burst` (usually one) with one AI call; store the answer as the
@@ -306,17 +326,17 @@ class MessageProcessor:
             found = self._knowledge(conversation, asked, history, adapter, final_attempt, until)
             fresh = fresh_passages(found.passages, history)
             sources = sources_message(found.passages, fresh)
+            offer = self.toolbox.offer(conversation, adapter, self._takes_tools(conversation, adapter),
+                                       may_call_person=self.handoffs is not None and conversation.is_on_whatsapp)
             # The passages go last, next to the question: what comes before stays the same every turn.
             prompt = (
-                [{"role": "system", "content": adapter.settings.system_prompt}]
+                [{"role": "system", "content": self.toolbox.system_prompt(adapter.settings.system_prompt, offer)}]
                 + history
                 + ([sources] if sources and found.best_score is not None else [])
                 + [{"role": "user", "content": turn.content}]
+                + self.toolbox.confirmation(conversation, question, asked, offer, until)
             )
-            tools = [REQUEST_HUMAN] if self._may_call_a_person(conversation, adapter) else None
-            # Waiting on the model can take many seconds: hold no database connection meanwhile.
-            with connection_released():
-                reply = adapter.send_message(prompt, until=until, tools=tools)
+            reply = self.toolbox.converse(adapter, prompt, offer, conversation, question, until)
         except AIError as error:
             metrics.count_ai_failure(error)
             if error.retryable and not final_attempt:
@@ -391,11 +411,12 @@ class MessageProcessor:
                  question.id, reply.model, usage.get("total_tokens"), latency_ms, len(burst))
         return self._after_failures(conversation, question, answer)
 
-    def _may_call_a_person(self, conversation: Conversation, adapter: OpenRouterAdapter) -> bool:
-        """Whether the model is offered request_human: a customer on WhatsApp (nobody can take a
-        playground's conversation over), and a model the catalogue says takes tools."""
-        return (self.handoffs is not None and conversation.is_on_whatsapp
-                and self.ai_factory.catalogue.calls_tools(adapter, adapter.settings.model))
+    def _takes_tools(self, conversation: Conversation, adapter: OpenRouterAdapter) -> bool:
+        """Whether the catalogue says the model takes tools; asked only when there is a tool to offer
+        (a customer on WhatsApp may be handed to a person; the operator's tools anywhere)."""
+        if not (self.toolbox.caller is not None or (self.handoffs is not None and conversation.is_on_whatsapp)):
+            return False
+        return self.ai_factory.catalogue.calls_tools(adapter, adapter.settings.model)
 
     def _hand_to_person(self, conversation: Conversation, burst: list[Message], reply, arguments: dict,
                         latency_ms: float, cost: float | None, outcome: Outcome) -> Message:

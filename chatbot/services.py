@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import requests
 from redis import Redis
@@ -31,6 +32,8 @@ from chatbot.stages.commands import UserCommands
 from chatbot.stages.handoff import HandoffRequests
 from chatbot.stages.optouts import OptOuts
 from chatbot.stages.words import CommandWords
+from chatbot.tools.calls import ToolCaller
+from chatbot.tools.loop import Toolbox
 from chatbot.whatsapp import STATUS_CALLBACK_PATH, WhatsAppClient
 from config import Config
 
@@ -73,6 +76,11 @@ def pooled_session(pool_size: int) -> requests.Session:
     return session
 
 
+def own_host(config: Config) -> str:
+    """This service's public host name: no tool may call it."""
+    return (urlsplit(config.public_base_url).hostname or "") if config.public_base_url else ""
+
+
 def build_services(config: Config, ai_options: dict | None = None,
                    whatsapp_options: dict | None = None) -> Services:
     """Open the database and build Redis, the queue and the upstream clients from `config`."""
@@ -105,6 +113,7 @@ def build_services(config: Config, ai_options: dict | None = None,
     words = CommandWords(config.user_commands)
     queue = Queue(QUEUE_NAME, connection=redis)
     handoffs = Handoffs(queue, config)
+    toolbox = Toolbox(ToolCaller(guarded, cipher, own_host(config)), config.tool_max_rounds, config.admin_timezone)
     channel = whatsapp_channel(
         whatsapp,
         OptOuts(words),
@@ -129,7 +138,7 @@ def build_services(config: Config, ai_options: dict | None = None,
         whatsapp=whatsapp,
         processor=MessageProcessor(ai_factory, channel, context, errors, max_inbound_chars=config.max_inbound_chars,
                                    transcription_model=config.transcription_model, retriever=retriever,
-                                   handoffs=handoffs),
+                                   handoffs=handoffs, toolbox=toolbox),
         access=access,
         rate_limiter=RateLimiter(redis, config.rate_limit_messages, config.rate_limit_global,
                                  config.rate_limit_window),

@@ -97,7 +97,9 @@ def test_a_model_that_calls_request_human_hands_over_the_same_way(services, post
     post_webhook.message("Can you change the address of order 42?", sender=ADA)
     run_jobs()
     [request] = fake_openrouter.completions
-    assert request.body["tools"] == [REQUEST_HUMAN]
+    # Offered with the other built-in tool; no operator tool is defined.
+    assert request.body["tools"][0] == REQUEST_HUMAN
+    assert [tool["function"]["name"] for tool in request.body["tools"]] == ["request_human", "schedule_follow_up"]
     assert bodies(fake_twilio) == [DEFAULT_HANDOFF_MESSAGE]
     [handoff] = Handoff.select()
     assert (handoff.reason, handoff.trigger, handoff.summary) == (

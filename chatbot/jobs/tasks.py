@@ -14,6 +14,7 @@ from chatbot.errors import SenderBusy, WhatsAppError
 from chatbot.jobs.locks import conversation_lock
 from chatbot.jobs.queueing import (
     enqueue_approved_embedding,
+    enqueue_follow_up,
     enqueue_handoff_notice,
     enqueue_knowledge_index,
     queue_unless_active,
@@ -22,6 +23,7 @@ from chatbot.jobs.retention import delete_past_retention
 from chatbot.models import ApprovedAnswer, Conversation, Handoff, KnowledgeSource, Message, Origin, Status, utcnow
 from chatbot.models.db import connection_scope
 from chatbot.takeover import hand_back
+from chatbot.tools import follow_ups
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +198,7 @@ def sweep_pending_messages() -> int:
     hand_back_idle_takeovers()
     remind_of_unclaimed_handoffs()
     refresh_knowledge()
+    queue_due_follow_ups()
     with connection_scope():
         for message in Message.needing_work(PENDING_GRACE, RESEND_HORIZON):
             queued += queue_unless_active(services.queue, message.id, message.conversation.user_phone)
@@ -205,6 +208,36 @@ def sweep_pending_messages() -> int:
     if expired:
         log.error("gave up sending %d replies older than %s", expired, RESEND_HORIZON)
     return queued
+
+
+def queue_due_follow_ups() -> int:
+    """Turn the follow-ups that are due into messages and queue their sending (again, for one whose
+    job was lost or whose sending Twilio refused for now); return how many were queued."""
+    services = current_services()
+    with connection_scope():
+        due = follow_ups.claim_due(Origin.WHATSAPP.value)
+        stalled = follow_ups.unsent_since(utcnow() - PENDING_GRACE)
+    queued = sum(enqueue_follow_up(services.queue, message_id) for message_id in dict.fromkeys(due + stalled))
+    if due:
+        log.info("queued %d due follow-ups", len(due))
+    return queued
+
+
+def send_follow_up(message_id: int) -> dict:
+    """Send a due follow-up's message, in order with the conversation's other replies."""
+    services = current_services()
+    job = get_current_job()
+    with connection_scope():
+        message = Message.get_or_none(Message.id == message_id)
+    if message is None:
+        log.warning("message_id=%s not found", message_id)
+        return {"missing": True}
+    with conversation_lock(services.redis, message.conversation_id, message_id,
+                           ttl=services.config.conversation_lock_ttl):
+        with connection_scope():
+            final_attempt = job is None or not job.retries_left
+            outcome = services.processor.deliver_follow_up(message_id, final_attempt=final_attempt)
+    return asdict(outcome)
 
 
 def send_operator_reply(reply_id: int) -> dict:

@@ -26,7 +26,7 @@ from chatbot.knowledge.extract import (
     url_title,
 )
 from chatbot.media import megabytes
-from chatbot.outbound import AddressRefused
+from chatbot.outbound import AddressRefused, refused_in, unreachable
 
 USER_AGENT = "whatsapp-assistant knowledge fetcher"
 ACCEPT = "text/html,application/xhtml+xml,text/plain;q=0.9,application/xml;q=0.8,text/xml;q=0.8"
@@ -290,35 +290,6 @@ def parse_sitemap(data: bytes) -> tuple[str, list[str]]:
     else:
         raise ExtractionError(f"not a sitemap: its root is <{kind}>")
     return kind, [(entry.text or "").strip() for entry in entries if (entry.text or "").strip()]
-
-
-def refused_in(error: BaseException) -> AddressRefused | None:
-    """Return the guard's refusal somewhere in an exception's chain (requests wraps it), if any."""
-    return next((link for link in chain_of(error) if isinstance(link, AddressRefused)), None)
-
-
-def chain_of(error: BaseException) -> list[BaseException]:
-    """Return an exception and the ones it was raised from, outermost first."""
-    chain: list[BaseException] = []
-    while error is not None and error not in chain:
-        chain.append(error)
-        error = error.__cause__ or error.__context__
-    return chain
-
-
-def unreachable(error: BaseException) -> str:
-    """Say briefly why a connection failed: the root cause in the chain, without urllib3's wrapping."""
-    chain = chain_of(error)
-    names = {type(link).__name__ for link in chain}
-    if "NameResolutionError" in names or "gaierror" in names:
-        return "its name does not resolve"
-    if "ConnectionRefusedError" in names:
-        return "connection refused"
-    if "SSLError" in names or "SSLCertVerificationError" in names:
-        return "TLS certificate problem"
-    if "InvalidSchema" in names or "InvalidURL" in names or "MissingSchema" in names:
-        return "not a web address"
-    return short(chain[-1])
 
 
 def host_of(url: str) -> str:

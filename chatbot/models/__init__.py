@@ -38,10 +38,23 @@ from chatbot.models.settings import (
     Setting,
     WhatsAppNumber,
 )
+from chatbot.models.tools import (
+    FAILED_TOOL_USES,
+    MAX_SCHEDULED_FOLLOW_UPS,
+    FollowUp,
+    FollowUpStatus,
+    Tool,
+    ToolAuth,
+    ToolRisk,
+    ToolUse,
+    ToolUseStatus,
+)
 from chatbot.models.users import AdminUser, AuditEvent
 
 __all__ = [
-    "DELETE_BATCH", "DELIVERY_FAILURES", "DELIVERY_PROGRESS", "DELIVERY_SETTLED", "FAILURE_STATUSES",
+    "DELETE_BATCH", "DELIVERY_FAILURES", "FAILED_TOOL_USES", "MAX_SCHEDULED_FOLLOW_UPS", "FollowUp",
+    "FollowUpStatus", "Tool", "ToolAuth", "ToolRisk", "ToolUse", "ToolUseStatus",
+    "DELIVERY_PROGRESS", "DELIVERY_SETTLED", "FAILURE_STATUSES",
     "MAX_GREETING_CHARS", "MODEL_REASONS", "ONE_ACTIVE_INDEX", "PROVIDERS", "REASON_WORDS", "SERVICE_WINDOW",
     "TWILIO_MESSAGE_SID", "UNDELIVERED_STATUSES", "AccessEntry", "AdminUser", "AuditEvent", "AIConfiguration",
     "ApprovedAnswer",

@@ -15,6 +15,7 @@ from chatbot.models import (
     AuditEvent,
     CannedReply,
     Conversation,
+    FollowUp,
     Handoff,
     KnowledgeGap,
     KnowledgeSource,
@@ -25,6 +26,8 @@ from chatbot.models import (
     Passage,
     ReplyPart,
     Setting,
+    Tool,
+    ToolUse,
     WebhookLog,
     WhatsAppNumber,
 )
@@ -170,12 +173,22 @@ def _add_roles_two_factor_and_audit(migrator) -> None:
     database.create_tables([AuditEvent], safe=True)
 
 
+def _add_tools(migrator) -> None:
+    columns = {column.name for column in database.get_columns("ai_configuration")}
+    added = [(name, field) for name, field in (("offer_request_human", AIConfiguration.offer_request_human),
+                                               ("offer_follow_ups", AIConfiguration.offer_follow_ups))
+             if name not in columns]
+    if added:
+        migrate(*(migrator.add_column("ai_configuration", name, field) for name, field in added))
+    database.create_tables([Tool, ToolUse, FollowUp], safe=True)
+
+
 # Append a function for every schema change (playhouse.migrate operations on the migrator it
 # receives); never edit one that has shipped.
 MIGRATIONS = [_create_initial_tables, _create_admin_users, _add_webhook_verdict, _add_message_origin,
               _add_attempts_and_send_intents, _add_operator_controls, _add_spend_and_access,
               _add_numbers, _add_message_sent_at, _add_webhook_checked_url, _add_opt_out_numbers,
-              _add_knowledge, _add_handoffs, _add_roles_two_factor_and_audit]
+              _add_knowledge, _add_handoffs, _add_roles_two_factor_and_audit, _add_tools]
 
 
 def current_version() -> int:

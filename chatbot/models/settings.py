@@ -132,6 +132,9 @@ class AIConfiguration(BaseModel):
     is_active = BooleanField(default=False, index=True)
     # Append the knowledge sources an answer drew on ("Source: Returns policy").
     cite_sources = BooleanField(default=False)
+    # The built-in tools, each offered to models that take tools unless switched off here.
+    offer_request_human = BooleanField(default=True)
+    offer_follow_ups = BooleanField(default=True)
     api_key_encrypted = TextField(null=True)
     created_at = DateTimeField(default=utcnow)
     updated_at = DateTimeField(default=utcnow)

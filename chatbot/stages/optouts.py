@@ -6,7 +6,7 @@ only, and START written to it answers there again.
 """
 from __future__ import annotations
 
-from chatbot.models import Message, OptOut, Status
+from chatbot.models import FollowUp, Message, OptOut, Status
 from chatbot.stages.base import Stage, Turn, Verdict
 from chatbot.stages.words import CommandWords, carried_out
 
@@ -32,6 +32,8 @@ class OptOuts(Stage):
             return Verdict(status=Status.OPTED_OUT)
         if command == "stop":
             OptOut.stop(sender, number)
+            # Nothing promised for later goes out either.
+            FollowUp.cancel_for_sender(sender, number, by="STOP")
             return carried_out("stop", f"You won't get any more answers from me. Send {self.words['start']} to "
                                        "start again.")
         return None
