@@ -326,6 +326,9 @@ class MessageProcessor:
             found = self._knowledge(conversation, asked, history, adapter, final_attempt, until)
             fresh = fresh_passages(found.passages, history)
             sources = sources_message(found.passages, fresh)
+            # Every round of tool calls, the tools' requests included, ends within AI_DEADLINE.
+            ends = adapter.clock() + adapter.deadline
+            until = ends if until is None else min(until, ends)
             offer = self.toolbox.offer(conversation, adapter, self._takes_tools(conversation, adapter),
                                        may_call_person=self.handoffs is not None and conversation.is_on_whatsapp)
             # The passages go last, next to the question: what comes before stays the same every turn.

@@ -8,7 +8,7 @@ from cryptography.fernet import Fernet
 
 from chatbot import auth
 from chatbot.crypto import FieldCipher
-from chatbot.models import AdminUser, AIConfiguration, Conversation, Message, WebhookLog, db
+from chatbot.models import AdminUser, AIConfiguration, Conversation, Message, Tool, WebhookLog, db
 from tests.conftest import PASSWORD, csrf_token, inbound_form, log_in
 from tests.fakes import FakeOpenRouter
 from tests.support import conversation_for
@@ -360,12 +360,19 @@ def test_rotate_key_re_encrypts_every_stored_key(app, services, config):
     stored = AIConfiguration(name="main", model_name="openai/gpt-4o-mini")
     stored.set_api_key("sk-or-v1-rotate-me", old_cipher)
     stored.save()
+    Tool.create(name="orders", description="d", url_template="https://api.example.com/o",
+                auth="bearer", secret_encrypted=old_cipher.encrypt("tool-token"))
+    AdminUser.create(username="ops", password_hash="x", totp_secret_encrypted=old_cipher.encrypt("JBSWY3DPEHPK3PXP"))
     new_key = Fernet.generate_key().decode()
     keys = f"{new_key},{config.field_encryption_key}"
     rotated_services = replace(services, config=config.replace(field_encryption_key=keys), cipher=FieldCipher(keys))
     result = create_app(services=rotated_services).test_cli_runner().invoke(args=["rotate-key"])
-    assert result.exit_code == 0 and "Re-encrypted 1 API key(s)" in result.output
-    assert AIConfiguration.get().api_key(FieldCipher(new_key)) == "sk-or-v1-rotate-me"
+    assert result.exit_code == 0
+    assert "1 API key(s), 1 tool secret(s), 1 two-factor secret(s)" in result.output
+    newest_only = FieldCipher(new_key)
+    assert AIConfiguration.get().api_key(newest_only) == "sk-or-v1-rotate-me"
+    assert newest_only.decrypt(Tool.get().secret_encrypted) == "tool-token"
+    assert newest_only.decrypt(AdminUser.get().totp_secret_encrypted) == "JBSWY3DPEHPK3PXP"
 
 
 # --- numbers out of the database's range --------------------------------------------------------

@@ -20,7 +20,7 @@ from chatbot.checks import (
 from chatbot.cli.shared import Address, conclude, echo_checks, operator_errors, services
 from chatbot.crypto import SecretDecryptionError
 from chatbot.errors import WhatsAppError
-from chatbot.models import AIConfiguration, migrations
+from chatbot.models import AdminUser, AIConfiguration, Tool, migrations
 from chatbot.redact import mask_phone
 
 # Where the config-error app keeps the problem that stopped the settings from loading.
@@ -123,25 +123,38 @@ def create_admin_command(username, from_stdin):
     click.echo(f"{'Created' if created else 'Reset the password of'} admin user {username.strip()!r}.")
 
 
+# Every field stored encrypted with FIELD_ENCRYPTION_KEY: (what it is, model, field, the row's name for a message).
+ENCRYPTED_FIELDS = (
+    ("API key", AIConfiguration, AIConfiguration.api_key_encrypted, "name"),
+    ("tool secret", Tool, Tool.secret_encrypted, "name"),
+    ("two-factor secret", AdminUser, AdminUser.totp_secret_encrypted, "username"),
+)
+
+
 @click.command("rotate-key")
 @with_appcontext
 @operator_errors
 def rotate_key_command():
-    """Re-encrypt stored API keys with the first key of FIELD_ENCRYPTION_KEY.
+    """Re-encrypt every stored secret (AI keys, tools' secrets, two-factor secrets) with the first key
+    of FIELD_ENCRYPTION_KEY.
 
     To rotate: put a new key first (NEW,OLD), deploy, run this, then drop OLD.
     """
     cipher = services().cipher
-    rotated, failed = 0, []
-    for ai_config in AIConfiguration.select().where(AIConfiguration.api_key_encrypted.is_null(False)):
-        try:
-            token = cipher.rotate(ai_config.api_key_encrypted)
-        except SecretDecryptionError:
-            failed.append(ai_config.name)
-            continue
-        AIConfiguration.update(api_key_encrypted=token).where(AIConfiguration.id == ai_config.id).execute()
-        rotated += 1
-    click.echo(f"Re-encrypted {rotated} API key(s) with the newest key.")
+    failed = []
+    counts = {}
+    for label, model, field, name in ENCRYPTED_FIELDS:
+        counts[label] = 0
+        for row in model.select().where(field.is_null(False)):
+            try:
+                token = cipher.rotate(getattr(row, field.name))
+            except SecretDecryptionError:
+                failed.append(f"{label} of {getattr(row, name)}")
+                continue
+            model.update({field: token}).where(model.id == row.id).execute()
+            counts[label] += 1
+    rotated = ", ".join(f"{count} {label}(s)" for label, count in counts.items())
+    click.echo(f"Re-encrypted with the newest key: {rotated}.")
     if failed:
         click.echo(f"Could not decrypt: {', '.join(failed)} (is its old key still in FIELD_ENCRYPTION_KEY?)", err=True)
         raise SystemExit(1)

@@ -81,7 +81,7 @@ class ToolCaller:
         if timeout <= 0.05:
             return ToolResult(ToolUseStatus.FAILED, "error: no time was left to call the tool", error="no time left")
         try:
-            status, body, size = self._request(tool, arguments, started + timeout)
+            status, body, size = self._request(tool, arguments, started + timeout, timeout)
         except ToolFailure as failure:
             return ToolResult(ToolUseStatus.FAILED, f"error: {failure}", self._since(started), error=str(failure))
         text = body.decode("utf-8", errors="replace")
@@ -110,7 +110,7 @@ class ToolCaller:
             headers[tool.auth_header] = secret
         return headers
 
-    def _request(self, tool: Tool, arguments: dict, ends: float) -> tuple[int, bytes, int]:
+    def _request(self, tool: Tool, arguments: dict, ends: float, timeout: float) -> tuple[int, bytes, int]:
         """Send the filled request, following redirects ourselves so each hop is checked; return
         (status, the first MAX_READ_BYTES of the body, its size)."""
         headers = self._headers(tool)
@@ -123,14 +123,14 @@ class ToolCaller:
             self._refuse_own_host(url)
             left = ends - self.clock()
             if left <= 0:
-                raise ToolFailure(f"no answer within {tool.timeout:g}s")
+                raise ToolFailure(f"no answer within {round(timeout, 1):g}s")
             try:
                 response = self.session.request(method, url, data=body, headers=headers, timeout=(min(left, 5.0), left),
                                                 stream=True, allow_redirects=False)
             except AddressRefused as refused:
                 raise ToolFailure(f"refused: {refused}") from refused
             except requests.Timeout as error:
-                raise ToolFailure(f"no answer within {tool.timeout:g}s") from error
+                raise ToolFailure(f"no answer within {round(timeout, 1):g}s") from error
             except requests.RequestException as error:
                 refusal = refused_in(error)
                 if refusal is not None:
@@ -147,7 +147,7 @@ class ToolCaller:
                         headers.pop("Authorization", None)
                         headers.pop(tool.auth_header, None) if tool.auth_header else None
                     continue
-                raw, size = self._read(response, ends, tool.timeout)
+                raw, size = self._read(response, ends, timeout)
                 return response.status_code, raw, size
             finally:
                 response.close()
@@ -168,7 +168,7 @@ class ToolCaller:
                 else:
                     break  # enough for the model: the rest is never read
                 if self.clock() > ends:
-                    raise ToolFailure(f"no answer within {timeout:g}s")
+                    raise ToolFailure(f"no answer within {round(timeout, 1):g}s")
         except (urllib3.exceptions.HTTPError, OSError) as error:
             raise ToolFailure(f"the answer broke off: {error.__class__.__name__}") from error
         return b"".join(chunks)[:MAX_READ_BYTES], size
