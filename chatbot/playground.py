@@ -21,6 +21,8 @@ class ChosenConfiguration:
     def __init__(self, factory: AIAdapterFactory, configuration: AIConfiguration | None):
         self.factory = factory
         self.configuration = configuration
+        # What each model takes (tools among it), shared with the factory's answers.
+        self.catalogue = factory.catalogue
 
     def current(self, configuration_id: int | None = None) -> AIAdapter:
         """The chosen configuration's adapter, whichever configuration the number would use."""
@@ -69,7 +71,9 @@ def ask(services, username: str, text: str, configuration: AIConfiguration | Non
                                  operator_channel(Origin.PLAYGROUND, NothingSent(),
                                                   ApprovedAnswers(services.retriever, chosen)),
                                  services.context, services.errors, max_inbound_chars=config.max_inbound_chars,
-                                 retriever=services.retriever)
+                                 retriever=services.retriever,
+                                 # The operator's tools are tried here too; follow-ups and handoffs are not.
+                                 toolbox=services.processor.toolbox)
     # The same lock as the jobs: two tabs of one operator must not answer the same message twice.
     with conversation_lock(services.redis, conversation_id, message_id, ttl=config.conversation_lock_ttl):
         # No job deadline here: the adapter's own (AI_DEADLINE) ends the model call, retries included.

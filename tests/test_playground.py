@@ -130,3 +130,26 @@ def test_a_playground_reply_that_sneaked_in_is_neither_retried_nor_sent(operator
     assert tasks.process_message(question.id) == {"not_whatsapp": True}
     assert Message.get_by_id(sneaked.id).status == "send_failed"
     assert fake_twilio.requests == []
+
+
+def test_an_operator_tries_the_tools_in_the_playground_without_follow_ups_or_handoffs(operator, services,
+                                                                                     fake_openrouter, fake_twilio):
+    from chatbot.outbound import OutboundGuard
+    from chatbot.tools.definitions import ToolDefinition, save
+    from tests.test_tools import ORDER_PARAMETERS, FakeBusinessAPI, calls
+
+    api = FakeBusinessAPI().start()
+    try:
+        save(ToolDefinition(name="order_status", description="Where an order is.",
+                            url_template=api.url + "/orders/{order_id}", parameters=ORDER_PARAMETERS),
+             services.cipher, OutboundGuard(allow_private=True))
+        fake_openrouter.tool_models = {"openai/gpt-4o-mini"}
+        fake_openrouter.then(calls(("order_status", {"order_id": "A-7"})))
+        say(operator, "Where is A-7?")
+        assert [request.path for request in api.requests] == ["/orders/A-7"]
+    finally:
+        api.stop()
+    offered = [tool["function"]["name"] for tool in fake_openrouter.completions[0].body["tools"]]
+    assert offered == ["order_status"]
+    assert "shipped" in operator.get("/admin/playground/").get_data(as_text=True)
+    assert fake_twilio.requests == []
