@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from chatbot.cli import ai_config, conversations, knowledge, numbers, setup, users
+from chatbot.cli import ai_config, conversations, knowledge, numbers, setup, tools, users
 from config import ConfigError
 
 COMMANDS = [
@@ -16,6 +16,7 @@ COMMANDS = [
     ai_config.ai_config_group,
     numbers.numbers_group,
     knowledge.knowledge_group,
+    tools.tools_group,
     conversations.chat_command,
     conversations.conversations_group,
     conversations.cleanup_command,
