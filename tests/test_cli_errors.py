@@ -12,6 +12,7 @@ COMMANDS = {
     "create-admin": ["create-admin", "--username", "ops", "--password-stdin"],
     "rotate-key": ["rotate-key"],
     "retry-failed": ["retry-failed"],
+    "tools list": ["tools", "list"],
 }
 # What each command reads from standard input.
 STDIN = {"create-admin": "correct horse battery\n"}

@@ -1,6 +1,6 @@
 """flask commands for operators: exit 0 when done, 1 when a check or an operation failed, 2 on bad usage.
 
-This module only registers them; each job's commands live in its own chatbot/cli_*.py module.
+This module only registers them; each job's commands live in its own chatbot/cli/*.py module.
 """
 from __future__ import annotations
 
