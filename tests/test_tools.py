@@ -341,3 +341,16 @@ def test_a_tool_gets_only_what_is_left_of_ai_deadline(services, post_webhook, ru
     # AI_DEADLINE=6 leaves the tool about a second: the model needs MIN_AI_SECONDS to answer after it.
     assert use.status == "failed" and use.error.startswith("no answer within") and use.duration_ms < 3000
     assert len(bodies(fake_twilio)) == 1
+
+
+def test_forget_erases_the_tool_calls_and_follow_ups_with_the_conversation(services, post_webhook, run_jobs,
+                                                                           tool_model, fake_twilio):
+    schedule(tool_model, "in 1 day", "Still need help with +15550001111's order?")
+    post_webhook.message("Remind me tomorrow", sender=ADA)
+    run_jobs()
+    assert (ToolUse.select().count(), FollowUp.select().count()) == (1, 1)
+    post_webhook.message("/forget", sender=ADA)
+    run_jobs()
+    post_webhook.message("YES", sender=ADA)
+    run_jobs()
+    assert (ToolUse.select().count(), FollowUp.select().count()) == (0, 0)
