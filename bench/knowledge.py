@@ -93,9 +93,14 @@ def sentence(rng: random.Random, words: int) -> str:
 
 
 class Bench:
-    def __init__(self, folder: Path, database_url: str):
+    """A deployment in this process: its own Redis, the loopback fakes, the services and a test client."""
+
+    # The OpenRouter fake it talks to (bench/tools.py brings one that calls tools).
+    model_fake = FakeOpenRouter
+
+    def __init__(self, folder: Path, database_url: str, **settings: str):
         self.redis = RedisServer(folder).start()
-        self.openrouter = FakeOpenRouter().start()
+        self.openrouter = self.model_fake().start()
         self.twilio = FakeTwilio().start()
         (folder / "metrics").mkdir()
         self.env = {
@@ -105,7 +110,7 @@ class Bench:
             "TWILIO_API_BASE_URL": self.twilio.url, "PUBLIC_BASE_URL": PUBLIC_BASE_URL,
             "OPENROUTER_API_KEY": "sk-or-v1-bench", "OPENROUTER_BASE_URL": self.openrouter.url + "/api/v1",
             "ALLOW_PRIVATE_HOSTS": "1", "PROMETHEUS_MULTIPROC_DIR": str(folder / "metrics"),
-            "RATE_LIMIT_MESSAGES": "1000",
+            "RATE_LIMIT_MESSAGES": "1000", **settings,
         }
         self.services = build_services(Config.from_mapping(self.env))
         migrations.upgrade()

@@ -29,31 +29,22 @@ from pathlib import Path
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))
 
-from cryptography.fernet import Fernet  # noqa: E402
 
-from bench.knowledge import percentile, resident_mib  # noqa: E402
-from chatbot import create_app  # noqa: E402
-from chatbot.jobs import tasks  # noqa: E402
-from chatbot.models import ToolUse, migrations  # noqa: E402
+from bench import knowledge  # noqa: E402
+from bench.knowledge import PUBLIC_BASE_URL, percentile, resident_mib  # noqa: E402
+from chatbot.models import ToolUse  # noqa: E402
 from chatbot.models.db import database  # noqa: E402
 from chatbot.outbound import OutboundGuard  # noqa: E402
-from chatbot.services import build_services  # noqa: E402
 from chatbot.tools.definitions import ToolDefinition, save  # noqa: E402
-from config import Config  # noqa: E402
-from tests.fakes import FakeOpenRouter, FakeServer, FakeTwilio, Recorded, Scripted  # noqa: E402
+from tests.fakes import FakeOpenRouter, FakeServer, Recorded, Scripted  # noqa: E402
 from tests.support import (  # noqa: E402
-    ACCOUNT_SID,
-    AUTH_TOKEN,
-    BOT_NUMBER,
     BurstWorker,
-    RedisServer,
     inbound_form,
     sign,
     throwaway_postgres_database,
 )
 from worker import build_worker  # noqa: E402
 
-PUBLIC_BASE_URL = "https://bench.example.com"
 ORDER = {"type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"]}
 MODEL = "openai/gpt-4o-mini"
 
@@ -81,36 +72,20 @@ class CallingModel(FakeOpenRouter):
         return Scripted(200, completion)
 
 
-class Bench:
+class Bench(knowledge.Bench):
+    model_fake = CallingModel
+
     def __init__(self, folder: Path, database_url: str):
-        self.redis = RedisServer(folder).start()
-        self.openrouter = CallingModel().start()
-        self.twilio = FakeTwilio().start()
+        super().__init__(folder, database_url, RATE_LIMIT_GLOBAL="100000")
         self.api = BusinessAPI().start()
-        (folder / "metrics").mkdir()
-        env = {
-            "SECRET_KEY": "bench", "FIELD_ENCRYPTION_KEY": Fernet.generate_key().decode(),
-            "REDIS_URL": self.redis.url, "DATABASE_URL": database_url,
-            "TWILIO_ACCOUNT_SID": ACCOUNT_SID, "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "TWILIO_WHATSAPP_NUMBER": BOT_NUMBER,
-            "TWILIO_API_BASE_URL": self.twilio.url, "PUBLIC_BASE_URL": PUBLIC_BASE_URL,
-            "OPENROUTER_API_KEY": "sk-or-v1-bench", "OPENROUTER_BASE_URL": self.openrouter.url + "/api/v1",
-            "AI_MODEL": MODEL, "ALLOW_PRIVATE_HOSTS": "1", "PROMETHEUS_MULTIPROC_DIR": str(folder / "metrics"),
-            "RATE_LIMIT_MESSAGES": "1000", "RATE_LIMIT_GLOBAL": "100000",
-        }
-        self.services = build_services(Config.from_mapping(env))
-        migrations.upgrade()
-        tasks.install(self.services)
-        self.client = create_app(services=self.services).test_client()
         self.worker = build_worker(self.services, worker_class=BurstWorker)
         self.worker.log.setLevel(logging.WARNING)
         # The model takes tools from the start: both runs offer the built-in ones, only the second ours.
         self.openrouter.tool_models = {MODEL}
 
     def stop(self) -> None:
-        tasks.install(None)
-        for server in (self.openrouter, self.twilio, self.api):
-            server.stop()
-        self.redis.stop()
+        self.api.stop()
+        super().stop()
 
     def answers(self, count: int, first_sender: int) -> list[float]:
         """The worker's time for each of `count` answers, one sender each."""
