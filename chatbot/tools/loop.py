@@ -76,6 +76,9 @@ class Toolbox:
         """When the assistant asked this customer to confirm a call in its last answer: on a yes,
         run it (once, even when this answer is tried again) and return the exchange the model reads
         after the customer's message; on anything else, drop it (it never runs later)."""
+        if not offer.tools:
+            # A model that takes no tools (it was changed since) could not read the exchange.
+            return []
         done = ToolUse.confirmed_by(question.id)
         if done is None:
             done = self._run_on_yes(conversation, question, asked, offer, until)
