@@ -17,6 +17,7 @@ from chatbot.admin.panel import PanelIndexView, RowIdConverter, masked, may_do, 
 from chatbot.admin.playground import PlaygroundView
 from chatbot.admin.problems import ProblemsView
 from chatbot.admin.spending import SpendingView
+from chatbot.admin.tools import ToolsView
 from chatbot.admin.two_factor import TwoFactorView
 from chatbot.admin.users import UsersView
 from chatbot.admin.webhook_log import WebhookLogView
@@ -49,6 +50,7 @@ def build_admin(app) -> Admin:
     admin.add_view(NumbersView(WhatsAppNumber, name="Numbers", endpoint="whatsappnumber"))
     admin.add_view(MessageView(Message, name="Messages", endpoint="message"))
     admin.add_view(KnowledgeView(name="Knowledge", endpoint="knowledge", url="/admin/knowledge"))
+    admin.add_view(ToolsView(name="Tools", endpoint="tools", url="/admin/tools"))
     admin.add_view(ProblemsView(name="Problems", endpoint="problems", url="/admin/problems"))
     admin.add_view(PlaygroundView(name="Playground", endpoint="playground", url="/admin/playground"))
     admin.add_view(OptOutView(OptOut, name="Opted out", endpoint="optout"))

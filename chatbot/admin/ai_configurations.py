@@ -50,7 +50,7 @@ class AIConfigurationView(PanelModelView):
     column_searchable_list = ("name", "model_name")
     search_hint = "Name or model"
     form_columns = ("name", "provider", "model_name", "fallback_models", "max_tokens", "temperature", "system_prompt",
-                    "cite_sources", "is_active")
+                    "cite_sources", "offer_request_human", "offer_follow_ups", "is_active")
     form_overrides = {"provider": SelectField}
     form_args = {
         "provider": {"choices": [SelectChoice("openrouter", "OpenRouter")]},
@@ -70,6 +70,13 @@ class AIConfigurationView(PanelModelView):
         "cite_sources": {"label": "Cite sources",
                          "description": "Name the knowledge sources under each answer given them "
                                         "(\"Source: Returns policy\")."},
+        "offer_request_human": {"label": "Offer request_human: the model may call a person",
+                                "description": "The model may hand the conversation to a person from the team "
+                                               "when the customer asks for one or it cannot help (listed under "
+                                               "Waiting)."},
+        "offer_follow_ups": {"label": "Offer schedule_follow_up",
+                             "description": "The model may promise a message later (a reminder the customer asked "
+                                            "for); it is sent when due and listed on the conversation's page."},
     }
     form_extra_fields = {
         "api_key": WriteOnlyField(

@@ -1,9 +1,11 @@
 """Conversations with their transcripts and takeover, every message, and who opted out."""
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from datetime import datetime
+from zoneinfo import ZoneInfo
 
 from flask import abort, flash, make_response, redirect, request, session, url_for
 from flask_admin import expose
@@ -38,12 +40,14 @@ from chatbot.models import (
     DELIVERY_FAILURES,
     CannedReply,
     Conversation,
+    FollowUp,
     Handoff,
     Message,
     Note,
     ReplyPart,
     Role,
     Status,
+    ToolUse,
 )
 from chatbot.roles import Role as TeamRole
 from chatbot.sanitizer import whole_number
@@ -53,6 +57,8 @@ from chatbot.web.status import delivery_fixes
 log = logging.getLogger(__name__)
 
 NOTE_LIMIT = 4000
+# A tool's answer is shown this far in the transcript (the model read up to a few KB of it).
+TOOL_RESULT_SHOWN = 300
 
 
 def _phone_with_delivery_flag(view, context, model, name):
@@ -118,10 +124,27 @@ def interleaved(messages: list[Message], events: list) -> list[tuple[str, object
     return timeline
 
 
+def tool_uses_of(conversation: Conversation, message_ids) -> tuple[dict[int, list[ToolUse]], list[ToolUse]]:
+    """Return the conversation's tool calls by the customer message they answered, and those whose
+    message is gone (deleted since), each in the order they were made."""
+    by_message, unattached = {}, []
+    for use in ToolUse.select().where(ToolUse.conversation == conversation).order_by(ToolUse.id):
+        if use.message_id in message_ids:
+            by_message.setdefault(use.message_id, []).append(use)
+        else:
+            unattached.append(use)
+    return by_message, unattached
+
+
+def arguments_shown(use: ToolUse) -> str:
+    """A tool call's arguments as stored (secrets masked when written), phone numbers masked for this operator."""
+    return masked(json.dumps(use.arguments, ensure_ascii=False))
+
+
 def transcript_of(conversation: Conversation) -> dict:
     """Return the transcript's messages with, by message id, the questions each answer answers, its
-    end-to-end reply time, its reply parts, the knowledge it was given and what went wrong with it in
-    plain words."""
+    end-to-end reply time, its reply parts, the knowledge it was given, the tool calls made for it and
+    what went wrong with it in plain words; and the follow-ups promised in the conversation."""
     transcript = list(Message.select().where(Message.conversation == conversation).order_by(Message.id))
     by_id = {message.id: message for message in transcript}
     parts = ReplyPart.of_conversation(conversation)
@@ -136,9 +159,12 @@ def transcript_of(conversation: Conversation) -> dict:
             answered = message.metadata.get("answers") or [message.reply_to_id]
             questions[message.id] = [by_id[question_id] for question_id in answered if question_id in by_id]
             reply_times[message.id] = reply_time(message, by_id.get(message.reply_to_id))
+    tool_uses, unattached_tool_uses = tool_uses_of(conversation, by_id)
     return {"transcript": transcript, "timeline": interleaved(transcript, timeline_events(conversation)),
             "parts": parts, "questions": questions, "reply_times": reply_times, "explanations": explanations,
-            "knowledge": knowledge}
+            "knowledge": knowledge, "tool_uses": tool_uses, "unattached_tool_uses": unattached_tool_uses,
+            "follow_ups": list(FollowUp.select().where(FollowUp.conversation == conversation)
+                               .order_by(FollowUp.due_at, FollowUp.id))}
 
 
 def handoff_desk(conversation: Conversation) -> dict:
@@ -163,7 +189,7 @@ class ConversationView(PanelModelView):
     roles_needed = {
         "note_view": TeamRole.AGENT, "take_over_view": TeamRole.AGENT, "hand_back_view": TeamRole.AGENT,
         "reply_view": TeamRole.AGENT, "reset_context_view": TeamRole.AGENT, "deactivate_view": TeamRole.AGENT,
-        "reset_context": TeamRole.AGENT, "deactivate": TeamRole.AGENT,
+        "reset_context": TeamRole.AGENT, "deactivate": TeamRole.AGENT, "cancel_follow_up_view": TeamRole.AGENT,
         "confirm_delete_view": TeamRole.ADMIN, "delete_confirmed_view": TeamRole.ADMIN,
         "reveal_view": TeamRole.OWNER,
     }
@@ -204,6 +230,10 @@ class ConversationView(PanelModelView):
             kwargs.update(handoff_desk(kwargs["model"]))
             kwargs["phone"] = phone_column(self, None, kwargs["model"], "user_phone")
             kwargs["delivery_fix"] = delivery_fixes([kwargs["model"].id]).get(kwargs["model"].id)
+            zone_name = services().config.admin_timezone
+            # Follow-ups are promised in the business's time zone (the model is told it), so they show in it.
+            kwargs.update(zone_name=zone_name, arguments_shown=arguments_shown, tool_result_shown=TOOL_RESULT_SHOWN,
+                          in_zone=lambda moment: moment.replace(tzinfo=ZoneInfo("UTC")).astimezone(ZoneInfo(zone_name)))
         if template == self.list_template and kwargs.get("data"):
             kwargs["delivery_fixes"] = delivery_fixes([conversation.id for conversation in kwargs["data"]])
             kwargs["number_labels"] = number_labels()
@@ -228,6 +258,20 @@ class ConversationView(PanelModelView):
             Note.create(conversation=conversation_id, author=signed_in_admin().username, text=text[:NOTE_LIMIT])
             flash("Note added: the team sees it here; the customer never does.", "success")
         return self._back_to(conversation_id)
+
+    @expose("/follow-up/<row_id:follow_up_id>/cancel/", methods=("POST",))
+    def cancel_follow_up_view(self, follow_up_id):
+        follow_up = FollowUp.get_or_none(FollowUp.id == follow_up_id)
+        if follow_up is None:
+            flash("That follow-up is gone.", "error")
+            return redirect(self.get_url(".index_view"))
+        if not SecureForm(request.form).validate():
+            flash("The request expired; please try again.", "error")
+        elif FollowUp.cancel(FollowUp.id == follow_up_id, by=signed_in_admin().username):
+            flash("Follow-up cancelled: it will not be sent.", "success")
+        else:
+            flash("Not cancelled: it was sent or cancelled already.", "error")
+        return redirect(self.get_url(".details_view", id=follow_up.conversation_id) + "#follow-ups")
 
     @expose("/reveal/", methods=("POST",))
     def reveal_view(self):

@@ -1,4 +1,5 @@
-"""The Problems page: failed answers, undelivered and stuck messages, explained, with a retry."""
+"""The Problems page: failed answers, undelivered and stuck messages, explained, with a retry; and the
+tool calls that failed."""
 from __future__ import annotations
 
 import logging
@@ -13,7 +14,18 @@ from chatbot.admin.panel import NOT_ON_WHATSAPP, LoginRequired, explanation_of, 
 from chatbot.error_explanations import NOT_ANSWERED, OUTSIDE_WINDOW_CODE, twilio_error
 from chatbot.errors import NothingToRetry
 from chatbot.jobs import queueing
-from chatbot.models import DELIVERY_FAILURES, Message, Origin, ReplyPart, Role, Status, utcnow
+from chatbot.models import (
+    DELIVERY_FAILURES,
+    FAILED_TOOL_USES,
+    Conversation,
+    Message,
+    Origin,
+    ReplyPart,
+    Role,
+    Status,
+    ToolUse,
+    utcnow,
+)
 from chatbot.roles import Role as TeamRole
 
 log = logging.getLogger(__name__)
@@ -23,6 +35,9 @@ log = logging.getLogger(__name__)
 STUCK_AFTER = timedelta(minutes=5)
 # The Problems view lists this many, newest first.
 PROBLEMS_SHOWN = 200
+# Failed tool calls are listed this far back: a broken endpoint shows up at once, and an old failure
+# of one fixed since does not linger.
+TOOL_FAILURES_SINCE = timedelta(days=7)
 
 
 def failed_parts_of(message_ids) -> dict[int, list[ReplyPart]]:
@@ -72,6 +87,16 @@ def retry_problem(message: Message) -> str:
     return "Queued for sending again."
 
 
+def failed_tool_uses(since, limit: int):
+    """Select, newest first with their conversations, the tool calls since `since` that failed or
+    whose arguments did not fit (the model was told; the customer may have got a worse answer)."""
+    return (ToolUse.select(ToolUse, Conversation)
+            .join(Conversation)
+            .where(ToolUse.status.in_(FAILED_TOOL_USES), ToolUse.created_at >= since)
+            .order_by(ToolUse.created_at.desc(), ToolUse.id.desc())
+            .limit(limit))
+
+
 def problem_kind(message: Message) -> str:
     if message.role == Role.ASSISTANT.value:
         return "not delivered"
@@ -99,8 +124,13 @@ class ProblemsView(LoginRequired, BaseView):
             }
             for message in problems
         ]
+        tool_failures = [
+            {"use": use, "phone": phone_column(self, None, use.conversation, "user_phone")}
+            for use in failed_tool_uses(utcnow() - TOOL_FAILURES_SINCE, PROBLEMS_SHOWN)
+        ]
         return self.render("chatbot_admin/problems.html", rows=rows, shown=PROBLEMS_SHOWN,
-                           stuck_minutes=int(STUCK_AFTER.total_seconds() // 60))
+                           stuck_minutes=int(STUCK_AFTER.total_seconds() // 60), tool_failures=tool_failures,
+                           tool_failure_days=TOOL_FAILURES_SINCE.days)
 
     @expose("/retry/<row_id:message_id>/", methods=("POST",))
     def retry_view(self, message_id):
