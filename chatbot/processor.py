@@ -307,8 +307,9 @@ class MessageProcessor:
     def _answer(self, conversation: Conversation, burst: list[Message], final_attempt: bool,
                 outcome: Outcome, attachments: ExitStack, until: float | None = None) -> Message:
         """Answer the messages of `burst` (usually one) with one AI call (one per round when the model
-        calls tools); store the answer as the reply to the last of them, every one marked answered with it. The attachments read (their
-        temporary files, their room in memory) are released when `attachments` is closed."""
+        calls tools); store the answer as the reply to the last of them, every one marked answered
+        with it. The attachments read (their temporary files, their room in memory) are released
+        when `attachments` is closed."""
         started = self.clock()
         first, question = burst[0], burst[-1]
         context = f"message_id={question.id} sender={mask_phone(conversation.user_phone)}"

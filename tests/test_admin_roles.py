@@ -1,6 +1,7 @@
 """Who may do what in the admin: every page and every form checked on the server against the role."""
 from __future__ import annotations
 
+from datetime import datetime
 from types import SimpleNamespace
 
 import pytest
@@ -15,6 +16,7 @@ from chatbot.models import (
     AuditEvent,
     CannedReply,
     Conversation,
+    FollowUp,
     Handoff,
     HandoffReason,
     KnowledgeSource,
@@ -22,6 +24,7 @@ from chatbot.models import (
     Note,
     OptOut,
     Setting,
+    Tool,
     WhatsAppNumber,
 )
 from chatbot.roles import ORDER, Role, may
@@ -68,13 +71,16 @@ def world(services):
         canned=CannedReply.create(title="Thanks", text="Thank you for waiting."),
         entry=AccessEntry.create(user_phone="+15550004444", kind="block"),
         opt_out=OptOut.create(user_phone="+15550005555", number=""),
+        follow_up=FollowUp.create(conversation=free, text="Your table is ready", due_at=datetime(2030, 1, 2, 8, 0)),
+        # Saved resolving loopback only (ALLOW_PRIVATE_HOSTS); tried, it finds nothing listening on the discard port.
+        tool=Tool.create(name="order_status", description="An order's status.", url_template="http://127.0.0.1:9/x"),
     )
 
 
 def snapshot() -> dict:
     """Every row an admin form could change (audit rows too: a refused request writes none)."""
     models = (Conversation, Message, Note, Handoff, AIConfiguration, WhatsAppNumber, KnowledgeSource, ApprovedAnswer,
-              CannedReply, AccessEntry, OptOut, Setting, AuditEvent)
+              CannedReply, AccessEntry, OptOut, Setting, AuditEvent, Tool, FollowUp)
     return {model.__name__: sorted(map(str, model.select().tuples())) for model in models}
 
 
@@ -109,6 +115,8 @@ def get_pages(world) -> dict[str, Role]:
         f"/admin/knowledge/approved/{world.approved.id}/edit/": Role.ADMIN,
         f"/admin/conversation/delete/confirm/?id={conversation}": Role.ADMIN,
         "/admin/audit/": Role.ADMIN,
+        "/admin/tools/": Role.ADMIN,
+        f"/admin/tools/?edit={world.tool.id}": Role.ADMIN,
     }
 
 
@@ -128,6 +136,7 @@ FORMS = {
     "inbox.claim_view": ("/admin/inbox/{handoff}/claim/", {}, Role.AGENT),
     "inbox.resolve_view": ("/admin/inbox/{handoff}/resolve/", {}, Role.AGENT),
     "problems.retry_view": ("/admin/problems/retry/{failed}/", {}, Role.AGENT),
+    "conversation.cancel_follow_up_view": ("/admin/conversation/follow-up/{follow_up}/cancel/", {}, Role.AGENT),
     "knowledge.search_view": ("/admin/knowledge/search/", {"question": ""}, Role.VIEWER),
     "conversation.delete_view": ("/admin/conversation/delete/", {"id": "{free}"}, Role.ADMIN),
     "conversation.delete_confirmed_view": ("/admin/conversation/delete/confirmed/", {"id": "{free}"}, Role.ADMIN),
@@ -163,6 +172,10 @@ FORMS = {
                               Role.ADMIN),
     "cannedreply.delete_view": ("/admin/cannedreply/delete/", {"id": "{canned}"}, Role.ADMIN),
     "optout.delete_view": ("/admin/optout/delete/", {"id": "{opt_out}"}, Role.ADMIN),
+    "tools.save_view": ("/admin/tools/save/", {"name": "new_tool", "description": "A new tool.",
+                                               "url_template": "http://127.0.0.1:9/new", "timeout": "5"}, Role.ADMIN),
+    "tools.remove_view": ("/admin/tools/{tool}/remove/", {}, Role.ADMIN),
+    "tools.try_view": ("/admin/tools/{tool}/try/", {"arguments": ""}, Role.ADMIN),
     "conversation.reveal_view": ("/admin/conversation/reveal/", {}, Role.OWNER),
 }
 
@@ -324,7 +337,7 @@ def test_pages_offer_a_viewer_no_form_it_would_be_refused(as_role, world):
     pages = (f"/admin/conversation/details/?id={world.free.id}", "/admin/inbox/", "/admin/problems/",
              "/admin/knowledge/", "/admin/spending/")
     forms = ("/takeover/", "/note/", "/reset/", "/claim/", "/resolve/", "/retry/", "/sources/text/", "/spending/set/",
-             "/delete/confirm/")
+             "/delete/confirm/", "/follow-up/")
     shown = {role: " ".join(as_role(role).get(page).get_data(as_text=True) for page in pages)
              for role in (Role.VIEWER, Role.OWNER)}
     assert [form for form in forms if form in shown[Role.VIEWER]] == []

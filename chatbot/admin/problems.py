@@ -16,8 +16,6 @@ from chatbot.errors import NothingToRetry
 from chatbot.jobs import queueing
 from chatbot.models import (
     DELIVERY_FAILURES,
-    FAILED_TOOL_USES,
-    Conversation,
     Message,
     Origin,
     ReplyPart,
@@ -87,16 +85,6 @@ def retry_problem(message: Message) -> str:
     return "Queued for sending again."
 
 
-def failed_tool_uses(since, limit: int):
-    """Select, newest first with their conversations, the tool calls since `since` that failed or
-    whose arguments did not fit (the model was told; the customer may have got a worse answer)."""
-    return (ToolUse.select(ToolUse, Conversation)
-            .join(Conversation)
-            .where(ToolUse.status.in_(FAILED_TOOL_USES), ToolUse.created_at >= since)
-            .order_by(ToolUse.created_at.desc(), ToolUse.id.desc())
-            .limit(limit))
-
-
 def problem_kind(message: Message) -> str:
     if message.role == Role.ASSISTANT.value:
         return "not delivered"
@@ -126,7 +114,7 @@ class ProblemsView(LoginRequired, BaseView):
         ]
         tool_failures = [
             {"use": use, "phone": phone_column(self, None, use.conversation, "user_phone")}
-            for use in failed_tool_uses(utcnow() - TOOL_FAILURES_SINCE, PROBLEMS_SHOWN)
+            for use in ToolUse.failed_since(utcnow() - TOOL_FAILURES_SINCE, PROBLEMS_SHOWN)
         ]
         return self.render("chatbot_admin/problems.html", rows=rows, shown=PROBLEMS_SHOWN,
                            stuck_minutes=int(STUCK_AFTER.total_seconds() // 60), tool_failures=tool_failures,

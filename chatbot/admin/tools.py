@@ -10,11 +10,10 @@ from datetime import timedelta
 from flask import flash, make_response, redirect, request
 from flask_admin import BaseView, expose
 from flask_admin.form import SecureForm
-from peewee import Case, fn
 
 from chatbot.admin.audit_log import record_here
 from chatbot.admin.panel import LoginRequired, services
-from chatbot.models import FAILED_TOOL_USES, AIConfiguration, Tool, ToolAuth, ToolRisk, ToolUse, utcnow
+from chatbot.models import AIConfiguration, Tool, ToolAuth, ToolRisk, ToolUse, utcnow
 from chatbot.outbound import OutboundGuard
 from chatbot.roles import Role
 from chatbot.sanitizer import whole_number
@@ -30,16 +29,6 @@ RECENT = timedelta(hours=24)
 NO_PARAMETERS = '{"type": "object", "properties": {}}'
 # Shown before the first save: a tool answering in time is the common case.
 DEFAULT_TIMEOUT = "10"
-
-
-def calls_since(since) -> dict[str, tuple[int, int]]:
-    """Each tool's calls since `since` and how many of them failed, by tool name."""
-    failed = fn.SUM(Case(None, [(ToolUse.status.in_(FAILED_TOOL_USES), 1)], 0))
-    rows = (ToolUse.select(ToolUse.tool, fn.COUNT(ToolUse.id), failed)
-            .where(ToolUse.created_at >= since)
-            .group_by(ToolUse.tool)
-            .tuples())
-    return {name: (calls, int(failures or 0)) for name, calls, failures in rows}
 
 
 def blank_form() -> dict:
@@ -179,7 +168,7 @@ class ToolsView(LoginRequired, BaseView):
         page = self.render(
             "chatbot_admin/tools.html",
             tools=list(Tool.select().order_by(Tool.name)),
-            calls=calls_since(utcnow() - RECENT),
+            calls=ToolUse.counts_since(utcnow() - RECENT),
             configuration_names={configuration.id: configuration.name for configuration in configurations},
             configurations=configurations,
             filled=filled,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from peewee import CharField, DateTimeField, FloatField, ForeignKeyField, IntegerField, TextField
+from peewee import Case, CharField, DateTimeField, FloatField, ForeignKeyField, IntegerField, TextField, fn
 
 from chatbot.models.base import BaseModel, JSONField, utcnow
 from chatbot.models.conversation import Conversation, Message
@@ -91,6 +91,21 @@ class ToolUse(BaseModel):
         """The confirm call the assistant asked this customer about, if the customer has not answered yet."""
         return (cls.select().where(cls.conversation == conversation_id, cls.status == ToolUseStatus.AWAITING_YES.value)
                 .order_by(cls.id.desc()).first())
+
+    @classmethod
+    def counts_since(cls, since: datetime) -> dict[str, tuple[int, int]]:
+        """Each tool's calls since `since` and how many of them failed, by tool name."""
+        failed = fn.SUM(Case(None, [(cls.status.in_(FAILED_TOOL_USES), 1)], 0))
+        rows = cls.select(cls.tool, fn.COUNT(cls.id), failed).where(cls.created_at >= since).group_by(cls.tool).tuples()
+        return {name: (calls, int(failures or 0)) for name, calls, failures in rows}
+
+    @classmethod
+    def failed_since(cls, since: datetime, limit: int):
+        """Select, newest first with their conversations, the calls since `since` that failed or whose
+        arguments did not fit (the model was told; the customer may have got a worse answer)."""
+        return (cls.select(cls, Conversation).join(Conversation)
+                .where(cls.status.in_(FAILED_TOOL_USES), cls.created_at >= since)
+                .order_by(cls.created_at.desc(), cls.id.desc()).limit(limit))
 
     @classmethod
     def confirmed_by(cls, message_id) -> ToolUse | None:
