@@ -29,6 +29,7 @@ from chatbot.models.knowledge import (
     SourceKind,
     SourceStatus,
 )
+from chatbot.models.ratings import SCORES, Rating
 from chatbot.models.settings import (
     MAX_GREETING_CHARS,
     PROVIDERS,
@@ -52,7 +53,7 @@ from chatbot.models.tools import (
 from chatbot.models.users import AdminUser, AuditEvent
 
 __all__ = [
-    "DELETE_BATCH", "DELIVERY_FAILURES", "FAILED_TOOL_USES", "MAX_SCHEDULED_FOLLOW_UPS", "FollowUp",
+    "DELETE_BATCH", "DELIVERY_FAILURES", "SCORES", "Rating", "FAILED_TOOL_USES", "MAX_SCHEDULED_FOLLOW_UPS", "FollowUp",
     "FollowUpStatus", "Tool", "ToolAuth", "ToolRisk", "ToolUse", "ToolUseStatus",
     "DELIVERY_PROGRESS", "DELIVERY_SETTLED", "FAILURE_STATUSES",
     "MAX_GREETING_CHARS", "MODEL_REASONS", "ONE_ACTIVE_INDEX", "PROVIDERS", "REASON_WORDS", "SERVICE_WINDOW",

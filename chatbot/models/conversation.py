@@ -51,6 +51,12 @@ class ServiceWindow:
         return self.closes_at is not None and self.closes_at <= utcnow()
 
 
+# Full-text search over the messages' text: an FTS5 index kept by triggers on SQLite, a stored
+# tsvector column on Postgres (the same 'simple' configuration as the knowledge's passages).
+MESSAGE_FTS_TABLE = "message_fts"
+MESSAGE_SEARCH_COLUMN = "search"
+MESSAGE_TEXT_SEARCH = "to_tsvector('simple', content)"
+
 class Conversation(BaseModel):
     """One sender's thread with one of the assistant's numbers; at most one is active per sender and number."""
 
@@ -66,6 +72,8 @@ class Conversation(BaseModel):
     # Set while an operator has taken the conversation over: the bot answers nothing until hand-back.
     paused_at = DateTimeField(null=True)
     paused_by = CharField(max_length=64, null=True)
+    # When the customer was asked "How did I do?" (never twice in one conversation).
+    rating_asked_at = DateTimeField(null=True)
 
     class Meta:
         table_name = "conversation"

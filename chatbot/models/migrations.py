@@ -24,6 +24,7 @@ from chatbot.models import (
     Note,
     OptOut,
     Passage,
+    Rating,
     ReplyPart,
     Setting,
     Tool,
@@ -31,6 +32,7 @@ from chatbot.models import (
     WebhookLog,
     WhatsAppNumber,
 )
+from chatbot.models.conversation import MESSAGE_FTS_TABLE, MESSAGE_SEARCH_COLUMN, MESSAGE_TEXT_SEARCH
 from chatbot.models.db import database
 from chatbot.models.knowledge import POSTGRES_SEARCH_COLUMN, POSTGRES_TEXT_SEARCH, SQLITE_FTS_TABLE
 
@@ -183,12 +185,42 @@ def _add_tools(migrator) -> None:
     database.create_tables([Tool, ToolUse, FollowUp], safe=True)
 
 
+def _add_ratings_and_message_search(migrator) -> None:
+    if "rating_asked_at" not in {column.name for column in database.get_columns("conversation")}:
+        migrate(migrator.add_column("conversation", "rating_asked_at", Conversation.rating_asked_at))
+    database.create_tables([Rating], safe=True)
+    if isinstance(migrator, PostgresqlMigrator):
+        database.execute_sql(f"ALTER TABLE message ADD COLUMN IF NOT EXISTS {MESSAGE_SEARCH_COLUMN} tsvector "
+                             f"GENERATED ALWAYS AS ({MESSAGE_TEXT_SEARCH}) STORED")
+        database.execute_sql(f"CREATE INDEX IF NOT EXISTS message_text_search ON message "
+                             f"USING gin ({MESSAGE_SEARCH_COLUMN})")
+        return
+    # An index of the messages' own text (external content): triggers keep it in step with every
+    # insert, edit and delete, the cascades of /forget and retention included.
+    exists = database.execute_sql("SELECT 1 FROM sqlite_master WHERE name = ?", (MESSAGE_FTS_TABLE,)).fetchone()
+    database.execute_sql(f"CREATE VIRTUAL TABLE IF NOT EXISTS {MESSAGE_FTS_TABLE} USING fts5(content, "
+                         "content='message', content_rowid='id', tokenize='porter unicode61')")
+    database.execute_sql(f"CREATE TRIGGER IF NOT EXISTS message_fts_insert AFTER INSERT ON message BEGIN "
+                         f"INSERT INTO {MESSAGE_FTS_TABLE}(rowid, content) VALUES (new.id, new.content); END")
+    database.execute_sql(f"CREATE TRIGGER IF NOT EXISTS message_fts_delete AFTER DELETE ON message BEGIN "
+                         f"INSERT INTO {MESSAGE_FTS_TABLE}({MESSAGE_FTS_TABLE}, rowid, content) "
+                         "VALUES ('delete', old.id, old.content); END")
+    database.execute_sql(f"CREATE TRIGGER IF NOT EXISTS message_fts_update AFTER UPDATE OF content ON message BEGIN "
+                         f"INSERT INTO {MESSAGE_FTS_TABLE}({MESSAGE_FTS_TABLE}, rowid, content) "
+                         "VALUES ('delete', old.id, old.content); "
+                         f"INSERT INTO {MESSAGE_FTS_TABLE}(rowid, content) VALUES (new.id, new.content); END")
+    if not exists:
+        # The messages stored before this version.
+        database.execute_sql(f"INSERT INTO {MESSAGE_FTS_TABLE}({MESSAGE_FTS_TABLE}) VALUES ('rebuild')")
+
+
 # Append a function for every schema change (playhouse.migrate operations on the migrator it
 # receives); never edit one that has shipped.
 MIGRATIONS = [_create_initial_tables, _create_admin_users, _add_webhook_verdict, _add_message_origin,
               _add_attempts_and_send_intents, _add_operator_controls, _add_spend_and_access,
               _add_numbers, _add_message_sent_at, _add_webhook_checked_url, _add_opt_out_numbers,
-              _add_knowledge, _add_handoffs, _add_roles_two_factor_and_audit, _add_tools]
+              _add_knowledge, _add_handoffs, _add_roles_two_factor_and_audit, _add_tools,
+              _add_ratings_and_message_search]
 
 
 def current_version() -> int:
