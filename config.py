@@ -217,6 +217,10 @@ class Config:
     handoff_after_failures: int = 3
     # Rounds of tool calls one answer may take before the model must answer with what it has.
     tool_max_rounds: int = 3
+    # Minutes a conversation stays quiet after an AI answer before the customer is asked to rate it; 0 never asks.
+    rating_after_minutes: int = 0
+    # A quick-reply content template (HX…) that asks for the rating with buttons; empty: asked as text.
+    rating_template_sid: str = ""
     handoff_message: str = DEFAULT_HANDOFF_MESSAGE
     handoff_message_out_of_hours: str = DEFAULT_HANDOFF_MESSAGE_OUT_OF_HOURS
     # When a person answers, in ADMIN_TIMEZONE (the text as set, and as spans); empty: always.
@@ -349,6 +353,10 @@ class Config:
             "notify_from": reader.text("NOTIFY_FROM"),
             "require_2fa": reader.boolean("REQUIRE_2FA", cls.require_2fa),
             "tool_max_rounds": reader.integer("TOOL_MAX_ROUNDS", cls.tool_max_rounds, minimum=1, maximum=10),
+            "rating_after_minutes": reader.integer("RATING_AFTER_MINUTES", cls.rating_after_minutes, minimum=0,
+                                                   maximum=23 * 60),
+            "rating_template_sid": reader.pattern("RATING_TEMPLATE_SID", CONTENT_SID_SHAPE,
+                                                  "a Twilio Content SID: HX and 32 hex characters"),
             "handoff_remind_minutes": reader.integer("HANDOFF_REMIND_MINUTES", cls.handoff_remind_minutes, minimum=0,
                                                      maximum=7 * 24 * 60),
             "embedding_model": reader.text("EMBEDDING_MODEL", default=cls.embedding_model),

@@ -21,6 +21,7 @@ from chatbot.stages.commands import UserCommands
 from chatbot.stages.deadline import DeadlineStage
 from chatbot.stages.handoff import HandoffRequests
 from chatbot.stages.optouts import OptOuts
+from chatbot.stages.ratings import RatingReplies
 from chatbot.stages.takeover import TakeoverStage
 
 
@@ -43,11 +44,12 @@ def whatsapp_channel(sender, opt_outs: OptOuts, commands: UserCommands, access: 
                      media: MediaFetcher, numbers: NumberDirectory, approved: ApprovedAnswers | None = None,
                      handoff: HandoffRequests | None = None, clock: Callable[[], float] = time.monotonic) -> Channel:
     """Customers on WhatsApp: STOP and START first (they work for everyone), then access (a kept-out
-    sender gets nothing else), their commands, a request for a person, takeover (or a handoff) holding
-    messages for the person, the caps, the job's deadline, and last the business's approved answers
-    (an answer like any other: budgeted, and only within the deadline)."""
-    stages = (opt_outs, access, commands, *((handoff,) if handoff else ()), TakeoverStage(), budgets,
-              DeadlineStage(clock))
+    sender gets nothing else), their commands, their answer to "How did I do?", a request for a
+    person, takeover (or a handoff) holding messages for the person, the caps, the job's deadline,
+    and last the business's approved answers (an answer like any other: budgeted, and only within
+    the deadline)."""
+    stages = (opt_outs, access, commands, RatingReplies(), *((handoff,) if handoff else ()), TakeoverStage(),
+              budgets, DeadlineStage(clock))
     return Channel(Origin.WHATSAPP, sender, stages + ((approved,) if approved else ()), media, numbers)
 
 

@@ -91,6 +91,8 @@ def _instruments() -> SimpleNamespace:
                          ["reason"], registry=registry),
         handoffs=Counter("chatbot_handoffs_total", "Conversations handed to a person, by reason.", ["reason"],
                          registry=registry),
+        ratings=Counter("chatbot_ratings_total", "Customers' answers to \"How did I do?\" (1-5), by number and "
+                        "AI configuration.", ["number", "ai_configuration", "score"], registry=registry),
         first_human_reply=Histogram("chatbot_handoff_first_reply_seconds", "Seconds from a handoff to the first "
                                     "reply of a person.", buckets=(60, 300, 900, 1800, 3600, 4 * 3600, 24 * 3600),
                                     registry=registry),
@@ -141,6 +143,12 @@ def count_send(error=None) -> None:
     """Count a reply part Twilio took (no `error`) or refused."""
     outcome = "sent" if error is None else ("failed_transient" if error.retryable else "failed_permanent")
     _instruments().sends.labels(outcome).inc()
+
+
+def count_rating(rating) -> None:
+    """Count a customer's rating under its number ("default" for the main one) and AI configuration."""
+    configuration = rating.ai_source.removeprefix("db:") if rating.ai_source.startswith("db:") else "environment"
+    _instruments().ratings.labels(rating.number or "default", configuration, str(rating.score)).inc()
 
 
 def count_handoff(reason: str) -> None:

@@ -57,8 +57,9 @@ MEDIA_TOO_LARGE = ("{files} too big for me: a message's files may add up to {tot
                    "Could you send a smaller one, or type your question?")
 MEDIA_SKIPPED_NOTE = "(I skipped {files}: too big. A message's files may add up to {total} MB, each at most {each} MB.)"
 LOCATION_UNSUPPORTED = "I can't see shared locations — could you type the place or address instead?"
-# Canned answers that never carry the number's greeting: a command's reply, a cap's or the access list's refusal.
-NOT_GREETED = ("command:", "budget_", "access")
+# Canned answers that never carry the number's greeting: a command's reply, a cap's or the access list's
+# refusal, the thanks for a rating.
+NOT_GREETED = ("command:", "budget_", "access", "rating")
 # Named to the operator when the model cannot see photos.
 VISION_MODEL_HINTS = 3
 
@@ -289,9 +290,10 @@ class MessageProcessor:
             outcome.parts_sent += self._deliver(conversation, unsent.reply_to, unsent, final_attempt)
         return outcome
 
-    def deliver_follow_up(self, message_id: int, final_attempt: bool = True) -> Outcome:
-        """Send a due follow-up's message once: inside the 24-hour window as it is, past it as the
-        number's approved template; it enters the conversation's context as the assistant's."""
+    def deliver_unprompted(self, message_id: int, final_attempt: bool = True) -> Outcome:
+        """Send a message the assistant wrote on its own (a due follow-up, the rating question) once:
+        inside the 24-hour window as it is, past it as the number's approved template; a follow-up
+        enters the conversation's context as the assistant's."""
         outcome = Outcome()
         message = Message.get_or_none(Message.id == message_id)
         if message is None or message.status != Status.UNSENT.value:
@@ -685,7 +687,16 @@ class MessageProcessor:
                         note_intent: Callable[[int], None], record_part: Callable[[int, str], None]) -> bool:
         """Send what is left of `answer` as ordinary messages; return False when Twilio refused it for
         WhatsApp's 24-hour window (its clock may close the window a little before ours)."""
+        content_sid = answer.metadata.get("content_sid")
         try:
+            if content_sid:
+                # A message with buttons (the rating question): the approved template, as it is.
+                if not answer.parts_sent:
+                    note_intent(1)
+                    record_part(1, self.channel.sender.send_template(
+                        conversation.user_phone, content_sid, answer.content, unconfirmed_since=unconfirmed,
+                        from_number=conversation.number, fills_variable=False))
+                return True
             self.channel.sender.send(conversation.user_phone, answer.content, already_sent=answer.parts_sent,
                                on_part_sent=record_part, before_part=note_intent, unconfirmed_since=unconfirmed,
                                from_number=conversation.number)

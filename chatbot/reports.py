@@ -28,6 +28,7 @@ from chatbot.models import (
     Handoff,
     KnowledgeSpend,
     Message,
+    Rating,
     ReplyPart,
     Role,
     Status,
@@ -89,6 +90,27 @@ class Handoffs:
     @property
     def total(self) -> int:
         return sum(self.by_reason.values())
+
+
+@dataclass(frozen=True)
+class RatingGroup:
+    """The ratings customers gave one AI configuration on one number in a period."""
+
+    number: str
+    # "db:NAME" for a stored AI configuration, "env" for the environment's settings.
+    ai_source: str
+    count: int
+    average: float
+    # How many were 4 or 5.
+    good: int
+
+    @property
+    def good_share(self) -> float:
+        return self.good / self.count if self.count else 0.0
+
+    @property
+    def ai_configuration(self) -> str:
+        return self.ai_source.removeprefix("db:") if self.ai_source.startswith("db:") else "environment settings"
 
 
 @dataclass(frozen=True)
@@ -158,6 +180,8 @@ class DashboardStats:
     fallback_answers_week: int
     # The period's handoffs to a person by reason, and how long customers waited for a person's first reply.
     handoffs: Handoffs
+    # The period's ratings by number and AI configuration, most rated first.
+    ratings: list[RatingGroup]
 
     @property
     def inbound(self) -> int:
@@ -208,7 +232,20 @@ def compute_stats(now: datetime | None = None, number: str | None = None, period
         top_spenders=Message.top_spenders(month, TOP_SPENDERS, number),
         **_fallback_use(week, counted),
         handoffs=_handoffs(starts[0], number),
+        ratings=_ratings(starts[0], number),
     )
+
+
+def _ratings(since: datetime, number: str | None) -> list[RatingGroup]:
+    """The ratings given since `since` (on `number` when given), by number and AI configuration."""
+    good = fn.SUM(Case(None, [(Rating.score >= 4, 1)], 0))
+    rows = (Rating.select(Rating.number, Rating.ai_source, fn.COUNT(Rating.id), fn.AVG(Rating.score), good)
+            .where(Rating.created_at >= since).group_by(Rating.number, Rating.ai_source))
+    if number is not None:
+        rows = rows.where(Rating.number == number)
+    groups = [RatingGroup(number=key, ai_source=source, count=count, average=float(average), good=int(good or 0))
+              for key, source, count, average, good in rows.tuples()]
+    return sorted(groups, key=lambda group: (-group.count, group.number, group.ai_source))
 
 
 def _handoffs(since: datetime, number: str | None) -> Handoffs:

@@ -241,14 +241,16 @@ class WhatsAppClient:
         return self._create_once(to, body, unconfirmed_since, from_number, body=body)
 
     def send_template(self, to: str, template_sid: str, text: str, unconfirmed_since: datetime | None = None,
-                      from_number: str = "") -> str:
+                      from_number: str = "", fills_variable: bool = True) -> str:
         """Send `text` as the one variable ({{1}}) of the approved template `template_sid`, the only kind
         of message WhatsApp takes past the 24-hour window, exactly once as send_part does; return
-        Twilio's MessageSid. The text is made fit for a variable first (see template_variable)."""
+        Twilio's MessageSid. The text is made fit for a variable first (see template_variable).
+        Without `fills_variable` the template is sent as approved (quick-reply buttons), `text` only
+        naming it in the look-up that keeps it from going twice."""
         variable = template_variable(text)
+        variables = {"content_variables": json.dumps({"1": variable}, ensure_ascii=False)} if fills_variable else {}
         return self._create_once(to, variable, unconfirmed_since, from_number, in_template=True,
-                                 content_sid=template_sid,
-                                 content_variables=json.dumps({"1": variable}, ensure_ascii=False))
+                                 content_sid=template_sid, **variables)
 
     def unsent_text(self, body: str, already_sent: int) -> str:
         """Return what of `body` is left once its first `already_sent` parts have gone out."""

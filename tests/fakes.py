@@ -329,6 +329,8 @@ class FakeOpenRouter(FakeServer):
 # Twilio's messaging host (messaging.twilio.com), served by the same fake as the API host.
 TYPING_PATH = "/v2/Indicators/Typing.json"
 # The approved template's own words, as Twilio renders a template message's body with its variable.
+# A quick-reply template's own words (its buttons are not part of the body).
+QUICK_REPLY_TEXT = "How did we do today?"
 TEMPLATE_TEXT = "Sorry for the wait — here is the answer to your earlier message: {{1}}"
 
 
@@ -481,6 +483,8 @@ class FakeTwilio(FakeServer):
         """The body Twilio reports for a message: its Body, or a template's text with its variable in."""
         if not form.get("ContentSid"):
             return form.get("Body")
+        if not form.get("ContentVariables"):
+            return QUICK_REPLY_TEXT  # a template with buttons and no variable, as approved
         return TEMPLATE_TEXT.replace("{{1}}", json.loads(form["ContentVariables"])["1"])
 
     @property

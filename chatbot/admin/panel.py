@@ -183,7 +183,8 @@ class PanelIndexView(LoginRequired, AdminIndexView):
         page = self.render("chatbot_admin/dashboard.html", stats=stats, queue=queue, links=figure_links,
                            charts=chart_data(stats, figure_links), periods=PERIODS, period=period,
                            default_period=DEFAULT_PERIOD,
-                           numbers=number_labels(), chosen=number, reason_words=reason_in_words, minutes=minutes)
+                           numbers=number_labels(), chosen=number, reason_words=reason_in_words, minutes=minutes,
+                           config_rating_minutes=services().config.rating_after_minutes)
         response = make_response(page)
         # This page runs only our own script files; Flask-Admin's list and form pages need inline ones.
         response.headers["Content-Security-Policy"] = DASHBOARD_CSP

@@ -22,7 +22,7 @@ APOLOGISE_WHEN_FAILED = "chatbot.jobs.tasks.apologise_when_failed_for_good"
 SEND_OPERATOR_REPLY = "chatbot.jobs.tasks.send_operator_reply"
 INDEX_KNOWLEDGE_SOURCE = "chatbot.jobs.tasks.index_knowledge_source"
 NOTIFY_HANDOFF = "chatbot.jobs.tasks.notify_handoff"
-SEND_FOLLOW_UP = "chatbot.jobs.tasks.send_follow_up"
+SEND_UNPROMPTED = "chatbot.jobs.tasks.send_unprompted"
 # A notification channel that is down is tried again over about an hour before it is given up.
 NOTIFY_RETRY = Retry(max=5, interval=[30, 60, 300, 900, 1800])
 EMBED_APPROVED_ANSWERS = "chatbot.jobs.tasks.embed_approved_answers"
@@ -122,13 +122,14 @@ def enqueue_operator_reply(queue: Queue, reply_id: int) -> Job:
     )
 
 
-def enqueue_follow_up(queue: Queue, message_id: int) -> bool:
-    """Queue the sending of a due follow-up's message, unless it is queued or running already."""
-    job_id = f"follow-up-{message_id:012d}"
+def enqueue_unprompted(queue: Queue, message_id: int) -> bool:
+    """Queue the sending of a message the assistant wrote on its own (a due follow-up, the rating
+    question), unless it is queued or running already."""
+    job_id = f"unprompted-{message_id:012d}"
     if job_is_active(queue.connection, job_id):
         return False
-    queue.enqueue_call(SEND_FOLLOW_UP, args=(message_id,), job_id=job_id, timeout=JOB_TIMEOUT, retry=JOB_RETRY,
-                       result_ttl=86400, failure_ttl=7 * 86400, description=f"send follow-up message {message_id}")
+    queue.enqueue_call(SEND_UNPROMPTED, args=(message_id,), job_id=job_id, timeout=JOB_TIMEOUT, retry=JOB_RETRY,
+                       result_ttl=86400, failure_ttl=7 * 86400, description=f"send unprompted message {message_id}")
     return True
 
 

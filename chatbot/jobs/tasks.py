@@ -9,14 +9,14 @@ from datetime import timedelta
 from rq import get_current_job
 from rq.job import Job
 
-from chatbot import metrics
+from chatbot import metrics, ratings
 from chatbot.errors import SenderBusy, WhatsAppError
 from chatbot.jobs.locks import conversation_lock
 from chatbot.jobs.queueing import (
     enqueue_approved_embedding,
-    enqueue_follow_up,
     enqueue_handoff_notice,
     enqueue_knowledge_index,
+    enqueue_unprompted,
     queue_unless_active,
 )
 from chatbot.jobs.retention import delete_past_retention
@@ -199,6 +199,7 @@ def sweep_pending_messages() -> int:
     remind_of_unclaimed_handoffs()
     refresh_knowledge()
     queue_due_follow_ups()
+    ask_for_ratings()
     with connection_scope():
         for message in Message.needing_work(PENDING_GRACE, RESEND_HORIZON):
             queued += queue_unless_active(services.queue, message.id, message.conversation.user_phone)
@@ -211,20 +212,39 @@ def sweep_pending_messages() -> int:
 
 
 def queue_due_follow_ups() -> int:
-    """Turn the follow-ups that are due into messages and queue their sending (again, for one whose
-    job was lost or whose sending Twilio refused for now); return how many were queued."""
+    """Turn the follow-ups that are due into messages and queue their sending, and queue again every
+    message the assistant wrote on its own whose job was lost or that Twilio refused for now; return
+    how many were queued."""
     services = current_services()
     with connection_scope():
         due = follow_ups.claim_due(Origin.WHATSAPP.value)
-        stalled = follow_ups.unsent_since(utcnow() - PENDING_GRACE)
-    queued = sum(enqueue_follow_up(services.queue, message_id) for message_id in dict.fromkeys(due + stalled))
+        stalled = [message.id for message in Message.unprompted_unsent(utcnow() - PENDING_GRACE)]
+    queued = sum(enqueue_unprompted(services.queue, message_id) for message_id in dict.fromkeys(due + stalled))
     if due:
         log.info("queued %d due follow-ups", len(due))
     return queued
 
 
-def send_follow_up(message_id: int) -> dict:
-    """Send a due follow-up's message, in order with the conversation's other replies."""
+def ask_for_ratings() -> int:
+    """Ask each customer whose conversation is due "How did I do?" (RATING_AFTER_MINUTES; 0 never
+    does); return how many were asked."""
+    services = current_services()
+    minutes = services.config.rating_after_minutes
+    if not minutes:
+        return 0
+    with connection_scope():
+        asked = [message_id for conversation in ratings.due(utcnow(), timedelta(minutes=minutes))
+                 if (message_id := ratings.ask(conversation, services.config.rating_template_sid)) is not None]
+    for message_id in asked:
+        enqueue_unprompted(services.queue, message_id)
+    if asked:
+        log.info("asked %d customers for a rating", len(asked))
+    return len(asked)
+
+
+def send_unprompted(message_id: int) -> dict:
+    """Send a message the assistant wrote on its own (a due follow-up, the rating question), in order
+    with the conversation's other replies."""
     services = current_services()
     job = get_current_job()
     with connection_scope():
@@ -236,7 +256,7 @@ def send_follow_up(message_id: int) -> dict:
                            ttl=services.config.conversation_lock_ttl):
         with connection_scope():
             final_attempt = job is None or not job.retries_left
-            outcome = services.processor.deliver_follow_up(message_id, final_attempt=final_attempt)
+            outcome = services.processor.deliver_unprompted(message_id, final_attempt=final_attempt)
     return asdict(outcome)
 
 

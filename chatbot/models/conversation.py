@@ -403,6 +403,14 @@ class Message(BaseModel):
         )
 
     @classmethod
+    def unprompted_unsent(cls, cutoff: datetime):
+        """Select the messages the assistant wrote on its own (follow-ups, the rating question: no
+        question, no operator) still unsent since before `cutoff`: their job was lost, or Twilio was down."""
+        return cls.select(cls.id).where(cls.role == Role.ASSISTANT.value, cls.reply_to.is_null(),
+                                        cls.operator.is_null(), cls.status == Status.UNSENT.value,
+                                        cls.created_at < cutoff, cls.from_whatsapp())
+
+    @classmethod
     def give_up_unsent(cls, horizon: timedelta) -> int:
         """Mark answers that could not be sent within `horizon` as failed; return how many."""
         return (

@@ -114,9 +114,3 @@ def claim_due(origin: str, now: datetime | None = None) -> list[int]:
         claimed.append(message.id)
     return claimed
 
-
-def unsent_since(cutoff: datetime) -> list[int]:
-    """The follow-ups' messages still unsent since before `cutoff` (their job was lost, or Twilio was down)."""
-    return [message.id for message in Message.select(Message.id).join(
-        FollowUp, on=(FollowUp.sent_message == Message.id)).where(
-        Message.status == Status.UNSENT.value, Message.created_at < cutoff)]
