@@ -16,9 +16,11 @@ from chatbot.admin.numbers import NumbersView
 from chatbot.admin.panel import PanelIndexView, RowIdConverter, masked, may_do, numbers_revealed, signed_in_admin
 from chatbot.admin.playground import PlaygroundView
 from chatbot.admin.problems import ProblemsView
+from chatbot.admin.search import SearchView
 from chatbot.admin.spending import SpendingView
 from chatbot.admin.tools import ToolsView
 from chatbot.admin.two_factor import TwoFactorView
+from chatbot.admin.unhappy import UnhappyView
 from chatbot.admin.users import UsersView
 from chatbot.admin.webhook_log import WebhookLogView
 from chatbot.models import AIConfiguration, CannedReply, Conversation, Message, OptOut, WebhookLog, WhatsAppNumber
@@ -47,6 +49,8 @@ def build_admin(app) -> Admin:
     admin.add_view(CannedReplyView(CannedReply, name="Canned replies", category=CATEGORY, endpoint="cannedreply"))
     admin.add_view(AIConfigurationView(AIConfiguration, name="AI configurations", endpoint="aiconfiguration"))
     admin.add_view(ConversationView(Conversation, name="Conversations", endpoint="conversation"))
+    admin.add_view(SearchView(name="Search", endpoint="search", url="/admin/search"))
+    admin.add_view(UnhappyView(name="Unanswered and unhappy", endpoint="unhappy", url="/admin/unhappy"))
     admin.add_view(NumbersView(WhatsAppNumber, name="Numbers", endpoint="whatsappnumber"))
     admin.add_view(MessageView(Message, name="Messages", endpoint="message"))
     admin.add_view(KnowledgeView(name="Knowledge", endpoint="knowledge", url="/admin/knowledge"))
