@@ -115,6 +115,9 @@ def get_pages(world) -> dict[str, Role]:
         f"/admin/knowledge/approved/{world.approved.id}/edit/": Role.ADMIN,
         f"/admin/conversation/delete/confirm/?id={conversation}": Role.ADMIN,
         "/admin/audit/": Role.ADMIN,
+        "/admin/search/": Role.VIEWER,
+        "/admin/search/?q=hello": Role.VIEWER,
+        "/admin/unhappy/": Role.VIEWER,
         "/admin/tools/": Role.ADMIN,
         f"/admin/tools/?edit={world.tool.id}": Role.ADMIN,
     }
