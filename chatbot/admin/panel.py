@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 from flask import (
     current_app,
@@ -397,6 +399,16 @@ class ModelRule:
 
 # How filter URLs name the default number, whose conversations store "" as their number.
 DEFAULT_NUMBER_CHOICE = "default"
+
+
+def number_name(key: str, labels: dict[str, str]) -> str:
+    """A conversation's number by its label (a number removed since, masked)."""
+    return labels.get(key) or masked(key)
+
+
+def in_zone(moment: datetime, zone_name: str) -> datetime:
+    """A stored (naive UTC) time in the admin's time zone."""
+    return moment.replace(tzinfo=UTC).astimezone(ZoneInfo(zone_name))
 
 
 def number_labels() -> dict[str, str]:

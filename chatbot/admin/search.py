@@ -2,13 +2,19 @@
 each a link into its transcript at the message, phone numbers masked."""
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from zoneinfo import ZoneInfo
-
 from flask import make_response, request, url_for
 from flask_admin import BaseView, expose
 
-from chatbot.admin.panel import DEFAULT_NUMBER_CHOICE, LoginRequired, masked, number_labels, phone_column, services
+from chatbot.admin.panel import (
+    DEFAULT_NUMBER_CHOICE,
+    LoginRequired,
+    in_zone,
+    masked,
+    number_labels,
+    number_name,
+    phone_column,
+    services,
+)
 from chatbot.models import Message, Role
 from chatbot.sanitizer import MAX_STORED_INT, whole_number
 from chatbot.search import PAGE_SIZE, highlighted, search_messages
@@ -36,16 +42,6 @@ def who_wrote(message: Message) -> str:
     if message.role == Role.USER.value:
         return "customer"
     return f"operator {message.operator}" if message.operator else "assistant"
-
-
-def number_name(key: str, labels: dict[str, str]) -> str:
-    """A conversation's number by its label (a number removed since, masked)."""
-    return labels.get(key) or masked(key)
-
-
-def in_zone(moment: datetime, zone_name: str) -> datetime:
-    """A stored (naive UTC) time in the admin's time zone."""
-    return moment.replace(tzinfo=UTC).astimezone(ZoneInfo(zone_name))
 
 
 class SearchView(LoginRequired, BaseView):

@@ -11,8 +11,7 @@ from peewee import SQL, Value
 
 from chatbot.admin.conversations import shortened
 from chatbot.admin.knowledge import gap_reason
-from chatbot.admin.panel import LoginRequired, number_labels, phone_column, services
-from chatbot.admin.search import in_zone, number_name
+from chatbot.admin.panel import LoginRequired, in_zone, number_labels, number_name, phone_column, services
 from chatbot.models import Conversation, KnowledgeGap, Message, Rating, Role
 from chatbot.sanitizer import MAX_STORED_INT, whole_number
 from chatbot.web.security import DASHBOARD_CSP
