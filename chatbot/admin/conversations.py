@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from flask import abort, flash, make_response, redirect, request, session, url_for
+from flask import Response, abort, flash, make_response, redirect, request, session, stream_with_context, url_for
 from flask_admin import expose
 from flask_admin.actions import action
 from flask_admin.contrib.peewee.filters import FilterEqual
@@ -17,7 +17,7 @@ from markupsafe import Markup
 from peewee import SQL, PeeweeException
 from redis.exceptions import RedisError
 
-from chatbot import auth, handoff, takeover
+from chatbot import auth, exports, handoff, takeover
 from chatbot.admin.audit_log import record_here
 from chatbot.admin.panel import (
     NOT_ON_WHATSAPP,
@@ -28,6 +28,7 @@ from chatbot.admin.panel import (
     explanation_of,
     masked,
     masked_column,
+    may_do,
     number_labels,
     phone_column,
     services,
@@ -48,6 +49,7 @@ from chatbot.models import (
     Role,
     Status,
     ToolUse,
+    utcnow,
 )
 from chatbot.roles import Role as TeamRole
 from chatbot.sanitizer import whole_number
@@ -191,7 +193,7 @@ class ConversationView(PanelModelView):
         "reply_view": TeamRole.AGENT, "reset_context_view": TeamRole.AGENT, "deactivate_view": TeamRole.AGENT,
         "reset_context": TeamRole.AGENT, "deactivate": TeamRole.AGENT, "cancel_follow_up_view": TeamRole.AGENT,
         "confirm_delete_view": TeamRole.ADMIN, "delete_confirmed_view": TeamRole.ADMIN,
-        "reveal_view": TeamRole.OWNER,
+        "reveal_view": TeamRole.OWNER, "export_view": TeamRole.ADMIN,
     }
     column_list = ("user_phone", "profile_name", "number", "message_count", "last_message", "failures", "is_active",
                    "paused_by", "waiting", "updated_at")
@@ -279,6 +281,33 @@ class ConversationView(PanelModelView):
             session[REVEAL_PHONES] = not session.get(REVEAL_PHONES)
             record_here("reveal_numbers" if session[REVEAL_PHONES] else "mask_numbers", target=request.path)
         return redirect(auth.safe_next(request.form.get("next"), self.get_url(".index_view")))
+
+    @expose("/export/")
+    def export_view(self):
+        """The messages of the conversations the list shows (its filters and search), as a download
+        written while it is read; senders masked unless an owner asks for them with reveal=1."""
+        shape = request.args.get("format", "csv")
+        if shape not in exports.WRITERS:
+            abort(404)
+        reveal = request.args.get("reveal") == "1"
+        if reveal and not may_do(TeamRole.OWNER):
+            return self.refused(TeamRole.OWNER)
+        config = services().config
+        scope = exports.Scope(zone=ZoneInfo(config.admin_timezone), default_number=config.twilio_whatsapp_number,
+                              conversations=self._listed_ids(), reveal=reveal)
+        if reveal:
+            # The query string says what was revealed: the format, the list's filters and search.
+            record_here("export_revealed", target=request.path, detail=request.query_string.decode())
+        filename = f"conversations-{utcnow():%Y%m%d-%H%M%S}.{shape}"
+        return Response(stream_with_context(exports.export(scope, shape)), mimetype=exports.MEDIA_TYPES[shape],
+                        headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+    def _listed_ids(self):
+        # Flask-Admin's own reading of the filters and search (range checks included) on the list's own
+        # query: the export holds what the list shows. It counts them too, as the list page does.
+        view_args = self._get_list_extra_args()
+        _, listed = self.get_list(None, None, None, view_args.search, view_args.filters, execute=False, page_size=0)
+        return listed.select(Conversation.id).order_by()
 
     @expose("/takeover/<conversation_id>/", methods=("POST",))
     def take_over_view(self, conversation_id):

@@ -1,14 +1,17 @@
-"""flask commands on conversations: chat in the terminal, inspect, reset, delete, clean up and retry."""
+"""flask commands on conversations: chat in the terminal, inspect, export, reset, delete, clean up and retry."""
 from __future__ import annotations
 
 import logging
 import sys
 from datetime import timedelta
+from zoneinfo import ZoneInfo
 
 import click
 from flask.cli import with_appcontext
 
+from chatbot import audit, exports
 from chatbot.channels import operator_channel
+from chatbot.cli.knowledge import _number_key
 from chatbot.cli.shared import Address, operator_errors, services
 from chatbot.console_chat import (
     CONSOLE_PHONE,
@@ -23,6 +26,7 @@ from chatbot.models import Conversation, Message, Origin, utcnow
 from chatbot.processor import MessageProcessor
 from chatbot.redact import mask_phone
 from chatbot.stages.approved import ApprovedAnswers
+from chatbot.users import CLI
 
 
 @click.command("chat")
@@ -144,6 +148,53 @@ def conversations_show(phone, limit):
         click.echo(f"[{_when(message.created_at)}] {message.role} ({', '.join(details)}): {message.content}")
         if message.error:
             click.echo(f"    error: {message.error}")
+
+
+class Moment(click.ParamType):
+    """A day (YYYY-MM-DD, in ADMIN_TIMEZONE) or an ISO 8601 date and time, with or without its offset."""
+
+    name = "DATE"
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str):
+            return value
+        try:
+            return exports.parse_moment(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a day (YYYY-MM-DD) nor an ISO 8601 date and time "
+                      "(2026-03-01T09:00, or 2026-03-01T09:00+01:00)", param, ctx)
+
+
+@conversations_group.command("export")
+@click.option("--format", "shape", type=click.Choice(sorted(exports.WRITERS)), default="csv", show_default=True,
+              help="csv (a header row), json (one array) or jsonl (an object a line).")
+@click.option("--since", type=Moment(), help="From this day (in ADMIN_TIMEZONE) or moment on.")
+@click.option("--until", type=Moment(), help="Up to this day, inclusive (in ADMIN_TIMEZONE), or this moment.")
+@click.option("--number", type=Address(), help="Only conversations with this business number.")
+@click.option("--reveal", is_flag=True, help="Write senders' whole phone numbers (recorded in the audit log).")
+@with_appcontext
+@operator_errors
+def conversations_export(shape, since, until, number, reveal):
+    """Write every WhatsApp message to standard output, one row a message, as it is read.
+
+    Columns: conversation, time (in ADMIN_TIMEZONE, with its offset), number, sender (masked unless
+    --reveal), role, text, status, model, tokens, cost, rating. Playground and console
+    conversations are left out.
+    """
+    config = services().config
+    zone = ZoneInfo(config.admin_timezone)
+    scope = exports.Scope(zone=zone, default_number=config.twilio_whatsapp_number,
+                          since=None if since is None else exports.start_of(since, zone),
+                          before=None if until is None else exports.end_of(until, zone),
+                          number=_number_key(number), reveal=reveal)
+    if scope.since is not None and scope.before is not None and scope.since >= scope.before:
+        raise click.BadParameter(f"{until} is before {since}", param_hint="'--until'")
+    if reveal:
+        # Written before the first row: an export cut short has shown numbers all the same.
+        audit.record("export_revealed", actor=CLI, target="flask conversations export", address=CLI,
+                     detail=f"format={shape} since={since or ''} until={until or ''} number={number or 'every'}")
+    for chunk in exports.export(scope, shape):
+        click.echo(chunk, nl=False)
 
 
 @conversations_group.command("reset")
