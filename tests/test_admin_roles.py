@@ -115,6 +115,8 @@ def get_pages(world) -> dict[str, Role]:
         f"/admin/knowledge/approved/{world.approved.id}/edit/": Role.ADMIN,
         f"/admin/conversation/delete/confirm/?id={conversation}": Role.ADMIN,
         "/admin/audit/": Role.ADMIN,
+        "/admin/conversation/export/?format=csv": Role.ADMIN,
+        "/admin/conversation/export/?format=csv&reveal=1": Role.OWNER,
         "/admin/search/": Role.VIEWER,
         "/admin/search/?q=hello": Role.VIEWER,
         "/admin/unhappy/": Role.VIEWER,

@@ -11,8 +11,7 @@ from flask.cli import with_appcontext
 
 from chatbot import audit, exports
 from chatbot.channels import operator_channel
-from chatbot.cli.knowledge import _number_key
-from chatbot.cli.shared import Address, operator_errors, services
+from chatbot.cli.shared import Address, number_key, operator_errors, services
 from chatbot.console_chat import (
     CONSOLE_PHONE,
     ConsoleWhatsApp,
@@ -186,7 +185,7 @@ def conversations_export(shape, since, until, number, reveal):
     scope = exports.Scope(zone=zone, default_number=config.twilio_whatsapp_number,
                           since=None if since is None else exports.start_of(since, zone),
                           before=None if until is None else exports.end_of(until, zone),
-                          number=_number_key(number), reveal=reveal)
+                          number=number_key(number), reveal=reveal)
     if scope.since is not None and scope.before is not None and scope.since >= scope.before:
         raise click.BadParameter(f"{until} is before {since}", param_hint="'--until'")
     if reveal:

@@ -7,20 +7,13 @@ from pathlib import Path
 import click
 from flask.cli import with_appcontext
 
-from chatbot.cli.shared import Address, operator_errors, services
+from chatbot.cli.shared import Address, number_key, operator_errors, services
 from chatbot.errors import AIError
 from chatbot.knowledge import sources
 from chatbot.models import KnowledgeSource
 
 # How much of a passage `search` shows: enough to recognise it on one line.
 PASSAGE_SHOWN = 100
-
-
-def _number_key(address: str | None) -> str | None:
-    """The conversations' key of a number ("" for the default one); None: every number."""
-    if address is None:
-        return None
-    return "" if address == services().config.twilio_whatsapp_number else address
 
 
 def _number_shown(key: str | None) -> str:
@@ -42,7 +35,7 @@ def knowledge_group():
 def add_command(path_or_url: str, number: str | None, title: str, sitemap: bool) -> None:
     """Add a file (PDF, DOCX, Markdown, text, HTML) or a web page; the worker indexes it."""
     built = services()
-    key = _number_key(number)
+    key = number_key(number)
     try:
         if path_or_url.startswith(("http://", "https://")):
             source = sources.add_url(built.queue, path_or_url, key, title, sitemap=sitemap)
@@ -88,7 +81,7 @@ def search_command(query: str, number: str | None) -> None:
     built = services()
     try:
         found, approved, score = sources.try_question(built.retriever, built.ai_factory.current(), query,
-                                                      _number_key(number))
+                                                      number_key(number))
     except AIError as error:
         raise click.ClickException(f"embeddings: {error}\nfix: check EMBEDDING_MODEL and the API key "
                                    "(flask check-config)") from error
@@ -141,7 +134,7 @@ def remove_command(source_id: int) -> None:
 def approve_command(question: str, answer: str, number: str | None) -> None:
     """Store an approved answer: a question like it gets this answer, with no model call."""
     try:
-        approved = sources.approve(services().queue, question, answer, _number_key(number), created_by="cli")
+        approved = sources.approve(services().queue, question, answer, number_key(number), created_by="cli")
     except sources.KnowledgeInputError as error:
         raise click.ClickException(str(error)) from error
     click.echo(f"approved answer {approved.id} stored for {_number_shown(approved.number)}; "

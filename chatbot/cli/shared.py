@@ -73,3 +73,10 @@ def conclude(checks: list[Check]) -> None:
         click.echo(f"\n{failed} check{'s' if failed > 1 else ''} failed.")
         sys.exit(1)
     click.echo("\nAll checks passed.")
+
+
+def number_key(address: str | None) -> str | None:
+    """The conversations' key of a number ("" for the default one); None: every number."""
+    if address is None:
+        return None
+    return "" if address == services().config.twilio_whatsapp_number else address
