@@ -13,7 +13,15 @@ from chatbot.admin.conversations import ConversationView, MessageView, OptOutVie
 from chatbot.admin.inbox import CATEGORY, CannedReplyView, CountedLabel, InboxView
 from chatbot.admin.knowledge import KnowledgeView
 from chatbot.admin.numbers import NumbersView
-from chatbot.admin.panel import PanelIndexView, RowIdConverter, masked, may_do, numbers_revealed, signed_in_admin
+from chatbot.admin.panel import (
+    PanelIndexView,
+    RowIdConverter,
+    local_time,
+    masked,
+    may_do,
+    numbers_revealed,
+    signed_in_admin,
+)
 from chatbot.admin.playground import PlaygroundView
 from chatbot.admin.problems import ProblemsView
 from chatbot.admin.search import SearchView
@@ -39,6 +47,7 @@ def build_admin(app) -> Admin:
     )
     app.jinja_env.globals["admin_secure_form"] = SecureForm
     app.jinja_env.filters["masked"] = masked
+    app.jinja_env.filters["local_time"] = local_time
     app.jinja_env.globals.update(may_do=may_do, numbers_revealed=numbers_revealed)
     audit_log.init_app(app)
     app.context_processor(

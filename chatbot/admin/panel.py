@@ -4,8 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from datetime import UTC, datetime
-from zoneinfo import ZoneInfo
+from datetime import datetime
 
 from flask import (
     current_app,
@@ -30,7 +29,7 @@ from redis.exceptions import RedisError
 from werkzeug.routing import IntegerConverter
 from wtforms.validators import ValidationError
 
-from chatbot import audit, auth
+from chatbot import audit, auth, clock
 from chatbot.admin.drilldowns import chart_data, links
 from chatbot.error_explanations import OUTSIDE_WINDOW_CODE, Explanation, explain_stored_error, twilio_error
 from chatbot.jobs.queueing import queue_health
@@ -406,9 +405,9 @@ def number_name(key: str, labels: dict[str, str]) -> str:
     return labels.get(key) or masked(key)
 
 
-def in_zone(moment: datetime, zone_name: str) -> datetime:
-    """A stored (naive UTC) time in the admin's time zone."""
-    return moment.replace(tzinfo=UTC).astimezone(ZoneInfo(zone_name))
+def local_time(moment: datetime | None, seconds: bool = False) -> str:
+    """The panel's `local_time` filter: a stored time in ADMIN_TIMEZONE, its zone named."""
+    return clock.shown(moment, services().config.admin_timezone, seconds=seconds)
 
 
 def number_labels() -> dict[str, str]:

@@ -8,13 +8,13 @@ from flask_admin import BaseView, expose
 from chatbot.admin.panel import (
     DEFAULT_NUMBER_CHOICE,
     LoginRequired,
-    in_zone,
     masked,
     number_labels,
     number_name,
     phone_column,
     services,
 )
+from chatbot.clock import in_zone
 from chatbot.models import Message, Role
 from chatbot.sanitizer import MAX_STORED_INT, whole_number
 from chatbot.search import PAGE_SIZE, highlighted, search_messages

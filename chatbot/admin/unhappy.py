@@ -11,7 +11,8 @@ from peewee import SQL, Value
 
 from chatbot.admin.conversations import shortened
 from chatbot.admin.knowledge import gap_reason
-from chatbot.admin.panel import LoginRequired, in_zone, number_labels, number_name, phone_column, services
+from chatbot.admin.panel import LoginRequired, number_labels, number_name, phone_column, services
+from chatbot.clock import in_zone
 from chatbot.models import Conversation, KnowledgeGap, Message, Rating, Role
 from chatbot.sanitizer import MAX_STORED_INT, whole_number
 from chatbot.web.security import DASHBOARD_CSP
