@@ -90,8 +90,10 @@ def test_operator_journey_through_the_panel(page, live_url, services, run_jobs, 
     # Activate it with the list action.
     page.check("input.action-checkbox")
     page.once("dialog", lambda dialog: dialog.accept())
+    # The menu opens only once Bootstrap's script has bound it: the list is in the DOM before that.
+    page.wait_for_load_state("load")
     page.click("a.dropdown-toggle:has-text('With selected')")
-    page.click("a:has-text('Activate')")
+    page.click("a.dropdown-item:has-text('Activate')")
     expect(page.locator(".alert-success")).to_contain_text("claude is now the active AI configuration.")
     assert AIConfiguration.active().name == "claude"
 

@@ -15,8 +15,6 @@ from chatbot.search import NO_WORDS, NOTHING_TYPED
 from tests.support import conversation_for
 from tests.test_admin_roles import signed_in_as
 
-pytestmark = pytest.mark.postgres
-
 PAGE = "/admin/search/"
 ADA, ADA_DIGITS, ADA_MASKED = "whatsapp:+15550001111", "15550001111", "whatsapp:+1555•••1111"
 SALES = "whatsapp:+15557770001"
@@ -41,6 +39,7 @@ def said(conversation: Conversation, text: str, **fields) -> Message:
     return Message.create(conversation=conversation, role="user", status="answered", content=text, **fields)
 
 
+@pytest.mark.postgres
 def test_a_customers_word_is_found_linked_to_its_message_with_the_numbers_masked(viewer, post_webhook, run_jobs):
     post_webhook.message("Where is my parcel? Call me back on +447700900123", sender=ADA)
     run_jobs()
@@ -66,6 +65,7 @@ def test_a_messages_markup_is_shown_as_text(viewer):
     assert "&lt;b&gt;<mark>parcel</mark>&lt;/b&gt; &lt;img src=x onerror=alert(1)&gt;" in page
 
 
+@pytest.mark.postgres
 @pytest.mark.parametrize("query", ['parcel OR', '"parcel', 'NEAR(parcel ready)', 'parcel*', '-parcel', "'; DROP",
                                    'parcel:* & !x', '<script>'])
 def test_query_syntax_typed_in_the_box_is_never_an_error(viewer, query):
@@ -89,6 +89,7 @@ def test_times_are_in_the_admin_time_zone_which_is_named(viewer, services):
     assert "2030-01-15 21:00" in page and "When (Asia/Tokyo)" in page
 
 
+@pytest.mark.postgres
 def test_a_number_narrows_the_results_and_each_shows_its_label(viewer, services):
     WhatsAppNumber.create(address=SALES, label="Sales line")
     default = said(conversation_for(ADA), "parcel to the default number")

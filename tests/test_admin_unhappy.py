@@ -12,8 +12,6 @@ from chatbot.roles import Role
 from tests.support import conversation_for
 from tests.test_admin_roles import signed_in_as
 
-pytestmark = pytest.mark.postgres
-
 PAGE = "/admin/unhappy/"
 ADA, BOB, CY = "whatsapp:+15550001111", "whatsapp:+15550002222", "whatsapp:+15550003333"
 SALES = "whatsapp:+15557770001"
@@ -60,6 +58,7 @@ def transcript(conversation: Conversation, message_id: int | None = None) -> str
     return f"{link}#message-{message_id}" if message_id else link
 
 
+@pytest.mark.postgres
 def test_a_low_rating_and_a_question_not_covered_are_listed_newest_first_and_a_good_rating_is_not(viewer):
     ada, bob, cy = conversation_for(ADA), conversation_for(BOB), conversation_for(CY)
     low = rated(ada, 2, MONDAY)
@@ -100,6 +99,7 @@ def test_a_rating_whose_reply_was_deleted_links_to_its_conversation(viewer):
     assert rows_of(page_of(viewer)) == [(transcript(ada), "rated 1/5")]
 
 
+@pytest.mark.postgres
 def test_the_playgrounds_questions_are_not_listed(viewer):
     gap(conversation_for("playground:ops"), "A trial question", MONDAY, origin=Origin.PLAYGROUND.value)
     page = page_of(viewer)

@@ -16,11 +16,11 @@ import pytest
 from tests.conftest import PROJECT_DIR, WEBHOOK_URL, free_port, inbound_form, sign
 
 SLOW_CLIENTS = 4
-DRIP_INTERVAL = 1.5
+DRIP_INTERVAL = 0.5
 # Twilio gives up on a webhook after 15 s; /health probes usually allow a few seconds.
 ANSWER_WITHIN = 2.0
-PROBES = 5
-PROBE_INTERVAL = 2.0
+PROBES = 4
+PROBE_INTERVAL = 0.5
 
 
 def header_drip(port: int, stop: threading.Event) -> None:

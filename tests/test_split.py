@@ -158,7 +158,7 @@ texts = st.lists(pieces, max_size=80).map("".join)
 limits = st.integers(min_value=20, max_value=80)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(text=texts, limit=limits)
 def test_every_part_is_non_empty_and_within_the_limit(text, limit):
     for part in split_message(text, limit):
@@ -166,7 +166,7 @@ def test_every_part_is_non_empty_and_within_the_limit(text, limit):
         assert utf16_length(part) <= limit
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(text=texts, limit=limits)
 def test_parts_keep_the_non_whitespace_content_in_order(text, limit):
     parts = split_message(text, limit)
@@ -190,7 +190,7 @@ def words_and_limit(draw):
     return text, limit
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(case=words_and_limit())
 def test_words_that_fit_are_never_cut(case):
     text, limit = case
@@ -198,7 +198,7 @@ def test_words_that_fit_are_never_cut(case):
     assert [word for part in parts for word in part.split()] == text.split()
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(graphemes=st.lists(st.one_of(st.sampled_from(GRAPHEMES), st.just(" ")), max_size=60),
        limit=limits)
 def test_cuts_fall_on_grapheme_boundaries(graphemes, limit):

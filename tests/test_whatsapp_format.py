@@ -200,7 +200,7 @@ LANGUAGE_TAG = re.compile(r"^```\w+$", re.MULTILINE)
 FENCE_LINE = re.compile(r"^[ \t]*```[^`\n]*$", re.MULTILINE)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(markdown_answer())
 def test_formatting_keeps_every_word_in_order(answer):
     markdown, _ = answer
@@ -209,7 +209,7 @@ def test_formatting_keeps_every_word_in_order(answer):
     assert is_subsequence(answer_words, words(to_whatsapp(markdown)))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(markdown_answer())
 def test_formatting_never_changes_code(answer):
     markdown, code_blocks = answer
@@ -219,7 +219,7 @@ def test_formatting_never_changes_code(answer):
     assert is_subsequence(inline_code, re.findall(r"`[^`\n]+`", FENCED.sub("", formatted)))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(markdown_answer(), min_size=1, max_size=6), st.integers(min_value=60, max_value=400))
 def test_split_parts_never_leave_a_code_fence_open(answers, limit):
     formatted = to_whatsapp("\n\n".join(markdown for markdown, _ in answers))
