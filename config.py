@@ -249,6 +249,8 @@ class Config:
     worker_heartbeat_interval: int = 5
     worker_heartbeat_grace: int = 10
     worker_maintenance_interval: int = 5
+    # Seconds between the scheduler's looks for due periodic jobs, and between its tries while Redis is down.
+    scheduler_poll_interval: int = 5
     # Seconds a conversation stays locked after its job's worker stopped renewing the lock (was killed).
     conversation_lock_ttl: int = 20
     # Seconds a write to an SQLite database waits for its turn before it fails as "database unavailable".
@@ -389,6 +391,8 @@ class Config:
             "worker_maintenance_interval": reader.integer("WORKER_MAINTENANCE_INTERVAL",
                                                           cls.worker_maintenance_interval, minimum=1,
                                                           maximum=MAX_WORKER_INTERVAL),
+            "scheduler_poll_interval": reader.integer("SCHEDULER_POLL_INTERVAL", cls.scheduler_poll_interval,
+                                                      minimum=1, maximum=60),
             "conversation_lock_ttl": reader.integer("CONVERSATION_LOCK_TTL", cls.conversation_lock_ttl, minimum=1,
                                                     maximum=MAX_CONVERSATION_LOCK_TTL),
             "sqlite_writer_wait": reader.number("SQLITE_WRITER_WAIT_SECONDS", cls.sqlite_writer_wait, 0.1,

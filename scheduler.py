@@ -18,8 +18,6 @@ log = logging.getLogger(__name__)
 
 CLEANUP_CRON = "0 */6 * * *"
 SWEEP_INTERVAL = 60
-POLL_INTERVAL = 10
-REDIS_RETRY_SECONDS = 5
 # A periodic job's return value is kept this long (long enough to read in `rq info`), not forever.
 PERIODIC_RESULT_TTL = 6 * 3600
 
@@ -64,20 +62,21 @@ class SelfHealingScheduler(Scheduler):
 
 def main() -> None:
     configure_logging()
-    services = build_services(Config.from_env_or_exit())
+    config = Config.from_env_or_exit()
+    services = build_services(config)
     while True:
         try:
             # A new instance (a new name) each time: the last one's registration may still be in Redis.
             scheduler = SelfHealingScheduler(queue_name=QUEUE_NAME, connection=services.redis,
-                                             interval=POLL_INTERVAL)
+                                             interval=config.scheduler_poll_interval)
             register_jobs(scheduler)
             scheduler.run()
             return
         except RedisError as error:
             # Outlive a Redis outage instead of exiting: the sweep is what recovers from it.
             log.error("Redis unavailable (%s); the scheduler retries in %d s",
-                      error.__class__.__name__, REDIS_RETRY_SECONDS)
-            time.sleep(REDIS_RETRY_SECONDS)
+                      error.__class__.__name__, config.scheduler_poll_interval)
+            time.sleep(config.scheduler_poll_interval)
 
 
 if __name__ == "__main__":

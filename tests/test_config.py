@@ -64,6 +64,7 @@ def test_every_malformed_variable_is_named_in_one_error():
     ("WORKER_HEARTBEAT_INTERVAL", "0", "WORKER_HEARTBEAT_INTERVAL must be at least 1, got 0"),
     ("WORKER_HEARTBEAT_GRACE", "601", "WORKER_HEARTBEAT_GRACE must be at most 600, got 601"),
     ("WORKER_MAINTENANCE_INTERVAL", "1.5", "WORKER_MAINTENANCE_INTERVAL must be a whole number, got '1.5'"),
+    ("SCHEDULER_POLL_INTERVAL", "61", "SCHEDULER_POLL_INTERVAL must be at most 60, got 61"),
     ("CONVERSATION_LOCK_TTL", "0", "CONVERSATION_LOCK_TTL must be at least 1, got 0"),
     ("CONVERSATION_LOCK_TTL", "31", "CONVERSATION_LOCK_TTL must be at most 30, got 31"),
     ("SQLITE_WRITER_WAIT_SECONDS", "15", "SQLITE_WRITER_WAIT_SECONDS must be between 0.1 and 14, got 15"),

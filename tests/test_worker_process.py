@@ -102,7 +102,7 @@ def test_scheduler_process_outlives_a_redis_outage(env, config, private_redis, t
     log = tmp_path / "scheduler.log"
     process = subprocess.Popen([sys.executable, "scheduler.py"], cwd=PROJECT_DIR,
                                env={**os.environ, **env, "DATABASE_URL": config.database_url,
-                                    "REDIS_URL": private_redis.url},
+                                    "REDIS_URL": private_redis.url, "SCHEDULER_POLL_INTERVAL": "1"},
                                stdout=log.open("w"), stderr=subprocess.STDOUT)
     try:
         probe = Redis.from_url(private_redis.url)
@@ -147,7 +147,8 @@ def test_an_idle_scheduler_and_worker_stay_quiet(env, config, services, private_
 
     private_redis.start()
     process_env = {**os.environ, **env, "DATABASE_URL": config.database_url, "REDIS_URL": private_redis.url,
-                   "PYTHONUNBUFFERED": "1", "WORKER_MAINTENANCE_INTERVAL": "1"}
+                   "PYTHONUNBUFFERED": "1", "WORKER_MAINTENANCE_INTERVAL": "1",
+                   "SCHEDULER_POLL_INTERVAL": "1"}
     logs = {name: tmp_path / f"{name}.log" for name in ("scheduler", "worker")}
     processes = [subprocess.Popen([sys.executable, f"{name}.py"], cwd=PROJECT_DIR, env=process_env,
                                   stdout=logs[name].open("w"), stderr=subprocess.STDOUT) for name in logs]
