@@ -98,3 +98,11 @@ def test_flask_chat_as_a_real_customer_does_not_confirm_the_forget_they_asked_fo
 
     assert "YES is not carried out here" in result.stdout
     assert Message.select().where(Message.content == "/forget").count() == 1
+
+
+def test_flask_chat_forgets_its_test_user_on_forget_and_yes(cli, services, fake_openrouter):
+    result = cli("chat", input="Remember me\n/forget\nYES\n")
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[-1] == "Done: everything I stored about you is erased."
+    assert Conversation.select().where(Conversation.user_phone == "console:local").count() == 0
