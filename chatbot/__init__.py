@@ -15,7 +15,7 @@ def create_app(config: Config | None = None, services=None) -> Flask:
     from chatbot.logs import configure_logging
     from chatbot.models import db
     from chatbot.services import build_services
-    from chatbot.web import audit, health, security, status, webhook
+    from chatbot.web import audit, health, home, security, status, webhook
     from chatbot.whatsapp import STATUS_CALLBACK_PATH
 
     services = services or build_services(config or Config.from_env())
@@ -38,6 +38,7 @@ def create_app(config: Config | None = None, services=None) -> Flask:
     app.register_blueprint(status.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)
+    app.register_blueprint(home.bp)
     # Browsers ask for /favicon.ico whatever a page links to.
     app.add_url_rule("/favicon.ico", "favicon", lambda: app.send_static_file("favicon.svg"))
     admin.build_admin(app)

@@ -22,6 +22,7 @@ from chatbot.stages.deadline import DeadlineStage
 from chatbot.stages.handoff import HandoffRequests
 from chatbot.stages.optouts import OptOuts
 from chatbot.stages.ratings import RatingReplies
+from chatbot.stages.rehearsal import CustomersOwnCommands, HandoffPreview
 from chatbot.stages.takeover import TakeoverStage
 
 
@@ -53,8 +54,12 @@ def whatsapp_channel(sender, opt_outs: OptOuts, commands: UserCommands, access: 
     return Channel(Origin.WHATSAPP, sender, stages + ((approved,) if approved else ()), media, numbers)
 
 
-def operator_channel(origin: Origin, sender, approved: ApprovedAnswers | None = None,
-                     clock: Callable[[], float] = time.monotonic) -> Channel:
-    """An operator trying the assistant (the console, the playground): no commands, access list or
-    caps stand in their way; a takeover and the deadline still apply, and approved answers answer."""
-    return Channel(origin, sender, (TakeoverStage(), DeadlineStage(clock)) + ((approved,) if approved else ()))
+def operator_channel(origin: Origin, sender, opt_outs: OptOuts, commands: UserCommands,
+                     customers_own: CustomersOwnCommands, handoff: HandoffPreview,
+                     approved: ApprovedAnswers | None = None, clock: Callable[[], float] = time.monotonic) -> Channel:
+    """An operator trying the assistant (the console, the playground): the customers' commands answer
+    as on WhatsApp (/help, /reset, STOP and START for the test user), except that a real customer's
+    own commands are not carried out and /human calls nobody; no access list or caps stand in the
+    way; a takeover and the deadline still apply, and approved answers answer."""
+    stages = (customers_own, opt_outs, commands, handoff, TakeoverStage(), DeadlineStage(clock))
+    return Channel(origin, sender, stages + ((approved,) if approved else ()))

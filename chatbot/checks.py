@@ -14,9 +14,10 @@ from chatbot.ai import AIAdapterFactory, AISettings
 from chatbot.errors import AIError, WhatsAppError
 from chatbot.models import db, migrations
 from chatbot.redact import mask_phone, mask_secret
+from chatbot.web import WEBHOOK_PATH
+from chatbot.whatsapp import STATUS_CALLBACK_PATH
 from config import MODEL_SLUG_SHAPE, Config, ConfigError, comma_list
 
-WEBHOOK_PATH = "/whatsapp/webhook"
 # A check should answer in seconds, not wait out the adapter's 60 s completion timeout.
 CHECK_TIMEOUT = (5.0, 15.0)
 ENV_HINT = "set it in .env or the environment (see .env.example)"
@@ -88,6 +89,11 @@ def display_url(url: str) -> str:
 def webhook_url(config: Config) -> str:
     """Return the URL to give Twilio for incoming messages."""
     return (config.public_base_url or "https://<your-public-host>") + WEBHOOK_PATH
+
+
+def status_callback_url(config: Config) -> str:
+    """Return the URL to give Twilio for delivery receipts (the admin's delivery ticks)."""
+    return (config.public_base_url or "https://<your-public-host>") + STATUS_CALLBACK_PATH
 
 
 def problem_checks(error: ConfigError) -> list[Check]:

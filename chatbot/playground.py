@@ -3,9 +3,8 @@ context window and AI adapter, with any stored AI configuration. Nothing goes to
 from __future__ import annotations
 
 from chatbot.ai import AIAdapter, AIAdapterFactory
-from chatbot.channels import operator_channel
 from chatbot.jobs.locks import conversation_lock
-from chatbot.models import AIConfiguration, Conversation, Message, Origin, Role, Status
+from chatbot.models import AIConfiguration, Conversation, Message, OptOut, Origin, Role, Status
 from chatbot.models.db import database
 from chatbot.processor import MessageProcessor
 from chatbot.sanitizer import clean_text
@@ -68,8 +67,8 @@ def ask(services, username: str, text: str, configuration: AIConfiguration | Non
         ).execute()
     chosen = ChosenConfiguration(services.ai_factory, configuration)
     processor = MessageProcessor(chosen,
-                                 operator_channel(Origin.PLAYGROUND, NothingSent(),
-                                                  ApprovedAnswers(services.retriever, chosen)),
+                                 services.operator_channel(Origin.PLAYGROUND, NothingSent(),
+                                                           ApprovedAnswers(services.retriever, chosen)),
                                  services.context, services.errors, max_inbound_chars=config.max_inbound_chars,
                                  retriever=services.retriever,
                                  # The operator's tools are tried here too; follow-ups and handoffs are not.
@@ -81,7 +80,9 @@ def ask(services, username: str, text: str, configuration: AIConfiguration | Non
 
 
 def reset(username: str, context) -> None:
-    """End the operator's playground conversation, context and all: the next message starts afresh."""
+    """End the operator's playground conversation, context and all, and lift a STOP its test user
+    wrote: the next message starts afresh, as a new customer's would."""
     conversation = current_conversation(username)
     if conversation is not None:
         Conversation.end([conversation.id], context)
+    OptOut.start(playground_address(username), "")

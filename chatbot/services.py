@@ -11,13 +11,14 @@ from rq import Queue
 
 from chatbot.ai import AIAdapterFactory
 from chatbot.alerts import ErrorHandler
-from chatbot.channels import whatsapp_channel
+from chatbot.channels import Channel, operator_channel, whatsapp_channel
 from chatbot.context import ConversationManager
 from chatbot.crypto import FieldCipher
-from chatbot.handoff import Handoffs
+from chatbot.handoff import Handoffs, holding_message
 from chatbot.knowledge.index import Indexer, IndexLimits
 from chatbot.knowledge.retrieval import Retriever
 from chatbot.media import MediaFetcher
+from chatbot.models import Origin
 from chatbot.models.db import POOL_SIZE, open_database
 from chatbot.notify import Notifier
 from chatbot.numbers import NumberDirectory
@@ -31,6 +32,7 @@ from chatbot.stages.budget import Budgets
 from chatbot.stages.commands import UserCommands
 from chatbot.stages.handoff import HandoffRequests
 from chatbot.stages.optouts import OptOuts
+from chatbot.stages.rehearsal import CustomersOwnCommands, HandoffPreview
 from chatbot.stages.words import CommandWords
 from chatbot.tools.calls import ToolCaller
 from chatbot.tools.loop import Toolbox
@@ -60,6 +62,14 @@ class Services:
     retriever: Retriever
     indexer: Indexer
     notifier: Notifier
+
+    def operator_channel(self, origin: Origin, sender, approved: ApprovedAnswers | None = None) -> Channel:
+        """The channel of an operator's try (`flask chat`, the playground) replying through `sender`:
+        the customers' command words, as configured, answer there too."""
+        words = CommandWords(self.config.user_commands)
+        commands = UserCommands(self.redis, self.context, sender, words, self.config.site_name)
+        return operator_channel(origin, sender, OptOuts(words), commands, CustomersOwnCommands(words, commands),
+                                HandoffPreview(words, lambda: holding_message(self.config)), approved)
 
 
 def http_pool_size(config: Config) -> int:

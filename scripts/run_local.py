@@ -50,7 +50,9 @@ def ensure_dev_secrets() -> None:
     if not (os.environ.get("FIELD_ENCRYPTION_KEY") or existing.get("FIELD_ENCRYPTION_KEY")):
         generated["FIELD_ENCRYPTION_KEY"] = Fernet.generate_key().decode()
     if generated:
-        with ENV_FILE.open("a") as env_file:
+        # Readable by its owner only, as scripts/create_env.py writes it: the file holds secrets now.
+        with os.fdopen(os.open(ENV_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "a") as env_file:
+            os.fchmod(env_file.fileno(), 0o600)
             env_file.write("\n# Generated for local development by `make run`\n")
             for name, value in generated.items():
                 env_file.write(f"{name}={value}\n")

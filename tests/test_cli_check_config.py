@@ -40,6 +40,8 @@ def test_working_deployment_passes_every_check(cli, env, fake_openrouter, fake_t
                   "OpenRouter model: openai/gpt-4o-mini is available", "Twilio account: credentials accepted"):
         assert f"✓ {label}" in result.output
     assert "https://bot.example.com/whatsapp/webhook" in result.output
+    assert "status callback URL, for delivery receipts (method POST): https://bot.example.com/whatsapp/status" \
+        in result.output
     assert "All checks passed." in result.output
     assert [(r.method, r.path) for r in fake_openrouter.requests] == [("GET", "/api/v1/key"), ("GET", "/api/v1/models")]
     assert [(r.method, r.path) for r in fake_twilio.requests] == [("GET", f"/2010-04-01/Accounts/{ACCOUNT_SID}.json")]

@@ -1,6 +1,7 @@
 """The README's quick start runs as written, and the docs stay true to the code."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -189,3 +190,121 @@ def test_deploy_doc_lists_every_process_level_variable():
     assert variables == {"PORT", "WEB_CONCURRENCY", "GUNICORN_THREADS", "FORWARDED_ALLOW_IPS",
                          "WAIT_TIMEOUT", "SKIP_MIGRATIONS"}
     assert [name for name in variables if f"| `{name}` |" not in deploy] == []
+
+
+# --- the docs against the code (each held by a test where one can hold it) -----------------------
+
+NUMBER_WORDS = {"four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8}
+
+
+def served_endpoints(app) -> set[str]:
+    """`METHOD /path` of every endpoint outside the admin, its static files and the favicon."""
+    return {f"{method} {rule.rule}" for rule in app.url_map.iter_rules()
+            if not rule.rule.startswith(("/admin", "/static")) and rule.rule != "/favicon.ico"
+            for method in rule.methods - {"HEAD", "OPTIONS"}}
+
+
+def test_api_doc_counts_and_documents_every_endpoint_the_app_serves(app):
+    api = (PROJECT_DIR / "docs" / "api.md").read_text()
+    documented = set(re.findall(r"^## `((?:GET|POST|PUT|DELETE) /[^`]*)`", api, re.M))
+    counted = re.search(r"The web process serves (\w+) endpoints", api).group(1)
+
+    assert documented == served_endpoints(app)
+    assert NUMBER_WORDS[counted] == len(served_endpoints(app))
+
+
+def webhook_verdicts() -> set[str]:
+    """Every verdict a webhook log row can carry, read from the code that writes them."""
+    web = PROJECT_DIR / "chatbot" / "web"
+    sources = {name: (web / f"{name}.py").read_text() for name in ("webhook", "status", "audit", "security")}
+    verdicts = set()
+    for source in sources.values():
+        verdicts |= set(re.findall(r'verdict="(\w+)"', source)) | set(re.findall(r'"verdict": "(\w+)"', source))
+    not_for_us = sources["webhook"].split("def _not_for_us", 1)[1].split("\ndef ", 1)[0]
+    verdicts |= set(re.findall(r'return "(\w+)"', not_for_us))
+    verdicts |= set(re.findall(r'refused\(\d{3}, "(\w+)"', sources["security"]))
+    # A row budget's summary verdict is the last of its arguments.
+    verdicts |= {re.findall(r'"(\w+)"', budget)[-1]
+                 for budget in re.findall(r"= RowBudget\((.*?)\)\n", sources["audit"], re.S)}
+    from chatbot.rate_limiter import Allowance
+    return verdicts | {allowance.value for allowance in Allowance}
+
+
+def test_the_api_doc_and_the_metrics_table_name_every_webhook_verdict():
+    verdicts = webhook_verdicts()
+    api = (PROJECT_DIR / "docs" / "api.md").read_text()
+    metrics_row = next(line for line in (PROJECT_DIR / "docs" / "deploy.md").read_text().splitlines()
+                       if line.startswith("| `chatbot_webhook_requests_total`"))
+
+    assert len(verdicts) >= 15 and {"not_our_number", "number_inactive", "from_ourselves"} <= verdicts
+    assert [verdict for verdict in sorted(verdicts) if f"`{verdict}`" not in api] == []
+    # Receipts and the flood's summary rows are not webhook requests the metric counts.
+    counted = verdicts - {"status_callback", "refused_uncounted", "unchanged_uncounted"}
+    assert [verdict for verdict in sorted(counted) if f"`{verdict}`" not in metrics_row] == []
+
+
+def readme_settings() -> dict[str, str]:
+    """The README's settings table: each variable's documented default."""
+    return dict(re.findall(r"^\| `([A-Z0-9_]+)` \| ([^|]*) \|", readme(), re.M))
+
+
+def test_the_settings_documented_are_the_settings_config_reads():
+    source = (PROJECT_DIR / "config.py").read_text()
+    read = set(re.findall(r'reader\.\w+\(\s*"([A-Z0-9_]+)"', source))
+    example = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", (PROJECT_DIR / ".env.example").read_text(), re.M))
+
+    assert len(read) >= 70
+    assert set(readme_settings()) == read
+    assert example == read
+
+
+def test_each_default_the_readme_shows_is_configs_default():
+    config = Config.from_mapping({"SECRET_KEY": "x", "FIELD_ENCRYPTION_KEY": Fernet.generate_key().decode()})
+    fields = dict((env, field) for field, env in re.findall(
+        r'"(\w+)":\s*reader\.\w+\(\s*"([A-Z0-9_]+)"', (PROJECT_DIR / "config.py").read_text()))
+    shown = {name: default.strip()[1:-1] for name, default in readme_settings().items()
+             if re.fullmatch(r"`[^`]+`", default.strip()) and name != "USER_COMMANDS"}
+
+    assert len(shown) >= 50
+    for name, default in shown.items():
+        value = getattr(config, fields[name])
+        actual = str(value).lower() if isinstance(value, bool) else str(value)
+        assert actual == default or (isinstance(value, float) and float(default) == value), name
+
+
+def test_setup_says_to_set_the_status_callback_url_the_receipts_arrive_at():
+    from chatbot.whatsapp import STATUS_CALLBACK_PATH
+
+    setup = (PROJECT_DIR / "docs" / "setup.md").read_text()
+    section = setup.split("## 5. ", 1)[1].split("\n## ", 1)[0]
+    assert f"**Status callback URL**: `https://<your origin>{STATUS_CALLBACK_PATH}`" in section
+    assert "empty" not in section.split("Status callback URL", 1)[1].split(".", 1)[0]
+
+
+def test_the_readme_shows_what_health_answers(client):
+    answer = client.get("/health").get_json()
+    shown = re.search(r"`GET /health`\s+answers 200 with `(\{[^`]*\})`", readme()).group(1)
+
+    assert json.loads(shown) == {name: value for name, value in answer.items() if name != "sqlite_writer_turn"}
+    assert '"sqlite_writer_turn": true' in readme()
+
+
+def test_the_readme_counts_the_test_processes_make_test_starts():
+    makefile = (PROJECT_DIR / "Makefile").read_text()
+    processes = int(re.search(r"pytest -q -n (\d+)", makefile).group(1))
+    said = re.search(r"The suite runs in (\w+) processes", readme()).group(1)
+    assert {"two": 2, "three": 3, "four": 4}[said] == processes
+
+
+def test_the_docs_say_how_long_unsent_replies_are_retried():
+    from chatbot.jobs.tasks import RESEND_HORIZON
+
+    days = f"{RESEND_HORIZON.days} days"
+    assert days in (PROJECT_DIR / "docs" / "troubleshooting.md").read_text().split("## Twilio errors", 1)[1]
+    assert f"retried by the sweeper for {days}" in (PROJECT_DIR / "docs" / "setup.md").read_text()
+
+
+def test_the_readme_says_which_port_make_run_takes_and_how_to_change_it():
+    run_local = (PROJECT_DIR / "scripts" / "run_local.py").read_text()
+    default = re.search(r'env\.get\("PORT"\) or "(\d+)"', run_local).group(1)
+    assert f"It listens on\nport {default}; `PORT=8080 make run`" in readme()

@@ -174,11 +174,33 @@ def test_make_run_without_public_base_url_checks_signatures_against_its_loopback
     assert f"PUBLIC_BASE_URL is not set: using http://127.0.0.1:{run.port}" in run.output
 
 
-def test_local_redis_starts_in_the_given_directory_and_stops(tmp_path):
+def load_run_local():
+    """scripts/run_local.py as a module (it reads RUN_LOCAL_ENV_FILE when loaded)."""
     spec = importlib.util.spec_from_file_location("run_local", PROJECT_DIR / "scripts" / "run_local.py")
     run_local = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(run_local)
-    local_redis = run_local.LocalRedis(tmp_path / "instance")
+    return run_local
+
+
+@pytest.mark.parametrize("existing", [None, "PUBLIC_BASE_URL=https://bot.example.com\n"], ids=["fresh", "existing"])
+def test_make_run_writes_its_secrets_to_a_dotenv_only_its_owner_can_read(tmp_path, monkeypatch, existing):
+    env_file = tmp_path / ".env"
+    if existing is not None:
+        env_file.write_text(existing)
+        env_file.chmod(0o644)
+    monkeypatch.setenv("RUN_LOCAL_ENV_FILE", str(env_file))
+    monkeypatch.delenv("SECRET_KEY", raising=False)
+    monkeypatch.delenv("FIELD_ENCRYPTION_KEY", raising=False)
+
+    load_run_local().ensure_dev_secrets()
+
+    assert env_file.stat().st_mode & 0o777 == 0o600
+    written = env_file.read_text()
+    assert written.startswith(existing or "\n") and "SECRET_KEY=" in written and "FIELD_ENCRYPTION_KEY=" in written
+
+
+def test_local_redis_starts_in_the_given_directory_and_stops(tmp_path):
+    local_redis = load_run_local().LocalRedis(tmp_path / "instance")
 
     url = local_redis.start()
     try:

@@ -103,7 +103,7 @@ def test_an_operator_can_reverse_an_opt_out_in_the_admin(post_webhook, run_jobs,
     assert log_in(client).status_code == 302
     token = csrf_token(client, "/admin/optout/")
     opt_out = OptOut.get()
-    client.post("/admin/optout/delete/", data={"id": opt_out.id, "csrf_token": token})
+    client.post("/admin/optout/remove/confirmed/", data={"id": opt_out.id, "csrf_token": token})
     assert OptOut.select().count() == 0
     post_webhook.message("hi again", sender=ADA)
     run_jobs()

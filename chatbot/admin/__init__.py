@@ -6,7 +6,7 @@ from flask_admin import Admin
 from flask_admin.form import SecureForm
 from flask_admin.theme import Bootstrap4Theme
 
-from chatbot.admin import audit_log
+from chatbot.admin import audit_log, first_run
 from chatbot.admin.access import AccessView
 from chatbot.admin.ai_configurations import AIConfigurationView
 from chatbot.admin.conversations import ConversationView, MessageView, OptOutView
@@ -48,7 +48,7 @@ def build_admin(app) -> Admin:
     app.jinja_env.globals["admin_secure_form"] = SecureForm
     app.jinja_env.filters["masked"] = masked
     app.jinja_env.filters["local_time"] = local_time
-    app.jinja_env.globals.update(may_do=may_do, numbers_revealed=numbers_revealed)
+    app.jinja_env.globals.update(may_do=may_do, numbers_revealed=numbers_revealed, first_run_steps=first_run.steps)
     audit_log.init_app(app)
     app.context_processor(
         lambda: {"current_admin": signed_in_admin() if request.path.startswith("/admin") else None})

@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from flask import Response, abort, flash, make_response, redirect, request, session, stream_with_context, url_for
+from flask import Response, abort, flash, g, make_response, redirect, request, session, stream_with_context, url_for
 from flask_admin import expose
 from flask_admin.actions import action
 from flask_admin.contrib.peewee.filters import FilterEqual
@@ -26,6 +26,7 @@ from chatbot.admin.panel import (
     NumberFilter,
     PanelModelView,
     explanation_of,
+    local_time,
     masked,
     masked_column,
     may_do,
@@ -45,6 +46,7 @@ from chatbot.models import (
     Handoff,
     Message,
     Note,
+    OptOut,
     ReplyPart,
     Role,
     Status,
@@ -481,17 +483,74 @@ def _opted_out_of(view, context, model, name) -> str:
 
 
 class OptOutView(PanelModelView):
-    """Senders who wrote STOP to a number; deleting one lets that number answer them again (as their
-    START to it would)."""
+    """Senders who wrote STOP to a number. Removing one lets that number message them again (as their
+    START to it would): it is asked on a page of its own that names them, and audited."""
 
+    list_template = "chatbot_admin/optout_list.html"
     can_create = False
     can_edit = False
     column_list = ("user_phone", "number", "created_at")
     column_labels = {"user_phone": "Phone", "number": "Number", "created_at": "Opted out at"}
     column_formatters = {"user_phone": phone_column, "number": _opted_out_of, "created_at": when_column}
     column_default_sort = ("created_at", True)
+    roles_needed = {"confirm_remove_view": TeamRole.ADMIN, "remove_confirmed_view": TeamRole.ADMIN}
 
     def render(self, template, **kwargs):
         if template == self.list_template and kwargs.get("data"):
             kwargs["number_labels"] = number_labels()
         return super().render(template, **kwargs)
+
+    def get_list_row_actions(self):
+        # Words, not a bare bin icon; removing asks on a page of its own rather than in a pop-up.
+        return [TemplateLinkRowAction("chatbot_row_actions.confirm_remove", "Remove")] if self.can_delete else []
+
+    @expose("/remove/confirm/")
+    def confirm_remove_view(self):
+        ids = [whole_number(row_id) for row_id in request.args.getlist("id")]
+        opt_outs = list(OptOut.select().where(OptOut.id.in_([row_id for row_id in ids if row_id])))
+        if not opt_outs:
+            flash("Those opt-outs are gone already.", "error")
+            return redirect(self.get_url(".index_view"))
+        labels = number_labels()
+        return self.render("chatbot_admin/optout_remove.html", opt_outs=opt_outs,
+                           phone=lambda row: phone_column(self, None, row, "user_phone"),
+                           number=lambda row: _opted_out_of(self, {"number_labels": labels}, row, "number"),
+                           words=services().config.user_commands,
+                           return_url=auth.safe_next(request.args.get("url"), self.get_url(".index_view")))
+
+    @expose("/remove/confirmed/", methods=("POST",))
+    def remove_confirmed_view(self):
+        ids = [row_id for row_id in map(whole_number, request.form.getlist("id")) if row_id]
+        if not SecureForm(request.form).validate():
+            flash("The request expired; please try again.", "error")
+        elif ids:
+            removed = self._remove(ids)
+            flash(f"Removed {removed} opt-out(s): the bot may message them again." if removed
+                  else "Those opt-outs are gone already.", "success" if removed else "error")
+        return redirect(auth.safe_next(request.form.get("url"), self.get_url(".index_view")))
+
+    @expose("/delete/", methods=("POST",))
+    def delete_view(self):
+        """Flask-Admin's one-click delete asks first, like the row's Remove."""
+        return self._ask_first(request.form.getlist("id"))
+
+    @action("delete", "Remove")
+    def action_delete(self, ids):
+        return self._ask_first(ids)
+
+    def _ask_first(self, ids):
+        # Only a question so far: the audit row is written when the removal is confirmed.
+        g.audit_recorded = True
+        return redirect(self.get_url(".confirm_remove_view", id=ids, url=request.form.get("url")))
+
+    def _remove(self, ids) -> int:
+        """Delete the opt-outs `ids`, each audited with whom it let the bot message again; return how many."""
+        labels = number_labels()
+        removed = 0
+        for opt_out in OptOut.select().where(OptOut.id.in_(ids)):
+            if OptOut.delete().where(OptOut.id == opt_out.id).execute():
+                removed += 1
+                record_here("opt_out_removed", target=opt_out.user_phone,
+                            detail=(f"number {_opted_out_of(self, {'number_labels': labels}, opt_out, 'number')}; "
+                                    f"opted out at {local_time(opt_out.created_at, seconds=True)}"))
+        return removed

@@ -411,9 +411,10 @@ def local_time(moment: datetime | None, seconds: bool = False) -> str:
 
 
 def number_labels() -> dict[str, str]:
-    """Return each number's label by its conversation key, the default number ("") first."""
+    """Return each number's label by its conversation key, the default number ("") first; with no
+    TWILIO_WHATSAPP_NUMBER there is no default number to offer."""
     default_address = services().config.twilio_whatsapp_number
-    labels = {"": "default"}
+    labels = {"": "default"} if default_address else {}
     for number in WhatsAppNumber.select().order_by(WhatsAppNumber.label, WhatsAppNumber.address):
         if number.address == default_address:
             labels[""] = f"{number.label} (default)"

@@ -33,6 +33,7 @@ class PlaygroundView(LoginRequired, BaseView):
             chosen=request.args.get("configuration", str(active.id) if active else ""),
             environment_model=services().config.ai_model,
             transcript=transcript,
+            words=services().config.user_commands,
         )
 
     @expose("/send/", methods=("POST",))

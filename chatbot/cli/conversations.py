@@ -10,7 +10,6 @@ import click
 from flask.cli import with_appcontext
 
 from chatbot import audit, exports
-from chatbot.channels import operator_channel
 from chatbot.cli.shared import Address, number_key, operator_errors, services
 from chatbot.console_chat import (
     CONSOLE_PHONE,
@@ -21,10 +20,11 @@ from chatbot.console_chat import (
     typed_lines,
 )
 from chatbot.jobs import queueing, tasks
-from chatbot.models import Conversation, Message, Origin, utcnow
+from chatbot.models import Conversation, Message, Origin, Status, utcnow
 from chatbot.processor import MessageProcessor
 from chatbot.redact import mask_phone
 from chatbot.stages.approved import ApprovedAnswers
+from chatbot.stages.rehearsal import is_customer
 from chatbot.users import CLI
 
 
@@ -45,8 +45,8 @@ def chat_command(phone):
     interactive = sys.stdin.isatty()
     console = ConsoleWhatsApp(click.echo, "bot> " if interactive else "")
     processor = MessageProcessor(built.ai_factory,
-                                 operator_channel(Origin.CONSOLE, console,
-                                                  ApprovedAnswers(built.retriever, built.ai_factory)),
+                                 built.operator_channel(Origin.CONSOLE, console,
+                                                        ApprovedAnswers(built.retriever, built.ai_factory)),
                                  built.context, built.errors, max_inbound_chars=built.config.max_inbound_chars,
                                  retriever=built.retriever)
     settings = built.ai_factory.settings()
@@ -67,12 +67,18 @@ def chat_command(phone):
             except ConversationBusy as busy:
                 raise click.ClickException(f"{busy}; try again when they are answered") from busy
             outcome = processor.process(message_id)
-            question = Message.get_by_id(message_id)
+            # None once a confirmed /forget erased it with everything else of this sender.
+            question = Message.get_or_none(Message.id == message_id)
             message_id = None
             if outcome.failed:
                 failures += 1
                 click.echo(f"✗ The AI did not answer: {question.error}\n"
                            "    fix: run flask check-config (or flask ai-config test)", err=True)
+            elif question is not None and question.status == Status.OPTED_OUT.value:
+                words = built.config.user_commands
+                who = mask_phone(phone) if is_customer(phone) else phone
+                click.echo(f"(no answer: {who} wrote {words['stop']} to this number; "
+                           f"{words['start']} resumes)", err=True)
     except KeyboardInterrupt:
         click.echo()
     finally:

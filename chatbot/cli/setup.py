@@ -12,6 +12,7 @@ from chatbot.checks import (
     problem_checks,
     service_checks,
     settings_checks,
+    status_callback_url,
     twilio_account_check,
     twilio_send_fix,
     twilio_settings_checks,
@@ -48,7 +49,7 @@ def check_config_command(offline):
 
     Each setting's presence and shape, then the database (reachable, migrated), Redis, the
     OpenRouter key and model, and the Twilio credentials, for real; prints a fix for each failure
-    and the webhook URL to give Twilio.
+    and the webhook and status callback URLs to give Twilio.
     """
     error = current_app.extensions.get(CONFIG_ERROR)
     if error is not None:
@@ -67,7 +68,9 @@ def check_config_command(offline):
         echo_checks("Services", services_checked)
         checks += services_checked
     click.echo(f"Webhook\n  Give Twilio this URL for incoming messages (method POST): "
-               f"{webhook_url(built.config)}")
+               f"{webhook_url(built.config)}\n"
+               f"  and this one as the status callback URL, for delivery receipts (method POST): "
+               f"{status_callback_url(built.config)}")
     conclude(checks)
 
 

@@ -58,6 +58,10 @@ class UserCommands(Stage):
                                          f"messages. Reply {self.words['confirm']} within 5 minutes to confirm.")
         return None
 
+    def forget_pending(self, sender: str) -> bool:
+        """Whether `sender` asked to be forgotten in the last five minutes and a YES would confirm it."""
+        return self.redis.exists(FORGET_PREFIX + sender_key(sender)) > 0
+
     def _confirms_forget(self, sender: str, question: Message) -> bool:
         """Whether `question` (a YES) answers a /forget of the last five minutes directly: any other
         message in between, whatever became of it, cancelled that /forget."""
