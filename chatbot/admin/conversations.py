@@ -197,6 +197,7 @@ class ConversationView(PanelModelView):
     }
     column_list = ("user_phone", "profile_name", "number", "message_count", "last_message", "failures", "is_active",
                    "paused_by", "waiting", "updated_at")
+    column_hidden_on_phone = ("message_count", "is_active")
     column_labels = {"user_phone": "Phone", "profile_name": "Name", "number": "Number", "message_count": "Messages",
                      "last_message": "Last message", "failures": "Failures", "is_active": "Active",
                      "paused_by": "Taken over by", "waiting": "Waiting", "updated_at": "Last activity"}
@@ -441,6 +442,7 @@ class MessageView(PanelModelView):
     can_view_details = True
     column_list = ("created_at", "conversation", "role", "content", "status", "model", "total_tokens",
                    "latency_ms")
+    column_hidden_on_phone = ("model", "total_tokens", "latency_ms")
     column_labels = {"total_tokens": "Tokens", "latency_ms": "Latency (ms)", "conversation": "Phone"}
     column_formatters = {
         "created_at": when_column,
