@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import requests
+from playwright.sync_api import expect
 
 from chatbot import auth
 from chatbot.handoff import open_handoff
@@ -38,17 +39,14 @@ from tests.test_admin_browser import (
 from tests.test_admin_browser import browser as browser
 from tests.test_admin_browser import live_url as live_url
 from tests.test_admin_browser import page as page
+from tests.test_media import VOICE_NOTE, png
 
 ANN, BOB, CY = "whatsapp:+15550001111", "whatsapp:+15550002222", "whatsapp:+15550003333"
 # Long values, as customers and operators write them: each must wrap, not push the row off the screen.
 ANN_NAME = "Annabel Featherstonehaugh-Wainwright"
 TEAPOT = ("Could you tell me whether the blue ceramic teapot with the bamboo handle is back in stock, and "
           "whether you deliver it to Saint-Rémy-de-Provence before the weekend?")
-# The smallest PNG a browser draws (one transparent pixel), and the first bytes of an Ogg stream: made
-# here, never fetched.
-PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
-                    "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082")
-OGG = b"OggS\x00\x02" + b"\x00" * 20 + b"\x01\x13OpusHead\x01\x01\x38\x01\x80\xbb\x00\x00\x00\x00\x00"
+EIFFEL_TOWER = "https://www.openstreetmap.org/?mlat=48.858400&mlon=2.294500#map=17/48.858400/2.294500"
 
 
 def post_webhook(live_url: str, **fields) -> dict:
@@ -99,12 +97,16 @@ def everything(live_url, fake_twilio):
                       target="https://shop.example.com/help/delivery-and-returns-policy-for-every-country",
                       detail="added with its sitemap")
     photo = post_webhook(live_url, body="", sender=CY, NumMedia="1", MediaContentType0="image/png",
-                         MediaUrl0=fake_twilio.add_media(PNG, "image/png"))
+                         MediaUrl0=fake_twilio.add_media(png(), "image/png"))
     voice = post_webhook(live_url, body="", sender=CY, NumMedia="1", MediaContentType0="audio/ogg",
-                         MediaUrl0=fake_twilio.add_media(OGG, "audio/ogg"))
+                         MediaUrl0=fake_twilio.add_media(VOICE_NOTE, "audio/ogg"))
     place = post_webhook(live_url, body="", sender=CY, Latitude="48.8584", Longitude="2.2945")
-    return {"ann": ann, "cy": message_of(photo).conversation_id, "photo": message_of(photo),
-            "voice": message_of(voice), "place": message_of(place)}
+    gone_url = fake_twilio.add_media(png(), "image/png")
+    del fake_twilio.storage.files[gone_url.rsplit("/", 1)[-1]]
+    gone = post_webhook(live_url, body="Did you get my photo?", sender=CY, NumMedia="1", MediaContentType0="image/png",
+                        MediaUrl0=gone_url)
+    return {"cy": message_of(photo).conversation_id, "photo": message_of(photo), "voice": message_of(voice),
+            "place": message_of(place), "gone": message_of(gone)}
 
 
 # Each list: its path, then the row's key text and its main action (CSS selectors, each for the first match).
@@ -148,7 +150,7 @@ def out_of_view(page, selectors: list[str]) -> list[str]:
 
 
 @pytest.mark.parametrize("width", [PHONE_WIDTH, DESKTOP_WIDTH], ids=["phone", "desktop"])
-def test_every_list_shows_its_rows_key_text_and_action_within_the_screen(page, live_url, everything, width):
+def test_every_list_and_a_transcripts_media_fit_the_screen(page, live_url, everything, width):
     folder = screenshot_folder()
     complaints = complaints_of(page)
     page.set_viewport_size({"width": width, "height": 844 if width == PHONE_WIDTH else 900})
@@ -164,3 +166,25 @@ def test_every_list_shows_its_rows_key_text_and_action_within_the_screen(page, l
             problems[name] = wrong
     assert not problems, "\n".join(f"{name}: {', '.join(wrong)}" for name, wrong in problems.items())
     assert complaints == []
+
+    # Cy's photo as a thumbnail, the voice note in a player, the location a map link; the photo Twilio no
+    # longer has says so.
+    page.goto(f"{live_url}/admin/conversation/details/?id={everything['cy']}")
+    photo, voice, place, gone = (f"#message-{everything[name].id}" for name in ("photo", "voice", "place", "gone"))
+    thumbnail = page.locator(f"{photo} img.media-thumbnail")
+    thumbnail.scroll_into_view_if_needed()
+    page.wait_for_function("(image) => image.complete && image.naturalWidth > 0", arg=thumbnail.element_handle())
+    expect(page.locator(f"{voice} audio.media-player")).to_have_attribute(
+        "src", f"/admin/media/{everything['voice'].id}/0")
+    assert page.evaluate(f"fetch('/admin/media/{everything['voice'].id}/0').then(r => r.headers.get('Content-Type'))") \
+        == "audio/ogg"
+    expect(page.locator(f"{place} a.location-link")).to_have_attribute("href", EIFFEL_TOWER)
+    page.locator(gone).scroll_into_view_if_needed()
+    expect(page.locator(f"{gone} .media-unavailable")).to_have_text(
+        "This photo could not be fetched from Twilio: open it to see why.")
+    page.screenshot(path=folder / f"transcript-media-{width}.png", full_page=True)
+    assert out_of_view(page, [f"{photo} img", f"{voice} audio", f"{place} a.location-link",
+                              f"{gone} .media-unavailable"]) == []
+    assert fits_the_viewport(page)
+    # The one load that failed is the gone photo's.
+    assert complaints == ["Failed to load resource: the server responded with a status of 502 (BAD GATEWAY)"]
