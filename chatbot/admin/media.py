@@ -95,10 +95,16 @@ def place_of(message: Message) -> Place | None:
 
 
 def shown_besides_text(message: Message) -> dict:
-    """The message's files and location as the conversation page's poll hands them to its script."""
+    """The message's files and location, when it has any, as the conversation page's poll hands them
+    to its script."""
+    shown = {}
+    files = attachments_of(message)
+    if files:
+        shown["media"] = [{"kind": file.kind, "url": file.url, "noun": file.noun} for file in files]
     place = place_of(message)
-    return {"media": [{"kind": file.kind, "url": file.url, "noun": file.noun} for file in attachments_of(message)],
-            "place": {"text": str(place), "map_url": place.map_url} if place else None}
+    if place:
+        shown["place"] = {"text": str(place), "map_url": place.map_url}
+    return shown
 
 
 def why_unavailable(error: MediaError, noun: str, max_bytes: int) -> str:
