@@ -27,9 +27,10 @@ log = logging.getLogger(__name__)
 
 # How long an operator waits for one file before the transcript says Twilio did not give it.
 FETCH_SECONDS = 15.0
-# Types a browser shows in the page; any other file is offered as a download, never opened here.
+# The pictures a browser shows in the page, and the families it plays; any other file is offered as a
+# download, never opened here.
 SHOWN_INLINE = ("image/jpeg", "image/png", "image/webp", "image/gif")
-SHOWN_INLINE_FAMILIES = ("audio/", "video/")
+PLAYED = ("audio", "video")
 # Whatever a customer's file holds, it runs nothing on the panel's origin, even opened on its own.
 FILE_HEADERS = {"Content-Security-Policy": "sandbox", "X-Content-Type-Options": "nosniff",
                 "Cache-Control": "private, max-age=300"}
@@ -67,11 +68,12 @@ class Place:
 
 
 def shown_kind(content_type: str) -> str:
+    """How the transcript shows a file of this type: `image`, `audio`, `video` or `file` (a download)."""
     bare = media_type(content_type)
     if bare in SHOWN_INLINE:
         return "image"
     family = bare.split("/", 1)[0]
-    return family if family in ("audio", "video") else "file"
+    return family if family in PLAYED else "file"
 
 
 def attachments_of(message: Message) -> list[Attachment]:
@@ -118,7 +120,7 @@ def why_unavailable(error: MediaError, noun: str, max_bytes: int) -> str:
     if isinstance(error, MediaTimeout):
         return f"Twilio did not send {what} within {FETCH_SECONDS:g} s; reload the page to try again."
     if isinstance(error, MediaTooLarge):
-        return f"{what[0].upper()}{what[1:]} is over the {megabytes(max_bytes)} MB the panel fetches (MAX_MEDIA_BYTES)."
+        return f"This {noun} is over the {megabytes(max_bytes)} MB the panel fetches (MAX_MEDIA_BYTES)."
     return f"Twilio could not give {what}: {error.args[0]}."
 
 
