@@ -79,6 +79,10 @@ class MediaTooLarge(MediaError):
     """A file was larger than it may be: its own cap, or what is left of its message's budget."""
 
 
+class MediaTimeout(MediaError):
+    """A file did not arrive in time: a read timed out, or the deadline came."""
+
+
 @dataclass
 class Media:
     """A fetched file, kept in a temporary file until closed: its size and bare media type."""
@@ -253,15 +257,15 @@ class MediaFetcher:
         # read1 returns what has arrived; iter_content would wait to fill each whole chunk.
         return response.raw.read1(READ_CHUNK, decode_content=True)
 
-    def _timed_out(self, host: str, ends: float) -> MediaError:
+    def _timed_out(self, host: str, ends: float) -> MediaTimeout:
         if self.clock() >= ends - MIN_WAIT:
             return self._deadline_passed(host)
-        return MediaError(f"timed out fetching media from {host}", retryable=True)
+        return MediaTimeout(f"timed out fetching media from {host}", retryable=True)
 
     @staticmethod
-    def _deadline_passed(host: str) -> MediaError:
+    def _deadline_passed(host: str) -> MediaTimeout:
         # Not retried: the user has waited long enough, and a host that is this slow would be again.
-        return MediaError(f"media from {host} did not arrive within the deadline", retryable=False)
+        return MediaTimeout(f"media from {host} did not arrive within the deadline", retryable=False)
 
 
 def megabytes(size: int) -> str:

@@ -53,6 +53,8 @@ class Services:
     context: ConversationManager
     ai_factory: AIAdapterFactory
     whatsapp: WhatsAppClient
+    # Fetches customers' files from Twilio: for the worker's answers and the transcript's pictures alike.
+    media: MediaFetcher
     processor: MessageProcessor
     access: AccessPolicy
     rate_limiter: RateLimiter
@@ -124,16 +126,17 @@ def build_services(config: Config, ai_options: dict | None = None,
     queue = Queue(QUEUE_NAME, connection=redis)
     handoffs = Handoffs(queue, config)
     toolbox = Toolbox(ToolCaller(guarded, cipher, own_host(config)), config.tool_max_rounds, config.admin_timezone)
+    media = MediaFetcher(pooled_session(http_pool_size(config)),
+                         guarded, config.twilio_account_sid, config.twilio_auth_token, config.twilio_api_base_url,
+                         max_bytes=config.max_media_bytes, max_message_bytes=config.max_media_bytes_per_message,
+                         max_bytes_in_memory=config.max_media_bytes_in_memory, deadline=config.ai_deadline)
     channel = whatsapp_channel(
         whatsapp,
         OptOuts(words),
         UserCommands(redis, context, whatsapp, words, config.site_name),
         access,
         budgets,
-        MediaFetcher(pooled_session(http_pool_size(config)),
-                     guarded, config.twilio_account_sid, config.twilio_auth_token, config.twilio_api_base_url,
-                     max_bytes=config.max_media_bytes, max_message_bytes=config.max_media_bytes_per_message,
-                     max_bytes_in_memory=config.max_media_bytes_in_memory, deadline=config.ai_deadline),
+        media,
         numbers,
         ApprovedAnswers(retriever, ai_factory),
         HandoffRequests(handoffs, words, config.handoff_phrases),
@@ -146,6 +149,7 @@ def build_services(config: Config, ai_options: dict | None = None,
         context=context,
         ai_factory=ai_factory,
         whatsapp=whatsapp,
+        media=media,
         processor=MessageProcessor(ai_factory, channel, context, errors, max_inbound_chars=config.max_inbound_chars,
                                    transcription_model=config.transcription_model, retriever=retriever,
                                    handoffs=handoffs, toolbox=toolbox),

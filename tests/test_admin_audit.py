@@ -86,7 +86,7 @@ def test_the_address_is_the_clients_own(admin):
 
 
 def listed_actions(page: str) -> list[str]:
-    return re.findall(r'<td class="audit-action text-nowrap">([^<]*)</td>', page)
+    return re.findall(r'<td class="audit-action" data-label="Action">([^<]*)</td>', page)
 
 
 @pytest.fixture

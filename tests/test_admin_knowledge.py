@@ -227,7 +227,7 @@ def test_the_preview_shows_the_passages_a_question_is_given_with_their_scores(op
     page = text_of(response)
     rows = re.findall(r'<tr class="found-passage">(.*?)</tr>', page, re.S)
     assert len(rows) == 1  # the opening hours share no word with the question and score under the minimum
-    assert f'<td class="passage-score">{similarity(question, REFUNDS):.3f}</td>' in rows[0]
+    assert f'<td class="passage-score" data-label="Score">{similarity(question, REFUNDS):.3f}</td>' in rows[0]
     assert "Shop policies" in rows[0] and "Refunds" in rows[0] and REFUNDS in rows[0]
     assert 'id="search-approved"' not in page
     assert [request.body["input"] for request in fake_openrouter.embedding_requests] == [[question]]
@@ -274,13 +274,13 @@ def test_an_approved_answer_is_added_edited_and_deleted(operator, services, admi
         "Do you deliver?", "Yes, in two days.", None, "ops")
     assert "embed-approved-answers" in job_ids(services)
     row = text_of(response).split(f'id="approved-{approved.id}"')[1].split("</tr>")[0]
-    assert '<td class="approved-embedded">no</td>' in row
+    assert '<td class="approved-embedded" data-label="Embedded">no</td>' in row
 
     services.queue.empty()
     # Embedded, as the worker leaves it: changing only the answer keeps its vector.
     ApprovedAnswer.update(vector=to_stored(hashed_words("Do you deliver?")),
                           embedding_model=services.retriever.key).execute()
-    assert '<td class="approved-embedded">yes</td>' in text_of(operator.get(PAGE))
+    assert '<td class="approved-embedded" data-label="Embedded">yes</td>' in text_of(operator.get(PAGE))
     edit = text_of(operator.get(f"{PAGE}approved/{approved.id}/edit/"))
     assert ">Do you deliver?</textarea>" in edit and ">Yes, in two days.</textarea>" in edit
     post(operator, "approved/save/", {"id": str(approved.id), "question": "Do you deliver?",

@@ -84,7 +84,7 @@ def test_an_admin_adds_a_tool_whose_secret_is_stored_encrypted_and_never_shown(o
     listing = text_of(operator.get(PAGE))
     row = listing.split(f'id="tool-{tool.id}"')[1].split("</tr>")[0]
     assert "order_status" in row and NOWHERE in row and "Bearer token" in row and "5 s" in row
-    assert re.search(r'class="tool-offered">Main</td>', row)
+    assert re.search(r'class="tool-offered" data-label="Offered to">Main</td>', row)
     pages = [listing, text_of(operator.get(f"{PAGE}?edit={tool.id}")), text_of(operator.get("/admin/audit/"))]
     assert [page for page in pages if SECRET in page or tool.secret_encrypted in page] == []
     assert AuditEvent.get(AuditEvent.action == "tool_saved").target == "order_status"
@@ -95,7 +95,7 @@ def test_a_tool_offered_to_no_configuration_in_particular_is_offered_to_all(oper
     tool = add_tool(operator, auth="none", secret="")
 
     assert tool.ai_configurations == [] and tool.secret_encrypted is None
-    assert '<td class="tool-offered">all</td>' in text_of(operator.get(PAGE))
+    assert '<td class="tool-offered" data-label="Offered to">all</td>' in text_of(operator.get(PAGE))
 
 
 def test_editing_with_a_blank_secret_keeps_the_stored_one(operator, services):

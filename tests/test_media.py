@@ -210,7 +210,8 @@ def test_admin_transcript_shows_what_a_voice_note_said(client, admin_user, post_
     assert log_in(client).status_code == 302
     page = client.get(f"/admin/conversation/details/?id={question().conversation_id}").get_data(as_text=True)
     assert f"🎤 {fake_openrouter.transcript}" in page
-    assert "📎 [photo: My cat]" in page
+    # The photo itself, through the panel (tests/test_admin_media.py), under its caption.
+    assert f'<img src="/admin/media/{question().id}/0"' in page and "My cat" in page
 
 
 # --- the type served ------------------------------------------------------------------------------

@@ -61,7 +61,7 @@ def test_creating_a_number_stores_it_and_the_assistant_answers_there_at_once(ope
     assert services.numbers.for_recipient(SECOND).greeting == "Welcome to sales!"
     listing = operator.get("/admin/whatsappnumber/").get_data(as_text=True)
     assert SECOND in listing and "$25.5" in listing
-    assert re.search(r'<td class="col-ai_configuration">\s*support\s*</td>', listing)
+    assert re.search(r'<td class="col-ai_configuration" data-label="AI configuration">\s*support\s*</td>', listing)
 
 
 def test_empty_optional_fields_store_none(operator, services):

@@ -87,7 +87,7 @@ def test_stop_to_one_number_leaves_the_others_answering_and_start_reopens_that_o
     assert Message.get(Message.content == "any offers?").status == Status.OPTED_OUT.value
     assert [(row.user_phone, row.number) for row in OptOut.select()] == [(ADA, SALES)]
     page = operator.get("/admin/optout/").get_data(as_text=True)
-    assert re.search(r'<td class="col-number">\s*Sales\s*</td>', page)
+    assert re.search(r'<td class="col-number" data-label="Number">\s*Sales\s*</td>', page)
     post_webhook.message("START", sender=ADA, To=SALES)
     post_webhook.message("any offers now?", sender=ADA, To=SALES)
     run_jobs()

@@ -12,6 +12,7 @@ from chatbot.admin.ai_configurations import AIConfigurationView
 from chatbot.admin.conversations import ConversationView, MessageView, OptOutView
 from chatbot.admin.inbox import CATEGORY, CannedReplyView, CountedLabel, InboxView
 from chatbot.admin.knowledge import KnowledgeView
+from chatbot.admin.media import MediaView
 from chatbot.admin.numbers import NumbersView
 from chatbot.admin.panel import (
     PanelIndexView,
@@ -70,6 +71,8 @@ def build_admin(app) -> Admin:
     admin.add_view(SpendingView(name="Spending", endpoint="spending", url="/admin/spending"))
     admin.add_view(AccessView(name="Access", endpoint="access", url="/admin/access"))
     admin.add_view(WebhookLogView(WebhookLog, name="Webhook log", endpoint="webhooklog"))
+    # Not in the menu: the transcript's pictures, players and downloads come from it.
+    admin.add_view(MediaView(name="Media", endpoint="media", url="/admin/media"))
     admin.add_view(audit_log.AuditLogView(name="Audit log", endpoint="audit", url="/admin/audit"))
     admin.add_view(UsersView(name="Users", endpoint="users", url="/admin/users"))
     admin.add_view(TwoFactorView(name="Two-factor login", endpoint="two_factor", url="/admin/two-factor"))

@@ -41,6 +41,7 @@ class AIConfigurationView(PanelModelView):
     column_extra_row_actions = [TemplateLinkRowAction("chatbot_row_actions.test_connection", "Test connection")]
     column_list = ("name", "provider", "model_name", "max_tokens", "temperature", "is_active",
                    "api_key_encrypted", "updated_at")
+    column_hidden_on_phone = ("provider", "max_tokens", "temperature", "updated_at")
     column_labels = {"api_key_encrypted": "API key", "model_name": "Model", "is_active": "Active"}
     column_formatters = {
         "api_key_encrypted": lambda view, context, model, name: view.masked_key(model),

@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 
 from chatbot import auth, exports, handoff, takeover
 from chatbot.admin.audit_log import record_here
+from chatbot.admin.media import attachments_of, place_of
 from chatbot.admin.panel import (
     NOT_ON_WHATSAPP,
     REVEAL_PHONES,
@@ -199,6 +200,7 @@ class ConversationView(PanelModelView):
     }
     column_list = ("user_phone", "profile_name", "number", "message_count", "last_message", "failures", "is_active",
                    "paused_by", "waiting", "updated_at")
+    column_hidden_on_phone = ("message_count", "is_active")
     column_labels = {"user_phone": "Phone", "profile_name": "Name", "number": "Number", "message_count": "Messages",
                      "last_message": "Last message", "failures": "Failures", "is_active": "Active",
                      "paused_by": "Taken over by", "waiting": "Waiting", "updated_at": "Last activity"}
@@ -237,6 +239,7 @@ class ConversationView(PanelModelView):
             zone_name = services().config.admin_timezone
             # Follow-ups are promised in the business's time zone (the model is told it), so they show in it.
             kwargs.update(zone_name=zone_name, arguments_shown=arguments_shown, tool_result_shown=TOOL_RESULT_SHOWN,
+                          attachments_of=attachments_of, place_of=place_of,
                           in_zone=lambda moment: moment.replace(tzinfo=ZoneInfo("UTC")).astimezone(ZoneInfo(zone_name)))
         if template == self.list_template and kwargs.get("data"):
             kwargs["delivery_fixes"] = delivery_fixes([conversation.id for conversation in kwargs["data"]])
@@ -434,6 +437,15 @@ class ConversationView(PanelModelView):
         return True
 
 
+def _metadata_column(view, context, model, name):
+    """The message's metadata without its files' Twilio addresses: the transcript shows the files
+    through the panel, and an address at Twilio is for the panel alone to fetch."""
+    shown = dict(model.metadata)
+    if shown.get("media"):
+        shown["media"] = [{key: value for key, value in item.items() if key != "url"} for item in shown["media"]]
+    return masked(json.dumps(shown, ensure_ascii=False))
+
+
 class MessageView(PanelModelView):
     """Every stored message; read-only."""
 
@@ -443,6 +455,7 @@ class MessageView(PanelModelView):
     can_view_details = True
     column_list = ("created_at", "conversation", "role", "content", "status", "model", "total_tokens",
                    "latency_ms")
+    column_hidden_on_phone = ("model", "total_tokens", "latency_ms")
     column_labels = {"total_tokens": "Tokens", "latency_ms": "Latency (ms)", "conversation": "Phone"}
     column_formatters = {
         "created_at": when_column,
@@ -454,7 +467,7 @@ class MessageView(PanelModelView):
         "status": status_badge_column,
         "latency_ms": lambda view, context, model, name: f"{model.latency_ms:.0f}" if model.latency_ms else "",
         "error": masked_column,
-        "metadata": masked_column,
+        "metadata": _metadata_column,
     }
     column_details_exclude_list = ("twilio_sid",)
     column_searchable_list = ("content",)

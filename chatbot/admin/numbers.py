@@ -24,6 +24,7 @@ class NumbersView(PanelModelView):
     list_template = "chatbot_admin/whatsappnumber_list.html"
     column_list = ("address", "label", "ai_configuration", "greeting", "template_sid", "monthly_budget", "is_active",
                    "updated_at")
+    column_hidden_on_phone = ("greeting", "template_sid", "updated_at")
     column_labels = {"ai_configuration": "AI configuration", "template_sid": "Template",
                      "monthly_budget": "Monthly budget", "is_active": "Active", "updated_at": "Last changed"}
     column_formatters = {

@@ -267,6 +267,10 @@ class PanelModelView(LoginRequired, ModelView):
     checked against the database's range first: out of range, they are ignored with a log line."""
 
     form_base_class = SecureForm
+    # Every list names each cell's column, so a phone draws its rows as cards (model_list.html, panel.css);
+    # the columns named in column_hidden_on_phone are left off those cards.
+    list_template = "chatbot_admin/model_list.html"
+    column_hidden_on_phone: tuple[str, ...] = ()
     page_size = 50
     # Flask-Admin's own pages that change rows (their forms too: a GET of /new/ is refused as its POST).
     CHANGES = ("create_view", "edit_view", "delete_view", "ajax_update")

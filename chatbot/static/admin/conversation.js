@@ -12,6 +12,29 @@
   if (chat && !window.location.hash) {
     chat.scrollIntoView();
   }
+
+  // A photo or voice note Twilio did not give shows a sentence where it would be, not a broken picture;
+  // its link opens the panel's reason (gone at Twilio, credentials refused, too slow).
+  function unavailable(element) {
+    var note = document.createElement("span");
+    note.className = "small text-danger media-unavailable";
+    note.textContent = "This " + element.dataset.noun + " could not be fetched from Twilio: open it to see why.";
+    element.replaceWith(note);
+  }
+
+  if (transcript) {
+    // Load errors do not bubble: caught on their way down, for the cards drawn later too.
+    transcript.addEventListener("error", function (event) {
+      if (event.target.dataset && event.target.dataset.noun) {
+        unavailable(event.target);
+      }
+    }, true);
+    transcript.querySelectorAll("img.media-thumbnail").forEach(function (image) {
+      if (image.complete && image.naturalWidth === 0) {
+        unavailable(image);
+      }
+    });
+  }
   if (!transcript || !transcript.dataset.pollUrl) {
     return;
   }
@@ -42,9 +65,62 @@
     text.textContent = message.text;
     body.appendChild(meta);
     body.appendChild(text);
+    (message.media || []).forEach(function (file) {
+      body.appendChild(attachment(file));
+    });
+    if (message.place) {
+      var map = document.createElement("a");
+      map.className = "d-block mt-1 location-link";
+      map.href = message.place.map_url;
+      map.target = "_blank";
+      map.rel = "noopener noreferrer";
+      map.textContent = "📍 Shared a location (" + message.place.text + "): open the map";
+      body.appendChild(map);
+    }
+    if (!message.text.trim() && !(message.media || []).length && !message.place) {
+      var empty = document.createElement("div");
+      empty.className = "small text-muted empty-message";
+      empty.textContent = "(no text: WhatsApp sent nothing this panel can show)";
+      body.appendChild(empty);
+    }
     box.appendChild(body);
     row.appendChild(box);
     return row;
+  }
+
+  // A file as the server draws it (conversation_details.html): a thumbnail, a player, or a download link.
+  function attachment(file) {
+    var box = document.createElement("div");
+    box.className = "message-media media-" + file.kind + " mt-1";
+    var link = document.createElement("a");
+    link.href = file.url;
+    link.className = "media-open";
+    if (file.kind === "file") {
+      link.className += " media-download";
+      link.textContent = "📎 Download the " + file.noun;
+      box.appendChild(link);
+      return box;
+    }
+    link.target = "_blank";
+    link.rel = "noopener";
+    var shown = document.createElement(file.kind === "image" ? "img" : file.kind);
+    shown.src = file.url;
+    shown.dataset.noun = file.noun;
+    if (file.kind === "image") {
+      shown.className = "media-thumbnail";
+      shown.alt = "Photo sent by the customer";
+      link.appendChild(shown);
+      box.appendChild(link);
+      return box;
+    }
+    shown.className = "media-player";
+    shown.controls = true;
+    shown.preload = "none";
+    link.className += " small d-block";
+    link.textContent = "Open the " + file.noun;
+    box.appendChild(shown);
+    box.appendChild(link);
+    return box;
   }
 
   function poll() {
