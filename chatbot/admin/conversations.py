@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 
 from chatbot import auth, exports, handoff, takeover
 from chatbot.admin.audit_log import record_here
+from chatbot.admin.drilldowns import ConversationFigureFilter, MessageFigureFilter
 from chatbot.admin.panel import (
     NOT_ON_WHATSAPP,
     REVEAL_PHONES,
@@ -34,7 +35,6 @@ from chatbot.admin.panel import (
     services,
     signed_in_admin,
     status_badge_column,
-    when_column,
 )
 from chatbot.jobs import queueing
 from chatbot.models import (
@@ -200,7 +200,7 @@ class ConversationView(PanelModelView):
     column_labels = {"user_phone": "Phone", "profile_name": "Name", "number": "Number", "message_count": "Messages",
                      "last_message": "Last message", "failures": "Failures", "is_active": "Active",
                      "paused_by": "Taken over by", "waiting": "Waiting", "updated_at": "Last activity"}
-    column_formatters = {"user_phone": _phone_with_delivery_flag, "created_at": when_column, "updated_at": when_column,
+    column_formatters = {"user_phone": _phone_with_delivery_flag,
                          "waiting": lambda view, context, model, name: model.waiting or "",
                          "last_message": lambda view, context, model, name: shortened(model.last_message),
                          "failures": lambda view, context, model, name: failure_badge(model.failures),
@@ -209,7 +209,7 @@ class ConversationView(PanelModelView):
                              model.number, model.number)}
     column_searchable_list = ("user_phone", "profile_name")
     search_hint = "Phone number or name"
-    column_filters = ("is_active", NumberFilter(), "created_at", "updated_at")
+    column_filters = ("is_active", NumberFilter(), "created_at", "updated_at", ConversationFigureFilter())
     # Filters named in the URL (flt0_number_equals=default), not numbered: a link survives a new filter.
     named_filter_urls = True
 
@@ -443,7 +443,6 @@ class MessageView(PanelModelView):
                    "latency_ms")
     column_labels = {"total_tokens": "Tokens", "latency_ms": "Latency (ms)", "conversation": "Phone"}
     column_formatters = {
-        "created_at": when_column,
         "conversation": lambda view, context, model, name: phone_column(view, context, model.conversation,
                                                                         "user_phone"),
         "content": lambda view, context, model, name: (
@@ -457,14 +456,15 @@ class MessageView(PanelModelView):
     column_details_exclude_list = ("twilio_sid",)
     column_searchable_list = ("content",)
     search_hint = "Message text"
-    # Linked to by the dashboard and the Problems view as flt0_status_equals=failed,
-    # flt1_created_at_greater_than=2025-01-31 00:00:00 and flt2_number_equals=default.
+    # Linked to by the dashboard as flt0_figure_equals=answered, flt1_created_at_from=2025-01-31
+    # 00:00:00+01:00 (in ADMIN_TIMEZONE, the offset named) and flt3_number_equals=default.
     column_filters = (
         FilterEqual(Message.status, "Status", options=[(status.value, status.value) for status in Status]),
         "created_at",
         MessageNumberFilter(),
         FilterEqual(Message.role, "Role", options=[(role.value, role.value) for role in Role]),
         "model",
+        MessageFigureFilter(),
     )
     named_filter_urls = True
     column_default_sort = ("id", True)
@@ -488,7 +488,7 @@ class OptOutView(PanelModelView):
     can_edit = False
     column_list = ("user_phone", "number", "created_at")
     column_labels = {"user_phone": "Phone", "number": "Number", "created_at": "Opted out at"}
-    column_formatters = {"user_phone": phone_column, "number": _opted_out_of, "created_at": when_column}
+    column_formatters = {"user_phone": phone_column, "number": _opted_out_of}
     column_default_sort = ("created_at", True)
 
     def render(self, template, **kwargs):

@@ -7,7 +7,7 @@ from urllib.parse import parse_qsl
 from flask_admin.contrib.peewee.filters import FilterEqual, IntEqualFilter
 from markupsafe import Markup
 
-from chatbot.admin.panel import PanelModelView, masked_column, numbers_revealed, when_column
+from chatbot.admin.panel import PanelModelView, masked_column, numbers_revealed
 from chatbot.models import WebhookLog
 from chatbot.redact import mask_phone
 
@@ -98,7 +98,6 @@ class WebhookLogView(PanelModelView):
     column_labels = {"response_status": "Status", "signature_valid": "Signature valid",
                      "processing_ms": "Processing (ms)", "remote_addr": "Remote address"}
     column_formatters = {
-        "received_at": when_column,
         "sender": _sender,
         "verdict": _verdict_badge,
         "processing_ms": lambda view, context, model, name: f"{model.processing_ms:.1f}",
