@@ -234,8 +234,7 @@ class ConversationView(PanelModelView):
             kwargs["delivery_fix"] = delivery_fixes([kwargs["model"].id]).get(kwargs["model"].id)
             zone_name = services().config.admin_timezone
             # Follow-ups are promised in the business's time zone (the model is told it), so they show in it.
-            kwargs.update(zone_name=zone_name, arguments_shown=arguments_shown, tool_result_shown=TOOL_RESULT_SHOWN,
-                          in_zone=lambda moment: moment.replace(tzinfo=ZoneInfo("UTC")).astimezone(ZoneInfo(zone_name)))
+            kwargs.update(zone_name=zone_name, arguments_shown=arguments_shown, tool_result_shown=TOOL_RESULT_SHOWN)
         if template == self.list_template and kwargs.get("data"):
             kwargs["delivery_fixes"] = delivery_fixes([conversation.id for conversation in kwargs["data"]])
             kwargs["number_labels"] = number_labels()
