@@ -30,8 +30,8 @@ from werkzeug.routing import IntegerConverter
 from wtforms.validators import ValidationError
 
 from chatbot import audit, auth, clock
-from chatbot.admin import times
 from chatbot.admin.drilldowns import chart_data, links
+from chatbot.admin.times import DETAIL_FORMATTERS, LIST_FORMATTERS, FilterConverter
 from chatbot.error_explanations import OUTSIDE_WINDOW_CODE, Explanation, explain_stored_error, twilio_error
 from chatbot.jobs.queueing import queue_health
 from chatbot.models import AdminUser, Conversation, Message, Status, WhatsAppNumber
@@ -270,9 +270,9 @@ class PanelModelView(LoginRequired, ModelView):
     form_base_class = SecureForm
     page_size = 50
     # Times in ADMIN_TIMEZONE, the zone named, in every list, detail page and time filter.
-    column_type_formatters = times.LIST_FORMATTERS
-    column_type_formatters_detail = times.DETAIL_FORMATTERS
-    filter_converter = times.FilterConverter()
+    column_type_formatters = LIST_FORMATTERS
+    column_type_formatters_detail = DETAIL_FORMATTERS
+    filter_converter = FilterConverter()
     # Flask-Admin's own pages that change rows (their forms too: a GET of /new/ is refused as its POST).
     CHANGES = ("create_view", "edit_view", "delete_view", "ajax_update")
     can_set_page_size = True
