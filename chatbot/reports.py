@@ -12,6 +12,11 @@ Every inbound message of a period has one outcome, decided by its own status and
 - waiting: none of these yet: pending, or held for an operator who took the conversation over.
 
 A burst's earlier messages share the answer of its last one; they count as answered.
+
+Only customers' WhatsApp traffic counts: the admin's playground trials and `flask chat` lines are an
+operator trying the bot. Each figure is one definition (`figure_rows`, `active_conversations`) that
+both counts it here and filters the list behind it in the admin, so a figure's link opens exactly
+the rows it counts. Every figure of a period is anchored on its rows' own created_at.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from zoneinfo import ZoneInfo
 
 from peewee import SQL, Case, Expression, PostgresqlDatabase, Select, Value, fn
 
+from chatbot.clock import day_start, month_start
 from chatbot.models import (
     DELIVERY_FAILURES,
     UNDELIVERED_STATUSES,
@@ -36,13 +42,26 @@ from chatbot.models import (
 )
 from chatbot.models.db import database
 
-# The admin's playground is an operator trying the bot, not traffic: it counts nowhere here.
-NOT_PLAYGROUND = Message.counted_in_spend()
-
 # How many senders the dashboard lists by what their answers cost.
 TOP_SPENDERS = 10
 
 OUTCOMES = ("answered", "failed", "undelivered", "rate_limited", "refused", "waiting")
+# The message lists a figure can open, by the name the admin's Figure filter takes (with "twilio:CODE"
+# and "twilio:none" for the answers Twilio reported failed with a code, or without one).
+FIGURES = {
+    "inbound": "Inbound messages",
+    "answered": "Answered",
+    "failed": "Failed (AI)",
+    "undelivered": "Undelivered",
+    "rate_limited": "Rate-limited",
+    "refused": "Refused",
+    "waiting": "Waiting",
+    "failed_all": "Failed (AI + delivery)",
+    "timed": "Answers timed end to end",
+    Status.SEND_FAILED.value: "Answers that could not be sent",
+    Status.OUTSIDE_WINDOW.value: "Answers held outside the 24-hour window",
+}
+TWILIO_FIGURE = "twilio:"
 REFUSED = (Status.NOT_ALLOWED.value, Status.OVER_BUDGET.value, Status.OPTED_OUT.value)
 # The percentiles of reply times the dashboard shows, by nearest rank: the value at position
 # ceil(p × n / 100) of the n sorted times (the median of 4 times is the 2nd).
@@ -71,10 +90,12 @@ DEFAULT_PERIOD = "24h"
 
 @dataclass(frozen=True)
 class Spend:
-    """What the AI's answers of a period cost in USD, and how many of them came without a cost."""
+    """What the AI cost in a period in USD, as billed, and how many answers came without a cost."""
 
     usd: float
     unknown: int
+    # The part of `usd` the admin's playground trials cost: billed too, though no cap holds them back.
+    playground: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -132,8 +153,8 @@ class ErrorCount:
 
     kind: str
     count: int
-    # The status of the message list behind it (None: the Problems view lists it).
-    status: str | None
+    # The figure (see FIGURES) whose message list holds the rows counted.
+    figure: str
 
     @property
     def label(self) -> str:
@@ -168,8 +189,8 @@ class DashboardStats:
     errors: list[ErrorCount]
     models: list[ModelUse]
     active_conversations: int
-    # Spend since UTC midnight, over the last 7 days and since the 1st of the month (UTC); by model
-    # and the costliest senders, both this month.
+    # Spend since midnight, over the last 7 days and since the 1st of the month (the dashboard's zone);
+    # by model and the costliest senders, both this month.
     spend_today: Spend
     spend_week: Spend
     spend_month: Spend
@@ -200,16 +221,12 @@ def compute_stats(now: datetime | None = None, number: str | None = None, period
     now = now or utcnow()
     chosen = PERIODS[period]
     starts = bucket_starts(chosen, now, ZoneInfo(zone))
-    today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    today, month = day_start(now, zone), month_start(now, zone)
     week = now - timedelta(days=7)
-    month = today.replace(day=1)
-    counted = _counted(number)
+    counted = customers(number)
     outcomes = _outcomes(starts, counted)
     by_bucket = _reply_time_percentiles(starts, counted, per_bucket=True)
-    conversations = Conversation.select().where(
-        Conversation.is_active == True,  # noqa: E712
-        Conversation.id.not_in(Message.select(Message.conversation).where(~NOT_PLAYGROUND)),
-    )
+    conversations = Conversation.select().where(active_conversations())
     return DashboardStats(
         period=chosen,
         zone=zone,
@@ -267,10 +284,13 @@ def _handoffs(since: datetime, number: str | None) -> Handoffs:
 
 
 def spend_since(since: datetime, number: str | None = None) -> Spend:
-    """What the AI cost since `since` (`number`'s share only, when given): its answers, and embedding
-    the knowledge's passages, which no answer carries."""
+    """What the AI cost since `since`, as billed: its answers, embedding the knowledge's passages (which
+    no answer carries) and, over every number, the playground's trials (which belong to none); only
+    `number`'s share when given."""
     usd, unknown = Message.spend(since, number=number)
-    return Spend(usd + KnowledgeSpend.since(since, number), unknown)
+    playground = Message.playground_spend(since) if number is None else (0.0, 0)
+    return Spend(usd + KnowledgeSpend.since(since, number) + playground[0], unknown + playground[1],
+                 playground=playground[0])
 
 
 def bucket_starts(period: Period, now: datetime, zone: ZoneInfo) -> list[datetime]:
@@ -293,9 +313,62 @@ def bucket_labels(period: Period, starts: list[datetime], zone: ZoneInfo) -> lis
     return [start.replace(tzinfo=UTC).astimezone(zone).strftime(shape) for start in starts]
 
 
-def _counted(number: str | None) -> Expression:
-    """Match the messages the figures count: no playground trial, and only `number`'s when given."""
-    return NOT_PLAYGROUND & Message.on_number(number)
+def customers(number: str | None = None) -> Expression:
+    """Match the messages the figures count: customers' WhatsApp traffic (no playground trial, no
+    `flask chat` line), only `number`'s when given."""
+    return Message.from_whatsapp() & Message.on_number(number)
+
+
+def active_conversations() -> Expression:
+    """Match the conversations the Active figure counts, whatever the period: not ended, with a
+    customer on WhatsApp (a playground's or `flask chat`'s conversation has none)."""
+    return (
+        (Conversation.is_active == True)  # noqa: E712
+        & Conversation.on_whatsapp()
+        & fn.EXISTS(Message.select(SQL("1")).where(Message.conversation == Conversation.id, Message.from_whatsapp()))
+    )
+
+
+def figure_rows(figure: str) -> Expression | None:
+    """Match the messages `figure` (a key of FIGURES, or "twilio:CODE") counts, before its period and
+    number are applied; None when there is no such figure."""
+    question = (Message.role == Role.USER.value) & customers()
+    answer = (Message.role == Role.ASSISTANT.value) & customers()
+    if figure == "inbound":
+        return question
+    if figure in OUTCOMES:
+        return question & (_outcome_of_questions() == figure)
+    if figure == "failed_all":
+        return question & _outcome_of_questions().in_(("failed", "undelivered"))
+    if figure == "timed":
+        return answer & _timed_answers()
+    if figure in UNDELIVERED_STATUSES:
+        return answer & (Message.status == figure)
+    if figure.startswith(TWILIO_FIGURE):
+        code = figure.removeprefix(TWILIO_FIGURE)
+        if code != "none" and not code.isdigit():
+            return None
+        return answer & Message.id.in_(_failed_parts(None if code == "none" else int(code)))
+    return None
+
+
+def _answers_to_answered() -> Expression:
+    """Match the current answers to answered questions: an apology for a failed AI call is no answer's timing."""
+    question = Message.alias("answered_question")
+    return (Message.status != Status.SUPERSEDED.value) & Message.reply_to.in_(
+        question.select(question.id).where(question.status == Status.ANSWERED.value))
+
+
+def _timed_answers() -> Expression:
+    """Match the answers timed end to end: current answers to answered questions, taken by Twilio."""
+    return _answers_to_answered() & Message.sent_at.is_null(False)
+
+
+def _failed_parts(code: int | None) -> Select:
+    """Select the answers with a part Twilio reported failed or undelivered with `code` (None: no code)."""
+    return ReplyPart.select(ReplyPart.message).where(
+        ReplyPart.status.in_(DELIVERY_FAILURES),
+        ReplyPart.error_code.is_null() if code is None else ReplyPart.error_code == code)
 
 
 def _bucket_of(moment, starts: list[datetime]) -> Case:
@@ -344,24 +417,23 @@ def _milliseconds_between(later, earlier):
 
 
 def _reply_time_percentiles(starts: list[datetime], counted: Expression, per_bucket: bool) -> dict[int, dict]:
-    """Return, by bucket (all in bucket 0 unless `per_bucket`), the p50 and p95 of the end-to-end reply
-    time (the question stored → Twilio took the answer's last part) and of the AI call, in one query."""
-    # The answers are the unaliased model, so `counted` (written over Message) matches them.
+    """Return, by bucket of the answer's created_at (all in bucket 0 unless `per_bucket`), the p50 and
+    p95 of the end-to-end reply time (the question stored → Twilio took the answer's last part) and of
+    the AI call, in one query."""
+    # The answers are the unaliased model, so `counted` and the figures (written over Message) match them.
     answer, question = Message, Message.alias("question")
-    bucket = _bucket_of(question.created_at, starts) if per_bucket else Value(0)
+    bucket = _bucket_of(answer.created_at, starts) if per_bucket else Value(0)
 
     def samples(kind: str, value, present):
         return (
             answer.select(bucket.alias("bucket"), Value(kind).alias("kind"), value.alias("value"))
             .join(question, on=(answer.reply_to == question.id))
-            # Answers to answered questions: an apology for a failed AI call is no answer's timing.
-            .where(answer.role == Role.ASSISTANT.value, answer.status != Status.SUPERSEDED.value,
-                   question.status == Status.ANSWERED.value, question.created_at >= starts[0], present, counted)
+            .where(answer.role == Role.ASSISTANT.value, answer.created_at >= starts[0], present, counted)
         )
 
-    union = (samples("end_to_end", _milliseconds_between(answer.sent_at, question.created_at),
-                     answer.sent_at.is_null(False))
-             + samples("ai", answer.latency_ms, answer.latency_ms.is_null(False))).alias("sample")
+    union = (samples("end_to_end", _milliseconds_between(answer.sent_at, question.created_at), _timed_answers())
+             + samples("ai", answer.latency_ms, _answers_to_answered() & answer.latency_ms.is_null(False))
+             ).alias("sample")
     partition = [union.c.bucket, union.c.kind]
     ranked = Select([union], [
         union.c.bucket, union.c.kind, union.c.value,
@@ -383,8 +455,8 @@ def _reply_time_percentiles(starts: list[datetime], counted: Expression, per_buc
 
 def _errors(since: datetime, counted: Expression) -> list[ErrorCount]:
     """Count the period's errors by kind, most frequent first, in one query: AI failures, answers that
-    could not be sent (send_failed) or were held outside the 24-hour window, and each Twilio error code
-    its delivery receipts reported."""
+    could not be sent (send_failed) or were held outside the 24-hour window, and, for each Twilio error
+    code its delivery receipts reported, the answers with a part that failed with it."""
     # Typed, so Postgres can match these rows' code with the receipts' error codes.
     no_code = SQL("CAST(NULL AS INTEGER)")
     ai_failures = (
@@ -399,9 +471,10 @@ def _errors(since: datetime, counted: Expression) -> list[ErrorCount]:
         .group_by(Message.status)
     )
     receipts = (
-        ReplyPart.select(Value("twilio"), ReplyPart.error_code, fn.COUNT(ReplyPart.id))
+        ReplyPart.select(Value("twilio"), ReplyPart.error_code, fn.COUNT(fn.DISTINCT(ReplyPart.message)))
         .join(Message)
-        .where(ReplyPart.status.in_(DELIVERY_FAILURES), Message.created_at >= since, counted)
+        .where(ReplyPart.status.in_(DELIVERY_FAILURES), Message.role == Role.ASSISTANT.value,
+               Message.created_at >= since, counted)
         .group_by(ReplyPart.error_code)
     )
     errors = []
@@ -409,7 +482,8 @@ def _errors(since: datetime, counted: Expression) -> list[ErrorCount]:
         if not count:
             continue
         if kind == "twilio":
-            errors.append(ErrorCount(f"Twilio {code}" if code is not None else "Twilio (no code)", count, None))
+            errors.append(ErrorCount(f"Twilio {code}" if code is not None else "Twilio (no code)", count,
+                                     f"{TWILIO_FIGURE}{'none' if code is None else code}"))
         else:
             errors.append(ErrorCount(kind, count, Status.FAILED.value if kind == "ai_failure" else kind))
     return sorted(errors, key=lambda error: (-error.count, error.kind))

@@ -108,7 +108,7 @@ def build_services(config: Config, ai_options: dict | None = None,
     numbers = NumberDirectory(config.twilio_whatsapp_number, config.window_template_sid)
     ai_factory = AIAdapterFactory(config, cipher, pooled_session(http_pool_size(config)), **(ai_options or {}))
     budgets = Budgets(redis, errors, config.budget_per_sender_daily, config.budget_monthly,
-                      CostEstimator(ai_factory, context))
+                      CostEstimator(ai_factory, context), zone=config.admin_timezone)
     whatsapp = WhatsAppClient(
         config.twilio_account_sid,
         config.twilio_auth_token,

@@ -192,7 +192,7 @@ def test_the_poll_returns_only_the_messages_after_the_given_one_masked(operator)
 
     answer = operator.get(f"/admin/inbox/{handoff.conversation_id}/since/{first.id}.json").get_json()
     assert answer == {"messages": [{"id": newer.id, "role": "user", "text": "Still there? My number is +1555•••7777",
-                                    "time": newer.created_at.strftime("%Y-%m-%d %H:%M:%S")}]}
+                                    "time": newer.created_at.strftime("%Y-%m-%d %H:%M:%S UTC")}]}
     assert operator.get(f"/admin/inbox/{handoff.conversation_id}/since/{newer.id}.json").get_json() == {
         "messages": []}
     assert len(operator.get(f"/admin/inbox/{handoff.conversation_id}/since/0.json").get_json()["messages"]) == 2

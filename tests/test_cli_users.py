@@ -53,7 +53,7 @@ def test_list_shows_two_factor_and_the_last_login(cli, services):
     lines = cli("users", "list").output.splitlines()
 
     assert [line.split() for line in lines[1:]] == [["bob", "viewer", "off", "never"],
-                                                  ["ops", "owner", "on", "2030-01-02", "03:04"]]
+                                                  ["ops", "owner", "on", "2030-01-02", "03:04", "UTC"]]
 
 
 def test_list_of_nobody_says_how_to_add_one(cli, services):

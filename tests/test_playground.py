@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import pytest
 
@@ -32,7 +33,7 @@ def draft(services):
 
 
 @pytest.mark.postgres
-def test_chosen_inactive_configuration_answers_and_nothing_is_sent_or_counted(
+def test_chosen_inactive_configuration_answers_and_nothing_is_sent_or_counted_but_its_cost(
         operator, draft, run_jobs, fake_openrouter, fake_twilio):
     before = compute_stats()
     assert say(operator, "Hello there", configuration=str(draft.id)).status_code == 302
@@ -43,7 +44,11 @@ def test_chosen_inactive_configuration_answers_and_nothing_is_sent_or_counted(
                                 {"role": "user", "content": "Hello there"}]
     assert "Answer to: Hello there" in operator.get("/admin/playground/").get_data(as_text=True)
     assert fake_twilio.requests == []
-    assert compute_stats() == before
+    after = compute_stats()
+    # Billed all the same: the spend counts it, as playground (tests/test_playground_spend.py).
+    assert after.spend_today.playground == after.spend_today.usd > 0
+    assert replace(after, spend_today=before.spend_today, spend_week=before.spend_week,
+                   spend_month=before.spend_month) == before
     assert {message.origin for message in Message.select()} == {Origin.PLAYGROUND.value}
     assert Conversation.get().user_phone == "playground:ops"
     assert tasks.sweep_pending_messages() == 0

@@ -10,7 +10,7 @@ from wtforms import PasswordField, SelectField
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import InputRequired, Length, ValidationError
 
-from chatbot.admin.panel import ModelRule, PanelModelView, services, when_column
+from chatbot.admin.panel import ModelRule, PanelModelView, services
 from chatbot.checks import openrouter_checks
 from chatbot.crypto import SecretDecryptionError
 from chatbot.errors import AIError
@@ -45,7 +45,6 @@ class AIConfigurationView(PanelModelView):
     column_labels = {"api_key_encrypted": "API key", "model_name": "Model", "is_active": "Active"}
     column_formatters = {
         "api_key_encrypted": lambda view, context, model, name: view.masked_key(model),
-        "updated_at": when_column,
     }
     column_details_exclude_list = ("api_key_encrypted",)
     column_searchable_list = ("name", "model_name")

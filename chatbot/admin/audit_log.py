@@ -102,7 +102,6 @@ class AuditLogView(LoginRequired, BaseView):
         return self.render(
             "chatbot_admin/audit_log.html", events=rows, total=total, page=page,
             pages=max(1, -(-total // PAGE_SIZE)), filters=filters, zone_name=zone_name,
-            local=lambda moment: moment.replace(tzinfo=ZoneInfo("UTC")).astimezone(zone),
             # Rows are masked when written; masked again here whatever the reveal toggle says.
             shown=mask_phones_in,
             actors=[row.actor for row in AuditEvent.select(AuditEvent.actor).distinct().order_by(AuditEvent.actor)],

@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 from chatbot import auth, exports, handoff, takeover
 from chatbot.admin.audit_log import record_here
 from chatbot.admin.media import attachments_of, place_of
+from chatbot.admin.drilldowns import ConversationFigureFilter, MessageFigureFilter
 from chatbot.admin.panel import (
     NOT_ON_WHATSAPP,
     REVEAL_PHONES,
@@ -36,7 +37,6 @@ from chatbot.admin.panel import (
     services,
     signed_in_admin,
     status_badge_column,
-    when_column,
 )
 from chatbot.jobs import queueing
 from chatbot.models import (
@@ -204,7 +204,7 @@ class ConversationView(PanelModelView):
     column_labels = {"user_phone": "Phone", "profile_name": "Name", "number": "Number", "message_count": "Messages",
                      "last_message": "Last message", "failures": "Failures", "is_active": "Active",
                      "paused_by": "Taken over by", "waiting": "Waiting", "updated_at": "Last activity"}
-    column_formatters = {"user_phone": _phone_with_delivery_flag, "created_at": when_column, "updated_at": when_column,
+    column_formatters = {"user_phone": _phone_with_delivery_flag,
                          "waiting": lambda view, context, model, name: model.waiting or "",
                          "last_message": lambda view, context, model, name: shortened(model.last_message),
                          "failures": lambda view, context, model, name: failure_badge(model.failures),
@@ -213,7 +213,7 @@ class ConversationView(PanelModelView):
                              model.number, model.number)}
     column_searchable_list = ("user_phone", "profile_name")
     search_hint = "Phone number or name"
-    column_filters = ("is_active", NumberFilter(), "created_at", "updated_at")
+    column_filters = ("is_active", NumberFilter(), "created_at", "updated_at", ConversationFigureFilter())
     # Filters named in the URL (flt0_number_equals=default), not numbered: a link survives a new filter.
     named_filter_urls = True
 
@@ -239,8 +239,7 @@ class ConversationView(PanelModelView):
             zone_name = services().config.admin_timezone
             # Follow-ups are promised in the business's time zone (the model is told it), so they show in it.
             kwargs.update(zone_name=zone_name, arguments_shown=arguments_shown, tool_result_shown=TOOL_RESULT_SHOWN,
-                          attachments_of=attachments_of, place_of=place_of,
-                          in_zone=lambda moment: moment.replace(tzinfo=ZoneInfo("UTC")).astimezone(ZoneInfo(zone_name)))
+                          attachments_of=attachments_of, place_of=place_of)
         if template == self.list_template and kwargs.get("data"):
             kwargs["delivery_fixes"] = delivery_fixes([conversation.id for conversation in kwargs["data"]])
             kwargs["number_labels"] = number_labels()
@@ -458,7 +457,6 @@ class MessageView(PanelModelView):
     column_hidden_on_phone = ("model", "total_tokens", "latency_ms")
     column_labels = {"total_tokens": "Tokens", "latency_ms": "Latency (ms)", "conversation": "Phone"}
     column_formatters = {
-        "created_at": when_column,
         "conversation": lambda view, context, model, name: phone_column(view, context, model.conversation,
                                                                         "user_phone"),
         "content": lambda view, context, model, name: (
@@ -472,14 +470,15 @@ class MessageView(PanelModelView):
     column_details_exclude_list = ("twilio_sid",)
     column_searchable_list = ("content",)
     search_hint = "Message text"
-    # Linked to by the dashboard and the Problems view as flt0_status_equals=failed,
-    # flt1_created_at_greater_than=2025-01-31 00:00:00 and flt2_number_equals=default.
+    # Linked to by the dashboard as flt0_figure_equals=answered, flt1_created_at_from=2025-01-31
+    # 00:00:00+01:00 (in ADMIN_TIMEZONE, the offset named) and flt3_number_equals=default.
     column_filters = (
         FilterEqual(Message.status, "Status", options=[(status.value, status.value) for status in Status]),
         "created_at",
         MessageNumberFilter(),
         FilterEqual(Message.role, "Role", options=[(role.value, role.value) for role in Role]),
         "model",
+        MessageFigureFilter(),
     )
     named_filter_urls = True
     column_default_sort = ("id", True)
@@ -504,7 +503,7 @@ class OptOutView(PanelModelView):
     can_edit = False
     column_list = ("user_phone", "number", "created_at")
     column_labels = {"user_phone": "Phone", "number": "Number", "created_at": "Opted out at"}
-    column_formatters = {"user_phone": phone_column, "number": _opted_out_of, "created_at": when_column}
+    column_formatters = {"user_phone": phone_column, "number": _opted_out_of}
     column_default_sort = ("created_at", True)
     roles_needed = {"confirm_remove_view": TeamRole.ADMIN, "remove_confirmed_view": TeamRole.ADMIN}
 

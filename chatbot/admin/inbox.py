@@ -17,7 +17,15 @@ from peewee import fn
 from chatbot import auth, handoff
 from chatbot.admin.conversations import is_uuid, shortened
 from chatbot.admin.media import shown_besides_text
-from chatbot.admin.panel import LoginRequired, PanelModelView, masked, number_labels, phone_column, signed_in_admin
+from chatbot.admin.panel import (
+    LoginRequired,
+    PanelModelView,
+    local_time,
+    masked,
+    number_labels,
+    phone_column,
+    signed_in_admin,
+)
 from chatbot.models import Handoff, Message, Role, utcnow
 from chatbot.roles import Role as TeamRole
 from chatbot.sanitizer import MAX_STORED_INT
@@ -130,7 +138,7 @@ class InboxView(LoginRequired, BaseView):
                  .order_by(Message.id)
                  .limit(100))
         return jsonify(messages=[{"id": message.id, "role": message.role, "text": masked(message.content),
-                                  "time": message.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                                  "time": local_time(message.created_at, seconds=True),
                                   **shown_besides_text(message)}
                                  for message in newer])
 

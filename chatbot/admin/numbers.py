@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import flash
 from wtforms.validators import ValidationError
 
-from chatbot.admin.panel import ModelRule, PanelModelView, services, when_column
+from chatbot.admin.panel import ModelRule, PanelModelView, services
 from chatbot.models import WhatsAppNumber, utcnow
 from chatbot.numbers import SWITCHED_OFF
 from chatbot.roles import Role
@@ -34,7 +34,6 @@ class NumbersView(PanelModelView):
             model.greeting if len(model.greeting) <= 60 else model.greeting[:59] + "…"),
         "monthly_budget": lambda view, context, model, name: (
             f"${model.monthly_budget:g}" if model.monthly_budget is not None else ""),
-        "updated_at": when_column,
     }
     column_searchable_list = ("address", "label")
     search_hint = "Address or label"

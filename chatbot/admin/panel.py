@@ -31,6 +31,7 @@ from wtforms.validators import ValidationError
 
 from chatbot import audit, auth, clock
 from chatbot.admin.drilldowns import chart_data, links
+from chatbot.admin.times import DETAIL_FORMATTERS, LIST_FORMATTERS, FilterConverter
 from chatbot.error_explanations import OUTSIDE_WINDOW_CODE, Explanation, explain_stored_error, twilio_error
 from chatbot.jobs.queueing import queue_health
 from chatbot.models import AdminUser, Conversation, Message, Status, WhatsAppNumber
@@ -182,7 +183,7 @@ class PanelIndexView(LoginRequired, AdminIndexView):
             queue = None
         figure_links = links(stats, number)
         page = self.render("chatbot_admin/dashboard.html", stats=stats, queue=queue, links=figure_links,
-                           charts=chart_data(stats, figure_links), periods=PERIODS, period=period,
+                           charts=chart_data(stats, figure_links, number), periods=PERIODS, period=period,
                            default_period=DEFAULT_PERIOD,
                            numbers=number_labels(), chosen=number, reason_words=reason_in_words, minutes=minutes,
                            config_rating_minutes=services().config.rating_after_minutes)
@@ -272,6 +273,10 @@ class PanelModelView(LoginRequired, ModelView):
     list_template = "chatbot_admin/model_list.html"
     column_hidden_on_phone: tuple[str, ...] = ()
     page_size = 50
+    # Times in ADMIN_TIMEZONE, the zone named, in every list, detail page and time filter.
+    column_type_formatters = LIST_FORMATTERS
+    column_type_formatters_detail = DETAIL_FORMATTERS
+    filter_converter = FilterConverter()
     # Flask-Admin's own pages that change rows (their forms too: a GET of /new/ is refused as its POST).
     CHANGES = ("create_view", "edit_view", "delete_view", "ajax_update")
     can_set_page_size = True
@@ -363,11 +368,6 @@ def masked(text) -> str:
 def masked_column(view, context, model, name):
     value = getattr(model, name)
     return masked(json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else value)
-
-
-def when_column(view, context, model, name):
-    value = getattr(model, name)
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
 
 
 def status_badge(status: str) -> Markup:

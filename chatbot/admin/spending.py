@@ -6,10 +6,11 @@ from flask_admin import BaseView, expose
 from flask_admin.form import SecureForm
 
 from chatbot.admin.panel import LoginRequired, services
+from chatbot.clock import day_start, month_start
 from chatbot.models import Message, utcnow
 from chatbot.reports import spend_since
 from chatbot.roles import Role
-from chatbot.stages.budget import MONTHLY_SETTING, OVERRIDES_TTL, SENDER_DAILY_SETTING, day_start, month_start
+from chatbot.stages.budget import MONTHLY_SETTING, OVERRIDES_TTL, SENDER_DAILY_SETTING
 from config import amount_problem
 
 
@@ -21,10 +22,10 @@ class SpendingView(LoginRequired, BaseView):
 
     @expose("/")
     def index(self):
-        budgets, now = services().budgets, utcnow()
-        costliest = Message.top_spenders(day_start(now), 1)
-        return self.render("chatbot_admin/spending.html", caps=budgets.caps(fresh=True),
-                           environment=budgets.environment, month=spend_since(month_start(now)),
+        budgets, now, zone = services().budgets, utcnow(), services().config.admin_timezone
+        costliest = Message.top_spenders(day_start(now, zone), 1)
+        return self.render("chatbot_admin/spending.html", caps=budgets.caps(fresh=True), zone=zone,
+                           environment=budgets.environment, month=spend_since(month_start(now, zone)),
                            costliest_today=costliest[0] if costliest else None,
                            sender_daily_setting=SENDER_DAILY_SETTING, monthly_setting=MONTHLY_SETTING)
 

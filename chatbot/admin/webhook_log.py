@@ -14,7 +14,7 @@ from flask import request, url_for
 from flask_admin.contrib.peewee.filters import FilterEqual, IntEqualFilter
 from markupsafe import Markup
 
-from chatbot.admin.panel import PanelModelView, masked_column, numbers_revealed, when_column
+from chatbot.admin.panel import PanelModelView, masked_column, numbers_revealed
 from chatbot.models import Message, ReplyPart, WebhookLog
 from chatbot.redact import mask_phone
 from chatbot.whatsapp import STATUS_CALLBACK_PATH
@@ -166,7 +166,6 @@ class WebhookLogView(PanelModelView):
                      "processing_ms": "Processing (ms)", "remote_addr": "Remote address", "sender": "Customer",
                      "message_sid": "MessageSid", "links": "Stored as"}
     column_formatters = {
-        "received_at": when_column,
         "sender": _customer,
         "links": _links,
         "verdict": _verdict_badge,

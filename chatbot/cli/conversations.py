@@ -10,7 +10,7 @@ import click
 from flask.cli import with_appcontext
 
 from chatbot import audit, exports
-from chatbot.cli.shared import Address, number_key, operator_errors, services
+from chatbot.cli.shared import Address, number_key, operator_errors, services, when
 from chatbot.console_chat import (
     CONSOLE_PHONE,
     ConsoleWhatsApp,
@@ -96,10 +96,6 @@ def _latest_conversation(phone: str) -> Conversation:
     return conversation
 
 
-def _when(moment) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M:%S")
-
-
 @click.group("conversations")
 def conversations_group():
     """Inspect, reset or delete conversations (PHONE is whatsapp:+E164)."""
@@ -112,7 +108,7 @@ def conversations_group():
 @with_appcontext
 @operator_errors
 def conversations_list(include_ended, limit, show_numbers):
-    """List conversations, the most recently active first (times in UTC)."""
+    """List conversations, the most recently active first (times in ADMIN_TIMEZONE)."""
     rows = list(Conversation.recent(include_ended, limit))
     if not rows:
         click.echo("No conversations." if include_ended else "No active conversations (--all shows ended ones).")
@@ -122,7 +118,7 @@ def conversations_list(include_ended, limit, show_numbers):
         state = "active" if conversation.is_active else "ended"
         name = f"  {conversation.profile_name}" if conversation.profile_name else ""
         click.echo(f"{phone}  {state}  {conversation.message_count} message(s)  "
-                   f"last {_when(conversation.updated_at)}{name}")
+                   f"last {when(conversation.updated_at)}{name}")
 
 
 @conversations_group.command("show")
@@ -138,8 +134,8 @@ def conversations_show(phone, limit):
     total = conversation.messages.count()
     name = f" ({conversation.profile_name})" if conversation.profile_name else ""
     click.echo(f"Conversation with {mask_phone(phone)}{name}: "
-               f"{'active' if conversation.is_active else 'ended'}, started {_when(conversation.created_at)}, "
-               f"last activity {_when(conversation.updated_at)} (UTC), {total} message(s)")
+               f"{'active' if conversation.is_active else 'ended'}, started {when(conversation.created_at)}, "
+               f"last activity {when(conversation.updated_at)}, {total} message(s)")
     if total > len(messages):
         click.echo(f"... {total - len(messages)} earlier message(s) not shown (--limit)")
     for message in messages:
@@ -150,7 +146,7 @@ def conversations_show(phone, limit):
             details.append(f"{message.total_tokens} tokens")
         if message.latency_ms is not None:
             details.append(f"{message.latency_ms:.0f} ms")
-        click.echo(f"[{_when(message.created_at)}] {message.role} ({', '.join(details)}): {message.content}")
+        click.echo(f"[{when(message.created_at)}] {message.role} ({', '.join(details)}): {message.content}")
         if message.error:
             click.echo(f"    error: {message.error}")
 

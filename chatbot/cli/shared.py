@@ -10,6 +10,7 @@ from flask import current_app
 from peewee import PeeweeException
 from redis.exceptions import RedisError
 
+from chatbot import clock
 from chatbot.checks import Check, first_line
 from chatbot.console_chat import CONSOLE_ADDRESS_SHAPE
 from chatbot.errors import UpstreamError
@@ -19,6 +20,11 @@ from config import WHATSAPP_ADDRESS_SHAPE, whatsapp_address
 def services():
     """Return this app's built clients."""
     return current_app.extensions["chatbot"]
+
+
+def when(moment, seconds: bool = True) -> str:
+    """A stored time for the terminal: in ADMIN_TIMEZONE, its zone named (as the panel shows it)."""
+    return clock.shown(moment, services().config.admin_timezone, seconds=seconds)
 
 
 def operator_errors(command: Callable) -> Callable:

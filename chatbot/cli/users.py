@@ -9,7 +9,7 @@ import click
 from flask.cli import with_appcontext
 
 from chatbot import users
-from chatbot.cli.shared import operator_errors
+from chatbot.cli.shared import operator_errors, when
 from chatbot.roles import ORDER
 
 
@@ -74,14 +74,14 @@ def users_add(username, role, from_stdin):
 @with_appcontext
 @operator_errors
 def users_list():
-    """List the users: role, whether two-factor login is on, last login (UTC)."""
+    """List the users: role, whether two-factor login is on, last login (in ADMIN_TIMEZONE)."""
     everyone = users.list_users()
     if not everyone:
         click.echo("No users yet: add one with flask users add USERNAME --role owner")
         return
     rows = [("USERNAME", "ROLE", "2FA", "LAST LOGIN")]
     rows += [(user.username, user.role, "on" if user.has_two_factor else "off",
-              user.last_login_at.strftime("%Y-%m-%d %H:%M") if user.last_login_at else "never")
+              when(user.last_login_at, seconds=False) if user.last_login_at else "never")
              for user in everyone]
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     for row in rows:

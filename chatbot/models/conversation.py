@@ -518,8 +518,8 @@ class Message(BaseModel):
 
     @classmethod
     def counted_in_spend(cls):
-        """Match the answers spend is counted over: the operator's playground trials are left out, as
-        from every other figure, and no cap holds them back."""
+        """Match the answers the caps count: the operator's playground trials are left out (no cap holds
+        them back); the spend figures add them on a line of their own, as the bill does."""
         return cls.origin != Origin.PLAYGROUND.value
 
     @classmethod
@@ -534,14 +534,23 @@ class Message(BaseModel):
     def spend(cls, since: datetime, sender: str | None = None, number: str | None = None) -> tuple[float, int]:
         """Return what the AI's answers since `since` cost in USD (only `sender`'s, or `number`'s, when
         given) and how many of those answers came without a reported cost (counted apart, never as 0)."""
-        query = (
-            cls.select(fn.COALESCE(fn.SUM(cls.cost), 0), fn.COUNT(cls.id) - fn.COUNT(cls.cost))
-            .where(cls.model.is_null(False), cls.created_at >= since, cls.counted_in_spend(), cls.on_number(number))
-        )
+        query = cls._cost_since(since, cls.counted_in_spend(), cls.on_number(number))
         if sender is not None:
             query = query.join(Conversation).where(Conversation.user_phone == sender)
         total, unknown = query.tuples().first()
         return float(total or 0), int(unknown or 0)
+
+    @classmethod
+    def playground_spend(cls, since: datetime) -> tuple[float, int]:
+        """Return what the admin's playground trials since `since` cost in USD (billed like any answer),
+        and how many came without a reported cost."""
+        total, unknown = cls._cost_since(since, ~cls.counted_in_spend()).tuples().first()
+        return float(total or 0), int(unknown or 0)
+
+    @classmethod
+    def _cost_since(cls, since: datetime, *conditions):
+        return cls.select(fn.COALESCE(fn.SUM(cls.cost), 0), fn.COUNT(cls.id) - fn.COUNT(cls.cost)).where(
+            cls.model.is_null(False), cls.created_at >= since, *conditions)
 
     @classmethod
     def top_spenders(cls, since: datetime, limit: int, number: str | None = None) -> list[tuple[str, float]]:

@@ -26,6 +26,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from chatbot.alerts import ErrorHandler
+from chatbot.clock import day_start, in_zone, month_start
 from chatbot.models import KnowledgeSpend, Message, Setting, Status, utcnow
 from chatbot.redact import mask_phone, sender_key
 from chatbot.stages.base import Stage, Turn, Verdict
@@ -40,7 +41,7 @@ MONTHLY_SETTING = "budget_monthly"
 OVERRIDES_TTL = 10.0
 NOTICE_PREFIX = "chatbot:budget:notice:"
 ALERT_PREFIX = "chatbot:budget:alerted:"
-# Past midnight UTC in every time zone: the day's notice marker never outlives its day by much.
+# Past the day's end in every time zone: the day's notice marker never outlives its day by much.
 NOTICE_LIFETIME = 2 * 86400
 ALERT_LIFETIME = 32 * 86400
 HELD_PREFIX = "chatbot:budget:held:"
@@ -129,22 +130,16 @@ class Caps:
     monthly_overridden: bool = False
 
 
-def day_start(now: datetime) -> datetime:
-    return now.replace(hour=0, minute=0, second=0, microsecond=0)
-
-
-def month_start(now: datetime) -> datetime:
-    return day_start(now).replace(day=1)
-
-
 class Budgets(Stage):
     """The budget gate. Reserves each message's expected cost under the caps before the AI call (see
     the module's docstring); refuses the message when a cap has no room for it."""
 
     def __init__(self, redis: Redis, errors: ErrorHandler, sender_daily: float | None, monthly: float | None,
                  expected_cost: Callable[[Turn], float], now: Callable[[], datetime] = utcnow,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, zone: str = "UTC"):
         self.redis = redis
+        # Days and months are those of ADMIN_TIMEZONE, as the panel shows them.
+        self.zone = zone
         self.errors = errors
         self.environment = Caps(sender_daily, monthly)
         self.expected_cost = expected_cost
@@ -212,19 +207,21 @@ class Budgets(Stage):
         # Read before the stored costs: a reservation settled after it may be missing from them.
         mark = int(self.redis.get(SETTLED_KEY) or 0)
         monthly_wanted = caps.monthly is not None or number_monthly is not None
+        month = month_start(now, self.zone)
         sender_today, everyone, this_number = Message.spent_for_budgets(
-            sender, number, day_start(now), month_start(now) if monthly_wanted else None)
+            sender, number, day_start(now, self.zone), month if monthly_wanted else None)
         if monthly_wanted:
             # Embedding the knowledge is money of the month too: every number's sources count against
             # the monthly budget, a number's own sources against that number's too.
-            everyone += KnowledgeSpend.since(month_start(now))
-            this_number += KnowledgeSpend.since(month_start(now), number)
+            everyone += KnowledgeSpend.since(month)
+            this_number += KnowledgeSpend.since(month, number)
         on_number = f":{sender_key(number)}" if number else ""
+        local = in_zone(now, self.zone)
         scopes = [
-            (Cap.MONTHLY, caps.monthly, everyone, f"{HELD_PREFIX}{now:%Y-%m}:all"),
-            (Cap.NUMBER_MONTHLY, number_monthly, this_number, f"{HELD_PREFIX}{now:%Y-%m}:number{on_number}"),
+            (Cap.MONTHLY, caps.monthly, everyone, f"{HELD_PREFIX}{local:%Y-%m}:all"),
+            (Cap.NUMBER_MONTHLY, number_monthly, this_number, f"{HELD_PREFIX}{local:%Y-%m}:number{on_number}"),
             (Cap.SENDER_DAILY, caps.sender_daily, sender_today,
-             f"{HELD_PREFIX}{now:%Y-%m-%d}:{sender_key(sender)}{on_number}"),
+             f"{HELD_PREFIX}{local:%Y-%m-%d}:{sender_key(sender)}{on_number}"),
         ]
         scopes = [scope for scope in scopes if scope[1] is not None]
         args = [turn.question.id, repr(expected), RESERVATION_TTL, mark]
@@ -246,7 +243,7 @@ class Budgets(Stage):
 
     def _first_notice_today(self, sender: str, number: str, now: datetime) -> bool:
         on_number = f":{sender_key(number)}" if number else ""
-        key = f"{NOTICE_PREFIX}{sender_key(sender)}{on_number}:{now:%Y-%m-%d}"
+        key = f"{NOTICE_PREFIX}{sender_key(sender)}{on_number}:{in_zone(now, self.zone):%Y-%m-%d}"
         try:
             return bool(self.redis.set(key, 1, nx=True, ex=NOTICE_LIFETIME))
         except RedisError as error:
@@ -257,7 +254,7 @@ class Budgets(Stage):
     def _alert_monthly(self, cap: float, spent: float, now: datetime, number: str | None = None) -> None:
         # Once per cap and month: the operator is told when it is reached, not on every message after.
         scope = "all" if number is None else (number or "default")
-        key = f"{ALERT_PREFIX}{now:%Y-%m}:{scope}:{cap!r}"
+        key = f"{ALERT_PREFIX}{in_zone(now, self.zone):%Y-%m}:{scope}:{cap!r}"
         try:
             first = self.redis.set(key, 1, nx=True, ex=ALERT_LIFETIME)
         except RedisError:

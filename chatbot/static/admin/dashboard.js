@@ -51,10 +51,10 @@
     options: {
       scales: {x: {stacked: true, title: {display: true, text: data.zone}},
                y: {stacked: true, beginAtZero: true, ticks: {precision: 0}}},
-      // A bar opens the message list behind its outcome.
+      // A bar opens the messages behind its outcome in its own hour or day.
       onClick: function (event, elements) {
         if (elements.length) {
-          openLink(data.outcomes[outcomes[elements[0].datasetIndex]].link);
+          openLink(data.outcomes[outcomes[elements[0].datasetIndex]].bucket_links[elements[0].index]);
         }
       }
     }
@@ -73,8 +73,9 @@
       ]
     },
     options: {
-      // An hour with no answer has no time: the line joins the hours on either side.
-      spanGaps: true,
+      // An hour with no answer has no time (null): the line breaks there rather than join the hours
+      // on either side, which would draw times nobody waited.
+      spanGaps: false,
       scales: {x: {title: {display: true, text: data.zone}},
                y: {beginAtZero: true, title: {display: true, text: "seconds"}}}
     }
