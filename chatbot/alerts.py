@@ -1,4 +1,5 @@
-"""The ErrorHandler: failures logged by category, and the operator alerted at most once per error type an hour."""
+"""The ErrorHandler: failures logged by category, and the operator alerted at most once per error type an hour:
+in the panel's notices always, and at ALERT_WEBHOOK_URL when it is set."""
 from __future__ import annotations
 
 import atexit
@@ -9,9 +10,11 @@ import threading
 import time
 
 import requests
+from peewee import PeeweeException
 from redis.exceptions import RedisError
 
 from chatbot.errors import USER_MESSAGES, Category, UpstreamError
+from chatbot.models import Notice
 from chatbot.redact import mask_phones_in
 
 log = logging.getLogger(__name__)
@@ -34,8 +37,9 @@ ALERT_FLUSH_ON_EXIT = 2.0
 class ErrorHandler:
     """Logs failures by category and alerts the operator at most once per error type per hour.
 
-    The ALERT log line is written at once; the post to ALERT_WEBHOOK_URL goes from a background
-    thread, so a slow or unreachable alert webhook never holds up a webhook request or a job.
+    The ALERT log line and the panel's notice are written at once; the post to ALERT_WEBHOOK_URL goes
+    from a background thread, so a slow or unreachable alert webhook never holds up a webhook request
+    or a job.
     """
 
     def __init__(self, redis, alert_webhook_url: str = "", session: requests.Session | None = None,
@@ -70,11 +74,16 @@ class ErrorHandler:
         self.send_admin_alert(f"{category.value}:{error_type(error)}", f"{category.value} failure: {text}")
 
     def send_admin_alert(self, error_type: str, text: str) -> bool:
-        """Tell the operator (log now, ALERT_WEBHOOK_URL in the background when set); False when this
-        type was already alerted within the interval."""
+        """Tell the operator (log and the panel's notices now, ALERT_WEBHOOK_URL in the background when
+        set); False when this type was already alerted within the interval."""
         if not self._first_in_interval(error_type):
             return False
         log.error("ALERT %s: %s", error_type, text)
+        try:
+            Notice.create(kind=error_type[:64], text=mask_phones_in(text))
+        except PeeweeException as error:
+            # The database may be what failed: the ALERT line above and the webhook still tell it.
+            log.error("alert %s not kept as a notice: %s", error_type, error)
         if self.alert_webhook_url:
             self._queue_post(self.alert_webhook_url, f"[WhatsApp assistant] {text}")
         return True
