@@ -8,7 +8,7 @@ from flask import g, url_for
 from markupsafe import Markup
 
 from chatbot.admin.panel import local_time, masked, may_do, number_labels, services
-from chatbot.models import WhatsAppNumber, utcnow
+from chatbot.models import WhatsAppNumber
 from chatbot.redact import sender_key
 from chatbot.roles import Role
 from chatbot.spend_caps import CapReached, reached
@@ -41,7 +41,8 @@ def caps_reached() -> list[ShownCap]:
     """The caps reached now, named for this operator (phone numbers masked unless revealed); read once a request."""
     if "caps_reached" not in g:
         budgets, numbers = services().budgets, services().numbers
-        found = reached(budgets.caps(fresh=True), lambda key: numbers.for_key(key).monthly_budget, utcnow())
+        # On the budget gate's clock: the panel and the gate agree on which day and month it is.
+        found = reached(budgets.caps(fresh=True), lambda key: numbers.for_key(key).monthly_budget, budgets.now())
         labels = number_labels() if found else {}
         g.caps_reached = [_shown(cap, labels) for cap in found]
     return g.caps_reached

@@ -284,8 +284,9 @@ class Budgets(Stage):
         scope = "all" if assistant is None else (assistant.key or "default")
         if not self._first_alert(f"{now:%Y-%m}:{scope}:{cap!r}"):
             return
-        # Refused with room left: the jobs answering now reserved it.
-        spent_text = f"${spent:.4f} spent this month" + (", the rest held by answers under way" if spent < cap else "")
+        # Refused with room left: too little for the next answer, or reserved by the jobs answering now.
+        spent_text = f"${spent:.4f} spent this month" + (
+            " (the rest too little for the next answer, or held by answers under way)" if spent < cap else "")
         if assistant is None:
             self.errors.send_admin_alert(
                 "budget:monthly",
