@@ -75,7 +75,7 @@ def test_a_number_over_its_cap_shows_on_every_page_that_matters(operator, suppor
 
     problems = page(operator, "/admin/problems/")
     cap = caps_section(problems)
-    assert "Support · Monthly budget of Support, $0.00025: reached on 2026-03-15 10:42 EDT" in cap
+    assert "Support · Monthly budget of the number, $0.00025: reached on 2026-03-15 10:42 EDT" in cap
     assert "2 messages refused from 2 customers" in cap
     # The month ends at midnight UTC on 1 April: 20:00 on 31 March in New York.
     assert "raise it on Numbers, or wait until 2026-03-31 20:00 EDT" in cap
@@ -84,7 +84,7 @@ def test_a_number_over_its_cap_shows_on_every_page_that_matters(operator, suppor
     dashboard = page(operator, "/admin/")
     banner = text_of(dashboard.split('id="caps-banner"')[1].split("</div>")[0])
     assert "A spending cap is reached: the bot is not answering the customers it holds back." in banner
-    assert "Support · Monthly budget of Support, $0.00025: reached on 2026-03-15 10:42 EDT" in banner
+    assert "Support · Monthly budget of the number, $0.00025: reached on 2026-03-15 10:42 EDT" in banner
 
     numbers = page(operator, "/admin/whatsappnumber/")
     assert "$0.00025" in numbers and "reached on 2026-03-15 10:42 EDT" in text_of(numbers)

@@ -24,7 +24,7 @@ class ShownCap:
     name: str
     # The label of the number it holds over ("" for every number).
     number_label: str
-    # What it is: "Monthly budget of Support", "Daily budget per sender, on Support".
+    # What it is: "Monthly budget of the number", "Daily budget per sender, on Support".
     what: str
     # Where it is raised: the page's name and, for someone who may raise it, its address.
     raise_on: str
@@ -80,13 +80,13 @@ def reached_badge(shown: ShownCap | None) -> Markup | str:
 def _shown(cap: CapReached, labels: dict[str, str]) -> ShownCap:
     number = labels.get(cap.number, masked(cap.number)) if cap.number is not None else ""
     if cap.cap is Cap.MONTHLY:
-        return ShownCap(cap, "Every number", "", "Monthly budget of every number", "Spending",
+        return ShownCap(cap, "Every number", "", "Monthly budget", "Spending",
                         _if_admin(url_for("spending.index")))
     if cap.cap is Cap.NUMBER_MONTHLY:
         row = WhatsAppNumber.get_or_none(WhatsAppNumber.address == (cap.number or services().config
                                                                     .twilio_whatsapp_number))
         edit = url_for("whatsappnumber.edit_view", id=row.id) if row else url_for("whatsappnumber.index_view")
-        return ShownCap(cap, number, number, f"Monthly budget of {number}", "Numbers", _if_admin(edit))
+        return ShownCap(cap, number, number, "Monthly budget of the number", "Numbers", _if_admin(edit))
     return ShownCap(cap, cap.profile_name or masked(cap.sender), number, f"Daily budget per sender, on {number}",
                     "Spending", _if_admin(url_for("spending.index")))
 

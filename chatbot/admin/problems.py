@@ -174,12 +174,13 @@ def cause_of(row: ProblemRow) -> str:
 
 
 def grouped(rows: list[ProblemRow]) -> list[ProblemGroup]:
-    """Group the rows by cause, the group with the newest problem first."""
+    """Group the rows (newest first) by cause: the cause of most problems first, then the newest."""
     groups: dict[str, ProblemGroup] = {}
     for row in rows:
         group = groups.setdefault(cause_of(row), ProblemGroup(row.kind, row.explanation, row.message.error or ""))
         group.rows.append(row)
-    return list(groups.values())
+    # Stable: of causes as common, the one with the newest problem stays first.
+    return sorted(groups.values(), key=lambda group: -len(group.rows))
 
 
 def problem_rows(messages: list[Message]) -> list[ProblemRow]:
