@@ -8,13 +8,13 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 
 import requests
 from peewee import PeeweeException
 from redis.exceptions import RedisError
 
 from chatbot.errors import USER_MESSAGES, Category, UpstreamError
-from chatbot.models import Notice
 from chatbot.redact import mask_phones_in
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,10 @@ class ErrorHandler:
 
     def __init__(self, redis, alert_webhook_url: str = "", session: requests.Session | None = None,
                  alert_interval: int = ALERT_INTERVAL, timeout: float = 5.0, clock=time.monotonic,
-                 queue_size: int = ALERT_QUEUE_SIZE):
+                 queue_size: int = ALERT_QUEUE_SIZE, keep_notice: Callable[[str, str], object] | None = None):
         self.redis = redis
+        # Writes the panel's notice of an alert (kind, text): Notice.keep where there is a database.
+        self.keep_notice = keep_notice
         self.alert_webhook_url = alert_webhook_url
         self.session = session or requests.Session()
         self.alert_interval = alert_interval
@@ -80,7 +82,8 @@ class ErrorHandler:
             return False
         log.error("ALERT %s: %s", error_type, text)
         try:
-            Notice.create(kind=error_type[:64], text=mask_phones_in(text))
+            if self.keep_notice is not None:
+                self.keep_notice(error_type, mask_phones_in(text))
         except PeeweeException as error:
             # The database may be what failed: the ALERT line above and the webhook still tell it.
             log.error("alert %s not kept as a notice: %s", error_type, error)

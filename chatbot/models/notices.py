@@ -21,6 +21,11 @@ class Notice(BaseModel):
         table_name = "notice"
 
     @classmethod
+    def keep(cls, kind: str, text: str) -> Notice:
+        """Keep an alert of type `kind` for the panel, unread."""
+        return cls.create(kind=kind[:64], text=text)
+
+    @classmethod
     def unread_count(cls) -> int:
         return cls.select().where(cls.read_at.is_null()).count()
 
