@@ -26,7 +26,7 @@ def bad_key_day(services):
     now = utcnow()
     failed = [Message.create(conversation=conversation_for(phone, name), role="user", content=f"Question from {name}",
                              status=Status.FAILED.value, error=BAD_KEY, created_at=now - timedelta(minutes=minute))
-              for minute, (phone, name) in zip(range(20, 10, -1), CUSTOMERS)]
+              for minute, (phone, name) in zip(range(20, 14, -1), CUSTOMERS, strict=True)]
     bob = Message.create(conversation=conversation_for("whatsapp:+15550002222", "Bob"), role="user", content="Hi",
                          status=Status.FAILED.value, error=NO_CREDITS, created_at=now - timedelta(minutes=3))
     dora = conversation_for(DORA, "Dora")
@@ -116,6 +116,7 @@ def test_a_single_retry_speaks_of_the_customer(operator, bad_key_day):
     assert f"Message {undelivered.id}" not in answer
 
 
+@pytest.mark.postgres
 def test_dismissing_a_row_needs_a_reason_and_is_kept_and_audited(operator, bad_key_day):
     bob = bad_key_day["bob"]
     refused = post(operator, "/admin/problems/dismiss/", [bob.id], reason="   ")
@@ -124,6 +125,8 @@ def test_dismissing_a_row_needs_a_reason_and_is_kept_and_audited(operator, bad_k
     answer = post(operator, "/admin/problems/dismiss/", [bob.id], reason="Bob called; answered by phone")
     assert "Dismissed 1 (Bob (whatsapp:+1555•••2222)): Bob called; answered by phone" in answer
     assert bob.id not in listed_problems(answer)
+    # A second dismissal (a stale page) keeps the first one's reason.
+    assert Dismissal.dismiss([bob.id], "again", "someone") == 0
     dismissal = Dismissal.get(Dismissal.message == bob.id)
     assert (dismissal.reason, dismissal.dismissed_by) == ("Bob called; answered by phone", "ops")
     [event] = AuditEvent.select().where(AuditEvent.action == "problem_dismissed")
