@@ -1,4 +1,5 @@
-"""The ErrorHandler: failures logged by category, and the operator alerted at most once per error type an hour."""
+"""The ErrorHandler: failures logged by category, and the operator alerted at most once per error type an hour:
+in the panel's notices always, and at ALERT_WEBHOOK_URL when it is set."""
 from __future__ import annotations
 
 import atexit
@@ -7,8 +8,10 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 
 import requests
+from peewee import PeeweeException
 from redis.exceptions import RedisError
 
 from chatbot.errors import USER_MESSAGES, Category, UpstreamError
@@ -34,14 +37,17 @@ ALERT_FLUSH_ON_EXIT = 2.0
 class ErrorHandler:
     """Logs failures by category and alerts the operator at most once per error type per hour.
 
-    The ALERT log line is written at once; the post to ALERT_WEBHOOK_URL goes from a background
-    thread, so a slow or unreachable alert webhook never holds up a webhook request or a job.
+    The ALERT log line and the panel's notice are written at once; the post to ALERT_WEBHOOK_URL goes
+    from a background thread, so a slow or unreachable alert webhook never holds up a webhook request
+    or a job.
     """
 
     def __init__(self, redis, alert_webhook_url: str = "", session: requests.Session | None = None,
                  alert_interval: int = ALERT_INTERVAL, timeout: float = 5.0, clock=time.monotonic,
-                 queue_size: int = ALERT_QUEUE_SIZE):
+                 queue_size: int = ALERT_QUEUE_SIZE, keep_notice: Callable[[str, str], object] | None = None):
         self.redis = redis
+        # Writes the panel's notice of an alert (kind, text): Notice.keep where there is a database.
+        self.keep_notice = keep_notice
         self.alert_webhook_url = alert_webhook_url
         self.session = session or requests.Session()
         self.alert_interval = alert_interval
@@ -70,11 +76,17 @@ class ErrorHandler:
         self.send_admin_alert(f"{category.value}:{error_type(error)}", f"{category.value} failure: {text}")
 
     def send_admin_alert(self, error_type: str, text: str) -> bool:
-        """Tell the operator (log now, ALERT_WEBHOOK_URL in the background when set); False when this
-        type was already alerted within the interval."""
+        """Tell the operator (log and the panel's notices now, ALERT_WEBHOOK_URL in the background when
+        set); False when this type was already alerted within the interval."""
         if not self._first_in_interval(error_type):
             return False
         log.error("ALERT %s: %s", error_type, text)
+        try:
+            if self.keep_notice is not None:
+                self.keep_notice(error_type, mask_phones_in(text))
+        except PeeweeException as error:
+            # The database may be what failed: the ALERT line above and the webhook still tell it.
+            log.error("alert %s not kept as a notice: %s", error_type, error)
         if self.alert_webhook_url:
             self._queue_post(self.alert_webhook_url, f"[WhatsApp assistant] {text}")
         return True

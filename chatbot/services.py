@@ -18,7 +18,7 @@ from chatbot.handoff import Handoffs, holding_message
 from chatbot.knowledge.index import Indexer, IndexLimits
 from chatbot.knowledge.retrieval import Retriever
 from chatbot.media import MediaFetcher
-from chatbot.models import Origin
+from chatbot.models import Notice, Origin
 from chatbot.models.db import POOL_SIZE, open_database
 from chatbot.notify import Notifier
 from chatbot.numbers import NumberDirectory
@@ -103,7 +103,7 @@ def build_services(config: Config, ai_options: dict | None = None,
                            health_check_interval=30, **config.redis_options())
     cipher = FieldCipher(config.field_encryption_key)
     context = ConversationManager(redis, config.max_context_messages, config.conversation_ttl)
-    errors = ErrorHandler(redis, config.alert_webhook_url)
+    errors = ErrorHandler(redis, config.alert_webhook_url, keep_notice=Notice.keep)
     access = AccessPolicy(redis, config.access_mode, config.access_list, config.access_notice)
     numbers = NumberDirectory(config.twilio_whatsapp_number, config.window_template_sid)
     ai_factory = AIAdapterFactory(config, cipher, pooled_session(http_pool_size(config)), **(ai_options or {}))

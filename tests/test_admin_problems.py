@@ -74,6 +74,11 @@ def listed_problems(html: str) -> set[int]:
     return {int(found) for found in re.findall(r'id="problem-(\d+)"', html)}
 
 
+def problem_row(html: str, message_id: int) -> str:
+    """The Problems page's entry of one message."""
+    return html.split(f'id="problem-{message_id}"')[1].split("</li>")[0]
+
+
 @pytest.mark.postgres
 def test_problems_lists_exactly_the_failed_undelivered_and_stuck_messages(operator, day):
     html = page(operator, "/admin/problems/")
@@ -95,7 +100,7 @@ def test_problems_is_in_the_menu_and_behind_the_login(client, operator, day):
 
 def test_retry_is_refused_where_it_cannot_help(operator, day, services):
     html = page(operator, "/admin/problems/")
-    row = html.split(f'id="problem-{day["refused"].id}"')[1].split("</tr>")[0]
+    row = problem_row(html, day["refused"].id)
     assert "Retry cannot help" in row and 'class="btn btn-primary btn-sm retry"' not in row
 
     token = csrf_token(operator, "/admin/problems/")

@@ -9,10 +9,12 @@ from flask_admin.theme import Bootstrap4Theme
 from chatbot.admin import audit_log, first_run
 from chatbot.admin.access import AccessView
 from chatbot.admin.ai_configurations import AIConfigurationView
+from chatbot.admin.caps import caps_reached
 from chatbot.admin.conversations import ConversationView, MessageView, OptOutView
 from chatbot.admin.inbox import CATEGORY, CannedReplyView, CountedLabel, InboxView
 from chatbot.admin.knowledge import KnowledgeView
 from chatbot.admin.media import MediaView
+from chatbot.admin.notices import NoticesView, unread_now
 from chatbot.admin.numbers import NumbersView
 from chatbot.admin.panel import (
     PanelIndexView,
@@ -33,6 +35,7 @@ from chatbot.admin.unhappy import UnhappyView
 from chatbot.admin.users import UsersView
 from chatbot.admin.webhook_log import WebhookLogView
 from chatbot.models import AIConfiguration, CannedReply, Conversation, Message, OptOut, WebhookLog, WhatsAppNumber
+from chatbot.spend_caps import refused_by
 
 
 def build_admin(app) -> Admin:
@@ -49,7 +52,8 @@ def build_admin(app) -> Admin:
     app.jinja_env.globals["admin_secure_form"] = SecureForm
     app.jinja_env.filters["masked"] = masked
     app.jinja_env.filters["local_time"] = local_time
-    app.jinja_env.globals.update(may_do=may_do, numbers_revealed=numbers_revealed, first_run_steps=first_run.steps)
+    app.jinja_env.globals.update(may_do=may_do, numbers_revealed=numbers_revealed, first_run_steps=first_run.steps,
+                                 spend_caps_reached=caps_reached, refused_by=refused_by)
     audit_log.init_app(app)
     app.context_processor(
         lambda: {"current_admin": signed_in_admin() if request.path.startswith("/admin") else None})
@@ -66,6 +70,7 @@ def build_admin(app) -> Admin:
     admin.add_view(KnowledgeView(name="Knowledge", endpoint="knowledge", url="/admin/knowledge"))
     admin.add_view(ToolsView(name="Tools", endpoint="tools", url="/admin/tools"))
     admin.add_view(ProblemsView(name="Problems", endpoint="problems", url="/admin/problems"))
+    admin.add_view(NoticesView(name=CountedLabel("Notices", unread_now), endpoint="notices", url="/admin/notices"))
     admin.add_view(PlaygroundView(name="Playground", endpoint="playground", url="/admin/playground"))
     admin.add_view(OptOutView(OptOut, name="Opted out", endpoint="optout"))
     admin.add_view(SpendingView(name="Spending", endpoint="spending", url="/admin/spending"))

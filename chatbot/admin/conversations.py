@@ -19,8 +19,9 @@ from redis.exceptions import RedisError
 
 from chatbot import auth, exports, handoff, takeover
 from chatbot.admin.audit_log import record_here
-from chatbot.admin.media import attachments_of, place_of
+from chatbot.admin.caps import cap_badge
 from chatbot.admin.drilldowns import ConversationFigureFilter, MessageFigureFilter
+from chatbot.admin.media import attachments_of, place_of
 from chatbot.admin.panel import (
     NOT_ON_WHATSAPP,
     REVEAL_PHONES,
@@ -207,7 +208,8 @@ class ConversationView(PanelModelView):
     column_formatters = {"user_phone": _phone_with_delivery_flag,
                          "waiting": lambda view, context, model, name: model.waiting or "",
                          "last_message": lambda view, context, model, name: shortened(model.last_message),
-                         "failures": lambda view, context, model, name: failure_badge(model.failures),
+                         "failures": lambda view, context, model, name: (
+                             failure_badge(model.failures) + cap_badge(model.user_phone, model.number)),
                          # A number removed since is shown by its address.
                          "number": lambda view, context, model, name: context.get("number_labels", {}).get(
                              model.number, model.number)}

@@ -6,6 +6,7 @@ through the conversation page's takeover reply (chatbot.takeover and its job).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
 from flask import abort, flash, g, has_request_context, jsonify, make_response, redirect, request
@@ -43,15 +44,17 @@ def waiting_now() -> int:
 
 
 class CountedLabel:
-    """A menu label that shows the open handoffs' count, read when a page is drawn ("Waiting (3)";
-    "Waiting" when none): Flask-Admin renders a view's name with str(), as it does its lazy labels."""
+    """A menu label that shows a count read when a page is drawn (the open handoffs by default:
+    "Waiting (3)"; "Waiting" when none): Flask-Admin renders a view's name with str(), as it does its
+    lazy labels."""
 
-    def __init__(self, words: str):
+    def __init__(self, words: str, count: Callable[[], int] = waiting_now):
         self.words = words
+        self.count = count
 
     def __str__(self) -> str:
         # The panel is built outside any request: the label is then the plain words, its menu key.
-        count = waiting_now() if has_request_context() and signed_in_admin() is not None else 0
+        count = self.count() if has_request_context() and signed_in_admin() is not None else 0
         return f"{self.words} ({count})" if count else self.words
 
     def __html__(self) -> str:

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 from flask import flash
+from markupsafe import Markup
 from wtforms.validators import ValidationError
 
+from chatbot.admin.caps import reached_badge, reached_for_number
 from chatbot.admin.panel import ModelRule, PanelModelView, services
 from chatbot.models import WhatsAppNumber, utcnow
 from chatbot.numbers import SWITCHED_OFF
@@ -14,6 +16,14 @@ from config import whatsapp_address
 def _whatsapp_address(text):
     """Take +E.164 for whatsapp:+E.164, as the CLI does."""
     return whatsapp_address(text or "")
+
+
+def _budget_column(number: WhatsAppNumber):
+    """The number's monthly budget, and when it was reached this month if it is."""
+    if number.monthly_budget is None:
+        return ""
+    key = "" if number.address == services().config.twilio_whatsapp_number else number.address
+    return Markup("${:g} {}").format(number.monthly_budget, reached_badge(reached_for_number(key)))
 
 
 class NumbersView(PanelModelView):
@@ -32,8 +42,7 @@ class NumbersView(PanelModelView):
             model.ai_configuration.name if model.ai_configuration else "active configuration"),
         "greeting": lambda view, context, model, name: (
             model.greeting if len(model.greeting) <= 60 else model.greeting[:59] + "…"),
-        "monthly_budget": lambda view, context, model, name: (
-            f"${model.monthly_budget:g}" if model.monthly_budget is not None else ""),
+        "monthly_budget": lambda view, context, model, name: _budget_column(model),
     }
     column_searchable_list = ("address", "label")
     search_hint = "Address or label"

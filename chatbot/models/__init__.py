@@ -14,6 +14,7 @@ from chatbot.models.conversation import (
     TWILIO_MESSAGE_SID,
     UNDELIVERED_STATUSES,
     Conversation,
+    Dismissal,
     Message,
     ReplyPart,
     ServiceWindow,
@@ -29,6 +30,7 @@ from chatbot.models.knowledge import (
     SourceKind,
     SourceStatus,
 )
+from chatbot.models.notices import Notice
 from chatbot.models.ratings import SCORES, Rating
 from chatbot.models.settings import (
     MAX_GREETING_CHARS,
@@ -59,8 +61,8 @@ __all__ = [
     "MAX_GREETING_CHARS", "MODEL_REASONS", "ONE_ACTIVE_INDEX", "PROVIDERS", "REASON_WORDS", "SERVICE_WINDOW",
     "TWILIO_MESSAGE_SID", "UNDELIVERED_STATUSES", "AccessEntry", "AdminUser", "AuditEvent", "AIConfiguration",
     "ApprovedAnswer",
-    "BaseModel", "CannedReply", "Conversation", "GapReason", "Handoff", "HandoffReason", "JSONField",
-    "KnowledgeGap", "KnowledgeSource", "KnowledgeSpend", "Message", "Note", "OptOut", "Origin", "Passage",
+    "BaseModel", "CannedReply", "Conversation", "Dismissal", "GapReason", "Handoff", "HandoffReason", "JSONField",
+    "KnowledgeGap", "KnowledgeSource", "KnowledgeSpend", "Message", "Note", "Notice", "OptOut", "Origin", "Passage",
     "ReplyPart", "Role", "ServiceWindow", "Setting", "SourceKind", "SourceStatus", "Status", "utcnow",
     "WebhookLog", "WhatsAppNumber",
 ]

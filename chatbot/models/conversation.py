@@ -490,7 +490,8 @@ class Message(BaseModel):
     @classmethod
     def problems(cls, stuck_before: datetime, limit: int):
         """Select, newest first with their conversations, what needs the operator: user messages the AI
-        failed, replies not delivered, and user messages unanswered since before `stuck_before`."""
+        failed, replies not delivered, and user messages unanswered since before `stuck_before`; none
+        the operator dismissed."""
         question, answer = cls.role == Role.USER.value, cls.role == Role.ASSISTANT.value
         return (
             cls.select(cls, Conversation)
@@ -502,6 +503,7 @@ class Message(BaseModel):
                 (question & (cls.status == Status.FAILED.value))
                 | (answer & cls.never_arrived())
                 | (question & (cls.status == Status.PENDING.value) & (cls.created_at < stuck_before)),
+                cls.id.not_in(Dismissal.select(Dismissal.message)),
             )
             .order_by(cls.id.desc())
             .limit(limit)
@@ -708,6 +710,30 @@ class ReplyPart(BaseModel):
             .where(cls.id.in_(settled), cls.status.in_(DELIVERY_FAILURES))
         )
         return {part.message.conversation_id: part for part in latest}
+class Dismissal(BaseModel):
+    """A problem an operator dismissed from the Problems page, and why: a retry cannot help, or it was
+    dealt with outside the panel. Gone with its message."""
+
+    message = ForeignKeyField(Message, unique=True, on_delete="CASCADE")
+    reason = TextField()
+    dismissed_by = CharField(max_length=64)
+    dismissed_at = DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "dismissal"
+
+    @classmethod
+    def dismiss(cls, message_ids, reason: str, by: str) -> int:
+        """Dismiss these messages' problems with `reason`; return how many were not dismissed already."""
+        rows = [{"message": message_id, "reason": reason, "dismissed_by": by[:64]} for message_id in message_ids]
+        if not rows:
+            return 0
+        with database.atomic():
+            before = cls.select().where(cls.message.in_(list(message_ids))).count()
+            cls.insert_many(rows).on_conflict_ignore().execute()
+            return cls.select().where(cls.message.in_(list(message_ids))).count() - before
+
+
 TWILIO_MESSAGE_SID = re.compile(r"^(SM|MM)[0-9a-f]{32}$")
 # How far a part's delivery can get, in order, and the two ways it can end without arriving.
 DELIVERY_PROGRESS = ("queued", "sent", "delivered", "read")

@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from redis import Redis
@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 from chatbot.alerts import ErrorHandler
 from chatbot.clock import day_start, in_zone, month_start
 from chatbot.models import KnowledgeSpend, Message, Setting, Status, utcnow
+from chatbot.numbers import Assistant
 from chatbot.redact import mask_phone, sender_key
 from chatbot.stages.base import Stage, Turn, Verdict
 from config import amount_problem
@@ -117,6 +118,10 @@ class Cap(StrEnum):
     NUMBER_MONTHLY = "number_monthly"
 
 
+# Where a refused message's metadata names the cap that refused it and its amount in USD.
+CAP_NOTE = "cap"
+CAP_USD_NOTE = "cap_usd"
+
 NOTICES = {Cap.SENDER_DAILY: SENDER_DAILY_NOTICE, Cap.MONTHLY: MONTHLY_NOTICE, Cap.NUMBER_MONTHLY: MONTHLY_NOTICE}
 
 
@@ -128,6 +133,17 @@ class Caps:
     monthly: float | None
     sender_daily_overridden: bool = False
     monthly_overridden: bool = False
+
+
+def period_of(cap: Cap, now: datetime, zone_name: str) -> tuple[datetime, datetime]:
+    """Return when the period `cap` counts over began and when the next one begins (naive UTC, in the
+    days and months of `zone_name`): a sender's day, or a month (the number's, everyone's). Refused
+    until then, or until the cap is raised."""
+    if cap is Cap.SENDER_DAILY:
+        start = day_start(now, zone_name)
+        return start, day_start(start + timedelta(hours=36), zone_name)
+    start = month_start(now, zone_name)
+    return start, month_start(start + timedelta(days=40), zone_name)
 
 
 class Budgets(Stage):
@@ -177,11 +193,14 @@ class Budgets(Stage):
         """Reserve the message's expected cost, or keep it from the AI when a cap has no room for it;
         the first refusal of a sender's day on a number carries the notice."""
         sender, number, now = turn.conversation.user_phone, turn.conversation.number, self.now()
-        cap = self._reserve_room(turn, now)
-        if cap is None:
+        refused_by = self._reserve_room(turn, now)
+        if refused_by is None:
             return None
+        cap, limit = refused_by
         notice = NOTICES[cap] if self._first_notice_today(sender, number, now) else None
-        return Verdict(status=Status.OVER_BUDGET, reply=notice, kind=f"budget_{cap.value}", refused="budget")
+        # Which cap, at what amount: the panel tells the caps reached (chatbot.spend_caps) from these.
+        return Verdict(status=Status.OVER_BUDGET, reply=notice, kind=f"budget_{cap.value}", refused="budget",
+                       note={CAP_NOTE: cap.value, CAP_USD_NOTE: limit})
 
     def settle(self, turn: Turn, cost: float | None) -> None:
         """Replace the message's reservation with what its answer cost, or let it go (None)."""
@@ -195,9 +214,10 @@ class Budgets(Stage):
             # Not lost: the reservation expires by itself within RESERVATION_TTL.
             log.warning("budget reservation of message_id=%s not settled: %s", turn.question.id, error)
 
-    def _reserve_room(self, turn: Turn, now: datetime) -> Cap | None:
+    def _reserve_room(self, turn: Turn, now: datetime) -> tuple[Cap, float] | None:
         """Reserve the message's expected cost under every cap that applies; return the first cap
-        without room for it (nothing reserved then), or None when none is set or all have room."""
+        without room for it and its amount (nothing reserved then), or None when none is set or all
+        have room."""
         caps = self.caps()
         sender, number = turn.conversation.user_phone, turn.conversation.number
         number_monthly = turn.assistant.monthly_budget
@@ -233,13 +253,13 @@ class Budgets(Stage):
             self._held[turn.question.id] = keys
             return None
         cap, limit, spent, _ = scopes[refused - 1]
-        if cap is Cap.MONTHLY:
-            self._alert_monthly(limit, spent, now)
-        elif cap is Cap.NUMBER_MONTHLY:
-            self._alert_monthly(limit, spent, now, number)
+        if cap is Cap.SENDER_DAILY:
+            self._alert_sender_daily(limit, spent, now, sender, turn.assistant)
+        else:
+            self._alert_monthly(limit, spent, now, None if cap is Cap.MONTHLY else turn.assistant)
         log.info("budget reached cap=%s sender=%s number=%s expected=%.6f", cap.value, mask_phone(sender),
                  mask_phone(number) if number else "default", expected)
-        return cap
+        return cap, float(limit)
 
     def _first_notice_today(self, sender: str, number: str, now: datetime) -> bool:
         on_number = f":{sender_key(number)}" if number else ""
@@ -251,19 +271,21 @@ class Budgets(Stage):
             log.warning("budget notice not claimed sender=%s: %s", mask_phone(sender), error)
             return False
 
-    def _alert_monthly(self, cap: float, spent: float, now: datetime, number: str | None = None) -> None:
-        # Once per cap and month: the operator is told when it is reached, not on every message after.
-        scope = "all" if number is None else (number or "default")
-        key = f"{ALERT_PREFIX}{in_zone(now, self.zone):%Y-%m}:{scope}:{cap!r}"
+    def _first_alert(self, key: str) -> bool:
+        # Once per cap and period: the operator is told when it is reached, not on every message after.
         try:
-            first = self.redis.set(key, 1, nx=True, ex=ALERT_LIFETIME)
+            return bool(self.redis.set(f"{ALERT_PREFIX}{key}", 1, nx=True, ex=ALERT_LIFETIME))
         except RedisError:
-            first = True  # send_admin_alert still keeps it to one per hour
-        if not first:
+            return True  # send_admin_alert still keeps it to one per hour
+
+    def _alert_monthly(self, cap: float, spent: float, now: datetime, assistant: Assistant | None) -> None:
+        scope = "all" if assistant is None else (assistant.key or "default")
+        if not self._first_alert(f"{in_zone(now, self.zone):%Y-%m}:{scope}:{cap!r}"):
             return
-        # Refused with room left: the jobs answering now reserved it.
-        spent_text = f"${spent:.4f} spent this month" + (", the rest held by answers under way" if spent < cap else "")
-        if number is None:
+        # Refused with room left: too little for the next answer, or reserved by the jobs answering now.
+        spent_text = f"${spent:.4f} spent this month" + (
+            " (the rest too little for the next answer, or held by answers under way)" if spent < cap else "")
+        if assistant is None:
             self.errors.send_admin_alert(
                 "budget:monthly",
                 f"monthly budget reached: {spent_text} of a ${cap:g} cap; the bot answers "
@@ -271,9 +293,18 @@ class Budgets(Stage):
         else:
             self.errors.send_admin_alert(
                 f"budget:monthly:{scope}",
-                f"monthly budget of number {mask_phone(number) if number else 'default'} reached: {spent_text} "
-                f"of its ${cap:g} cap; it answers no one until the month ends or its cap is "
+                f"monthly budget of number {assistant.label} ({mask_phone(assistant.address)}) reached: "
+                f"{spent_text} of its ${cap:g} cap; it answers no one until the month ends or its cap is "
                 "raised (admin → Numbers, or .venv/bin/flask numbers update)")
+
+    def _alert_sender_daily(self, cap: float, spent: float, now: datetime, sender: str, assistant: Assistant) -> None:
+        on_number = f":{sender_key(assistant.key)}" if assistant.key else ""
+        if not self._first_alert(f"{in_zone(now, self.zone):%Y-%m-%d}:{sender_key(sender)}{on_number}:{cap!r}"):
+            return
+        self.errors.send_admin_alert(
+            f"budget:sender_daily:{sender_key(sender)}",
+            f"daily budget per sender reached: {mask_phone(sender)} on {assistant.label}, ${spent:.4f} spent today "
+            f"of a ${cap:g} cap; they are answered again tomorrow, or once the cap is raised (admin → Spending)")
 
 
 def _stored_amount(stored: dict, key: str, default: float | None) -> float | None:
