@@ -11,6 +11,8 @@ from rq import Queue
 
 from chatbot.ai import AIAdapterFactory
 from chatbot.alerts import ErrorHandler
+from chatbot.campaigns.pacing import Pacer
+from chatbot.campaigns.sending import CampaignSender, senders_for
 from chatbot.channels import whatsapp_channel
 from chatbot.context import ConversationManager
 from chatbot.crypto import FieldCipher
@@ -60,6 +62,7 @@ class Services:
     retriever: Retriever
     indexer: Indexer
     notifier: Notifier
+    campaigns: CampaignSender
 
 
 def http_pool_size(config: Config) -> int:
@@ -149,4 +152,6 @@ def build_services(config: Config, ai_options: dict | None = None,
         indexer=Indexer(retriever, guarded, IndexLimits(config.knowledge_max_file_bytes, config.knowledge_max_pages,
                                                         config.knowledge_fetch_timeout)),
         notifier=Notifier(config, guarded, errors, redis),
+        campaigns=CampaignSender(whatsapp, context, Pacer(redis, config.campaign_rate), access, numbers,
+                                 config.conversation_ttl, senders=senders_for(config.campaign_rate)),
     )
