@@ -205,9 +205,8 @@ class CampaignSender:
                 # Twilio answered: it took nothing, there is nothing to look up later.
                 CampaignRecipient.update(sending_since=None).where(CampaignRecipient.id == recipient.id).execute()
             if error.code in RECIPIENT_CODES:
-                explanation = twilio_error(error.code)
                 CampaignRecipient.update(status=RecipientStatus.FAILED.value, error_code=error.code,
-                                         error=f"{explanation.source}: {explanation.meaning} {explanation.fix}").where(
+                                         error=twilio_error(error.code).in_a_line()).where(
                     CampaignRecipient.id == recipient.id).execute()
                 log.info("%s refused by Twilio: code=%s", who, error.code)
                 outcome.count("failed")
