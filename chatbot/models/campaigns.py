@@ -174,6 +174,8 @@ class CampaignResults:
     delivered: int
     read: int
     failed: int
+    # Of the failed, those Twilio took and then reported failed or undelivered.
+    undelivered: int
     replies: int
     skipped: int
     cancelled: int
@@ -196,13 +198,15 @@ class CampaignResults:
                    .where(CampaignRecipient.campaign == campaign_id, fn.EXISTS(replied))
                    .count())
         status = {value: by_status.get(value.value, 0) for value in RecipientStatus}
+        undelivered = sum(receipts.get(failure, 0) for failure in DELIVERY_FAILURES)
         return cls(
             total=sum(status.values()),
             queued=status[RecipientStatus.QUEUED],
             sent=status[RecipientStatus.SENT],
             delivered=receipts.get("delivered", 0) + receipts.get("read", 0),
             read=receipts.get("read", 0),
-            failed=status[RecipientStatus.FAILED] + sum(receipts.get(failure, 0) for failure in DELIVERY_FAILURES),
+            failed=status[RecipientStatus.FAILED] + undelivered,
+            undelivered=undelivered,
             replies=replies,
             skipped=status[RecipientStatus.SKIPPED],
             cancelled=status[RecipientStatus.CANCELLED],
