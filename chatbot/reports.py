@@ -209,6 +209,7 @@ def compute_stats(now: datetime | None = None, number: str | None = None, period
     conversations = Conversation.select().where(
         Conversation.is_active == True,  # noqa: E712
         Conversation.id.not_in(Message.select(Message.conversation).where(~NOT_PLAYGROUND)),
+        Conversation.id.in_(Message.select(Message.conversation).where(Message.role == Role.USER.value)),
     )
     return DashboardStats(
         period=chosen,
