@@ -96,7 +96,8 @@ def from_csv(text: str, name: str) -> Audience:
                 audience.columns = max(audience.columns, len(cells))
                 continue
             audience.columns = max(audience.columns, len(cells))
-            number = e164(cells[0])
+            # A cell holds one number, so its spaces are punctuation ("+49 151 2345678"), as dashes are.
+            number = e164("".join(cells[0].split()))
             if number is None:
                 audience.skips.append(Skip(line, SkipKind.INVALID, f"not a phone number in E.164 form "
                                                                    f"(+ and country code): {_quoted(cells[0])}"))
