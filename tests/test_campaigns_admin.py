@@ -15,6 +15,7 @@ from tests.test_admin_roles import signed_in_as
 
 PAGE = "/admin/campaigns/"
 SID = "HX" + "ab12" * 8
+ANN = "whatsapp:+15550100001"
 CSV = "phone,first_name\n+15550100001,Ann\n+15550100002,Bob\nnot a number,Cy\n"
 
 
@@ -126,3 +127,7 @@ def test_a_recipient_twilio_refused_is_explained_on_the_campaign_page(app, servi
     assert "+1555•••0002: Twilio error 21211: The user's number is not a valid WhatsApp address." in \
         re.sub(r"<[^>]+>", "", page)
     assert "1 from this number in" in page
+    transcript = text_of(admin.get(f"/admin/conversation/details/?id={conversation_for(ANN).id}"))
+    marker = re.search(r'the template message of\s+<a href="([^"]+)">campaign (\d+)</a>', transcript)
+    assert marker.groups() == (f"/admin/campaigns/{campaign.id}/", str(campaign.id))
+    assert "Hi Ann, spring is here." in transcript and "Promote to approved answer" not in transcript
