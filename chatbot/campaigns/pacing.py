@@ -1,9 +1,12 @@
 """Pacing: a number's campaign sends spread at CAMPAIGN_RATE a second, across every worker and job.
 
-Each send claims the next free moment of its number from Redis (one script: the later of now and
-the last claim plus the spacing) and sleeps until it. Redis's own clock decides, so workers on
-different machines share one pace. The spacing is HEADROOM wider than 1/CAMPAIGN_RATE: a request
-held up a few milliseconds on its way then never arrives as the eleventh in one of Twilio's seconds.
+Each send asks Redis for its turn right before it goes (one script, on Redis's own clock, so workers
+on different machines share one pace) and is let through only when both hold: the number's last send
+is 1/CAMPAIGN_RATE ago, and fewer than CAMPAIGN_RATE sends went in the last WINDOW (a second and
+HEADROOM). Otherwise it is told how long to wait, sleeps, and asks again. The turn is taken when the
+send is about to go, not before a sleep it may wake late from, and the window is a little over a
+second, so a request held up a few milliseconds on its way never arrives as the eleventh in one of
+Twilio's seconds.
 """
 from __future__ import annotations
 
@@ -15,37 +18,53 @@ from redis import Redis
 from chatbot.redact import sender_key
 
 KEY_PREFIX = "chatbot:campaign-pace:"
-# 5%: 10 a second are spaced 105 ms apart, so ten requests span 1.05 s; 50 ms of jitter between the
-# first and the eleventh still keeps them in different seconds.
+# 5 %: at most CAMPAIGN_RATE sends in any 1.05 s; a steady 10 a second becomes 9.5.
 HEADROOM = 0.05
-# The claim outlives the moment it names by this much, then Redis forgets it.
-KEEP_MS = 60_000
+WINDOW_US = round(1_000_000 * (1 + HEADROOM))
 
-# KEYS[1] the number's pace; ARGV[1] the spacing in microseconds; ARGV[2] what to keep past the slot, in ms.
-# Returns how long to wait for the claimed moment, in microseconds.
-CLAIM = """
+# KEYS[1] the number's recent sends (a sorted set of their times, in microseconds); ARGV[1] the window,
+# ARGV[2] the most sends in it, ARGV[3] the least time between two sends (microseconds). Returns 0 when
+# the turn is taken (and recorded), else how many microseconds to wait before asking again.
+TAKE_TURN = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-local slot = math.max(now, tonumber(redis.call('GET', KEYS[1]) or '0'))
-redis.call('SET', KEYS[1], string.format('%d', slot + tonumber(ARGV[1])),
-           'PX', math.floor((slot - now) / 1000) + tonumber(ARGV[2]))
-return slot - now
+local window, most, spacing = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local wait = 0
+if redis.call('ZCARD', KEYS[1]) >= most then
+  wait = tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2]) + window - now
+end
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')[2]
+if last then
+  wait = math.max(wait, tonumber(last) + spacing - now)
+end
+if wait > 0 then
+  return wait
+end
+redis.call('ZADD', KEYS[1], now, string.format('%d', now))
+redis.call('PEXPIRE', KEYS[1], math.floor(window / 1000) + 1000)
+return 0
 """
 
 
 class Pacer:
-    """Hands out each number's send moments at most `rate` a second, shared by every process."""
+    """Lets each number's sends go at most `rate` a second, shared by every process."""
 
     def __init__(self, redis: Redis, rate: float, sleep: Callable[[float], None] = time.sleep):
         self.redis = redis
-        self.spacing_us = round(1_000_000 * (1 + HEADROOM) / rate)
+        # At least one send per window: a rate under one a second is met by the spacing alone.
+        self.most = max(1, int(rate))
+        self.spacing_us = round(1_000_000 / rate)
         self.sleep = sleep
-        self._claim = redis.register_script(CLAIM)
+        self._take_turn = redis.register_script(TAKE_TURN)
 
     def wait_turn(self, number: str) -> float:
-        """Wait for `number`'s next free moment to send; return the seconds waited."""
-        wait = self._claim(keys=[KEY_PREFIX + sender_key(number or "default")],
-                           args=[self.spacing_us, KEEP_MS]) / 1_000_000
-        if wait > 0:
+        """Wait until `number` may send again and take that turn; return the seconds waited."""
+        key = KEY_PREFIX + sender_key(number or "default")
+        waited = 0.0
+        while True:
+            wait = self._take_turn(keys=[key], args=[WINDOW_US, self.most, self.spacing_us]) / 1_000_000
+            if wait <= 0:
+                return waited
             self.sleep(wait)
-        return wait
+            waited += wait
