@@ -64,6 +64,10 @@ MAX_RETENTION_DAYS = 36500
 MAX_TAKEOVER_TIMEOUT = 7 * 24 * 60
 # Each part of a reply arrives as its own WhatsApp message: past this many a reply is a flood.
 MAX_REPLY_PARTS_CEILING = 50
+# Twilio takes up to 80 messages a second from one sender on request; past this a rate is a typo.
+MAX_CAMPAIGN_RATE = 100
+# A larger audience is refused: a typo or the wrong file, and a day's sending at the default rate.
+MAX_CAMPAIGN_RECIPIENTS_CEILING = 1_000_000
 # Knowledge bounds: passages past this many tokens crowd out the conversation; a file past this
 # many bytes is held whole in the database and in a worker's memory while it is read.
 MAX_KNOWLEDGE_TOKENS = 20_000
@@ -221,6 +225,10 @@ class Config:
     rating_after_minutes: int = 0
     # A quick-reply content template (HX…) that asks for the rating with buttons; empty: asked as text.
     rating_template_sid: str = ""
+    # Template messages a campaign sends per second from one number (Twilio's default WhatsApp throughput).
+    campaign_rate: float = 10.0
+    # The largest audience a campaign may have; a larger one is refused when the campaign is created.
+    campaign_max_recipients: int = 10_000
     handoff_message: str = DEFAULT_HANDOFF_MESSAGE
     handoff_message_out_of_hours: str = DEFAULT_HANDOFF_MESSAGE_OUT_OF_HOURS
     # When a person answers, in ADMIN_TIMEZONE (the text as set, and as spans); empty: always.
@@ -359,6 +367,9 @@ class Config:
                                                    maximum=23 * 60),
             "rating_template_sid": reader.pattern("RATING_TEMPLATE_SID", CONTENT_SID_SHAPE,
                                                   "a Twilio Content SID: HX and 32 hex characters"),
+            "campaign_rate": reader.number("CAMPAIGN_RATE", cls.campaign_rate, 0.1, MAX_CAMPAIGN_RATE),
+            "campaign_max_recipients": reader.integer("CAMPAIGN_MAX_RECIPIENTS", cls.campaign_max_recipients,
+                                                      minimum=1, maximum=MAX_CAMPAIGN_RECIPIENTS_CEILING),
             "handoff_remind_minutes": reader.integer("HANDOFF_REMIND_MINUTES", cls.handoff_remind_minutes, minimum=0,
                                                      maximum=7 * 24 * 60),
             "embedding_model": reader.text("EMBEDDING_MODEL", default=cls.embedding_model),

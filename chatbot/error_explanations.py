@@ -18,6 +18,10 @@ class Explanation:
     # False when sending or asking again, unchanged, fails the same way whatever the operator does.
     retry_helps: bool = True
 
+    def in_a_line(self) -> str:
+        """`Twilio error 21211: The user's number is not a valid WhatsApp address. Check …`"""
+        return f"{self.source}: {self.meaning} {self.fix}"
+
 
 def _twilio(code: int, meaning: str, fix: str, retry_helps: bool = True) -> tuple[int, Explanation]:
     return code, Explanation(f"Twilio error {code}", meaning, fix, retry_helps)

@@ -62,6 +62,10 @@ class SenderBusy(Exception):
     """Another worker holds this sender's lock; the job should run again later."""
 
 
+class CampaignBusy(Exception):
+    """Another job holds this campaign's lock: it is sending the campaign."""
+
+
 class JobDeadlineReached(Exception):
     """The job ran out of time with messages still to answer; its next run takes them."""
 

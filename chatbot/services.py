@@ -11,6 +11,8 @@ from rq import Queue
 
 from chatbot.ai import AIAdapterFactory
 from chatbot.alerts import ErrorHandler
+from chatbot.campaigns.pacing import Pacer
+from chatbot.campaigns.sending import CampaignSender, senders_for
 from chatbot.channels import Channel, operator_channel, whatsapp_channel
 from chatbot.context import ConversationManager
 from chatbot.crypto import FieldCipher
@@ -64,6 +66,7 @@ class Services:
     retriever: Retriever
     indexer: Indexer
     notifier: Notifier
+    campaigns: CampaignSender
 
     def operator_channel(self, origin: Origin, sender, approved: ApprovedAnswers | None = None) -> Channel:
         """The channel of an operator's try (`flask chat`, the playground) replying through `sender`:
@@ -163,4 +166,6 @@ def build_services(config: Config, ai_options: dict | None = None,
         indexer=Indexer(retriever, guarded, IndexLimits(config.knowledge_max_file_bytes, config.knowledge_max_pages,
                                                         config.knowledge_fetch_timeout)),
         notifier=Notifier(config, guarded, errors, redis),
+        campaigns=CampaignSender(whatsapp, context, Pacer(redis, config.campaign_rate), access, numbers,
+                                 config.conversation_ttl, senders=senders_for(config.campaign_rate)),
     )

@@ -129,6 +129,12 @@ def template_variable(text: str, limit: int = TEMPLATE_VARIABLE_LIMIT) -> str:
     return flat[:_cut_point(flat, limit - utf16_length(TEMPLATE_CUT_NOTE))].rstrip() + TEMPLATE_CUT_NOTE
 
 
+def content_lookup(variables: dict[str, str], text: str = "") -> tuple[str, ...]:
+    """What Twilio's copy of a template message sent with `variables` must hold to be found by
+    find_sent: each variable's value (as sent), or with none the template's `text`; () matches any."""
+    return tuple(template_variable(value) for value in variables.values()) or ((text,) if text else ())
+
+
 def split_message(text: str, limit: int = WHATSAPP_LIMIT, max_parts: int | None = None) -> list[str]:
     """Split `text` into parts of at most `limit` UTF-16 units, at natural boundaries and never
     leaving a code fence open; beyond `max_parts` parts the text is shortened and the last part
@@ -252,17 +258,33 @@ class WhatsAppClient:
         return self._create_once(to, variable, unconfirmed_since, from_number, in_template=True,
                                  content_sid=template_sid, **variables)
 
+    def send_content(self, to: str, content_sid: str, variables: dict[str, str], text: str = "",
+                     unconfirmed_since: datetime | None = None, from_number: str = "") -> str:
+        """Send the approved template `content_sid` with its variables ({"1": "Ada", ...}, each made fit
+        for a variable first) exactly once, as send_part does; return Twilio's MessageSid.
+
+        After an attempt without an answer the look-up finds Twilio's copy by what it must hold: every
+        variable's value, or with no variables `text` (the template's text as approved); with neither,
+        any message to `to` since the first attempt counts as this one.
+        """
+        filled = {name: template_variable(value) for name, value in variables.items()}
+        content = {"content_sid": content_sid}
+        if filled:
+            content["content_variables"] = json.dumps(filled, ensure_ascii=False)
+        return self._create_once(to, content_lookup(variables, text), unconfirmed_since, from_number,
+                                 in_template=True, **content)
+
     def unsent_text(self, body: str, already_sent: int) -> str:
         """Return what of `body` is left once its first `already_sent` parts have gone out."""
         if not already_sent:
             return body
         return "\n\n".join(split_message(body, max_parts=self.max_parts)[already_sent:])
 
-    def _create_once(self, to: str, text: str, unconfirmed_since: datetime | None, from_number: str,
-                     in_template: bool = False, **content) -> str:
+    def _create_once(self, to: str, text: str | tuple[str, ...], unconfirmed_since: datetime | None,
+                     from_number: str, in_template: bool = False, **content) -> str:
         """Have Twilio take one message of `content` (body, or a template and its variables) for `to`,
         retrying what is transient and asking Twilio, after an attempt without an answer, whether it
-        took the message (found by `text`) before trying again; return its MessageSid."""
+        took the message (found by `text`, see find_sent) before trying again; return its MessageSid."""
         from_number = from_number or self.from_number
         if self._client is None or not from_number:
             raise WhatsAppError(
@@ -289,12 +311,12 @@ class WhatsAppClient:
         return with_retries(attempt, attempts=self.attempts, backoff=self.backoff, sleep=self.sleep,
                             label="twilio send")
 
-    def find_sent(self, to: str, body: str, since: datetime, from_number: str = "",
+    def find_sent(self, to: str, body: str | tuple[str, ...], since: datetime, from_number: str = "",
                   in_template: bool = False) -> str | None:
         """Return the sid of a message with exactly this body that Twilio took for `to` from
         `from_number` (empty: the default number) since `since` (less CLOCK_SKEW), or None.
-        `in_template`: `body` went as a template's variable, so Twilio's copy holds it among the
-        template's own words."""
+        `in_template`: `body` went in a template (its variable, or several as a tuple), so Twilio's copy
+        holds it (each of them) among the template's own words."""
         since = (since if since.tzinfo else since.replace(tzinfo=UTC)) - CLOCK_SKEW
         try:
             recent = self._client.messages.list(to=to, from_=from_number or self.from_number, limit=RECENT_MESSAGES)
@@ -311,7 +333,7 @@ class WhatsAppClient:
         for message in recent:  # newest first
             if message.date_created is not None and message.date_created < since:
                 break
-            if (body in (message.body or "")) if in_template else message.body == body:
+            if _holds(message.body or "", body) if in_template else message.body == body:
                 log.info("twilio already took message_sid=%s; not sending it again", message.sid)
                 return message.sid
         return None
@@ -338,6 +360,11 @@ class WhatsAppClient:
             return self._client.api.v2010.accounts(self._client.account_sid).fetch().status
         except (TwilioException, requests.RequestException) as exc:
             raise _as_whatsapp_error(exc) from exc
+
+
+def _holds(body: str, wanted: str | tuple[str, ...]) -> bool:
+    """Whether a template message's `body` holds `wanted` (each of them, for a tuple)."""
+    return all(piece in body for piece in ((wanted,) if isinstance(wanted, str) else wanted))
 
 
 def _as_whatsapp_error(exc: Exception) -> WhatsAppError:

@@ -38,6 +38,8 @@ class Recorded:
     path: str
     headers: dict
     body: object
+    # When the request arrived (time.monotonic()): how fast requests came, e.g. a campaign's pace.
+    at: float = field(default_factory=time.monotonic)
 
 
 class _Server(ThreadingHTTPServer):
@@ -362,6 +364,12 @@ class FakeTwilio(FakeServer):
         # Recipients whose 24-hour window Twilio considers closed: a free-form message to one of them
         # is refused with 63016, a template message is taken.
         self.closed_windows: set[str] = set()
+        # Approved templates by ContentSid: the text a message of one reports as its body, {{n}} filled
+        # from its ContentVariables. A template not here reads TEMPLATE_TEXT (or QUICK_REPLY_TEXT).
+        self.templates: dict[str, str] = {}
+        # Recipients Twilio refuses, each with its error code (21211 not a valid number, 21610
+        # unsubscribed, 63016 ...): a message to one is answered 400 with that code and not taken.
+        self.refused_recipients: dict[str, int] = {}
 
     def start(self) -> FakeTwilio:
         self.storage.start()
@@ -443,6 +451,9 @@ class FakeTwilio(FakeServer):
                 return self.error(400, 63016, "Failed to send freeform message because you are outside the "
                                               "allowed window. If you want to send messages outside the window, "
                                               "please use a Template.")
+            if form.get("To") in self.refused_recipients:
+                code = self.refused_recipients[form["To"]]
+                return self.error(400, code, f"Twilio refused the recipient {form['To']} (error {code})")
             message = {
                 "sid": sid, "account_sid": account, "to": form.get("To"), "from": form.get("From"),
                 "body": self.rendered_body(form), "status": "queued", "num_segments": "1",
@@ -478,14 +489,23 @@ class FakeTwilio(FakeServer):
                                   "type": "Full", "uri": f"/2010-04-01/Accounts/{account}.json"})
         return super().default_answer(request)
 
-    @staticmethod
-    def rendered_body(form: dict) -> str | None:
-        """The body Twilio reports for a message: its Body, or a template's text with its variable in."""
+    def rendered_body(self, form: dict) -> str | None:
+        """The body Twilio reports for a message: its Body, or a template's text with its variables in."""
         if not form.get("ContentSid"):
             return form.get("Body")
-        if not form.get("ContentVariables"):
+        approved = self.templates.get(form["ContentSid"])
+        if approved is None and not form.get("ContentVariables"):
             return QUICK_REPLY_TEXT  # a template with buttons and no variable, as approved
-        return TEMPLATE_TEXT.replace("{{1}}", json.loads(form["ContentVariables"])["1"])
+        text = TEMPLATE_TEXT if approved is None else approved
+        for name, value in json.loads(form.get("ContentVariables") or "{}").items():
+            text = text.replace("{{" + name + "}}", value)
+        return text
+
+    @property
+    def content_sends(self) -> list[Recorded]:
+        """Every accepted or attempted template message (one with a ContentSid), in arrival order."""
+        return [r for r in self.requests if r.method == "POST" and r.path.endswith("/Messages.json")
+                and r.body.get("ContentSid")]
 
     @property
     def typing_indicators(self) -> list[dict]:

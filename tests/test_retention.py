@@ -10,7 +10,7 @@ import pytest
 from playhouse.db_url import connect
 
 from chatbot.jobs import tasks
-from chatbot.models import Conversation, Message, Role, Status, WebhookLog, db, utcnow
+from chatbot.models import Campaign, CampaignRecipient, Conversation, Message, Role, Status, WebhookLog, db, utcnow
 from chatbot.models.db import connection_scope
 from tests.support import conversation_for
 
@@ -78,7 +78,7 @@ def test_conversations_untouched_for_retention_days_go_with_their_messages_conte
     counts = tasks.cleanup_expired_conversations()
 
     assert counts == {"conversations_ended": 2, "conversations_deleted": 1, "messages_deleted": 4,
-                      "webhook_logs_deleted": 2, "audit_events_deleted": 0}
+                      "webhook_logs_deleted": 2, "audit_events_deleted": 0, "campaigns_deleted": 0}
     assert Conversation.get_or_none(Conversation.id == old.id) is None
     assert (messages_of(ADA), messages_of(BOB), messages_of(CAT)) == (0, 4, 4)
     assert "15550001111" not in "".join(entry.body for entry in WebhookLog.select())
@@ -111,7 +111,7 @@ def test_zero_keeps_conversations_and_webhook_log_forever(services, stored):
     counts = tasks.cleanup_expired_conversations()
 
     assert counts == {"conversations_ended": 1, "conversations_deleted": 0, "messages_deleted": 0,
-                      "webhook_logs_deleted": 0, "audit_events_deleted": 0}
+                      "webhook_logs_deleted": 0, "audit_events_deleted": 0, "campaigns_deleted": 0}
     assert messages_of(ADA) == 4
     assert WebhookLog.select().count() == 4
 
@@ -182,7 +182,26 @@ def test_an_idle_cleanup_stays_quiet_and_a_busy_one_logs_one_line_of_counts(serv
         tasks.cleanup_expired_conversations()
     lines = [record.getMessage() for record in caplog.records if record.name == "chatbot.jobs.tasks"]
     assert lines == ["cleanup conversations_ended=1 conversations_deleted=1 messages_deleted=4 "
-                     "webhook_logs_deleted=3 audit_events_deleted=0"]
+                     "webhook_logs_deleted=3 audit_events_deleted=0 campaigns_deleted=0"]
+
+
+def test_campaigns_that_ended_or_stayed_drafts_past_retention_days_go_with_their_recipients(cli, services):
+    long_ago, lately = utcnow() - timedelta(days=91), utcnow() - timedelta(days=89)
+    kept, gone = [], []
+    for status, ended_at, updated_at, fate in [
+            ("finished", long_ago, long_ago, gone), ("cancelled", long_ago, long_ago, gone),
+            ("draft", None, long_ago, gone), ("finished", lately, long_ago, kept),
+            ("paused", None, long_ago, kept), ("draft", None, lately, kept)]:
+        campaign = Campaign.create(name=status, content_sid="HX" + "0" * 32, status=status, ended_at=ended_at,
+                                   updated_at=updated_at)
+        CampaignRecipient.create(campaign=campaign, phone=ADA)
+        fate.append(campaign.id)
+
+    result = cli("cleanup")
+
+    assert "Deleted 3 campaign(s) that ended 90 days ago or more, with their recipients." in result.output
+    assert sorted(campaign.id for campaign in Campaign.select()) == kept
+    assert sorted(recipient.campaign_id for recipient in CampaignRecipient.select()) == kept
 
 
 def test_cleanup_command_prints_the_counts(cli, services, stored):

@@ -9,6 +9,7 @@ from flask_admin.theme import Bootstrap4Theme
 from chatbot.admin import audit_log, first_run
 from chatbot.admin.access import AccessView
 from chatbot.admin.ai_configurations import AIConfigurationView
+from chatbot.admin.campaigns import CampaignsView
 from chatbot.admin.caps import caps_reached
 from chatbot.admin.conversations import ConversationView, MessageView, OptOutView
 from chatbot.admin.inbox import CATEGORY, CannedReplyView, CountedLabel, InboxView
@@ -69,6 +70,7 @@ def build_admin(app) -> Admin:
     admin.add_view(MessageView(Message, name="Messages", endpoint="message"))
     admin.add_view(KnowledgeView(name="Knowledge", endpoint="knowledge", url="/admin/knowledge"))
     admin.add_view(ToolsView(name="Tools", endpoint="tools", url="/admin/tools"))
+    admin.add_view(CampaignsView(name="Campaigns", endpoint="campaigns", url="/admin/campaigns"))
     admin.add_view(ProblemsView(name="Problems", endpoint="problems", url="/admin/problems"))
     admin.add_view(NoticesView(name=CountedLabel("Notices", unread_now), endpoint="notices", url="/admin/notices"))
     admin.add_view(PlaygroundView(name="Playground", endpoint="playground", url="/admin/playground"))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from chatbot.cli import ai_config, conversations, knowledge, numbers, setup, tools, users
+from chatbot.cli import ai_config, campaigns, conversations, knowledge, numbers, setup, tools, users
 from config import ConfigError
 
 COMMANDS = [
@@ -17,6 +17,7 @@ COMMANDS = [
     numbers.numbers_group,
     knowledge.knowledge_group,
     tools.tools_group,
+    campaigns.campaigns_group,
     conversations.chat_command,
     conversations.conversations_group,
     conversations.cleanup_command,

@@ -248,6 +248,9 @@ def cleanup_command():
                    f"{built.config.retention_days} days, with {counts['messages_deleted']} message(s).")
     else:
         click.echo("Conversations are kept forever (RETENTION_DAYS=0).")
+    if counts["campaigns_deleted"]:
+        click.echo(f"Deleted {counts['campaigns_deleted']} campaign(s) that ended {built.config.retention_days} "
+                   "days ago or more, with their recipients.")
     logs = counts["webhook_logs_deleted"]
     entries = f"{logs} webhook log entr{'y' if logs == 1 else 'ies'}"
     if built.config.webhook_log_retention_days:

@@ -1,7 +1,8 @@
-"""What every flask command shares: the operator-error boundary, the address parameter, the check report."""
+"""What every flask command shares: the operator-error boundary, the address and JSON parameters, the check report."""
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from collections.abc import Callable
 
@@ -62,6 +63,26 @@ class Address(click.ParamType):
         if WHATSAPP_ADDRESS_SHAPE.match(address) or (self.console and CONSOLE_ADDRESS_SHAPE.match(address)):
             return address
         self.fail(f"{value!r} is not whatsapp:+ and an E.164 number, e.g. whatsapp:+14155550123", param, ctx)
+
+
+class JsonObject(click.ParamType):
+    """A JSON object given on the command line; anything else is bad usage (exit 2)."""
+
+    name = "JSON"
+
+    def __init__(self, example: str):
+        self.example = example
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, dict):
+            return value
+        try:
+            parsed = json.loads(value)
+        except ValueError as error:
+            self.fail(f"not valid JSON ({error}); e.g. {self.example}", param, ctx)
+        if not isinstance(parsed, dict):
+            self.fail(f"must be a JSON object, e.g. {self.example}", param, ctx)
+        return parsed
 
 
 def echo_checks(title: str, checks: list[Check]) -> None:

@@ -5,7 +5,6 @@ this module only reads options, says the outcome in a line, and writes the audit
 """
 from __future__ import annotations
 
-import json
 import sys
 from urllib.parse import urlsplit
 
@@ -14,7 +13,7 @@ from flask.cli import with_appcontext
 from peewee import IntegrityError
 
 from chatbot import audit
-from chatbot.cli.shared import operator_errors, services
+from chatbot.cli.shared import JsonObject, operator_errors, services
 from chatbot.models import AIConfiguration, Tool, ToolAuth, ToolRisk, ToolUseStatus
 from chatbot.outbound import OutboundGuard
 from chatbot.services import own_host
@@ -22,26 +21,6 @@ from chatbot.tools.definitions import METHODS, ToolDefinition, ToolProblem, save
 from chatbot.users import CLI
 
 EXAMPLE_PARAMS = '{"type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"]}'
-
-
-class JsonObject(click.ParamType):
-    """A JSON object given on the command line; anything else is bad usage (exit 2)."""
-
-    name = "JSON"
-
-    def __init__(self, example: str):
-        self.example = example
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, dict):
-            return value
-        try:
-            parsed = json.loads(value)
-        except ValueError as error:
-            self.fail(f"not valid JSON ({error}); e.g. {self.example}", param, ctx)
-        if not isinstance(parsed, dict):
-            self.fail(f"must be a JSON object, e.g. {self.example}", param, ctx)
-        return parsed
 
 
 def _tool(name: str) -> Tool:

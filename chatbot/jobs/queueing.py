@@ -23,6 +23,13 @@ SEND_OPERATOR_REPLY = "chatbot.jobs.tasks.send_operator_reply"
 INDEX_KNOWLEDGE_SOURCE = "chatbot.jobs.tasks.index_knowledge_source"
 NOTIFY_HANDOFF = "chatbot.jobs.tasks.notify_handoff"
 SEND_UNPROMPTED = "chatbot.jobs.tasks.send_unprompted"
+SEND_CAMPAIGN = "chatbot.jobs.tasks.send_campaign"
+# A campaign's job runs until every recipient is sent (at CAMPAIGN_RATE, hours for a large one): the
+# thread-pool worker enforces no timeout, and a forking one must not cut it off.
+CAMPAIGN_JOB_TIMEOUT = 24 * 3600
+# A campaign's run that Twilio cut short goes on after a minute, then less often; the minute sweep
+# queues a campaign still sending without a job in any case.
+CAMPAIGN_RETRY = Retry(max=5, interval=[60, 120, 300, 600, 1800])
 # A notification channel that is down is tried again over about an hour before it is given up.
 NOTIFY_RETRY = Retry(max=5, interval=[30, 60, 300, 900, 1800])
 EMBED_APPROVED_ANSWERS = "chatbot.jobs.tasks.embed_approved_answers"
@@ -130,6 +137,17 @@ def enqueue_unprompted(queue: Queue, message_id: int) -> bool:
         return False
     queue.enqueue_call(SEND_UNPROMPTED, args=(message_id,), job_id=job_id, timeout=JOB_TIMEOUT, retry=JOB_RETRY,
                        result_ttl=86400, failure_ttl=7 * 86400, description=f"send unprompted message {message_id}")
+    return True
+
+
+def enqueue_campaign(queue: Queue, campaign_id: int) -> bool:
+    """Queue the sending of a campaign, unless its job is queued or running already; say whether it was."""
+    job_id = f"campaign-{campaign_id:012d}"
+    if job_is_active(queue.connection, job_id):
+        return False
+    queue.enqueue_call(SEND_CAMPAIGN, args=(campaign_id,), job_id=job_id, timeout=CAMPAIGN_JOB_TIMEOUT,
+                       retry=CAMPAIGN_RETRY, result_ttl=86400, failure_ttl=7 * 86400,
+                       description=f"send campaign {campaign_id}")
     return True
 
 

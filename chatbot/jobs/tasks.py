@@ -10,17 +10,29 @@ from rq import get_current_job
 from rq.job import Job
 
 from chatbot import metrics, ratings
-from chatbot.errors import SenderBusy, WhatsAppError
-from chatbot.jobs.locks import conversation_lock
+from chatbot.errors import CampaignBusy, SenderBusy, WhatsAppError
+from chatbot.jobs.locks import campaign_lock, conversation_lock
 from chatbot.jobs.queueing import (
     enqueue_approved_embedding,
+    enqueue_campaign,
     enqueue_handoff_notice,
     enqueue_knowledge_index,
     enqueue_unprompted,
     queue_unless_active,
 )
 from chatbot.jobs.retention import delete_past_retention
-from chatbot.models import ApprovedAnswer, Conversation, Handoff, KnowledgeSource, Message, Origin, Status, utcnow
+from chatbot.models import (
+    ApprovedAnswer,
+    Campaign,
+    CampaignStatus,
+    Conversation,
+    Handoff,
+    KnowledgeSource,
+    Message,
+    Origin,
+    Status,
+    utcnow,
+)
 from chatbot.models.db import connection_scope
 from chatbot.takeover import hand_back
 from chatbot.tools import follow_ups
@@ -200,6 +212,7 @@ def sweep_pending_messages() -> int:
     refresh_knowledge()
     queue_due_follow_ups()
     ask_for_ratings()
+    queue_campaigns()
     with connection_scope():
         for message in Message.needing_work(PENDING_GRACE, RESEND_HORIZON):
             queued += queue_unless_active(services.queue, message.id, message.conversation.user_phone)
@@ -223,6 +236,31 @@ def queue_due_follow_ups() -> int:
     if due:
         log.info("queued %d due follow-ups", len(due))
     return queued
+
+
+def queue_campaigns() -> int:
+    """Start the scheduled campaigns whose time has come, and queue again every campaign still sending
+    whose job was lost (a worker killed past its retries, Redis emptied); return how many were queued."""
+    services = current_services()
+    with connection_scope():
+        for campaign in Campaign.due(utcnow()):
+            if Campaign.move(campaign.id, CampaignStatus.SENDING, from_=(CampaignStatus.SCHEDULED.value,)):
+                log.info("campaign_id=%s: its time has come; sending", campaign.id)
+        sending = [campaign.id for campaign in Campaign.sending()]
+    return sum(enqueue_campaign(services.queue, campaign_id) for campaign_id in sending)
+
+
+def send_campaign(campaign_id: int) -> dict:
+    """Send a campaign's waiting recipients, paced, each once; one job at a time per campaign."""
+    services = current_services()
+    try:
+        with campaign_lock(services.redis, campaign_id, ttl=services.config.conversation_lock_ttl):
+            outcome = services.campaigns.run(campaign_id)
+    except CampaignBusy:
+        # The job holding the lock is sending it; when that one ends, nothing is left for this one.
+        log.info("campaign_id=%s is being sent by another job", campaign_id)
+        return {"busy": True}
+    return {"sent": outcome.sent, "failed": outcome.failed, "skipped": outcome.skipped, "status": outcome.ended_as}
 
 
 def ask_for_ratings() -> int:

@@ -4,6 +4,14 @@ Import models from here: `from chatbot.models import Conversation, Message`.
 """
 from chatbot.models.audit import WebhookLog
 from chatbot.models.base import DELETE_BATCH, BaseModel, JSONField, Origin, Role, Status, utcnow
+from chatbot.models.campaigns import (
+    MAX_SKIPS_KEPT,
+    Campaign,
+    CampaignRecipient,
+    CampaignResults,
+    CampaignStatus,
+    RecipientStatus,
+)
 from chatbot.models.conversation import (
     DELIVERY_FAILURES,
     DELIVERY_PROGRESS,
@@ -60,7 +68,8 @@ __all__ = [
     "DELIVERY_PROGRESS", "DELIVERY_SETTLED", "FAILURE_STATUSES",
     "MAX_GREETING_CHARS", "MODEL_REASONS", "ONE_ACTIVE_INDEX", "PROVIDERS", "REASON_WORDS", "SERVICE_WINDOW",
     "TWILIO_MESSAGE_SID", "UNDELIVERED_STATUSES", "AccessEntry", "AdminUser", "AuditEvent", "AIConfiguration",
-    "ApprovedAnswer",
+    "ApprovedAnswer", "MAX_SKIPS_KEPT", "Campaign", "CampaignRecipient", "CampaignResults", "CampaignStatus",
+    "RecipientStatus",
     "BaseModel", "CannedReply", "Conversation", "Dismissal", "GapReason", "Handoff", "HandoffReason", "JSONField",
     "KnowledgeGap", "KnowledgeSource", "KnowledgeSpend", "Message", "Note", "Notice", "OptOut", "Origin", "Passage",
     "ReplyPart", "Role", "ServiceWindow", "Setting", "SourceKind", "SourceStatus", "Status", "utcnow",

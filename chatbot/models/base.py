@@ -34,6 +34,9 @@ class Origin(StrEnum):
     WHATSAPP = "whatsapp"
     CONSOLE = "console"
     PLAYGROUND = "playground"  # an operator trying the bot in the admin; never sent, never counted
+    # A campaign's template message, stored in the recipient's conversation so that a reply is read
+    # in its light; sent by the campaign's job, never by the answering jobs or the sweep.
+    CAMPAIGN = "campaign"
 
 
 class Role(StrEnum):

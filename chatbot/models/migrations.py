@@ -13,6 +13,8 @@ from chatbot.models import (
     AIConfiguration,
     ApprovedAnswer,
     AuditEvent,
+    Campaign,
+    CampaignRecipient,
     CannedReply,
     Conversation,
     Dismissal,
@@ -220,13 +222,17 @@ def _add_notices_and_dismissals(migrator) -> None:
     database.create_tables([Notice, Dismissal], safe=True)
 
 
+def _add_campaigns(_migrator) -> None:
+    database.create_tables([Campaign, CampaignRecipient], safe=True)
+
+
 # Append a function for every schema change (playhouse.migrate operations on the migrator it
 # receives); never edit one that has shipped.
 MIGRATIONS = [_create_initial_tables, _create_admin_users, _add_webhook_verdict, _add_message_origin,
               _add_attempts_and_send_intents, _add_operator_controls, _add_spend_and_access,
               _add_numbers, _add_message_sent_at, _add_webhook_checked_url, _add_opt_out_numbers,
               _add_knowledge, _add_handoffs, _add_roles_two_factor_and_audit, _add_tools,
-              _add_ratings_and_message_search, _add_notices_and_dismissals]
+              _add_ratings_and_message_search, _add_notices_and_dismissals, _add_campaigns]
 
 
 def current_version() -> int:

@@ -82,6 +82,10 @@ class Setting(BaseModel):
         cls.delete().where(cls.key.in_(keys)).execute()
 
 
+# Numbers looked up per query (well under SQLite's limit on a query's parameters).
+OPT_OUT_CHUNK = 500
+
+
 class OptOut(BaseModel):
     """A sender who wrote STOP to one of the numbers: that number answers them nothing until they
     write START to it (WhatsApp opt-outs are per business number)."""
@@ -101,6 +105,16 @@ class OptOut(BaseModel):
         """Whether `user_phone` opted out of `number` (a conversation key), or of every number."""
         return cls.select().where(cls.user_phone == user_phone,
                                   (cls.number == number) | cls.number.is_null()).exists()
+
+    @classmethod
+    def among(cls, user_phones: list[str], number: str) -> set[str]:
+        """Return which of `user_phones` opted out of `number` (a conversation key), or of every number."""
+        found: set[str] = set()
+        for start in range(0, len(user_phones), OPT_OUT_CHUNK):
+            found |= {row.user_phone for row in cls.select(cls.user_phone).where(
+                cls.user_phone.in_(user_phones[start:start + OPT_OUT_CHUNK]),
+                (cls.number == number) | cls.number.is_null())}
+        return found
 
     @classmethod
     def stop(cls, user_phone: str, number: str) -> None:

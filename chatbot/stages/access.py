@@ -24,6 +24,8 @@ KIND_OF_MODE = {"allowlist": "allow", "blocklist": "block"}
 NOTICE_PREFIX = "chatbot:access-notice:"
 # Kept a day past the day it stands for, so it is surely there while that day lasts.
 NOTICE_TTL = 2 * 86400
+# Numbers looked up in the admin's list per query (well under SQLite's limit on a query's parameters).
+LOOKUP_CHUNK = 500
 # What an operator pastes: numbers separated by commas, semicolons, spaces or new lines.
 PASTE_SEPARATORS = re.compile(r"[,;\s]+")
 
@@ -75,22 +77,42 @@ class AccessPolicy(Stage):
         if rules.kind is None:
             return None
         number = e164(sender) or sender
-        listed = number in self.listed or AccessEntry.is_listed(number, rules.kind)
-        if rules.mode == "allowlist" and not listed:
-            reason = "not on the allowlist"
-        elif rules.mode == "blocklist" and listed:
-            reason = "on the blocklist"
-        else:
+        reason = refusal(rules.mode, number in self.listed or AccessEntry.is_listed(number, rules.kind))
+        if reason is None:
             return None
         log.info("sender=%s kept out: %s", mask_phone(sender), reason)
         notice = rules.notice if rules.notice and self._first_today(sender) else None
         return Verdict(status=Status.NOT_ALLOWED, reply=notice, kind="access", note={"access": reason},
                        refused="access")
 
+    def kept_out(self, senders: list[str]) -> dict[str, str]:
+        """Return why the rules in force keep each of `senders` out, for those they do: the rules read
+        once, and the admin's list in one query per LOOKUP_CHUNK numbers (a campaign's audience)."""
+        rules = self.rules()
+        if rules.kind is None:
+            return {}
+        numbers = {sender: e164(sender) or sender for sender in senders}
+        distinct = sorted(set(numbers.values()))
+        listed = self.listed & set(distinct)
+        for start in range(0, len(distinct), LOOKUP_CHUNK):
+            listed |= {row.user_phone for row in AccessEntry.select(AccessEntry.user_phone).where(
+                AccessEntry.user_phone.in_(distinct[start:start + LOOKUP_CHUNK]), AccessEntry.kind == rules.kind)}
+        return {sender: reason for sender, number in numbers.items()
+                if (reason := refusal(rules.mode, number in listed)) is not None}
+
     def _first_today(self, sender: str) -> bool:
         """Claim today's one notice for `sender`; False when it was claimed already."""
         day = datetime.now(UTC).date().isoformat()
         return bool(self.redis.set(f"{NOTICE_PREFIX}{sender_key(sender)}:{day}", 1, nx=True, ex=NOTICE_TTL))
+
+
+def refusal(mode: str, listed: bool) -> str | None:
+    """Say why access mode `mode` keeps out a number that is (or is not) on its list; None lets it in."""
+    if mode == "allowlist" and not listed:
+        return "not on the allowlist"
+    if mode == "blocklist" and listed:
+        return "on the blocklist"
+    return None
 
 
 def parse_numbers(pasted: str) -> tuple[list[str], list[str]]:

@@ -9,7 +9,7 @@ from redis import Redis
 from chatbot.context import ConversationManager
 from chatbot.errors import WhatsAppError
 from chatbot.jobs.queueing import forget_sender_limit
-from chatbot.models import Conversation, Message, Status
+from chatbot.models import CampaignRecipient, Conversation, Message, Status
 from chatbot.rate_limiter import PREFIX as RATE_LIMIT_PREFIX
 from chatbot.redact import sender_key
 from chatbot.stages.base import Stage, Turn, Verdict
@@ -69,12 +69,13 @@ class UserCommands(Stage):
         return pending is not None and not Message.written_between(sender, int(pending), question.id)
 
     def _erase(self, sender: str, number: str, confirmation_id: int) -> None:
-        """Delete the sender's conversations, messages, context windows, webhook-log rows and rate-limit
-        counters, up to the confirmation; then say so, without storing the confirmation (nothing of
-        theirs may remain). Messages written after it are kept: they start afresh."""
+        """Delete the sender's conversations, messages, context windows, webhook-log rows, campaign
+        recipient rows and rate-limit counters, up to the confirmation; then say so, without storing the
+        confirmation (nothing of theirs may remain). Messages written after it are kept: they start afresh."""
         conversations = list(Conversation.select().where(Conversation.user_phone == sender))
         Conversation.end_with(conversations, confirmation_id, self.context)
         messages, log_rows = Conversation.delete_with_history([row.id for row in conversations], self.context)
+        CampaignRecipient.forget(sender)
         who = sender_key(sender)
         self.redis.delete(*self.redis.scan_iter(f"{RATE_LIMIT_PREFIX}{who}:*"), FORGET_PREFIX + who)
         forget_sender_limit(self.redis, sender)
