@@ -14,14 +14,18 @@ from chatbot.models import (
     AIConfiguration,
     ApprovedAnswer,
     AuditEvent,
+    Campaign,
+    CampaignRecipient,
     CannedReply,
     Conversation,
+    Dismissal,
     FollowUp,
     Handoff,
     HandoffReason,
     KnowledgeSource,
     Message,
     Note,
+    Notice,
     OptOut,
     Setting,
     Tool,
@@ -49,7 +53,7 @@ def as_role(app):
 
 
 @pytest.fixture
-def world(services):
+def world(services, fake_twilio):
     """One of everything the admin pages show: conversations (one free, one taken over, one whose
     customer waits for a person), a failed message, an AI configuration, a number, knowledge, the
     access lists and a canned reply."""
@@ -73,6 +77,10 @@ def world(services):
         opt_out=OptOut.create(user_phone="+15550005555", number=""),
         follow_up=FollowUp.create(conversation=free, text="Your table is ready", due_at=datetime(2030, 1, 2, 8, 0)),
         # Saved resolving loopback only (ALLOW_PRIVATE_HOSTS); tried, it finds nothing listening on the discard port.
+        photo=Message.create(conversation=free, role="user", status="answered", content="", metadata={
+            "media": [{"url": fake_twilio.add_media(b"\x89PNG\r\n\x1a\n", "image/png"), "content_type": "image/png"}]}),
+        notice=Notice.create(kind="ai:AIError:401", text="OpenRouter refused the key"),
+        campaign=Campaign.create(name="Spring", content_sid="HX" + "0" * 32),
         tool=Tool.create(name="order_status", description="An order's status.", url_template="http://127.0.0.1:9/x"),
     )
 
@@ -80,7 +88,8 @@ def world(services):
 def snapshot() -> dict:
     """Every row an admin form could change (audit rows too: a refused request writes none)."""
     models = (Conversation, Message, Note, Handoff, AIConfiguration, WhatsAppNumber, KnowledgeSource, ApprovedAnswer,
-              CannedReply, AccessEntry, OptOut, Setting, AuditEvent, Tool, FollowUp)
+              CannedReply, AccessEntry, OptOut, Setting, AuditEvent, Tool, FollowUp, Notice, Dismissal, Campaign,
+              CampaignRecipient)
     return {model.__name__: sorted(map(str, model.select().tuples())) for model in models}
 
 
@@ -122,6 +131,15 @@ def get_pages(world) -> dict[str, Role]:
         "/admin/unhappy/": Role.VIEWER,
         "/admin/tools/": Role.ADMIN,
         f"/admin/tools/?edit={world.tool.id}": Role.ADMIN,
+        f"/admin/optout/remove/confirm/?id={world.opt_out.id}": Role.ADMIN,
+        "/admin/webhooklog/?kind=receipts": Role.VIEWER,
+        "/admin/webhooklog/?search=SM": Role.VIEWER,
+        f"/admin/media/{world.photo.id}/0": Role.VIEWER,
+        "/admin/message/?flt0_figure_equals=undelivered": Role.VIEWER,
+        "/admin/conversation/?flt0_figure_equals=active": Role.VIEWER,
+        "/admin/notices/": Role.VIEWER,
+        "/admin/campaigns/": Role.VIEWER,
+        f"/admin/campaigns/{world.campaign.id}/": Role.VIEWER,
     }
 
 
@@ -181,6 +199,17 @@ FORMS = {
                                                "url_template": "http://127.0.0.1:9/new", "timeout": "5"}, Role.ADMIN),
     "tools.remove_view": ("/admin/tools/{tool}/remove/", {}, Role.ADMIN),
     "tools.try_view": ("/admin/tools/{tool}/try/", {"arguments": ""}, Role.ADMIN),
+    "optout.remove_confirmed_view": ("/admin/optout/remove/confirmed/", {"id": "{opt_out}"}, Role.ADMIN),
+    "problems.retry_group_view": ("/admin/problems/retry-group/", {"message_id": "{failed}"}, Role.AGENT),
+    "problems.dismiss_view": ("/admin/problems/dismiss/", {"message_id": "{failed}", "reason": "handled by phone"},
+                              Role.AGENT),
+    "notices.read_view": ("/admin/notices/read/", {"notice_id": "{notice}"}, Role.AGENT),
+    "campaigns.create_view": ("/admin/campaigns/create/", {"name": "Autumn", "content_sid": "HX" + "1" * 32,
+                                                            "audience": "recent", "days": "30"}, Role.ADMIN),
+    "campaigns.send_view": ("/admin/campaigns/{campaign}/send/", {}, Role.ADMIN),
+    "campaigns.pause_view": ("/admin/campaigns/{campaign}/pause/", {}, Role.ADMIN),
+    "campaigns.resume_view": ("/admin/campaigns/{campaign}/resume/", {}, Role.ADMIN),
+    "campaigns.cancel_view": ("/admin/campaigns/{campaign}/cancel/", {}, Role.ADMIN),
     "conversation.reveal_view": ("/admin/conversation/reveal/", {}, Role.OWNER),
 }
 
@@ -340,9 +369,9 @@ def test_a_user_of_an_unknown_role_may_open_nothing(app, world):
 def test_pages_offer_a_viewer_no_form_it_would_be_refused(as_role, world):
     """Forms are hidden from a role that may not post them (the server refuses them all the same)."""
     pages = (f"/admin/conversation/details/?id={world.free.id}", "/admin/inbox/", "/admin/problems/",
-             "/admin/knowledge/", "/admin/spending/")
+             "/admin/knowledge/", "/admin/spending/", "/admin/notices/")
     forms = ("/takeover/", "/note/", "/reset/", "/claim/", "/resolve/", "/retry/", "/sources/text/", "/spending/set/",
-             "/delete/confirm/", "/follow-up/")
+             "/delete/confirm/", "/follow-up/", "/problems/dismiss/", "/notices/read/")
     shown = {role: " ".join(as_role(role).get(page).get_data(as_text=True) for page in pages)
              for role in (Role.VIEWER, Role.OWNER)}
     assert [form for form in forms if form in shown[Role.VIEWER]] == []
