@@ -240,10 +240,11 @@ def test_a_day_of_traffic_reads_right_on_the_dashboard_problems_and_webhook_log(
 
     # Problems: exactly the failed question, the undelivered answer and the stuck message (not the fresh one).
     page.goto(f"{live_url}/admin/problems/")
-    expect(page.locator("#problems tr.problem")).to_have_count(3)
-    problems = page.locator("#problems").evaluate("table => table.outerHTML")
+    expect(page.locator("#problem-groups li.problem")).to_have_count(3)
+    problems = page.locator("#problem-groups").evaluate("section => section.outerHTML")
     assert listed_problems(problems) == {day_of_traffic[key].id for key in ("failed", "undelivered", "stuck")}
-    expect(page.locator(f"#problem-{day_of_traffic['stuck'].id} .problem-kind")).to_have_text("not answered")
+    stuck_group = page.locator(".problem-group", has=page.locator(f"#problem-{day_of_traffic['stuck'].id}"))
+    expect(stuck_group.locator(".problem-kind")).to_have_text("not answered")
 
     # The refused webhook's details name the URL its signature was checked against.
     page.goto(f"{live_url}/admin/webhooklog/?flt0_verdict_equals=bad_signature")

@@ -120,7 +120,7 @@ LISTS = {
                           "a[title='Edit Record']"),
     "numbers": ("/admin/whatsappnumber/", ["td.col-address", "td.col-label", "td.col-is_active"],
                 "a[title='Edit Record']"),
-    "opt-outs": ("/admin/optout/", ["td.col-user_phone", "td.col-number"], "button[title='Delete Record']"),
+    "opt-outs": ("/admin/optout/", ["td.col-user_phone", "td.col-number"], "a.row-remove"),
     "webhook-log": ("/admin/webhooklog/", ["td.col-sender", "td.col-verdict"], "a[title='View Record']"),
     "knowledge": ("/admin/knowledge/", [".source-title", ".source-status", "#approved-answers .approved-question",
                                         ".gap-question"], ".resync"),

@@ -53,10 +53,17 @@ def figure(output: str, name: str) -> int:
     return int(re.search(rf"^{name}\s+(\d+)$", output, re.M).group(1))
 
 
+# The pacer takes at most CAMPAIGN_RATE turns in any 1.05 s (tests/test_campaigns.py pins that on its own);
+# on a loaded test machine a request can reach the fake tens of milliseconds after its turn, so arrivals
+# are counted in windows of 0.9 s. An unpaced campaign puts all 28 in well under that.
+ARRIVAL_JITTER = 0.1
+
+
 def most_in_one_second(moments: list[float]) -> int:
-    """The most requests that arrived within any one second (a window starting at each arrival)."""
+    """The most requests that arrived within any one second, less the arrival jitter allowed."""
     moments = sorted(moments)
-    return max(sum(1 for later in moments[index:] if later - start < 1.0) for index, start in enumerate(moments))
+    return max(sum(1 for later in moments[index:] if later - start < 1.0 - ARRIVAL_JITTER)
+               for index, start in enumerate(moments))
 
 
 @pytest.mark.postgres

@@ -77,8 +77,8 @@ def test_a_number_over_its_cap_shows_on_every_page_that_matters(operator, suppor
     cap = caps_section(problems)
     assert "Support · Monthly budget of the number, $0.00025: reached on 2026-03-15 10:42 EDT" in cap
     assert "2 messages refused from 2 customers" in cap
-    # The month ends at midnight UTC on 1 April: 20:00 on 31 March in New York.
-    assert "raise it on Numbers, or wait until 2026-03-31 20:00 EDT" in cap
+    # The month ends at midnight on 1 April in ADMIN_TIMEZONE (New York here).
+    assert "raise it on Numbers, or wait until 2026-04-01 00:00 EDT" in cap
     assert f'href="/admin/whatsappnumber/edit/?id={support_over_its_cap.id}"' in problems
 
     dashboard = page(operator, "/admin/")
@@ -152,7 +152,7 @@ def test_a_sender_over_the_daily_cap_is_named_and_freed_at_midnight(operator, se
     problems = page(operator, "/admin/problems/")
     cap = caps_section(problems)
     assert "Ada · Daily budget per sender, on default, $0.00015: reached on 2026-03-15 10:42 EDT" in cap
-    assert "2 messages refused" in cap and "wait until 2026-03-15 20:00 EDT" in cap
+    assert "2 messages refused" in cap and "wait until 2026-03-16 00:00 EDT" in cap
     spending = text_of(page(operator, "/admin/spending/"))
     assert "Cut off today: Ada (whatsapp:+1555•••1111) on default: reached on 2026-03-15 10:42 EDT, 2 refused" \
         in spending
