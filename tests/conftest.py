@@ -313,13 +313,15 @@ def log_in(client, username: str = "ops", password: str = PASSWORD):
 
 @functools.cache
 def password_hash() -> str:
-    """PASSWORD hashed once for the run: scrypt takes a tenth of a second a hash, by design."""
-    return generate_password_hash(PASSWORD)
+    """PASSWORD hashed once for the run, with a cheap PBKDF2: every login of a test checks it, and
+    scrypt's tenth of a second a check (by design) adds up over the suite. The login reads either
+    kind; what `flask create-admin` stores is tested where that command is."""
+    return generate_password_hash(PASSWORD, method="pbkdf2:sha256:1000")
 
 
 @pytest.fixture
 def admin_user(services):
-    """The admin `ops`, whose password is PASSWORD, stored as `flask create-admin` stores it."""
+    """The admin `ops`, whose password is PASSWORD."""
     return AdminUser.create(username="ops", password_hash=password_hash())
 
 

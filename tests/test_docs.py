@@ -21,7 +21,8 @@ from dotenv import dotenv_values
 from config import Config
 from tests.conftest import PROJECT_DIR, free_port
 
-DOCS = ["setup.md", "deploy.md", "api.md", "admin.md", "troubleshooting.md"]
+DOCS = ["setup.md", "deploy.md", "api.md", "admin.md", "troubleshooting.md", "handoff.md", "knowledge.md", "tools.md",
+        "campaigns.md"]
 VENV = Path(sys.prefix)
 
 
