@@ -110,7 +110,7 @@ def campaigns_send(campaign_id, at_text):
     at = control.when_from(at_text, _zone()) if at_text else None
     said = control.send(campaign_id, services().queue, at, _zone())
     audit.record("campaign_scheduled" if at else "campaign_sent", CLI, f"campaign {campaign_id}",
-                 f"at {at:%Y-%m-%d %H:%M} UTC" if at else "now", CLI)
+                 f"at {shown(at, _zone())}" if at else "now", CLI)
     click.echo(said)
 
 
