@@ -121,6 +121,9 @@ LISTS = {
     "numbers": ("/admin/whatsappnumber/", ["td.col-address", "td.col-label", "td.col-is_active"],
                 "a[title='Edit Record']"),
     "opt-outs": ("/admin/optout/", ["td.col-user_phone", "td.col-number"], "a.row-remove"),
+    # The one opt-out of a fresh database: its removal asks first.
+    "opt-out-removal": ("/admin/optout/remove/confirm/?id=1", [], "#remove-opt-out"),
+    "playground": ("/admin/playground/", ["#playground-text"], "#playground-send"),
     "webhook-log": ("/admin/webhooklog/", ["td.col-sender", "td.col-verdict"], "a[title='View Record']"),
     "knowledge": ("/admin/knowledge/", [".source-title", ".source-status", "#approved-answers .approved-question",
                                         ".gap-question"], ".resync"),
