@@ -57,6 +57,8 @@ def test_an_admin_creates_sends_and_follows_a_campaign_on_a_desk_and_a_phone(pag
     row = page.locator(f"#campaign-{campaign.id}")
     expect(row.locator(".figure-sent")).to_have_text("2")
     expect(row.locator(".month-count")).to_contain_text("2 in")
+    # The link's navigation is not awaited to its load event: wait for the chart's script to have drawn it.
+    page.wait_for_function("() => window.Chart && Chart.getChart(document.getElementById('chart-campaigns'))")
     drawn = page.evaluate(CHARTS_DRAWN)
     assert [(chart["id"], chart["labels"], chart["painted"], chart["totals"]["sent, no receipt yet"])
             for chart in drawn] == [("chart-campaigns", 1, True, 2)]
