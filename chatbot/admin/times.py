@@ -52,19 +52,19 @@ class InZone:
 
 
 class EqualInZone(InZone, filters.DateTimeEqualFilter):
-    pass
+    """At a time read in ADMIN_TIMEZONE."""
 
 
 class NotEqualInZone(InZone, filters.DateTimeNotEqualFilter):
-    pass
+    """Not at a time read in ADMIN_TIMEZONE."""
 
 
 class GreaterInZone(InZone, filters.DateTimeGreaterFilter):
-    pass
+    """After a time read in ADMIN_TIMEZONE."""
 
 
 class SmallerInZone(InZone, filters.DateTimeSmallerFilter):
-    pass
+    """Before a time read in ADMIN_TIMEZONE."""
 
 
 class FromInZone(InZone, filters.DateTimeGreaterFilter):
@@ -78,6 +78,8 @@ class FromInZone(InZone, filters.DateTimeGreaterFilter):
 
 
 class BetweenInZone(filters.DateTimeBetweenFilter):
+    """Between two times read in ADMIN_TIMEZONE, written "FROM to UNTIL"."""
+
     def clean(self, value: str) -> list[datetime]:
         return [stored_time(part) for part in value.split(" to ")]
 
@@ -90,7 +92,7 @@ class BetweenInZone(filters.DateTimeBetweenFilter):
 
 
 class NotBetweenInZone(BetweenInZone, filters.DateTimeNotBetweenFilter):
-    pass
+    """Outside two times read in ADMIN_TIMEZONE."""
 
 
 class FilterConverter(filters.FilterConverter):

@@ -132,33 +132,29 @@ def enqueue_operator_reply(queue: Queue, reply_id: int) -> Job:
 def enqueue_unprompted(queue: Queue, message_id: int) -> bool:
     """Queue the sending of a message the assistant wrote on its own (a due follow-up, the rating
     question), unless it is queued or running already."""
-    job_id = f"unprompted-{message_id:012d}"
-    if job_is_active(queue.connection, job_id):
-        return False
-    queue.enqueue_call(SEND_UNPROMPTED, args=(message_id,), job_id=job_id, timeout=JOB_TIMEOUT, retry=JOB_RETRY,
-                       result_ttl=86400, failure_ttl=7 * 86400, description=f"send unprompted message {message_id}")
-    return True
+    return _enqueue_once(queue, SEND_UNPROMPTED, message_id, f"unprompted-{message_id:012d}", JOB_TIMEOUT, JOB_RETRY,
+                         f"send unprompted message {message_id}")
 
 
 def enqueue_campaign(queue: Queue, campaign_id: int) -> bool:
     """Queue the sending of a campaign, unless its job is queued or running already; say whether it was."""
-    job_id = f"campaign-{campaign_id:012d}"
-    if job_is_active(queue.connection, job_id):
-        return False
-    queue.enqueue_call(SEND_CAMPAIGN, args=(campaign_id,), job_id=job_id, timeout=CAMPAIGN_JOB_TIMEOUT,
-                       retry=CAMPAIGN_RETRY, result_ttl=86400, failure_ttl=7 * 86400,
-                       description=f"send campaign {campaign_id}")
-    return True
+    return _enqueue_once(queue, SEND_CAMPAIGN, campaign_id, f"campaign-{campaign_id:012d}", CAMPAIGN_JOB_TIMEOUT,
+                         CAMPAIGN_RETRY, f"send campaign {campaign_id}")
 
 
 def enqueue_knowledge_index(queue: Queue, source_id: int) -> bool:
     """Queue the indexing of a knowledge source, unless it is queued or running already; say whether it was."""
-    job_id = f"knowledge-source-{source_id:012d}"
+    return _enqueue_once(queue, INDEX_KNOWLEDGE_SOURCE, source_id, f"knowledge-source-{source_id:012d}",
+                         KNOWLEDGE_JOB_TIMEOUT, KNOWLEDGE_RETRY, f"index knowledge source {source_id}")
+
+
+def _enqueue_once(queue: Queue, function: str, row_id: int, job_id: str, timeout: int, retry: Retry,
+                  description: str) -> bool:
+    """Queue `function(row_id)` as `job_id` unless that job is queued or running already; say whether it was."""
     if job_is_active(queue.connection, job_id):
         return False
-    queue.enqueue_call(INDEX_KNOWLEDGE_SOURCE, args=(source_id,), job_id=job_id, timeout=KNOWLEDGE_JOB_TIMEOUT,
-                       retry=KNOWLEDGE_RETRY, result_ttl=86400, failure_ttl=7 * 86400,
-                       description=f"index knowledge source {source_id}")
+    queue.enqueue_call(function, args=(row_id,), job_id=job_id, timeout=timeout, retry=retry, result_ttl=86400,
+                       failure_ttl=7 * 86400, description=description)
     return True
 
 
